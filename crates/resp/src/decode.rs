@@ -1,0 +1,340 @@
+//! Incremental request decoding with limits.
+//!
+//! A request is decoded from the front of a buffer. "Not all of it has arrived yet" is the normal
+//! [`Decoded::Incomplete`] answer, not an error: the caller reads more and tries again. Nothing is
+//! allocated until a whole request is in the buffer (the first pass only measures), so a client
+//! announcing a huge array or bulk costs nothing until it actually sends the bytes, and the query
+//! buffer limit of the connection bounds that.
+
+/// Limits on what one request may be. Defaults are Redis 7's.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// `proto-max-bulk-len`: the longest single argument.
+    pub max_bulk_len: usize,
+    /// The most arguments one multibulk request may announce.
+    pub max_multibulk_len: usize,
+    /// The longest inline request line (and the longest `*`/`$` header line).
+    pub max_inline_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bulk_len: 512 * 1024 * 1024,
+            max_multibulk_len: i32::MAX as usize,
+            max_inline_len: 64 * 1024,
+        }
+    }
+}
+
+/// A request the client got wrong. The text is what follows `-ERR ` on the wire, as Redis words it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+impl ProtocolError {
+    fn new(msg: &str) -> Self {
+        ProtocolError(msg.to_string())
+    }
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Protocol error: {}", self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// The outcome of decoding from the front of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole request: its arguments, and how many bytes of the buffer it used.
+    Request { args: Vec<Vec<u8>>, consumed: usize },
+    /// Bytes that form no command (`*0`, `*-1`, an empty inline line): skip them.
+    Empty { consumed: usize },
+    /// More bytes are needed.
+    Incomplete,
+}
+
+/// Decodes one request from the front of `buf`.
+pub fn decode_request(buf: &[u8], limits: &Limits) -> Result<Decoded, ProtocolError> {
+    match buf.first() {
+        None => Ok(Decoded::Incomplete),
+        Some(b'*') => decode_multibulk(buf, limits),
+        Some(_) => decode_inline(buf, limits),
+    }
+}
+
+/// Finds the end of the line starting at `start`: the index of its `\r`.
+fn find_crlf(buf: &[u8], start: usize) -> Option<usize> {
+    let rest = buf.get(start..)?;
+    let mut from = 0;
+    while let Some(pos) = rest[from..].iter().position(|&b| b == b'\r') {
+        let at = from + pos;
+        match rest.get(at + 1) {
+            Some(b'\n') => return Some(start + at),
+            Some(_) => from = at + 1,
+            None => return None,
+        }
+    }
+    None
+}
+
+/// Parses a decimal integer as Redis's `string2ll` does: optional `-`, digits, no `+`, no spaces.
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    let (neg, digits) = match s[0] {
+        b'-' => (true, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || (digits[0] == b'0' && digits.len() > 1) {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let digit = (d - b'0') as i64;
+        v = v.checked_mul(10)?;
+        v = if neg { v.checked_sub(digit)? } else { v.checked_add(digit)? };
+    }
+    if neg && v == 0 {
+        return None;
+    }
+    Some(v)
+}
+
+fn decode_multibulk(buf: &[u8], limits: &Limits) -> Result<Decoded, ProtocolError> {
+    let Some(end) = find_crlf(buf, 0) else {
+        if buf.len() > limits.max_inline_len {
+            return Err(ProtocolError::new("too big mbulk count string"));
+        }
+        return Ok(Decoded::Incomplete);
+    };
+    let count = parse_i64(&buf[1..end])
+        .filter(|&n| n <= limits.max_multibulk_len as i64 && n <= i32::MAX as i64)
+        .ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
+    let mut pos = end + 2;
+    if count <= 0 {
+        return Ok(Decoded::Empty { consumed: pos });
+    }
+    let count = count as usize;
+    // First pass: measure. Nothing is allocated for a request that has not fully arrived.
+    let mut lens_ok = 0usize;
+    while lens_ok < count {
+        let Some(&first) = buf.get(pos) else {
+            return Ok(Decoded::Incomplete);
+        };
+        if first != b'$' {
+            return Err(ProtocolError(format!("expected '$', got '{}'", first as char)));
+        }
+        let Some(end) = find_crlf(buf, pos) else {
+            if buf.len() - pos > limits.max_inline_len {
+                return Err(ProtocolError::new("too big bulk count string"));
+            }
+            return Ok(Decoded::Incomplete);
+        };
+        let len = parse_i64(&buf[pos + 1..end])
+            .filter(|&n| n >= 0 && n as u64 <= limits.max_bulk_len as u64)
+            .ok_or_else(|| ProtocolError::new("invalid bulk length"))? as usize;
+        pos = end + 2;
+        if buf.len() < pos + len + 2 {
+            return Ok(Decoded::Incomplete);
+        }
+        // Redis does not check the two bytes after a bulk; it just skips them.
+        pos += len + 2;
+        lens_ok += 1;
+    }
+    // Second pass: build.
+    let mut args = Vec::with_capacity(count);
+    let mut p = end + 2;
+    for _ in 0..count {
+        let e = find_crlf(buf, p).expect("measured in the first pass");
+        let len = parse_i64(&buf[p + 1..e]).expect("measured in the first pass") as usize;
+        p = e + 2;
+        args.push(buf[p..p + len].to_vec());
+        p += len + 2;
+    }
+    debug_assert_eq!(p, pos);
+    Ok(Decoded::Request { args, consumed: pos })
+}
+
+fn decode_inline(buf: &[u8], limits: &Limits) -> Result<Decoded, ProtocolError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > limits.max_inline_len {
+            return Err(ProtocolError::new("too big inline request"));
+        }
+        return Ok(Decoded::Incomplete);
+    };
+    if nl > limits.max_inline_len {
+        return Err(ProtocolError::new("too big inline request"));
+    }
+    let line = if nl > 0 && buf[nl - 1] == b'\r' { &buf[..nl - 1] } else { &buf[..nl] };
+    let args = split_args(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
+    if args.is_empty() {
+        return Ok(Decoded::Empty { consumed: nl + 1 });
+    }
+    Ok(Decoded::Request { args, consumed: nl + 1 })
+}
+
+/// Splits an inline command line into arguments the way redis-cli users expect: whitespace
+/// separates, double quotes allow escapes (`\n`, `\xHH`, ...), single quotes allow only `\'`.
+/// `None` means the quotes do not balance.
+pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= line.len() {
+            return Some(args);
+        }
+        let mut cur = Vec::new();
+        let mut in_dq = false;
+        let mut in_sq = false;
+        loop {
+            if in_dq {
+                let c = *line.get(i)?;
+                if c == b'\\' && i + 3 < line.len() && line[i + 1] == b'x' {
+                    if let (Some(h), Some(l)) = (hex(line[i + 2]), hex(line[i + 3])) {
+                        cur.push(h * 16 + l);
+                        i += 4;
+                        continue;
+                    }
+                }
+                if c == b'\\' && i + 1 < line.len() {
+                    i += 1;
+                    cur.push(match line[i] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        other => other,
+                    });
+                } else if c == b'"' {
+                    // A closing quote must be followed by a space or the end.
+                    if i + 1 < line.len() && !line[i + 1].is_ascii_whitespace() {
+                        return None;
+                    }
+                    i += 1;
+                    break;
+                } else {
+                    cur.push(c);
+                }
+                i += 1;
+            } else if in_sq {
+                let c = *line.get(i)?;
+                if c == b'\\' && line.get(i + 1) == Some(&b'\'') {
+                    cur.push(b'\'');
+                    i += 2;
+                    continue;
+                }
+                if c == b'\'' {
+                    if i + 1 < line.len() && !line[i + 1].is_ascii_whitespace() {
+                        return None;
+                    }
+                    i += 1;
+                    break;
+                }
+                cur.push(c);
+                i += 1;
+            } else {
+                match line.get(i) {
+                    None => break,
+                    Some(c) if c.is_ascii_whitespace() => break,
+                    Some(b'"') if cur.is_empty() => in_dq = true,
+                    Some(b'\'') if cur.is_empty() => in_sq = true,
+                    Some(&c) => cur.push(c),
+                }
+                i += 1;
+            }
+        }
+        args.push(cur);
+    }
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(b: &[u8]) -> Result<Decoded, ProtocolError> {
+        decode_request(b, &Limits::default())
+    }
+
+    #[test]
+    fn multibulk_whole_and_partial() {
+        let req = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        for cut in 0..req.len() {
+            assert_eq!(dec(&req[..cut]).unwrap(), Decoded::Incomplete, "cut at {cut}");
+        }
+        assert_eq!(
+            dec(req).unwrap(),
+            Decoded::Request { args: vec![b"GET".to_vec(), b"k".to_vec()], consumed: req.len() }
+        );
+    }
+
+    #[test]
+    fn errors_match_redis() {
+        assert_eq!(dec(b"*x\r\n").unwrap_err().0, "invalid multibulk length");
+        assert_eq!(dec(b"*1\r\n+a\r\n").unwrap_err().0, "expected '$', got '+'");
+        assert_eq!(dec(b"*1\r\n$2147483648\r\n").unwrap_err().0, "invalid bulk length");
+        assert_eq!(dec(b"*1\r\n$-1\r\n").unwrap_err().0, "invalid bulk length");
+        assert_eq!(dec(b"\"abc\r\n").unwrap_err().0, "unbalanced quotes in request");
+        let long = vec![b'a'; 70_000];
+        assert_eq!(dec(&long).unwrap_err().0, "too big inline request");
+    }
+
+    #[test]
+    fn huge_announced_count_allocates_nothing_until_sent() {
+        assert_eq!(dec(b"*10000000\r\n$1\r\na\r\n").unwrap(), Decoded::Incomplete);
+    }
+
+    #[test]
+    fn inline_quotes() {
+        let Decoded::Request { args, .. } = dec(b"set \"a b\" 'c\\'d' \"\\x41\\n\"\r\n").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(args, vec![b"set".to_vec(), b"a b".to_vec(), b"c'd".to_vec(), b"A\n".to_vec()]);
+        assert_eq!(dec(b"\r\n").unwrap(), Decoded::Empty { consumed: 2 });
+        assert_eq!(dec(b"*0\r\n").unwrap(), Decoded::Empty { consumed: 4 });
+    }
+
+    #[test]
+    fn parse_i64_is_strict() {
+        assert_eq!(parse_i64(b"-12"), Some(-12));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [&b""[..], b"+1", b"01", b"-0", b" 1", b"1 ", b"9223372036854775808", b"-"] {
+            assert_eq!(parse_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_garbage(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = dec(&bytes);
+        }
+
+        #[test]
+        fn roundtrips_any_args(args in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20), 1..8)) {
+            let mut wire = format!("*{}\r\n", args.len()).into_bytes();
+            for a in &args {
+                wire.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                wire.extend_from_slice(a);
+                wire.extend_from_slice(b"\r\n");
+            }
+            let n = wire.len();
+            proptest::prop_assert_eq!(dec(&wire).unwrap(), Decoded::Request { args, consumed: n });
+        }
+    }
+}
