@@ -1,1 +1,149 @@
-fn main(){}
+//! The `cairn` binary: parses flags, sets up logging, binds sockets and hands over to the library.
+
+mod dev;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "A Redis-compatible store and queue, strongly consistent by default"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one cairn node.
+    Server(ServerArgs),
+    /// Run a local development cluster on this machine.
+    Dev(dev::DevArgs),
+}
+
+/// Every flag has a config-file key (the same name with `-` replaced by `_`) and a `CAIRN_*`
+/// environment variable; flags win over the environment, which wins over the file.
+#[derive(Args, Debug, Default)]
+pub struct ServerArgs {
+    /// TOML file with any of the settings below.
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on for clients.
+    #[arg(long, env = "CAIRN_BIND")]
+    bind: Option<String>,
+    /// Port for Redis clients.
+    #[arg(long, env = "CAIRN_PORT")]
+    port: Option<u16>,
+    /// Where this node keeps its data.
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Refuse non-loopback clients while the default user has no password (yes|no).
+    #[arg(long, env = "CAIRN_PROTECTED_MODE")]
+    protected_mode: Option<String>,
+    /// The most clients served at once.
+    #[arg(long, env = "CAIRN_MAXCLIENTS")]
+    maxclients: Option<usize>,
+    /// Close clients idle this many seconds (0: never).
+    #[arg(long, env = "CAIRN_TIMEOUT")]
+    timeout: Option<u64>,
+}
+
+/// The same settings as read from a config file.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<String>,
+    port: Option<u16>,
+    data_dir: Option<PathBuf>,
+    protected_mode: Option<String>,
+    maxclients: Option<usize>,
+    timeout: Option<u64>,
+}
+
+fn yes_no(v: &str) -> anyhow::Result<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        other => anyhow::bail!("expected yes or no, got {other:?}"),
+    }
+}
+
+fn server_config(args: &ServerArgs) -> anyhow::Result<cairn_server::Config> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let mut c = cairn_server::Config::default();
+    if let Some(v) = args.bind.clone().or(file.bind) {
+        c.bind = v;
+    }
+    if let Some(v) = args.port.or(file.port) {
+        c.port = v;
+    }
+    if let Some(v) = args.data_dir.clone().or(file.data_dir) {
+        c.data_dir = v;
+    }
+    if let Some(v) = args.protected_mode.clone().or(file.protected_mode) {
+        c.protected_mode = yes_no(&v).context("--protected-mode")?;
+    }
+    if let Some(v) = args.maxclients.or(file.maxclients) {
+        c.maxclients = v;
+    }
+    if let Some(v) = args.timeout.or(file.timeout) {
+        c.timeout_secs = v;
+    }
+    Ok(c)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let config = server_config(&args)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let addr = format!("{}:{}", config.bind, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    cairn_server::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Server(args) => runtime.block_on(run_server(args)),
+        Command::Dev(args) => runtime.block_on(dev::run(args)),
+    }
+}

@@ -12,7 +12,10 @@ use serde_json::Value;
 pub enum BeginSearch {
     Index(i64),
     /// Search for `keyword` starting at `start_from` (negative: from the end, backwards).
-    Keyword { keyword: String, start_from: i64 },
+    Keyword {
+        keyword: String,
+        start_from: i64,
+    },
     Unknown,
 }
 
@@ -20,9 +23,17 @@ pub enum BeginSearch {
 pub enum FindKeys {
     /// Keys from the start to `last_key` (negative: counted from the end) every `step`;
     /// `limit` > 1 takes only 1/limit of the remaining arguments.
-    Range { last_key: i64, step: i64, limit: i64 },
+    Range {
+        last_key: i64,
+        step: i64,
+        limit: i64,
+    },
     /// The argument at start+`keynum_index` is a count; keys begin at start+`first_key`.
-    KeyNum { keynum_index: i64, first_key: i64, step: i64 },
+    KeyNum {
+        keynum_index: i64,
+        first_key: i64,
+        step: i64,
+    },
     Unknown,
 }
 
@@ -36,18 +47,31 @@ pub struct KeySpec {
 
 impl KeySpec {
     pub(crate) fn from_json(v: &Value) -> KeySpec {
-        let int = |v: Option<&Value>, k: &str| v.and_then(|v| map_get(v, k)).and_then(Value::as_i64).unwrap_or(0);
+        let int = |v: Option<&Value>, k: &str| {
+            v.and_then(|v| map_get(v, k))
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+        };
         let flags = map_get(v, "flags")
             .and_then(|f| f.get("~"))
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|f| f.get("+").and_then(Value::as_str)).map(str::to_string).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.get("+").and_then(Value::as_str))
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
         let bs = map_get(v, "begin_search");
         let bs_spec = bs.and_then(|b| map_get(b, "spec"));
         let begin = match bs.and_then(|b| map_get(b, "type")).and_then(Value::as_str) {
             Some("index") => BeginSearch::Index(int(bs_spec, "index")),
             Some("keyword") => BeginSearch::Keyword {
-                keyword: bs_spec.and_then(|s| map_get(s, "keyword")).and_then(Value::as_str).unwrap_or("").to_string(),
+                keyword: bs_spec
+                    .and_then(|s| map_get(s, "keyword"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
                 start_from: int(bs_spec, "startfrom"),
             },
             _ => BeginSearch::Unknown,
@@ -78,12 +102,18 @@ pub fn positions(specs: &[KeySpec], args: &[Vec<u8>]) -> Vec<usize> {
     for spec in specs {
         let start = match &spec.begin {
             BeginSearch::Index(i) => *i,
-            BeginSearch::Keyword { keyword, start_from } => {
+            BeginSearch::Keyword {
+                keyword,
+                start_from,
+            } => {
                 let found = if *start_from >= 0 {
-                    (*start_from..argc).find(|&i| args[i as usize].eq_ignore_ascii_case(keyword.as_bytes()))
+                    (*start_from..argc)
+                        .find(|&i| args[i as usize].eq_ignore_ascii_case(keyword.as_bytes()))
                 } else {
                     let from = argc + start_from;
-                    (1..=from).rev().find(|&i| args[i as usize].eq_ignore_ascii_case(keyword.as_bytes()))
+                    (1..=from)
+                        .rev()
+                        .find(|&i| args[i as usize].eq_ignore_ascii_case(keyword.as_bytes()))
                 };
                 match found {
                     Some(i) => i + 1,
@@ -93,7 +123,11 @@ pub fn positions(specs: &[KeySpec], args: &[Vec<u8>]) -> Vec<usize> {
             BeginSearch::Unknown => continue,
         };
         let (first, last, step) = match &spec.find {
-            FindKeys::Range { last_key, step, limit } => {
+            FindKeys::Range {
+                last_key,
+                step,
+                limit,
+            } => {
                 let last = if *last_key >= 0 {
                     start + last_key
                 } else if *limit <= 1 {
@@ -103,9 +137,15 @@ pub fn positions(specs: &[KeySpec], args: &[Vec<u8>]) -> Vec<usize> {
                 };
                 (start, last, (*step).max(1))
             }
-            FindKeys::KeyNum { keynum_index, first_key, step } => {
+            FindKeys::KeyNum {
+                keynum_index,
+                first_key,
+                step,
+            } => {
                 let idx = start + keynum_index;
-                let Some(n) = args.get(idx as usize).and_then(|a| std::str::from_utf8(a).ok()?.parse::<i64>().ok())
+                let Some(n) = args
+                    .get(idx as usize)
+                    .and_then(|a| std::str::from_utf8(a).ok()?.parse::<i64>().ok())
                 else {
                     continue;
                 };

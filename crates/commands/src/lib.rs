@@ -136,7 +136,11 @@ impl CommandTable {
         }
         let mut names: Vec<String> = commands.keys().cloned().collect();
         names.sort();
-        CommandTable { commands, names, source }
+        CommandTable {
+            commands,
+            names,
+            source,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -169,7 +173,12 @@ impl CommandTable {
             return Lookup::Found(spec);
         }
         if args.len() < 2 {
-            return Lookup::Error(wrong_arity(&spec.name));
+            // A container such as COMMAND may also be called bare when its arity allows.
+            return if spec.arity_ok(1) {
+                Lookup::Found(spec)
+            } else {
+                Lookup::Error(wrong_arity(&spec.name))
+            };
         }
         let sub = format!("{}|{}", spec.name, lower(&args[1]));
         match spec.subcommands.get(&sub) {
@@ -206,7 +215,9 @@ fn trunc(arg: &[u8], max: usize) -> String {
 
 /// `ERR wrong number of arguments for 'get' command`
 pub fn wrong_arity(name: &str) -> Reply {
-    Reply::error(format!("ERR wrong number of arguments for '{name}' command"))
+    Reply::error(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
 }
 
 /// Redis's unknown-command error, which quotes the first arguments.

@@ -99,7 +99,11 @@ pub fn parse_i64(s: &[u8]) -> Option<i64> {
         }
         let digit = (d - b'0') as i64;
         v = v.checked_mul(10)?;
-        v = if neg { v.checked_sub(digit)? } else { v.checked_add(digit)? };
+        v = if neg {
+            v.checked_sub(digit)?
+        } else {
+            v.checked_add(digit)?
+        };
     }
     if neg && v == 0 {
         return None;
@@ -129,7 +133,10 @@ fn decode_multibulk(buf: &[u8], limits: &Limits) -> Result<Decoded, ProtocolErro
             return Ok(Decoded::Incomplete);
         };
         if first != b'$' {
-            return Err(ProtocolError(format!("expected '$', got '{}'", first as char)));
+            return Err(ProtocolError(format!(
+                "expected '$', got '{}'",
+                first as char
+            )));
         }
         let Some(end) = find_crlf(buf, pos) else {
             if buf.len() - pos > limits.max_inline_len {
@@ -159,7 +166,121 @@ fn decode_multibulk(buf: &[u8], limits: &Limits) -> Result<Decoded, ProtocolErro
         p += len + 2;
     }
     debug_assert_eq!(p, pos);
-    Ok(Decoded::Request { args, consumed: pos })
+    Ok(Decoded::Request {
+        args,
+        consumed: pos,
+    })
+}
+
+/// A request decoder that keeps its place across reads.
+///
+/// A multibulk request's arguments are kept as each one completes, so a request that arrives in
+/// many reads is parsed once, not re-measured on every read (which would be quadratic for a
+/// 10M-argument request). [`Decoder::pending_bytes`] tells how much such a partial request holds,
+/// so the connection can count it against its query-buffer limit.
+#[derive(Default)]
+pub struct Decoder {
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    remaining: usize,
+    args: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// One decoding step's outcome.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Request(Vec<Vec<u8>>),
+    /// Bytes that form no command were skipped.
+    Empty,
+    /// More input is needed (bytes may still have been consumed).
+    NeedMore,
+}
+
+impl Decoder {
+    /// Bytes held by a partially received request.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| {
+            p.bytes + p.args.capacity() * std::mem::size_of::<Vec<u8>>()
+        })
+    }
+
+    /// Decodes from the front of `buf`; returns the outcome and how many bytes were consumed.
+    pub fn step(&mut self, buf: &[u8], limits: &Limits) -> Result<(Step, usize), ProtocolError> {
+        let mut pos = 0;
+        if self.pending.is_none() {
+            match buf.first() {
+                None => return Ok((Step::NeedMore, 0)),
+                Some(b'*') => {}
+                Some(_) => {
+                    return Ok(match decode_inline(buf, limits)? {
+                        Decoded::Request { args, consumed } => (Step::Request(args), consumed),
+                        Decoded::Empty { consumed } => (Step::Empty, consumed),
+                        Decoded::Incomplete => (Step::NeedMore, 0),
+                    })
+                }
+            }
+            let Some(end) = find_crlf(buf, 0) else {
+                if buf.len() > limits.max_inline_len {
+                    return Err(ProtocolError::new("too big mbulk count string"));
+                }
+                return Ok((Step::NeedMore, 0));
+            };
+            let count = parse_i64(&buf[1..end])
+                .filter(|&n| n <= limits.max_multibulk_len as i64 && n <= i32::MAX as i64)
+                .ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
+            pos = end + 2;
+            if count <= 0 {
+                return Ok((Step::Empty, pos));
+            }
+            let count = count as usize;
+            // Never trust the announced count for allocation.
+            self.pending = Some(Pending {
+                remaining: count,
+                args: Vec::with_capacity(count.min(1024)),
+                bytes: 0,
+            });
+        }
+        let p = self.pending.as_mut().expect("set above");
+        while p.remaining > 0 {
+            let Some(&first) = buf.get(pos) else {
+                return Ok((Step::NeedMore, pos));
+            };
+            if first != b'$' {
+                self.pending = None;
+                return Err(ProtocolError(format!(
+                    "expected '$', got '{}'",
+                    first as char
+                )));
+            }
+            let Some(end) = find_crlf(buf, pos) else {
+                if buf.len() - pos > limits.max_inline_len {
+                    self.pending = None;
+                    return Err(ProtocolError::new("too big bulk count string"));
+                }
+                return Ok((Step::NeedMore, pos));
+            };
+            let Some(len) = parse_i64(&buf[pos + 1..end])
+                .filter(|&n| n >= 0 && n as u64 <= limits.max_bulk_len as u64)
+            else {
+                self.pending = None;
+                return Err(ProtocolError::new("invalid bulk length"));
+            };
+            let start = end + 2;
+            let len = len as usize;
+            if buf.len() < start + len + 2 {
+                return Ok((Step::NeedMore, pos));
+            }
+            p.args.push(buf[start..start + len].to_vec());
+            p.bytes += len;
+            p.remaining -= 1;
+            pos = start + len + 2;
+        }
+        let done = self.pending.take().expect("set above");
+        Ok((Step::Request(done.args), pos))
+    }
 }
 
 fn decode_inline(buf: &[u8], limits: &Limits) -> Result<Decoded, ProtocolError> {
@@ -172,12 +293,20 @@ fn decode_inline(buf: &[u8], limits: &Limits) -> Result<Decoded, ProtocolError> 
     if nl > limits.max_inline_len {
         return Err(ProtocolError::new("too big inline request"));
     }
-    let line = if nl > 0 && buf[nl - 1] == b'\r' { &buf[..nl - 1] } else { &buf[..nl] };
-    let args = split_args(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
+    let line = if nl > 0 && buf[nl - 1] == b'\r' {
+        &buf[..nl - 1]
+    } else {
+        &buf[..nl]
+    };
+    let args =
+        split_args(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
     if args.is_empty() {
         return Ok(Decoded::Empty { consumed: nl + 1 });
     }
-    Ok(Decoded::Request { args, consumed: nl + 1 })
+    Ok(Decoded::Request {
+        args,
+        consumed: nl + 1,
+    })
 }
 
 /// Splits an inline command line into arguments the way redis-cli users expect: whitespace
@@ -274,11 +403,18 @@ mod tests {
     fn multibulk_whole_and_partial() {
         let req = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
         for cut in 0..req.len() {
-            assert_eq!(dec(&req[..cut]).unwrap(), Decoded::Incomplete, "cut at {cut}");
+            assert_eq!(
+                dec(&req[..cut]).unwrap(),
+                Decoded::Incomplete,
+                "cut at {cut}"
+            );
         }
         assert_eq!(
             dec(req).unwrap(),
-            Decoded::Request { args: vec![b"GET".to_vec(), b"k".to_vec()], consumed: req.len() }
+            Decoded::Request {
+                args: vec![b"GET".to_vec(), b"k".to_vec()],
+                consumed: req.len()
+            }
         );
     }
 
@@ -286,16 +422,55 @@ mod tests {
     fn errors_match_redis() {
         assert_eq!(dec(b"*x\r\n").unwrap_err().0, "invalid multibulk length");
         assert_eq!(dec(b"*1\r\n+a\r\n").unwrap_err().0, "expected '$', got '+'");
-        assert_eq!(dec(b"*1\r\n$2147483648\r\n").unwrap_err().0, "invalid bulk length");
+        assert_eq!(
+            dec(b"*1\r\n$2147483648\r\n").unwrap_err().0,
+            "invalid bulk length"
+        );
         assert_eq!(dec(b"*1\r\n$-1\r\n").unwrap_err().0, "invalid bulk length");
-        assert_eq!(dec(b"\"abc\r\n").unwrap_err().0, "unbalanced quotes in request");
+        assert_eq!(
+            dec(b"\"abc\r\n").unwrap_err().0,
+            "unbalanced quotes in request"
+        );
         let long = vec![b'a'; 70_000];
         assert_eq!(dec(&long).unwrap_err().0, "too big inline request");
     }
 
     #[test]
     fn huge_announced_count_allocates_nothing_until_sent() {
-        assert_eq!(dec(b"*10000000\r\n$1\r\na\r\n").unwrap(), Decoded::Incomplete);
+        assert_eq!(
+            dec(b"*10000000\r\n$1\r\na\r\n").unwrap(),
+            Decoded::Incomplete
+        );
+    }
+
+    #[test]
+    fn decoder_resumes_across_reads() {
+        let req = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n*1\r\n$4\r\nPING\r\n";
+        // Feed one byte at a time, the worst split a client can make.
+        let mut d = Decoder::default();
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        for &b in req.iter() {
+            buf.push(b);
+            loop {
+                let (step, used) = d.step(&buf, &Limits::default()).unwrap();
+                buf.drain(..used);
+                match step {
+                    Step::Request(args) => got.push(args),
+                    Step::Empty => {}
+                    Step::NeedMore => break,
+                }
+            }
+        }
+        assert_eq!(
+            got,
+            vec![
+                vec![b"SET".to_vec(), b"k".to_vec(), b"hello".to_vec()],
+                vec![b"PING".to_vec()]
+            ]
+        );
+        assert!(buf.is_empty());
+        assert_eq!(d.pending_bytes(), 0);
     }
 
     #[test]
@@ -304,7 +479,15 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(args, vec![b"set".to_vec(), b"a b".to_vec(), b"c'd".to_vec(), b"A\n".to_vec()]);
+        assert_eq!(
+            args,
+            vec![
+                b"set".to_vec(),
+                b"a b".to_vec(),
+                b"c'd".to_vec(),
+                b"A\n".to_vec()
+            ]
+        );
         assert_eq!(dec(b"\r\n").unwrap(), Decoded::Empty { consumed: 2 });
         assert_eq!(dec(b"*0\r\n").unwrap(), Decoded::Empty { consumed: 4 });
     }
@@ -314,7 +497,16 @@ mod tests {
         assert_eq!(parse_i64(b"-12"), Some(-12));
         assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
         assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-        for bad in [&b""[..], b"+1", b"01", b"-0", b" 1", b"1 ", b"9223372036854775808", b"-"] {
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"01",
+            b"-0",
+            b" 1",
+            b"1 ",
+            b"9223372036854775808",
+            b"-",
+        ] {
             assert_eq!(parse_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

@@ -100,7 +100,9 @@ impl Reply {
                     bulk(out, text.as_bytes());
                 }
             }
-            Reply::Bool(b) if resp3 => out.extend_from_slice(if *b { b"#t\r\n" } else { b"#f\r\n" }),
+            Reply::Bool(b) if resp3 => {
+                out.extend_from_slice(if *b { b"#t\r\n" } else { b"#f\r\n" })
+            }
             Reply::Bool(b) => out.extend_from_slice(if *b { b":1\r\n" } else { b":0\r\n" }),
             Reply::Verbatim(fmt, data) if resp3 => {
                 header(out, b'=', data.len() + 4);
@@ -136,7 +138,10 @@ impl From<i64> for Reply {
 fn line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
     out.push(kind);
     // A status or error may not contain CR or LF; Redis replaces them with spaces.
-    out.extend(text.iter().map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    out.extend(
+        text.iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
     out.extend_from_slice(b"\r\n");
 }
 
@@ -187,7 +192,11 @@ pub fn format_double(d: f64) -> String {
 /// below -4 or at least `precision`, trailing zeros removed.
 pub fn format_g(d: f64, precision: usize) -> String {
     if d == 0.0 {
-        return if d.is_sign_negative() { "-0".into() } else { "0".into() };
+        return if d.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
     }
     let sci = format!("{:.*e}", precision - 1, d);
     let (mantissa, exp) = sci.split_once('e').expect("e format has an exponent");
@@ -222,7 +231,10 @@ mod tests {
         assert_eq!(format_double(-2.0), "-2");
         assert_eq!(format_double(1e20), "1e+20");
         assert_eq!(format_double(1.0e-5), "1.0000000000000001e-05");
-        assert_eq!(format_double(123456789012345680.0), "1.2345678901234568e+17");
+        assert_eq!(
+            format_double(123456789012345680.0),
+            "1.2345678901234568e+17"
+        );
         assert_eq!(format_double(f64::INFINITY), "inf");
     }
 
@@ -233,9 +245,15 @@ mod tests {
         assert_eq!(m.to_bytes(Protocol::Resp3), b"%1\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(Reply::Nil.to_bytes(Protocol::Resp3), b"_\r\n");
         assert_eq!(Reply::NilArray.to_bytes(Protocol::Resp2), b"*-1\r\n");
-        assert_eq!(Reply::Double(2.5).to_bytes(Protocol::Resp2), b"$3\r\n2.5\r\n");
+        assert_eq!(
+            Reply::Double(2.5).to_bytes(Protocol::Resp2),
+            b"$3\r\n2.5\r\n"
+        );
         assert_eq!(Reply::Double(2.5).to_bytes(Protocol::Resp3), b",2.5\r\n");
         assert_eq!(Reply::Int(-42).to_bytes(Protocol::Resp2), b":-42\r\n");
-        assert_eq!(Reply::Int(i64::MIN).to_bytes(Protocol::Resp2), b":-9223372036854775808\r\n");
+        assert_eq!(
+            Reply::Int(i64::MIN).to_bytes(Protocol::Resp2),
+            b":-9223372036854775808\r\n"
+        );
     }
 }

@@ -1,1 +1,97 @@
+//! The cairn server: listeners, connections and command dispatch.
+//!
+//! The request path, in the order a request travels:
+//! [`connection`] reads bytes and decodes requests (RESP with limits) → [`dispatch`] looks each up
+//! in the command table, checks arity, queues it inside MULTI, and runs it either against the
+//! store (data commands, with the entry time and seed of [`cairn_store::Env`]) or against the
+//! connection and server ([`cmd`]: HELLO, CLIENT, MULTI/EXEC, COMMAND, INFO, CONFIG ...).
+//!
+//! `run` takes already-bound listeners so that tests can bind port 0 and start many servers in
+//! one process.
 
+pub mod cmd;
+pub mod config;
+pub mod connection;
+pub mod dispatch;
+pub mod expiry;
+pub mod stats;
+
+pub use config::Config;
+
+use cairn_store::Store;
+use parking_lot::Mutex;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What every connection of a server shares.
+pub struct Shared {
+    pub config: Mutex<Config>,
+    pub store: Mutex<Store>,
+    pub table: dispatch::Table,
+    pub clients: connection::Registry,
+    pub stats: stats::Stats,
+    pub started_ms: u64,
+    next_client_id: AtomicU64,
+    /// Flips to true when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Unix time in milliseconds. The only clock the data path reads: its value is written into the
+/// entry (see `cairn_store::Env`), never read during apply.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Serves clients on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        config: Mutex::new(config),
+        store: Mutex::new(Store::new()),
+        table: dispatch::Table::build(),
+        clients: connection::Registry::default(),
+        stats: stats::Stats::default(),
+        started_ms: now_ms(),
+        next_client_id: AtomicU64::new(1),
+        shutdown: stop_rx,
+    });
+    let expiry = tokio::spawn(expiry::run(shared.clone()));
+    tracing::info!(addr = %listener.local_addr()?, commands = shared.table.len(), "cairn is serving clients");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { connection::serve(shared, socket, peer).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut shutdown => break,
+        }
+    }
+    let _ = stop_tx.send(true);
+    expiry.abort();
+    tracing::info!("cairn stopped accepting clients");
+    Ok(())
+}

@@ -1,1 +1,71 @@
+//! cairn's state machine: the keyspace and the Redis data types, changed only by applying
+//! commands.
+//!
+//! Determinism is the rule everything here keeps: applying the same commands with the same
+//! [`Env`] (time and random seed, written into the log entry by the leader) gives the same state on
+//! every replica. Nothing in this crate reads the clock or draws randomness of its own, and
+//! iteration orders that a write can observe (SPOP, for example) come from insertion order, never
+//! from a hash function's layout.
+//!
+//! Layout: [`keyspace`] holds keys partitioned by hash slot; [`value`] the types; [`exec`] the
+//! context a command runs in and its helpers; [`cmd`] one file per command family; [`snapshot`]
+//! the versioned, byte-exact dump of the whole keyspace.
 
+pub mod cmd;
+pub mod exec;
+pub mod glob;
+pub mod keyspace;
+pub mod numbers;
+pub mod rng;
+pub mod slot;
+pub mod snapshot;
+pub mod value;
+pub mod watch;
+
+pub use exec::{Ctx, Env, Handler};
+pub use keyspace::Keyspace;
+pub use value::Value;
+
+use cairn_resp::Reply;
+
+/// The state machine of one shard: the keyspace plus what WATCH needs.
+#[derive(Default)]
+pub struct Store {
+    pub keyspace: Keyspace,
+    pub watches: watch::Watches,
+    /// Modifications applied since start (Redis's `server.dirty`).
+    pub dirty: u64,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    /// Runs one command. `args[0]` is the name; the caller has checked arity.
+    pub fn execute(&mut self, handler: Handler, args: &[Vec<u8>], env: &Env) -> Reply {
+        let mut rng = rng::Rng::new(env.seed);
+        let mut ctx = Ctx {
+            ks: &mut self.keyspace,
+            watches: &mut self.watches,
+            now_ms: env.now_ms,
+            rng: &mut rng,
+            proto: env.proto,
+            dirty: 0,
+        };
+        let reply = handler(&mut ctx, args);
+        self.dirty += ctx.dirty;
+        reply
+    }
+
+    /// Removes up to `max` keys whose time has passed, earliest deadline first; returns them.
+    /// This is active expiry: under replication the leader decides and replicates the deletes.
+    pub fn expire_due(&mut self, now_ms: u64, max: usize) -> Vec<Vec<u8>> {
+        let removed = self.keyspace.remove_expired(now_ms, max);
+        for key in &removed {
+            self.watches.signal(key);
+        }
+        self.dirty += removed.len() as u64;
+        removed
+    }
+}

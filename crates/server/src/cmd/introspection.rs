@@ -1,0 +1,329 @@
+//! Server introspection: COMMAND, INFO, CONFIG, TIME, LASTSAVE, DEBUG.
+
+use crate::dispatch::Call;
+use crate::stats::Stats;
+use cairn_resp::Reply;
+use std::time::Duration;
+
+fn is(arg: &[u8], word: &str) -> bool {
+    arg.eq_ignore_ascii_case(word.as_bytes())
+}
+
+pub fn command(c: &mut Call) -> Reply {
+    Reply::Array(
+        c.shared
+            .table
+            .commands
+            .iter()
+            .map(|s| s.info.clone())
+            .collect(),
+    )
+}
+
+pub fn command_count(c: &mut Call) -> Reply {
+    Reply::Int(c.shared.table.commands.len() as i64)
+}
+
+pub fn command_info(c: &mut Call) -> Reply {
+    if c.args.len() == 2 {
+        return command(c);
+    }
+    let table = &c.shared.table.commands;
+    Reply::Array(
+        c.args[2..]
+            .iter()
+            .map(|n| {
+                table
+                    .get(&cairn_commands::lower(n))
+                    .map_or(Reply::NilArray, |s| s.info.clone())
+            })
+            .collect(),
+    )
+}
+
+pub fn command_docs(c: &mut Call) -> Reply {
+    let table = &c.shared.table.commands;
+    let specs: Vec<_> = if c.args.len() == 2 {
+        table.iter().collect()
+    } else {
+        c.args[2..]
+            .iter()
+            .filter_map(|n| table.get(&cairn_commands::lower(n)))
+            .collect()
+    };
+    let mut pairs = Vec::new();
+    for spec in specs {
+        if let Some(Reply::Array(doc)) = &spec.docs {
+            if let [name, body] = &doc[..] {
+                pairs.push((name.clone(), body.clone()));
+            }
+        }
+    }
+    Reply::Map(pairs)
+}
+
+pub fn command_list(c: &mut Call) -> Reply {
+    let table = &c.shared.table.commands;
+    let filter = &c.args[2..];
+    let names = table
+        .iter()
+        .flat_map(|s| std::iter::once(s).chain(s.subcommands.values()));
+    let keep = |s: &cairn_commands::CommandSpec| -> Result<bool, Reply> {
+        match filter {
+            [] => Ok(true),
+            [f, kind, value] if is(f, "filterby") => {
+                if is(kind, "module") {
+                    Ok(false)
+                } else if is(kind, "aclcat") {
+                    Ok(s.categories
+                        .iter()
+                        .any(|c| c.as_bytes().eq_ignore_ascii_case(value)))
+                } else if is(kind, "pattern") {
+                    Ok(cairn_store::glob::matches(value, s.name.as_bytes(), true))
+                } else {
+                    Err(Reply::error("ERR syntax error"))
+                }
+            }
+            _ => Err(Reply::error("ERR syntax error")),
+        }
+    };
+    let mut out = Vec::new();
+    for s in names {
+        match keep(s) {
+            Ok(true) => out.push(Reply::from(s.name.as_str())),
+            Ok(false) => {}
+            Err(e) => return e,
+        }
+    }
+    Reply::Array(out)
+}
+
+pub fn command_getkeys(c: &mut Call) -> Reply {
+    let args = &c.args[2..];
+    let table = &c.shared.table.commands;
+    let spec = match table.lookup(args) {
+        cairn_commands::Lookup::Found(s) => s.clone(),
+        cairn_commands::Lookup::Error(_) => {
+            return if table.get(&cairn_commands::lower(&args[0])).is_some() {
+                Reply::error("ERR Invalid number of arguments specified for command")
+            } else {
+                Reply::error("ERR Invalid command specified")
+            };
+        }
+    };
+    let keys = spec.key_positions(args);
+    if keys.is_empty() {
+        return Reply::error("ERR The command has no key arguments");
+    }
+    Reply::Array(
+        keys.into_iter()
+            .map(|i| Reply::Bulk(args[i].clone()))
+            .collect(),
+    )
+}
+
+pub fn info(c: &mut Call) -> Reply {
+    let wanted: Vec<String> = c.args[1..]
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).to_lowercase())
+        .collect();
+    let all = wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| w == "all" || w == "everything" || w == "default");
+    let want = |s: &str| all || wanted.iter().any(|w| w == s);
+    let sh = c.shared;
+    let now = crate::now_ms();
+    let mut out = String::new();
+    let mut section = |name: &str, lines: Vec<(String, String)>| {
+        if want(&name.to_lowercase()) {
+            if !out.is_empty() {
+                out.push_str("\r\n");
+            }
+            out.push_str(&format!("# {name}\r\n"));
+            for (k, v) in lines {
+                out.push_str(&format!("{k}:{v}\r\n"));
+            }
+        }
+    };
+    let port = sh.config.lock().port;
+    section(
+        "Server",
+        vec![
+            ("redis_version".into(), "7.0.15".into()),
+            ("cairn_version".into(), env!("CARGO_PKG_VERSION").into()),
+            ("redis_mode".into(), "standalone".into()),
+            ("os".into(), std::env::consts::OS.into()),
+            ("arch_bits".into(), "64".into()),
+            ("process_id".into(), std::process::id().to_string()),
+            ("tcp_port".into(), port.to_string()),
+            (
+                "uptime_in_seconds".into(),
+                ((now - sh.started_ms) / 1000).to_string(),
+            ),
+        ],
+    );
+    section(
+        "Clients",
+        vec![("connected_clients".into(), sh.clients.len().to_string())],
+    );
+    section(
+        "Memory",
+        vec![
+            ("used_memory".into(), "0".into()),
+            ("maxmemory".into(), "0".into()),
+        ],
+    );
+    section(
+        "Persistence",
+        vec![
+            ("loading".into(), "0".into()),
+            (
+                "rdb_changes_since_last_save".into(),
+                c.store.dirty.to_string(),
+            ),
+        ],
+    );
+    let st = &sh.stats;
+    section(
+        "Stats",
+        vec![
+            (
+                "total_connections_received".into(),
+                Stats::get(&st.connections_received).to_string(),
+            ),
+            (
+                "total_commands_processed".into(),
+                Stats::get(&st.commands_processed).to_string(),
+            ),
+            (
+                "rejected_connections".into(),
+                Stats::get(&st.connections_rejected).to_string(),
+            ),
+            (
+                "expired_keys".into(),
+                Stats::get(&st.expired_keys).to_string(),
+            ),
+            (
+                "total_error_replies".into(),
+                Stats::get(&st.error_replies).to_string(),
+            ),
+            (
+                "protocol_errors".into(),
+                Stats::get(&st.protocol_errors).to_string(),
+            ),
+        ],
+    );
+    section(
+        "Replication",
+        vec![
+            ("role".into(), "master".into()),
+            ("connected_slaves".into(), "0".into()),
+        ],
+    );
+    let ks = &c.store.keyspace;
+    let keyspace = if ks.is_empty() {
+        vec![]
+    } else {
+        vec![(
+            "db0".into(),
+            format!("keys={},expires={},avg_ttl=0", ks.len(), ks.volatile_len()),
+        )]
+    };
+    section("Keyspace", keyspace);
+    Reply::Verbatim("txt", out.into_bytes())
+}
+
+pub fn config_get(c: &mut Call) -> Reply {
+    let params = c.shared.config.lock().params();
+    let mut pairs = Vec::new();
+    for (name, value) in params {
+        if c.args[2..]
+            .iter()
+            .any(|p| cairn_store::glob::matches(p, name.as_bytes(), true))
+            && !pairs
+                .iter()
+                .any(|(n, _): &(Reply, Reply)| *n == Reply::from(name))
+        {
+            pairs.push((Reply::from(name), Reply::from(value.as_str())));
+        }
+    }
+    Reply::Map(pairs)
+}
+
+pub fn config_set(c: &mut Call) -> Reply {
+    let args = &c.args[2..];
+    if args.len() % 2 != 0 {
+        return cairn_commands::wrong_arity("config|set");
+    }
+    let mut config = c.shared.config.lock();
+    let mut next = config.clone();
+    for pair in args.chunks(2) {
+        let name = String::from_utf8_lossy(&pair[0]).to_lowercase();
+        let value = String::from_utf8_lossy(&pair[1]).to_string();
+        if let Err(why) = next.set(&name, &value) {
+            return if why == "unknown" {
+                Reply::error(format!(
+                    "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
+                ))
+            } else {
+                Reply::error(format!(
+                    "ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"
+                ))
+            };
+        }
+    }
+    *config = next;
+    Reply::OK
+}
+
+pub fn config_resetstat(c: &mut Call) -> Reply {
+    c.shared.stats.reset();
+    Reply::OK
+}
+
+pub fn time(c: &mut Call) -> Reply {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let _ = c;
+    Reply::Array(vec![
+        Reply::Bulk((micros / 1_000_000).to_string().into_bytes()),
+        Reply::Bulk((micros % 1_000_000).to_string().into_bytes()),
+    ])
+}
+
+pub fn lastsave(c: &mut Call) -> Reply {
+    Reply::Int((c.shared.started_ms / 1000) as i64)
+}
+
+/// DEBUG SLEEP and DEBUG OBJECT; the rest of Redis's DEBUG is not offered.
+pub fn debug(c: &mut Call) -> Reply {
+    let args = c.args;
+    if args.len() == 3 && is(&args[1], "sleep") {
+        let Some(secs) = std::str::from_utf8(&args[2])
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+        else {
+            return Reply::error("ERR value is not a valid float");
+        };
+        // Bounded: a client cannot park its connection for more than an hour.
+        c.client.sleep = Some(Duration::from_secs_f64(secs.clamp(0.0, 3600.0)));
+        return Reply::OK;
+    }
+    if args.len() == 3 && is(&args[1], "object") {
+        return match c.store.keyspace.value(&args[2], c.env.now_ms) {
+            None => Reply::error("ERR no such key"),
+            Some(v) => Reply::Status(
+                format!(
+                    "Value at:0x0 refcount:1 encoding:{} serializedlength:{} lru:0 lru_seconds_idle:0",
+                    v.encoding(),
+                    cairn_store::snapshot::dump_value(v).len()
+                )
+                .into(),
+            ),
+        };
+    }
+    Reply::error("ERR DEBUG subcommand not supported by cairn (SLEEP and OBJECT are)")
+}

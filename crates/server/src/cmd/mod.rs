@@ -1,0 +1,44 @@
+//! Commands that act on the connection or the server: one file per family.
+
+pub mod connection;
+pub mod introspection;
+pub mod transactions;
+
+use crate::dispatch::ConnHandler;
+
+pub const COMMANDS: &[(&str, ConnHandler)] = &[
+    ("ping", connection::ping),
+    ("echo", connection::echo),
+    ("hello", connection::hello),
+    ("select", connection::select),
+    ("quit", connection::quit),
+    ("reset", connection::reset),
+    ("auth", connection::auth),
+    ("client|id", connection::client_id),
+    ("client|setname", connection::client_setname),
+    ("client|getname", connection::client_getname),
+    ("client|setinfo", connection::client_setinfo),
+    ("client|list", connection::client_list),
+    ("client|info", connection::client_info),
+    ("client|kill", connection::client_kill),
+    ("client|no-evict", connection::client_on_off),
+    ("client|no-touch", connection::client_on_off),
+    ("multi", transactions::multi),
+    ("exec", transactions::exec),
+    ("discard", transactions::discard),
+    ("watch", transactions::watch),
+    ("unwatch", transactions::unwatch),
+    ("command", introspection::command),
+    ("command|count", introspection::command_count),
+    ("command|info", introspection::command_info),
+    ("command|docs", introspection::command_docs),
+    ("command|list", introspection::command_list),
+    ("command|getkeys", introspection::command_getkeys),
+    ("info", introspection::info),
+    ("config|get", introspection::config_get),
+    ("config|set", introspection::config_set),
+    ("config|resetstat", introspection::config_resetstat),
+    ("time", introspection::time),
+    ("lastsave", introspection::lastsave),
+    ("debug", introspection::debug),
+];

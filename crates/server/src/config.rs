@@ -1,0 +1,119 @@
+//! The server's runtime configuration: what `CONFIG GET/SET` see and the limits connections obey.
+//! Defaults are Redis 7's unless a comment says why not.
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub bind: String,
+    pub port: u16,
+    pub data_dir: std::path::PathBuf,
+    /// The most clients served at once; one more is refused with Redis's error.
+    pub maxclients: usize,
+    /// `proto-max-bulk-len`: the longest argument a request may carry.
+    pub proto_max_bulk_len: usize,
+    /// `client-query-buffer-limit`: the most unprocessed input one client may have buffered.
+    pub client_query_buffer_limit: usize,
+    /// Seconds a client may stay idle before it is closed (0: never).
+    pub timeout_secs: u64,
+    /// Active-expiry cycles per second.
+    pub hz: u32,
+    pub protected_mode: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1".into(),
+            port: 6379,
+            data_dir: "cairn-data".into(),
+            maxclients: 10_000,
+            proto_max_bulk_len: 512 * 1024 * 1024,
+            client_query_buffer_limit: 1024 * 1024 * 1024,
+            timeout_secs: 0,
+            hz: 10,
+            protected_mode: true,
+        }
+    }
+}
+
+/// Parses a Redis memory amount: `1gb`, `512mb`, `64k`, `1024`.
+pub fn parse_memory(s: &str) -> Option<usize> {
+    let lower = s.to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl Config {
+    /// The parameters CONFIG GET knows, with their current values.
+    pub fn params(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("bind", self.bind.clone()),
+            ("port", self.port.to_string()),
+            ("dir", self.data_dir.display().to_string()),
+            ("maxclients", self.maxclients.to_string()),
+            ("proto-max-bulk-len", self.proto_max_bulk_len.to_string()),
+            (
+                "client-query-buffer-limit",
+                self.client_query_buffer_limit.to_string(),
+            ),
+            ("timeout", self.timeout_secs.to_string()),
+            ("hz", self.hz.to_string()),
+            (
+                "protected-mode",
+                if self.protected_mode { "yes" } else { "no" }.into(),
+            ),
+            ("databases", "1".into()),
+            ("save", String::new()),
+            ("appendonly", "no".into()),
+            ("maxmemory", "0".into()),
+            ("maxmemory-policy", "noeviction".into()),
+            ("notify-keyspace-events", String::new()),
+            ("cluster-enabled", "no".into()),
+        ]
+    }
+
+    /// Sets one parameter; Err carries Redis's message tail.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let bad = || format!("argument couldn't be parsed into an integer");
+        match name {
+            "maxclients" => self.maxclients = value.parse().map_err(|_| bad())?,
+            "timeout" => self.timeout_secs = value.parse().map_err(|_| bad())?,
+            "hz" => self.hz = value.parse::<u32>().map_err(|_| bad())?.clamp(1, 500),
+            "proto-max-bulk-len" => {
+                self.proto_max_bulk_len = parse_memory(value)
+                    .filter(|&n| n >= 1024 * 1024)
+                    .ok_or("argument must be a memory value")?
+            }
+            "client-query-buffer-limit" => {
+                self.client_query_buffer_limit = parse_memory(value)
+                    .filter(|&n| n >= 1024 * 1024)
+                    .ok_or("argument must be a memory value")?
+            }
+            "protected-mode" => {
+                self.protected_mode = match value.to_ascii_lowercase().as_str() {
+                    "yes" => true,
+                    "no" => false,
+                    _ => return Err("argument must be 'yes' or 'no'".into()),
+                }
+            }
+            // Accepted for compatibility: cairn has no eviction, persistence knobs or events yet.
+            "maxmemory-policy" | "save" | "appendonly" | "notify-keyspace-events" | "maxmemory" => {
+            }
+            _ => return Err("unknown".into()),
+        }
+        Ok(())
+    }
+}

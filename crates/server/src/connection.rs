@@ -1,0 +1,260 @@
+//! One client connection: read, decode, dispatch, reply, with every buffer bounded.
+//!
+//! Requests are decoded as long as whole ones are in the buffer and their replies collected into
+//! one output buffer, written once per read (a waiting pipeline costs one write, not one per
+//! request) or sooner when it passes [`OUTPUT_FLUSH_BYTES`], so output waiting on a slow reader is
+//! bounded by the socket's backpressure rather than growing without limit.
+
+use crate::dispatch;
+use crate::stats::Stats;
+use crate::Shared;
+use cairn_resp::{Decoder, Limits, Protocol, Step};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Replies are written once they reach this size, even mid-pipeline.
+pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What other connections may see of a client (CLIENT LIST, CLIENT KILL).
+pub struct ClientInfo {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub laddr: SocketAddr,
+    pub created_ms: u64,
+    pub name: Mutex<Vec<u8>>,
+    pub lib_name: Mutex<Vec<u8>>,
+    pub lib_ver: Mutex<Vec<u8>>,
+    pub last_active_ms: AtomicU64,
+    pub last_command: Mutex<String>,
+    pub resp: AtomicU8,
+    pub in_multi: AtomicBool,
+    killed: AtomicBool,
+    kill: Notify,
+}
+
+impl ClientInfo {
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.kill.notify_one();
+    }
+
+    /// The CLIENT LIST / CLIENT INFO line for this client.
+    pub fn describe(&self, now_ms: u64) -> String {
+        format!(
+            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            self.id,
+            self.addr,
+            self.laddr,
+            String::from_utf8_lossy(&self.name.lock()),
+            now_ms.saturating_sub(self.created_ms) / 1000,
+            now_ms.saturating_sub(self.last_active_ms.load(Ordering::Relaxed)) / 1000,
+            if self.in_multi.load(Ordering::Relaxed) { "x" } else { "N" },
+            if self.in_multi.load(Ordering::Relaxed) { 0 } else { -1 },
+            self.last_command.lock(),
+            self.resp.load(Ordering::Relaxed),
+            String::from_utf8_lossy(&self.lib_name.lock()),
+            String::from_utf8_lossy(&self.lib_ver.lock()),
+        )
+    }
+}
+
+/// Every connected client, by id.
+#[derive(Default)]
+pub struct Registry {
+    clients: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+}
+
+impl Registry {
+    pub fn len(&self) -> usize {
+        self.clients.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn all(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<_> = self.clients.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+}
+
+/// A connection's own state.
+pub struct Client {
+    pub info: Arc<ClientInfo>,
+    pub proto: Protocol,
+    /// Commands queued since MULTI; None outside a transaction.
+    pub multi: Option<Vec<Vec<Vec<u8>>>>,
+    /// A command failed to queue: EXEC must abort.
+    pub multi_failed: bool,
+    /// Watched keys, each with whether it had already expired when watched.
+    pub watched: Vec<(Vec<u8>, bool)>,
+    pub close_after_reply: bool,
+    /// DEBUG SLEEP: the connection pauses this long after replying.
+    pub sleep: Option<Duration>,
+}
+
+impl Client {
+    pub fn id(&self) -> u64 {
+        self.info.id
+    }
+}
+
+pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr) {
+    Stats::add(&shared.stats.connections_received, 1);
+    let (maxclients, protected) = {
+        let c = shared.config.lock();
+        (c.maxclients, c.protected_mode)
+    };
+    if shared.clients.len() >= maxclients {
+        Stats::add(&shared.stats.connections_rejected, 1);
+        let _ = socket
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await;
+        return;
+    }
+    if protected && !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
+        let _ = socket.write_all(PROTECTED_MODE_ERROR.as_bytes()).await;
+        return;
+    }
+    let _ = socket.set_nodelay(true);
+    let now = crate::now_ms();
+    let info = Arc::new(ClientInfo {
+        id: shared.next_client_id(),
+        addr: peer,
+        laddr: socket.local_addr().unwrap_or(peer),
+        created_ms: now,
+        name: Mutex::default(),
+        lib_name: Mutex::default(),
+        lib_ver: Mutex::default(),
+        last_active_ms: AtomicU64::new(now),
+        last_command: Mutex::new("NULL".into()),
+        resp: AtomicU8::new(2),
+        in_multi: AtomicBool::new(false),
+        killed: AtomicBool::new(false),
+        kill: Notify::new(),
+    });
+    shared.clients.clients.lock().insert(info.id, info.clone());
+    let mut client = Client {
+        info: info.clone(),
+        proto: Protocol::Resp2,
+        multi: None,
+        multi_failed: false,
+        watched: Vec::new(),
+        close_after_reply: false,
+        sleep: None,
+    };
+    if let Err(e) = serve_loop(&shared, &mut socket, &mut client).await {
+        tracing::debug!(client = info.id, error = %e, "connection closed with an error");
+    }
+    dispatch::forget_watches(&shared, &mut client);
+    shared.clients.clients.lock().remove(&info.id);
+}
+
+const PROTECTED_MODE_ERROR: &str = "-DENIED cairn is running in protected mode because protected mode is enabled and no password is set for the default user. In this mode connections are only accepted from the loopback interface. If you want to connect from external computers, either set a password for the default user, or disable protected mode with '--protected-mode no' (or CONFIG SET protected-mode no from a loopback connection).\r\n";
+
+async fn serve_loop(
+    shared: &Shared,
+    socket: &mut TcpStream,
+    client: &mut Client,
+) -> std::io::Result<()> {
+    let mut decoder = Decoder::default();
+    let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let (limits, query_limit, timeout_secs) = {
+            let c = shared.config.lock();
+            let limits = Limits {
+                max_bulk_len: c.proto_max_bulk_len,
+                ..Limits::default()
+            };
+            (limits, c.client_query_buffer_limit, c.timeout_secs)
+        };
+        let mut pos = 0;
+        loop {
+            match decoder.step(&inbuf[pos..], &limits) {
+                Ok((Step::Request(args), used)) => {
+                    pos += used;
+                    let reply = dispatch::handle(shared, client, args);
+                    reply.encode(client.proto, &mut out);
+                    if client.close_after_reply {
+                        socket.write_all(&out).await?;
+                        return Ok(());
+                    }
+                    if out.len() >= OUTPUT_FLUSH_BYTES {
+                        socket.write_all(&out).await?;
+                        out.clear();
+                    }
+                    if let Some(d) = client.sleep.take() {
+                        socket.write_all(&out).await?;
+                        out.clear();
+                        tokio::time::sleep(d).await;
+                    }
+                }
+                Ok((Step::Empty, used)) => pos += used,
+                Ok((Step::NeedMore, used)) => {
+                    pos += used;
+                    break;
+                }
+                Err(e) => {
+                    // As Redis: answer the protocol error, then close this connection only.
+                    Stats::add(&shared.stats.protocol_errors, 1);
+                    out.extend_from_slice(format!("-ERR {e}\r\n").as_bytes());
+                    socket.write_all(&out).await?;
+                    return Ok(());
+                }
+            }
+        }
+        inbuf.drain(..pos);
+        if !out.is_empty() {
+            socket.write_all(&out).await?;
+            out.clear();
+            if out.capacity() > 4 * OUTPUT_FLUSH_BYTES {
+                out.shrink_to(READ_CHUNK);
+            }
+        }
+        if inbuf.len() + decoder.pending_bytes() > query_limit {
+            tracing::warn!(
+                client = client.id(),
+                "closing client that reached the query buffer limit"
+            );
+            return Ok(());
+        }
+        if inbuf.capacity() - inbuf.len() < READ_CHUNK {
+            inbuf.reserve(READ_CHUNK);
+        } else if inbuf.is_empty() && inbuf.capacity() > 16 * READ_CHUNK {
+            inbuf.shrink_to(READ_CHUNK);
+        }
+        let idle = async {
+            if timeout_secs == 0 {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep(Duration::from_secs(timeout_secs)).await
+            }
+        };
+        tokio::select! {
+            n = socket.read_buf(&mut inbuf) => {
+                if n? == 0 {
+                    return Ok(());
+                }
+                client.info.last_active_ms.store(crate::now_ms(), Ordering::Relaxed);
+            }
+            _ = client.info.kill.notified() => return Ok(()),
+            _ = shutdown.changed() => return Ok(()),
+            _ = idle => return Ok(()),
+        }
+        if client.info.killed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+    }
+}

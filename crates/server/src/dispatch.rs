@@ -1,0 +1,149 @@
+//! From a decoded request to a reply: table lookup, arity, MULTI queueing, and the call itself.
+
+use crate::cmd;
+use crate::connection::Client;
+use crate::stats::Stats;
+use crate::Shared;
+use cairn_commands::{CommandSpec, CommandTable, Flags, Lookup};
+use cairn_resp::Reply;
+use cairn_store::{Env, Handler, Store};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A command that works on the connection or the server rather than only on data.
+pub type ConnHandler = fn(&mut Call) -> Reply;
+
+/// Everything a connection-level command may touch, with the store already locked.
+pub struct Call<'a> {
+    pub shared: &'a Shared,
+    pub client: &'a mut Client,
+    pub store: &'a mut Store,
+    pub args: &'a [Vec<u8>],
+    pub env: Env,
+}
+
+#[derive(Clone, Copy)]
+pub enum Target {
+    Store(Handler),
+    Conn(ConnHandler),
+}
+
+/// The command table plus, for each command cairn implements, who runs it.
+pub struct Table {
+    pub commands: CommandTable,
+    targets: HashMap<String, Target>,
+}
+
+impl Table {
+    pub fn build() -> Table {
+        let mut targets: HashMap<String, Target> = HashMap::new();
+        for name in cairn_store::cmd::names() {
+            targets.insert(
+                name.to_string(),
+                Target::Store(cairn_store::cmd::handler(name).expect("listed")),
+            );
+        }
+        for (name, h) in cmd::COMMANDS.iter() {
+            let previous = targets.insert(name.to_string(), Target::Conn(*h));
+            assert!(previous.is_none(), "command {name} has two implementations");
+        }
+        let implemented = |name: &str| {
+            targets.contains_key(name)
+                || targets
+                    .keys()
+                    .any(|k| k.strip_prefix(name).is_some_and(|r| r.starts_with('|')))
+        };
+        let commands = CommandTable::load(implemented);
+        Table { commands, targets }
+    }
+
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    fn target(&self, spec: &CommandSpec) -> Option<Target> {
+        self.targets.get(&spec.name).copied()
+    }
+}
+
+/// Entry seeds: any value will do, but each entry gets its own.
+fn next_seed() -> u64 {
+    static SEED: AtomicU64 = AtomicU64::new(0);
+    SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ crate::now_ms()
+}
+
+/// Handles one request and returns its reply.
+pub fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Reply {
+    Stats::add(&shared.stats.commands_processed, 1);
+    let spec = match shared.table.commands.lookup(&args) {
+        Lookup::Found(spec) => spec.clone(),
+        Lookup::Error(e) => {
+            if client.multi.is_some() {
+                client.multi_failed = true;
+            }
+            Stats::add(&shared.stats.error_replies, 1);
+            return e;
+        }
+    };
+    if let Some(queue) = client.multi.as_mut() {
+        if !matches!(
+            spec.name.as_str(),
+            "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
+        ) {
+            if spec.flags.contains(Flags::NO_MULTI) {
+                client.multi_failed = true;
+                return Reply::error("ERR Command not allowed inside a transaction");
+            }
+            queue.push(args);
+            return Reply::Status("QUEUED".into());
+        }
+    }
+    let mut store = shared.store.lock();
+    let reply = call(shared, client, &mut store, &spec, &args);
+    if reply.is_error() {
+        Stats::add(&shared.stats.error_replies, 1);
+    }
+    reply
+}
+
+/// Runs a command whose arity is checked, with the store locked (by the caller, so that EXEC can
+/// hold one lock across its whole block).
+pub fn call(
+    shared: &Shared,
+    client: &mut Client,
+    store: &mut Store,
+    spec: &Arc<CommandSpec>,
+    args: &[Vec<u8>],
+) -> Reply {
+    let env = Env {
+        now_ms: crate::now_ms(),
+        seed: next_seed(),
+        proto: client.proto,
+    };
+    *client.info.last_command.lock() = spec.name.clone();
+    match shared.table.target(spec) {
+        Some(Target::Store(h)) => store.execute(h, args, &env),
+        Some(Target::Conn(h)) => h(&mut Call {
+            shared,
+            client,
+            store,
+            args,
+            env,
+        }),
+        None => cairn_commands::unknown_command(args),
+    }
+}
+
+/// Drops a client's watches (EXEC, DISCARD, UNWATCH, RESET, disconnect).
+pub fn forget_watches(shared: &Shared, client: &mut Client) {
+    if client.watched.is_empty() {
+        return;
+    }
+    let keys: Vec<Vec<u8>> = client.watched.drain(..).map(|(k, _)| k).collect();
+    shared.store.lock().watches.unwatch(client.id(), &keys);
+}

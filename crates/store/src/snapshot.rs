@@ -1,0 +1,244 @@
+//! The versioned snapshot of a whole keyspace, and the DUMP payload of one value.
+//!
+//! Snapshot layout (all integers little-endian):
+//! ```text
+//! "CAIRNSNP" | version u32 | key count u64 | entries... | FNV-1a-64 of everything before
+//! entry: key (len u32 + bytes) | expire_at_ms u64 | value
+//! value: type u8 | string: bytes | list/set: count u64, items | hash: count u64, (field, value)
+//!        | zset: count u64, (member, score f64 bits)
+//! ```
+//! Keys are written slot by slot and sorted within a slot, and containers in their own order, so
+//! two keyspaces with the same contents and orders produce identical bytes; restoring reproduces
+//! the orders (hash and set insertion order, list order) exactly.
+
+use crate::keyspace::{Entry, Keyspace};
+use crate::value::{Value, ZSet};
+use std::collections::VecDeque;
+
+const MAGIC: &[u8; 8] = b"CAIRNSNP";
+pub const VERSION: u32 = 1;
+const DUMP_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SnapshotError {
+    #[error("not a cairn snapshot")]
+    BadMagic,
+    #[error("snapshot version {0} is newer than this cairn understands ({VERSION})")]
+    UnknownVersion(u32),
+    #[error("snapshot checksum mismatch")]
+    Checksum,
+    #[error("snapshot is truncated or malformed")]
+    Malformed,
+}
+
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Str(s) => {
+            out.push(0);
+            put_bytes(out, s);
+        }
+        Value::List(l) => {
+            out.push(1);
+            out.extend_from_slice(&(l.len() as u64).to_le_bytes());
+            l.iter().for_each(|i| put_bytes(out, i));
+        }
+        Value::Set(s) => {
+            out.push(2);
+            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            s.iter().for_each(|i| put_bytes(out, i));
+        }
+        Value::Hash(h) => {
+            out.push(3);
+            out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+            for (k, v) in h.iter() {
+                put_bytes(out, k);
+                put_bytes(out, v);
+            }
+        }
+        Value::ZSet(z) => {
+            out.push(4);
+            out.extend_from_slice(&(z.len() as u64).to_le_bytes());
+            for (m, s) in z.iter() {
+                put_bytes(out, m);
+                out.extend_from_slice(&s.to_bits().to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Writes the whole keyspace.
+pub fn write(ks: &Keyspace) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + ks.len() * 32);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(ks.len() as u64).to_le_bytes());
+    for slot in 0..crate::slot::SLOTS {
+        if ks.slot_len(slot) == 0 {
+            continue;
+        }
+        let mut entries: Vec<(&[u8], &Entry)> = ks.iter_slot(slot).collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, e) in entries {
+            put_bytes(&mut out, k);
+            out.extend_from_slice(&e.expire_at_ms.to_le_bytes());
+            put_value(&mut out, &e.value);
+        }
+    }
+    let sum = fnv1a(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        let end = self.pos.checked_add(n).ok_or(SnapshotError::Malformed)?;
+        let s = self
+            .data
+            .get(self.pos..end)
+            .ok_or(SnapshotError::Malformed)?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, SnapshotError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    /// A count that cannot claim more items than bytes remain (each item takes at least 4).
+    fn count(&mut self) -> Result<usize, SnapshotError> {
+        let n = self.u64()?;
+        if n > (self.data.len() - self.pos) as u64 / 4 {
+            return Err(SnapshotError::Malformed);
+        }
+        Ok(n as usize)
+    }
+    fn value(&mut self) -> Result<Value, SnapshotError> {
+        Ok(match self.u8()? {
+            0 => Value::Str(self.bytes()?),
+            1 => {
+                let n = self.count()?;
+                let mut l = VecDeque::with_capacity(n);
+                for _ in 0..n {
+                    l.push_back(self.bytes()?);
+                }
+                Value::List(Box::new(l))
+            }
+            2 => {
+                let n = self.count()?;
+                let mut s = crate::value::SetValue::default();
+                for _ in 0..n {
+                    s.insert(self.bytes()?);
+                }
+                Value::Set(Box::new(s))
+            }
+            3 => {
+                let n = self.count()?;
+                let mut h = crate::value::HashValue::default();
+                for _ in 0..n {
+                    let k = self.bytes()?;
+                    h.insert(k, self.bytes()?);
+                }
+                Value::Hash(Box::new(h))
+            }
+            4 => {
+                let n = self.count()?;
+                let mut z = ZSet::default();
+                for _ in 0..n {
+                    let m = self.bytes()?;
+                    let score = f64::from_bits(self.u64()?);
+                    if score.is_nan() {
+                        return Err(SnapshotError::Malformed);
+                    }
+                    z.insert(&m, score);
+                }
+                Value::ZSet(Box::new(z))
+            }
+            _ => return Err(SnapshotError::Malformed),
+        })
+    }
+}
+
+/// Reads a snapshot written by [`write`] into a fresh keyspace.
+pub fn read(data: &[u8]) -> Result<Keyspace, SnapshotError> {
+    if data.len() < MAGIC.len() + 4 + 8 + 8 || &data[..8] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    let (body, sum) = data.split_at(data.len() - 8);
+    let mut r = Reader { data: body, pos: 8 };
+    let version = r.u32()?;
+    if version != VERSION {
+        return Err(SnapshotError::UnknownVersion(version));
+    }
+    if fnv1a(body) != u64::from_le_bytes(sum.try_into().expect("8 bytes")) {
+        return Err(SnapshotError::Checksum);
+    }
+    let n = r.count()?;
+    let mut ks = Keyspace::default();
+    for _ in 0..n {
+        let key = r.bytes()?;
+        let expire_at_ms = r.u64()?;
+        let value = r.value()?;
+        ks.insert_entry(
+            &key,
+            Entry {
+                value,
+                expire_at_ms,
+            },
+        );
+    }
+    if r.pos != body.len() {
+        return Err(SnapshotError::Malformed);
+    }
+    Ok(ks)
+}
+
+/// The DUMP payload: version byte, the value, and a checksum.
+pub fn dump_value(v: &Value) -> Vec<u8> {
+    let mut out = vec![DUMP_VERSION];
+    put_value(&mut out, v);
+    let sum = fnv1a(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// Reads a DUMP payload; None if it is not one this cairn wrote.
+pub fn restore_value(payload: &[u8]) -> Option<Value> {
+    if payload.len() < 9 || payload[0] != DUMP_VERSION {
+        return None;
+    }
+    let (body, sum) = payload.split_at(payload.len() - 8);
+    if fnv1a(body) != u64::from_le_bytes(sum.try_into().ok()?) {
+        return None;
+    }
+    let mut r = Reader { data: body, pos: 1 };
+    let v = r.value().ok()?;
+    (r.pos == body.len()).then_some(v)
+}
