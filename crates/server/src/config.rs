@@ -87,7 +87,7 @@ impl Config {
 
     /// Sets one parameter; Err carries Redis's message tail.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
-        let bad = || format!("argument couldn't be parsed into an integer");
+        let bad = || "argument couldn't be parsed into an integer".to_string();
         match name {
             "maxclients" => self.maxclients = value.parse().map_err(|_| bad())?,
             "timeout" => self.timeout_secs = value.parse().map_err(|_| bad())?,

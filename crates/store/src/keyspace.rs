@@ -252,12 +252,9 @@ impl Keyspace {
         }
         for _ in 0..100 {
             let start = rng.below(SLOTS);
-            let Some(map) = (0..SLOTS)
+            let map = (0..SLOTS)
                 .map(|i| &self.slots[(start + i) % SLOTS])
-                .find(|m| !m.is_empty())
-            else {
-                return None;
-            };
+                .find(|m| !m.is_empty())?;
             let (k, e) = map
                 .iter()
                 .nth(rng.below(map.len()))

@@ -194,7 +194,7 @@ pub fn client_kill(c: &mut Call) -> Reply {
             None => Reply::error("ERR No such client"),
         };
     }
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return Reply::error("ERR syntax error");
     }
     let mut skipme = true;

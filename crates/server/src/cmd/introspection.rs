@@ -35,7 +35,7 @@ pub fn command_info(c: &mut Call) -> Reply {
             .map(|n| {
                 table
                     .get(&cairn_commands::lower(n))
-                    .map_or(Reply::NilArray, |s| s.info.clone())
+                    .map_or(Reply::Nil, |s| s.info.clone())
             })
             .collect(),
     )
@@ -253,7 +253,7 @@ pub fn config_get(c: &mut Call) -> Reply {
 
 pub fn config_set(c: &mut Call) -> Reply {
     let args = &c.args[2..];
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return cairn_commands::wrong_arity("config|set");
     }
     let mut config = c.shared.config.lock();

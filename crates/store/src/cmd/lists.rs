@@ -183,36 +183,39 @@ fn resolve_index(index: i64, len: usize) -> Option<usize> {
 }
 
 fn lindex(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
-    let index = match int_arg(&args[2]) {
-        Ok(i) => i,
-        Err(e) => return e,
-    };
+    // Redis looks the key up before it parses the index.
     match get_list(ctx, &args[1]) {
-        Ok(Some(l)) => {
-            resolve_index(index, l.len()).map_or(Reply::Nil, |i| Reply::Bulk(l[i].clone()))
-        }
+        Ok(Some(l)) => match int_arg(&args[2]) {
+            Ok(index) => {
+                resolve_index(index, l.len()).map_or(Reply::Nil, |i| Reply::Bulk(l[i].clone()))
+            }
+            Err(e) => e,
+        },
         Ok(None) => Reply::Nil,
         Err(e) => e,
     }
 }
 
 fn lset(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
+    let key = &args[1];
+    // Redis looks the key up before it parses the index.
+    match get_list(ctx, key) {
+        Ok(Some(_)) => {}
+        Ok(None) => return err(NO_SUCH_KEY),
+        Err(e) => return e,
+    }
     let index = match int_arg(&args[2]) {
         Ok(i) => i,
         Err(e) => return e,
     };
-    let key = &args[1];
-    match list_mut(ctx, key) {
-        Ok(Some(l)) => match resolve_index(index, l.len()) {
-            Some(i) => {
-                l[i] = args[3].clone();
-                ctx.modified(key);
-                Reply::OK
-            }
-            None => err("ERR index out of range"),
-        },
-        Ok(None) => err(NO_SUCH_KEY),
-        Err(e) => e,
+    let l = list_mut(ctx, key).expect("checked").expect("checked");
+    match resolve_index(index, l.len()) {
+        Some(i) => {
+            l[i] = args[3].clone();
+            ctx.modified(key);
+            Reply::OK
+        }
+        None => err("ERR index out of range"),
     }
 }
 
@@ -324,8 +327,9 @@ fn lpos_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
             if rank == 0 {
                 return Err(err("ERR RANK can't be zero: use 1 to start from the first match, 2 from the second ... or use negative to start from the end of the list"));
             }
+            // Redis 7.0 negates i64::MIN into itself, which then acts as a rank of -1.
             if rank == i64::MIN {
-                return Err(err("ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807"));
+                rank = -1;
             }
         } else if is(&args[i], "count") {
             let c = int_arg(v)?;
@@ -387,6 +391,12 @@ fn lpos_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
 /// Moves one element from `src`'s `from` end to `dst`'s `to` end (LMOVE, RPOPLPUSH, and the
 /// blocking forms later).
 pub fn move_one(ctx: &mut Ctx, src: &[u8], dst: &[u8], from: End, to: End) -> Reply {
+    // As Redis: an absent source answers nil before the destination's type is looked at.
+    match get_list(ctx, src) {
+        Ok(Some(_)) => {}
+        Ok(None) => return Reply::Nil,
+        Err(e) => return e,
+    }
     if let Err(e) = get_list(ctx, dst) {
         return e;
     }

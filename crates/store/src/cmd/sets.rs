@@ -185,9 +185,10 @@ fn srandmember(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
 
 fn smove(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     let (src, dst, m) = (&args[1], &args[2], &args[3]);
+    // As Redis: an absent source answers 0 before either type is checked.
     let present = match get_set(ctx, src) {
         Ok(Some(s)) => s.contains(m),
-        Ok(None) => false,
+        Ok(None) => return Reply::Int(0),
         Err(e) => return e,
     };
     if let Err(e) = get_set(ctx, dst) {

@@ -57,7 +57,6 @@ fn get(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
 enum Ttl {
     Unchanged,
     Keep,
-    Persist,
     At(u64),
 }
 
@@ -149,7 +148,7 @@ fn store_string(ctx: &mut Ctx, key: &[u8], val: Vec<u8>, ttl: Ttl) {
             ctx.ks.insert(key, Value::Str(val));
             ctx.ks.set_expire(key, at);
         }
-        Ttl::Unchanged | Ttl::Persist => ctx.ks.insert(key, Value::Str(val)),
+        Ttl::Unchanged => ctx.ks.insert(key, Value::Str(val)),
     }
     ctx.modified(key);
 }
@@ -186,58 +185,51 @@ fn getex(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
 
 fn getex_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     let key = &args[1];
-    let mut ttl = Ttl::Unchanged;
+    let mut persist = false;
+    let mut expire: Option<(&[u8], i64, bool)> = None;
     let mut i = 2;
     while i < args.len() {
         let a = &args[i];
-        if is(a, "persist") && ttl == Ttl::Unchanged {
-            ttl = Ttl::Persist;
+        let free = !persist && expire.is_none();
+        if is(a, "persist") && free {
+            persist = true;
         } else if let (true, Some(n), true) = (
             is(a, "ex") || is(a, "px") || is(a, "exat") || is(a, "pxat"),
             args.get(i + 1),
-            ttl == Ttl::Unchanged,
+            free,
         ) {
             let unit = if is(a, "ex") || is(a, "exat") {
                 1000
             } else {
                 1
             };
-            ttl = Ttl::At(deadline(
-                ctx,
-                n,
-                unit,
-                is(a, "exat") || is(a, "pxat"),
-                "getex",
-            )?);
+            expire = Some((n, unit, is(a, "exat") || is(a, "pxat")));
             i += 1;
         } else {
             return Err(syntax());
         }
         i += 1;
     }
+    // Redis looks the key up before it validates the expire time.
     let Some(val) = get_str(ctx, key)?.cloned() else {
         return Ok(Reply::Nil);
     };
-    match ttl {
-        Ttl::At(at) if at <= ctx.now_ms => {
+    if let Some((n, unit, absolute)) = expire {
+        let at = deadline(ctx, n, unit, absolute, "getex")?;
+        if at <= ctx.now_ms {
             ctx.ks.remove(key);
-            ctx.modified(key);
-        }
-        Ttl::At(at) => {
+        } else {
             ctx.ks.set_expire(key, at);
-            ctx.modified(key);
         }
-        Ttl::Persist => {
-            if ctx
-                .ks
-                .get(key, ctx.now_ms)
-                .is_some_and(|e| e.expire_at_ms != 0)
-            {
-                ctx.ks.set_expire(key, 0);
-                ctx.modified(key);
-            }
-        }
-        _ => {}
+        ctx.modified(key);
+    } else if persist
+        && ctx
+            .ks
+            .get(key, ctx.now_ms)
+            .is_some_and(|e| e.expire_at_ms != 0)
+    {
+        ctx.ks.set_expire(key, 0);
+        ctx.modified(key);
     }
     Ok(Reply::Bulk(val))
 }
@@ -281,7 +273,7 @@ fn mget(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
 }
 
 fn mset(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return cairn_wrong_arity("mset");
     }
     for kv in args[1..].chunks(2) {
@@ -291,7 +283,7 @@ fn mset(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
 }
 
 fn msetnx(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return cairn_wrong_arity("msetnx");
     }
     if args[1..]
@@ -453,16 +445,17 @@ fn incr_by(ctx: &mut Ctx, key: &[u8], by: i64) -> Reply {
 
 fn incrbyfloat(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     let key = &args[1];
-    let by = match float_arg(&args[2]) {
-        Ok(v) => v,
-        Err(e) => return e,
-    };
+    // Redis's order: the key's type, then its value, then the increment.
     let current = match get_str(ctx, key) {
         Ok(None) => 0.0,
         Ok(Some(s)) => match parse_f64(s) {
             Some(v) => v,
             None => return err(NOT_FLOAT),
         },
+        Err(e) => return e,
+    };
+    let by = match float_arg(&args[2]) {
+        Ok(v) => v,
         Err(e) => return e,
     };
     let new = current + by;
