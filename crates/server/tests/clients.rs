@@ -85,7 +85,10 @@ fn lists_hashes_sets() {
     assert_eq!(inter, vec!["y", "z"]);
     let popped: Vec<String> = redis::cmd("SPOP").arg("s1").arg(10).query(&mut c).unwrap();
     assert_eq!(popped.len(), 3);
-    assert!(!c.exists::<_, bool>("s1").unwrap(), "an emptied set must not exist");
+    assert!(
+        !c.exists::<_, bool>("s1").unwrap(),
+        "an emptied set must not exist"
+    );
     let err = c.lpush::<_, _, ()>("h", "x").unwrap_err();
     assert!(err.to_string().contains("WRONGTYPE"), "{err}");
 }

@@ -7,6 +7,7 @@ pub mod lists;
 pub mod server;
 pub mod sets;
 pub mod strings;
+pub mod zsets;
 
 use crate::exec::Handler;
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ const FAMILIES: &[&[(&str, Handler)]] = &[
     hashes::COMMANDS,
     sets::COMMANDS,
     server::COMMANDS,
+    zsets::COMMANDS,
 ];
 
 fn registry() -> &'static HashMap<&'static str, Handler> {
