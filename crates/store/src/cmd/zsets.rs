@@ -44,6 +44,9 @@ pub const COMMANDS: &[(&str, Handler)] = &[
     ("zscan", zscan),
 ];
 
+/// Members with their scores, in the order a reply lists them.
+pub type Scored = Vec<(Vec<u8>, f64)>;
+
 pub fn get_zset<'a>(ctx: &'a Ctx, key: &[u8]) -> Result<Option<&'a ZSet>, Reply> {
     match ctx.value(key) {
         None => Ok(None),
@@ -61,7 +64,7 @@ fn zset_mut<'a>(ctx: &'a mut Ctx, key: &[u8]) -> Result<Option<&'a mut ZSet>, Re
 }
 
 /// Stores `members` as the sorted set at `dst` (deleting it when empty); returns the count.
-fn store_zset(ctx: &mut Ctx, dst: &[u8], members: Vec<(Vec<u8>, f64)>) -> Reply {
+fn store_zset(ctx: &mut Ctx, dst: &[u8], members: Scored) -> Reply {
     let existed = ctx.ks.remove_live(dst, ctx.now_ms).is_some();
     let n = members.len();
     if n > 0 {
@@ -78,7 +81,7 @@ fn store_zset(ctx: &mut Ctx, dst: &[u8], members: Vec<(Vec<u8>, f64)>) -> Reply 
 }
 
 /// Members with scores as a reply: flat or paired per protocol, or members only.
-fn scored_reply(ctx: &Ctx, items: Vec<(Vec<u8>, f64)>, with_scores: bool) -> Reply {
+fn scored_reply(ctx: &Ctx, items: Scored, with_scores: bool) -> Reply {
     if !with_scores {
         return Reply::Array(items.into_iter().map(|(m, _)| Reply::Bulk(m)).collect());
     }
@@ -113,7 +116,7 @@ fn zadd_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
         i += 1;
     }
     let pairs = &args[i..];
-    if pairs.is_empty() || pairs.len() % 2 != 0 {
+    if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
         return Err(syntax());
     }
     if nx && xx {
@@ -121,7 +124,7 @@ fn zadd_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
             "ERR XX and NX options at the same time are not compatible",
         ));
     }
-    if (gt && nx) || (lt && nx) || (gt && lt) {
+    if (nx && (gt || lt)) || (gt && lt) {
         return Err(err(
             "ERR GT, LT, and/or NX options at the same time are not compatible",
         ));
@@ -351,7 +354,7 @@ fn by_score(
     rev: bool,
     offset: usize,
     count: usize,
-) -> Vec<(Vec<u8>, f64)> {
+) -> Scored {
     let lo = Bound::Included((Score(min.value), Vec::new()));
     let in_range = |s: f64| above_min(s, min) && below_max(s, max);
     if min.value > max.value {
@@ -389,7 +392,7 @@ fn by_lex(
     rev: bool,
     offset: usize,
     count: usize,
-) -> Vec<(Vec<u8>, f64)> {
+) -> Scored {
     // Lex ranges are meant for members that share one score. When scores differ, Redis first
     // checks the range against the first and last members and then scans in order; doing the
     // same keeps replies identical for such sets too.
@@ -438,7 +441,7 @@ fn lex_range_nonempty(min: &LexBound, max: &LexBound) -> bool {
     }
 }
 
-fn by_rank(z: &ZSet, start: i64, end: i64, rev: bool) -> Vec<(Vec<u8>, f64)> {
+fn by_rank(z: &ZSet, start: i64, end: i64, rev: bool) -> Scored {
     let Some((s, e)) = clamp_range(start, end, z.len()) else {
         return vec![];
     };
@@ -476,7 +479,7 @@ fn run_range(
     a: &[u8],
     b: &[u8],
     req: &RangeRequest,
-) -> Result<Vec<(Vec<u8>, f64)>, Reply> {
+) -> Result<Scored, Reply> {
     // A negative offset selects nothing, but only after the range and the key were checked.
     let (offset, count) = match req.limit {
         None => (0usize, usize::MAX),
@@ -694,12 +697,7 @@ fn zremrangebylex(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
 }
 
 /// Pops up to `count` lowest (or highest) members; Ok(None) when the key is absent.
-pub fn pop(
-    ctx: &mut Ctx,
-    key: &[u8],
-    max: bool,
-    count: usize,
-) -> Result<Option<Vec<(Vec<u8>, f64)>>, Reply> {
+pub fn pop(ctx: &mut Ctx, key: &[u8], max: bool, count: usize) -> Result<Option<Scored>, Reply> {
     let Some(z) = zset_mut(ctx, key)? else {
         return Ok(None);
     };
@@ -835,7 +833,7 @@ fn zrandmember(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     let z = get_zset(ctx, &args[1]).expect("checked").expect("checked");
     // Order positions come from the sorted order, so the choice depends only on the contents.
     let ordered: Vec<(&[u8], f64)> = z.iter().collect();
-    let items: Vec<(Vec<u8>, f64)> = picks
+    let items: Scored = picks
         .iter()
         .map(|&i| (ordered[i].0.to_vec(), ordered[i].1))
         .collect();
@@ -860,7 +858,7 @@ enum ZOp {
 }
 
 /// The members and scores of a sorted set or (as score 1) a plain set at `key`.
-fn scored_members(ctx: &Ctx, key: &[u8]) -> Result<Option<Vec<(Vec<u8>, f64)>>, Reply> {
+fn scored_members(ctx: &Ctx, key: &[u8]) -> Result<Option<Scored>, Reply> {
     match ctx.value(key) {
         None => Ok(None),
         Some(Value::ZSet(z)) => Ok(Some(z.iter().map(|(m, s)| (m.to_vec(), s)).collect())),
@@ -877,7 +875,7 @@ fn combine(
     op: ZOp,
     allow_scores: bool,
     name: &str,
-) -> Result<(Vec<(Vec<u8>, f64)>, bool), Reply> {
+) -> Result<(Scored, bool), Reply> {
     let numkeys = int_arg(&args[0])?;
     if numkeys < 1 {
         return Err(Reply::error(format!(
@@ -890,7 +888,7 @@ fn combine(
     }
     let keys = &args[1..=numkeys];
     // Redis checks every input's type before it reads WEIGHTS and AGGREGATE.
-    let inputs: Vec<Option<Vec<(Vec<u8>, f64)>>> = keys
+    let inputs: Vec<Option<Scored>> = keys
         .iter()
         .map(|k| scored_members(ctx, k))
         .collect::<Result<_, _>>()?;
@@ -997,7 +995,7 @@ fn combine(
             }
         }
     }
-    let mut items: Vec<(Vec<u8>, f64)> = result.into_iter().collect();
+    let mut items: Scored = result.into_iter().collect();
     items.sort_by(|a, b| Score(a.1).cmp(&Score(b.1)).then_with(|| a.0.cmp(&b.0)));
     Ok((items, with_scores))
 }
