@@ -78,6 +78,7 @@ fn arg(rng: &mut Rng, kind: char) -> String {
         'v' => rng.pick(VALUES).to_string(),
         'i' => rng.pick(INTS).to_string(),
         'f' => rng.pick(&["a", "b", "c", "d"]).to_string(),
+        'h' => rng.pick(&["hll0", "hll1", "hll2"]).to_string(),
         _ => unreachable!(),
     }
 }
@@ -207,6 +208,14 @@ const TEMPLATES: &[(&str, Order)] = &[
     ("ZDIFFSTORE %k 2 %k %k", Order::Exact),
     ("ZINTERCARD 2 %k %k [LIMIT 1|]", Order::Exact),
     ("ZSCAN %k 0", Order::ScanSortedPairs),
+    // HyperLogLogs live on their own keys (%h): counts match Redis exactly, but the string bytes
+    // do not (Redis starts small HLLs sparse, cairn always dense), so string reads must not see them.
+    ("PFADD %h %f %v %i", Order::Exact),
+    ("PFADD %h", Order::Exact),
+    ("PFCOUNT %h", Order::Exact),
+    ("PFCOUNT %h [%h|%k]", Order::Exact),
+    ("PFCOUNT %k", Order::Exact),
+    ("PFMERGE %h %h [%h|%k]", Order::Exact),
     ("DEL %k %k", Order::Exact),
     ("UNLINK %k", Order::Exact),
     ("EXISTS %k %k", Order::Exact),
@@ -240,7 +249,12 @@ fn expand(rng: &mut Rng, template: &str) -> Vec<String> {
             let end = stripped.find(']').unwrap();
             let choices: Vec<&str> = stripped[..end].split('|').collect();
             let choice = choices[rng.below(choices.len())];
-            out.extend(choice.split_whitespace().map(str::to_string));
+            for word in choice.split_whitespace() {
+                match word.strip_prefix('%') {
+                    Some(kind) => out.push(arg(rng, kind.chars().next().unwrap())),
+                    None => out.push(word.to_string()),
+                }
+            }
             rest = &stripped[end + 1..];
         } else {
             let end = rest.find(' ').unwrap_or(rest.len());

@@ -2,6 +2,7 @@
 //! `parent|sub`) and their handlers; [`handler`] looks a name up across all of them.
 
 pub mod hashes;
+pub mod hll;
 pub mod keys;
 pub mod lists;
 pub mod server;
@@ -21,6 +22,7 @@ const FAMILIES: &[&[(&str, Handler)]] = &[
     sets::COMMANDS,
     server::COMMANDS,
     zsets::COMMANDS,
+    hll::COMMANDS,
 ];
 
 fn registry() -> &'static HashMap<&'static str, Handler> {
