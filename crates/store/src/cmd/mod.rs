@@ -1,6 +1,7 @@
 //! One file per command family. Each exports `COMMANDS`: the names it implements (subcommands as
 //! `parent|sub`) and their handlers; [`handler`] looks a name up across all of them.
 
+pub mod bitmaps;
 pub mod hashes;
 pub mod hll;
 pub mod keys;
@@ -23,6 +24,7 @@ const FAMILIES: &[&[(&str, Handler)]] = &[
     server::COMMANDS,
     zsets::COMMANDS,
     hll::COMMANDS,
+    bitmaps::COMMANDS,
 ];
 
 fn registry() -> &'static HashMap<&'static str, Handler> {
