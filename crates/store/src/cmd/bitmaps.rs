@@ -422,7 +422,7 @@ fn bitfield_body(ctx: &mut Ctx, args: &[Vec<u8>], read_only: bool) -> Result<Rep
         .iter()
         .filter_map(|o| match o {
             FieldOp::Set(f, ..) | FieldOp::Incr(f, ..) => {
-                Some(((f.offset + f.bits as u64 + 7) / 8) as usize)
+                Some((f.offset + f.bits as u64).div_ceil(8) as usize)
             }
             FieldOp::Get(_) => None,
         })
