@@ -8,6 +8,7 @@ pub mod keys;
 pub mod lists;
 pub mod server;
 pub mod sets;
+pub mod sort;
 pub mod strings;
 pub mod zsets;
 
@@ -25,6 +26,7 @@ const FAMILIES: &[&[(&str, Handler)]] = &[
     zsets::COMMANDS,
     hll::COMMANDS,
     bitmaps::COMMANDS,
+    sort::COMMANDS,
 ];
 
 fn registry() -> &'static HashMap<&'static str, Handler> {
