@@ -162,8 +162,19 @@ impl CommandTable {
 
     /// Finds the spec for a request and checks its arity, answering as Redis does when either fails.
     pub fn lookup(&self, args: &[Vec<u8>]) -> Lookup<'_> {
-        let name = lower(&args[0]);
-        let Some(spec) = self.commands.get(name.as_str()) else {
+        // Lower-case the name on the stack: this runs for every request.
+        let mut buf = [0u8; 32];
+        let found = match args[0].len() {
+            n if n <= buf.len() => {
+                buf[..n].copy_from_slice(&args[0]);
+                buf[..n].make_ascii_lowercase();
+                std::str::from_utf8(&buf[..n])
+                    .ok()
+                    .and_then(|name| self.commands.get(name))
+            }
+            _ => None,
+        };
+        let Some(spec) = found else {
             return Lookup::Error(unknown_command(args));
         };
         if spec.subcommands.is_empty() {

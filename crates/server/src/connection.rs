@@ -33,7 +33,8 @@ pub struct ClientInfo {
     pub lib_name: Mutex<Vec<u8>>,
     pub lib_ver: Mutex<Vec<u8>>,
     pub last_active_ms: AtomicU64,
-    pub last_command: Mutex<String>,
+    /// The last command run (`cmd=` in CLIENT LIST).
+    pub last_command: Mutex<Option<Arc<cairn_commands::CommandSpec>>>,
     pub resp: AtomicU8,
     pub in_multi: AtomicBool,
     killed: AtomicBool,
@@ -58,7 +59,7 @@ impl ClientInfo {
             now_ms.saturating_sub(self.last_active_ms.load(Ordering::Relaxed)) / 1000,
             if self.in_multi.load(Ordering::Relaxed) { "x" } else { "N" },
             if self.in_multi.load(Ordering::Relaxed) { 0 } else { -1 },
-            self.last_command.lock(),
+            self.last_command.lock().as_ref().map_or("NULL", |s| s.name.as_str()),
             self.resp.load(Ordering::Relaxed),
             String::from_utf8_lossy(&self.lib_name.lock()),
             String::from_utf8_lossy(&self.lib_ver.lock()),
@@ -137,7 +138,7 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr)
         lib_name: Mutex::default(),
         lib_ver: Mutex::default(),
         last_active_ms: AtomicU64::new(now),
-        last_command: Mutex::new("NULL".into()),
+        last_command: Mutex::new(None),
         resp: AtomicU8::new(2),
         in_multi: AtomicBool::new(false),
         killed: AtomicBool::new(false),
@@ -181,38 +182,52 @@ async fn serve_loop(
             (limits, c.client_query_buffer_limit, c.timeout_secs)
         };
         let mut pos = 0;
+        // Run everything complete in the buffer, a batch at a time, before reading again.
         loop {
-            match decoder.step(&inbuf[pos..], &limits) {
-                Ok((Step::Request(args), used)) => {
-                    pos += used;
-                    let reply = dispatch::handle(shared, client, args);
-                    reply.encode(client.proto, &mut out);
-                    if client.close_after_reply {
-                        socket.write_all(&out).await?;
-                        return Ok(());
+            let mut batch = Vec::new();
+            let mut need_more = false;
+            let mut protocol_error = None;
+            while batch.len() < dispatch::MAX_BATCH {
+                match decoder.step(&inbuf[pos..], &limits) {
+                    Ok((Step::Request(args), used)) => {
+                        pos += used;
+                        batch.push(args);
                     }
-                    if out.len() >= OUTPUT_FLUSH_BYTES {
-                        socket.write_all(&out).await?;
-                        out.clear();
+                    Ok((Step::Empty, used)) => pos += used,
+                    Ok((Step::NeedMore, used)) => {
+                        pos += used;
+                        need_more = true;
+                        break;
                     }
-                    if let Some(d) = client.sleep.take() {
-                        socket.write_all(&out).await?;
-                        out.clear();
-                        tokio::time::sleep(d).await;
+                    Err(e) => {
+                        protocol_error = Some(e);
+                        break;
                     }
                 }
-                Ok((Step::Empty, used)) => pos += used,
-                Ok((Step::NeedMore, used)) => {
-                    pos += used;
-                    break;
-                }
-                Err(e) => {
-                    // As Redis: answer the protocol error, then close this connection only.
-                    Stats::add(&shared.stats.protocol_errors, 1);
-                    out.extend_from_slice(format!("-ERR {e}\r\n").as_bytes());
-                    socket.write_all(&out).await?;
-                    return Ok(());
-                }
+            }
+            if !batch.is_empty() {
+                dispatch::handle_batch(shared, client, batch, &mut out);
+            }
+            if client.close_after_reply {
+                socket.write_all(&out).await?;
+                return Ok(());
+            }
+            if let Some(e) = protocol_error {
+                // As Redis: answer the protocol error, then close this connection only.
+                Stats::add(&shared.stats.protocol_errors, 1);
+                out.extend_from_slice(format!("-ERR {e}\r\n").as_bytes());
+                socket.write_all(&out).await?;
+                return Ok(());
+            }
+            if out.len() >= OUTPUT_FLUSH_BYTES || client.sleep.is_some() {
+                socket.write_all(&out).await?;
+                out.clear();
+            }
+            if let Some(d) = client.sleep.take() {
+                tokio::time::sleep(d).await;
+            }
+            if need_more {
+                break;
             }
         }
         inbuf.drain(..pos);

@@ -77,8 +77,34 @@ fn next_seed() -> u64 {
     SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ crate::now_ms()
 }
 
+/// Most requests run under one store lock: a pipeline takes the lock once per batch.
+pub const MAX_BATCH: usize = 512;
+
+/// Handles decoded requests in order, appending their replies to `out`, with the store locked
+/// once for the whole batch. Stops early after QUIT.
+pub fn handle_batch(
+    shared: &Shared,
+    client: &mut Client,
+    batch: Vec<Vec<Vec<u8>>>,
+    out: &mut Vec<u8>,
+) {
+    let mut store = shared.store.lock();
+    for args in batch {
+        let reply = handle(shared, client, &mut store, args);
+        reply.encode(client.proto, out);
+        if client.close_after_reply {
+            break;
+        }
+    }
+}
+
 /// Handles one request and returns its reply.
-pub fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Reply {
+pub fn handle(
+    shared: &Shared,
+    client: &mut Client,
+    store: &mut Store,
+    args: Vec<Vec<u8>>,
+) -> Reply {
     Stats::add(&shared.stats.commands_processed, 1);
     let spec = match shared.table.commands.lookup(&args) {
         Lookup::Found(spec) => spec.clone(),
@@ -103,8 +129,7 @@ pub fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Reply
             return Reply::Status("QUEUED".into());
         }
     }
-    let mut store = shared.store.lock();
-    let reply = call(shared, client, &mut store, &spec, &args);
+    let reply = call(shared, client, store, &spec, &args);
     if reply.is_error() {
         Stats::add(&shared.stats.error_replies, 1);
     }
@@ -125,7 +150,7 @@ pub fn call(
         seed: next_seed(),
         proto: client.proto,
     };
-    *client.info.last_command.lock() = spec.name.clone();
+    *client.info.last_command.lock() = Some(spec.clone());
     match shared.table.target(spec) {
         Some(Target::Store(h)) => store.execute(h, args, &env),
         Some(Target::Conn(h)) => h(&mut Call {

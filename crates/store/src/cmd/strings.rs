@@ -425,20 +425,28 @@ fn decrby(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
 }
 
 fn incr_by(ctx: &mut Ctx, key: &[u8], by: i64) -> Reply {
-    let current = match get_str(ctx, key) {
-        Ok(None) => 0,
-        Ok(Some(s)) => match parse_i64(s) {
-            Some(n) => n,
-            None => return err(NOT_INTEGER),
-        },
-        Err(e) => return e,
+    let now = ctx.now_ms;
+    // One lookup on the hot path: update the string in place when the key exists.
+    let new = match ctx.ks.get_mut(key, now).map(|e| &mut e.value) {
+        Some(Value::Str(s)) => {
+            let Some(current) = parse_i64(s) else {
+                return err(NOT_INTEGER);
+            };
+            let Some(new) = current.checked_add(by) else {
+                return err(OVERFLOW);
+            };
+            s.clear();
+            cairn_resp::reply::push_i64(s, new);
+            new
+        }
+        Some(_) => return wrongtype(),
+        None => {
+            let mut text = Vec::with_capacity(20);
+            cairn_resp::reply::push_i64(&mut text, by);
+            ctx.ks.insert(key, Value::Str(text));
+            by
+        }
     };
-    let Some(new) = current.checked_add(by) else {
-        return err(OVERFLOW);
-    };
-    let mut text = Vec::with_capacity(20);
-    cairn_resp::reply::push_i64(&mut text, new);
-    ctx.ks.replace_value(key, Value::Str(text), ctx.now_ms);
     ctx.modified(key);
     Reply::Int(new)
 }
