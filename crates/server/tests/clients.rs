@@ -185,3 +185,73 @@ fn resp3_and_connection_commands() {
         String::from_utf8_lossy(&rest)
     );
 }
+
+#[test]
+fn sorted_sets_hyperloglog_bitmaps_sort() {
+    let cairn = Cairn::start();
+    let mut c = cairn.client();
+    let _: () = c
+        .zadd_multiple("board", &[(10, "ann"), (30, "bob"), (20, "cid")])
+        .unwrap();
+    let top: Vec<(String, f64)> = c.zrevrange_withscores("board", 0, 1).unwrap();
+    assert_eq!(
+        top,
+        vec![("bob".to_string(), 30.0), ("cid".to_string(), 20.0)]
+    );
+    assert_eq!(
+        c.zrank::<_, _, Option<i64>>("board", "cid").unwrap(),
+        Some(1)
+    );
+    let by_score: Vec<String> = redis::cmd("ZRANGE")
+        .arg("board")
+        .arg("(10")
+        .arg("+inf")
+        .arg("BYSCORE")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(by_score, vec!["cid", "bob"]);
+    let _: () = c.zincr("board", "ann", 25).unwrap();
+    assert_eq!(c.zscore::<_, _, f64>("board", "ann").unwrap(), 35.0);
+
+    for i in 0..1000 {
+        let _: () = c.pfadd("visitors", format!("user{i}")).unwrap();
+    }
+    let n: i64 = c.pfcount("visitors").unwrap();
+    assert!((980..=1020).contains(&n), "PFCOUNT {n} for 1000 distinct");
+
+    let _: () = c.setbit("flags", 7, true).unwrap();
+    let _: () = c.setbit("flags", 100, true).unwrap();
+    assert_eq!(c.bitcount::<_, i64>("flags").unwrap(), 2);
+    assert!(c.getbit::<_, bool>("flags", 7).unwrap());
+    let fields: Vec<i64> = redis::cmd("BITFIELD")
+        .arg("bf")
+        .arg("SET")
+        .arg("i8")
+        .arg(0)
+        .arg(-100)
+        .arg("INCRBY")
+        .arg("i8")
+        .arg(0)
+        .arg(-100)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(fields, vec![0, 56], "i8 -200 wraps to 56");
+
+    let _: () = c.rpush("nums", &["3", "1", "2"]).unwrap();
+    let sorted: Vec<String> = redis::cmd("SORT")
+        .arg("nums")
+        .arg("DESC")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(sorted, vec!["3", "2", "1"]);
+    let _: () = c
+        .mset(&[("w_1", "30"), ("w_2", "10"), ("w_3", "20")])
+        .unwrap();
+    let by: Vec<String> = redis::cmd("SORT")
+        .arg("nums")
+        .arg("BY")
+        .arg("w_*")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(by, vec!["2", "3", "1"]);
+}
