@@ -30,6 +30,9 @@ pub(crate) fn load() -> (String, Vec<CommandSpec>) {
 /// others send CLIENT SETINFO on every connect.
 const NEWER: &str = r#"[
  {"parent": "client",
+  "info": ["client|no-touch",3,{"~":[{"+":"noscript"},{"+":"loading"},{"+":"stale"}]},0,0,0,{"~":[{"+":"@slow"},{"+":"@connection"}]},{"~":[]},{"~":[]},{"~":[]}],
+  "docs": {"%":[["summary","Controls whether commands sent by the client affect the LRU/LFU of accessed keys."],["since","7.2.0"],["group","connection"],["complexity","O(1)"],["arguments",[{"%":[["name","enabled"],["type","oneof"],["arguments",[{"%":[["name","on"],["type","pure-token"],["token","ON"]]},{"%":[["name","off"],["type","pure-token"],["token","OFF"]]}]]]}]]]}},
+ {"parent": "client",
   "info": ["client|setinfo",-4,{"~":[{"+":"noscript"},{"+":"loading"},{"+":"stale"}]},0,0,0,{"~":[{"+":"@slow"},{"+":"@connection"}]},{"~":[]},{"~":[]},{"~":[]}],
   "docs": {"%":[["summary","Sets information specific to the client or connection."],["since","7.2.0"],["group","connection"],["complexity","O(1)"],["arguments",[{"%":[["name","attr"],["type","oneof"],["arguments",[{"%":[["name","libname"],["type","string"],["token","LIB-NAME"]]},{"%":[["name","libver"],["type","string"],["token","LIB-VER"]]}]]]}]]]}}
 ]"#;

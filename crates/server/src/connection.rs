@@ -171,6 +171,7 @@ async fn serve_loop(
     let mut decoder = Decoder::default();
     let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut pending = std::collections::VecDeque::with_capacity(dispatch::MAX_BATCH);
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (limits, query_limit, timeout_secs) = {
@@ -184,14 +185,13 @@ async fn serve_loop(
         let mut pos = 0;
         // Run everything complete in the buffer, a batch at a time, before reading again.
         loop {
-            let mut batch = Vec::new();
             let mut need_more = false;
             let mut protocol_error = None;
-            while batch.len() < dispatch::MAX_BATCH {
+            while pending.len() < dispatch::MAX_BATCH {
                 match decoder.step(&inbuf[pos..], &limits) {
                     Ok((Step::Request(args), used)) => {
                         pos += used;
-                        batch.push(args);
+                        pending.push_back(args);
                     }
                     Ok((Step::Empty, used)) => pos += used,
                     Ok((Step::NeedMore, used)) => {
@@ -205,8 +205,12 @@ async fn serve_loop(
                     }
                 }
             }
-            if !batch.is_empty() {
-                dispatch::handle_batch(shared, client, batch, &mut out);
+            while !pending.is_empty() {
+                dispatch::handle_batch(shared, client, &mut pending, &mut out);
+                if out.len() >= OUTPUT_FLUSH_BYTES {
+                    socket.write_all(&out).await?;
+                    out.clear();
+                }
             }
             if client.close_after_reply {
                 socket.write_all(&out).await?;
@@ -219,11 +223,9 @@ async fn serve_loop(
                 socket.write_all(&out).await?;
                 return Ok(());
             }
-            if out.len() >= OUTPUT_FLUSH_BYTES || client.sleep.is_some() {
+            if let Some(d) = client.sleep.take() {
                 socket.write_all(&out).await?;
                 out.clear();
-            }
-            if let Some(d) = client.sleep.take() {
                 tokio::time::sleep(d).await;
             }
             if need_more {

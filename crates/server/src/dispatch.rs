@@ -7,7 +7,7 @@ use crate::Shared;
 use cairn_commands::{CommandSpec, CommandTable, Flags, Lookup};
 use cairn_resp::Reply;
 use cairn_store::{Env, Handler, Store};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -81,18 +81,23 @@ fn next_seed() -> u64 {
 pub const MAX_BATCH: usize = 512;
 
 /// Handles decoded requests in order, appending their replies to `out`, with the store locked
-/// once for the whole batch. Stops early after QUIT.
+/// once. Stops after QUIT, and once `out` holds [`crate::connection::OUTPUT_FLUSH_BYTES`], so
+/// that replies waiting for a slow reader stay bounded; the rest stay queued in `pending`.
 pub fn handle_batch(
     shared: &Shared,
     client: &mut Client,
-    batch: Vec<Vec<Vec<u8>>>,
+    pending: &mut VecDeque<Vec<Vec<u8>>>,
     out: &mut Vec<u8>,
 ) {
     let mut store = shared.store.lock();
-    for args in batch {
+    while let Some(args) = pending.pop_front() {
         let reply = handle(shared, client, &mut store, args);
         reply.encode(client.proto, out);
         if client.close_after_reply {
+            pending.clear();
+            break;
+        }
+        if out.len() >= crate::connection::OUTPUT_FLUSH_BYTES {
             break;
         }
     }

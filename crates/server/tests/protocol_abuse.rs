@@ -219,3 +219,28 @@ fn max_clients_refuses_with_redis_error() {
     assert_eq!(got, b"-ERR max number of clients reached\r\n");
     assert_eq!(a.cmd_str("PING"), b"+PONG\r\n");
 }
+
+#[test]
+fn big_replies_to_a_pipeline_are_written_as_they_are_made() {
+    // 300 pipelined LRANGEs of a 1000-element list make ~2 MB of replies; they must all arrive,
+    // in order, while the server flushes every 64 KB instead of building them all up first.
+    let cairn = Cairn::start();
+    let mut raw = Raw::connect(cairn.port);
+    let items: Vec<String> = (0..1000).map(|i| format!("item-{i:04}")).collect();
+    let mut push: Vec<&[u8]> = vec![b"RPUSH", b"big"];
+    push.extend(items.iter().map(|s| s.as_bytes()));
+    assert_eq!(raw.cmd(&push), b":1000\r\n");
+    let mut batch = Vec::new();
+    for _ in 0..300 {
+        batch.extend_from_slice(&common::encode(&[b"LRANGE", b"big", b"0", b"-1"]));
+    }
+    raw.writer.write_all(&batch).unwrap();
+    for i in 0..300 {
+        let reply = common::parse(&raw.read_reply());
+        match reply {
+            common::Frame::Agg(b'*', elems) => assert_eq!(elems.len(), 1000, "reply {i}"),
+            other => panic!("reply {i}: {other:?}"),
+        }
+    }
+    assert_alive(&cairn);
+}

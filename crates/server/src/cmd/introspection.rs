@@ -167,10 +167,13 @@ pub fn info(c: &mut Call) -> Reply {
         "Clients",
         vec![("connected_clients".into(), sh.clients.len().to_string())],
     );
+    // cairn does not count allocations; the resident set size is the honest number it has.
+    let rss = resident_bytes();
     section(
         "Memory",
         vec![
-            ("used_memory".into(), "0".into()),
+            ("used_memory".into(), rss.to_string()),
+            ("used_memory_rss".into(), rss.to_string()),
             ("maxmemory".into(), "0".into()),
         ],
     );
@@ -232,6 +235,14 @@ pub fn info(c: &mut Call) -> Reply {
     };
     section("Keyspace", keyspace);
     Reply::Verbatim("txt", out.into_bytes())
+}
+
+/// This process's resident set size in bytes (0 where /proc is not available).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
 }
 
 pub fn config_get(c: &mut Call) -> Reply {
