@@ -26,18 +26,41 @@ for port in $CAIRN_PORT $REDIS_PORT; do
   for _ in $(seq 100); do redis-cli -p $port ping >/dev/null 2>&1 && break; sleep 0.1; done
 done
 
-# name -> ops/s from redis-benchmark's CSV ("SET","123.45",...)
+# name,ops/s,p50 from redis-benchmark's CSV
 run() { redis-benchmark -p "$1" -c $CLIENTS -n $REQUESTS -P "$2" -t $TESTS -r 100000 --csv -q 2>/dev/null | tr -d '"' | awk -F, 'NR>1 && $1 !~ /test/ {print $1","$2","$6}'; }
+# The median of each test's ops/s and p50 over the rounds in files $@.
+median() {
+  python3 - "$@" <<'PY'
+import statistics, sys
+rows = {}
+for path in sys.argv[1:]:
+    for line in open(path):
+        name, ops, p50 = line.strip().split(",")
+        rows.setdefault(name, ([], []))
+        rows[name][0].append(float(ops))
+        rows[name][1].append(float(p50))
+for name, (ops, p50) in rows.items():
+    print(f"{name},{statistics.median(ops):.0f},{statistics.median(p50):.3f}")
+PY
+}
 
+ROUNDS=${ROUNDS:-3}
 echo "# cairn vs redis-server, $(date -u +%Y-%m-%d), $(nproc) cores, $(redis-server --version | awk '{print $3}')"
+echo
+echo "Median of $ROUNDS interleaved rounds (cairn, redis, cairn, redis, ...), $REQUESTS requests per test, $CLIENTS clients."
 echo
 echo "| test | pipeline | cairn ops/s | redis ops/s | ratio | cairn p50 ms | redis p50 ms |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 for pipeline in 1 16; do
-  redis-cli -p $CAIRN_PORT flushall >/dev/null; redis-cli -p $REDIS_PORT flushall >/dev/null
-  run $CAIRN_PORT $pipeline >"$work/c.csv"
-  run $REDIS_PORT $pipeline >"$work/r.csv"
-  join -t, <(sort "$work/c.csv") <(sort "$work/r.csv") | while IFS=, read -r name c_ops c_p50 r_ops r_p50; do
+  for round in $(seq $ROUNDS); do
+    redis-cli -p $CAIRN_PORT flushall >/dev/null; redis-cli -p $REDIS_PORT flushall >/dev/null
+    run $CAIRN_PORT $pipeline >"$work/c$round.csv"
+    run $REDIS_PORT $pipeline >"$work/r$round.csv"
+  done
+  median "$work"/c[0-9]*.csv | sort >"$work/c.csv"
+  median "$work"/r[0-9]*.csv | sort >"$work/r.csv"
+  rm -f "$work"/c[0-9]*.csv "$work"/r[0-9]*.csv
+  join -t, "$work/c.csv" "$work/r.csv" | while IFS=, read -r name c_ops c_p50 r_ops r_p50; do
     ratio=$(awk -v a="$c_ops" -v b="$r_ops" 'BEGIN { printf "%.2f", a / b }')
     printf "| %s | %s | %.0f | %.0f | %s | %s | %s |\n" "$name" "$pipeline" "$c_ops" "$r_ops" "$ratio" "$c_p50" "$r_p50"
   done

@@ -111,13 +111,16 @@ impl Keyspace {
 
     pub fn insert_entry(&mut self, key: &[u8], entry: Entry) {
         let at = entry.expire_at_ms;
-        let old = self.slots[key_slot(key)].insert(key.into(), entry);
-        match old {
-            Some(old) if old.expire_at_ms != 0 => {
-                self.deadlines.remove(&(old.expire_at_ms, key.into()));
+        let map = &mut self.slots[key_slot(key)];
+        // Overwriting is the common case (SET on a live key): reuse the stored key, allocate nothing.
+        if let Some(existing) = map.get_mut(key) {
+            let old_at = std::mem::replace(existing, entry).expire_at_ms;
+            if old_at != 0 {
+                self.deadlines.remove(&(old_at, key.into()));
             }
-            Some(_) => {}
-            None => self.len += 1,
+        } else {
+            map.insert(key.into(), entry);
+            self.len += 1;
         }
         if at != 0 {
             self.deadlines.insert((at, key.into()));
