@@ -241,6 +241,25 @@ pub fn distinct_indexes(ctx: &mut Ctx, len: usize, count: usize) -> Vec<usize> {
     idx
 }
 
+/// The positions a RANDMEMBER-family command returns from `len` (> 0) elements: one without a
+/// count, `count` distinct ones for a positive count, |count| with repeats for a negative one.
+pub fn random_picks(ctx: &mut Ctx, len: usize, count: Option<i64>) -> Vec<usize> {
+    match count {
+        None => vec![ctx.rng.below(len)],
+        Some(c) if c >= 0 => distinct_indexes(ctx, len, (c as usize).min(len)),
+        Some(c) => (0..c.unsigned_abs()).map(|_| ctx.rng.below(len)).collect(),
+    }
+}
+
+/// What a RANDMEMBER-family command answers for a missing key.
+pub fn random_missing(count: Option<i64>) -> Reply {
+    if count.is_some() {
+        Reply::Array(vec![])
+    } else {
+        Reply::Nil
+    }
+}
+
 /// Parses a RANDMEMBER-style count: Ok(None) without one.
 pub fn rand_count(args: &[Vec<u8>], with_values: bool) -> Result<Option<i64>, Reply> {
     let Some(c) = args.get(2) else {
@@ -265,20 +284,10 @@ fn hrandfield(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     };
     let len = match get_hash(ctx, &args[1]) {
         Ok(Some(h)) => h.len(),
-        Ok(None) => {
-            return if count.is_some() {
-                Reply::Array(vec![])
-            } else {
-                Reply::Nil
-            }
-        }
+        Ok(None) => return random_missing(count),
         Err(e) => return e,
     };
-    let picks: Vec<usize> = match count {
-        None => vec![ctx.rng.below(len)],
-        Some(c) if c >= 0 => distinct_indexes(ctx, len, (c as usize).min(len)),
-        Some(c) => (0..c.unsigned_abs()).map(|_| ctx.rng.below(len)).collect(),
-    };
+    let picks = random_picks(ctx, len, count);
     let h = get_hash(ctx, &args[1]).expect("checked").expect("checked");
     let item = |i: usize| h.get_index(i).expect("index below len");
     match count {

@@ -1,6 +1,8 @@
 //! Set commands.
 
-use crate::cmd::hashes::{distinct_indexes, rand_count, scan_reply, scan_window};
+use crate::cmd::hashes::{
+    distinct_indexes, rand_count, random_missing, random_picks, scan_reply, scan_window,
+};
 use crate::cmd::keys::{parse_scan_cursor, parse_scan_options};
 use crate::exec::*;
 use crate::glob;
@@ -161,20 +163,10 @@ fn srandmember(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     };
     let len = match get_set(ctx, &args[1]) {
         Ok(Some(s)) => s.len(),
-        Ok(None) => {
-            return if count.is_some() {
-                Reply::Array(vec![])
-            } else {
-                Reply::Nil
-            }
-        }
+        Ok(None) => return random_missing(count),
         Err(e) => return e,
     };
-    let picks: Vec<usize> = match count {
-        None => vec![ctx.rng.below(len)],
-        Some(c) if c >= 0 => distinct_indexes(ctx, len, (c as usize).min(len)),
-        Some(c) => (0..c.unsigned_abs()).map(|_| ctx.rng.below(len)).collect(),
-    };
+    let picks = random_picks(ctx, len, count);
     let s = get_set(ctx, &args[1]).expect("checked").expect("checked");
     let item = |i: usize| Reply::Bulk(s.get_index(i).expect("below len").clone());
     match count {

@@ -1,6 +1,6 @@
 //! Sorted-set commands.
 
-use crate::cmd::hashes::{distinct_indexes, rand_count, scan_reply, scan_window};
+use crate::cmd::hashes::{rand_count, random_missing, random_picks, scan_reply, scan_window};
 use crate::cmd::keys::{parse_scan_cursor, parse_scan_options};
 use crate::exec::*;
 use crate::glob;
@@ -816,20 +816,10 @@ fn zrandmember(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     };
     let len = match get_zset(ctx, &args[1]) {
         Ok(Some(z)) => z.len(),
-        Ok(None) => {
-            return if count.is_some() {
-                Reply::Array(vec![])
-            } else {
-                Reply::Nil
-            }
-        }
+        Ok(None) => return random_missing(count),
         Err(e) => return e,
     };
-    let picks: Vec<usize> = match count {
-        None => vec![ctx.rng.below(len)],
-        Some(c) if c >= 0 => distinct_indexes(ctx, len, (c as usize).min(len)),
-        Some(c) => (0..c.unsigned_abs()).map(|_| ctx.rng.below(len)).collect(),
-    };
+    let picks = random_picks(ctx, len, count);
     let z = get_zset(ctx, &args[1]).expect("checked").expect("checked");
     // Order positions come from the sorted order, so the choice depends only on the contents.
     let ordered: Vec<(&[u8], f64)> = z.iter().collect();
