@@ -1,0 +1,369 @@
+//! Raft log storage on raft-engine: one engine for every Raft group on a node.
+//!
+//! raft-rs reads a group's log through [`GroupStorage`] (its `raft::Storage`). Writes go the
+//! other way, batched: the multi-raft driver stages every group's entries, hard state and
+//! snapshots of one round into a single [`LogBatch`] ([`GroupStorage::stage`]), writes it once
+//! with fsync ([`LogEngine::write`]), and only then publishes what it wrote
+//! ([`GroupStorage::commit`]). So a reader never sees state that is not on disk, and one fsync
+//! covers every group of the round.
+//!
+//! Per group, besides entries, three records are kept: the hard state, the conf state, and the
+//! truncation point (index and term of the last entry compacted away or covered by a snapshot,
+//! which raft needs to match the entry before the first one kept).
+
+use parking_lot::RwLock;
+use protobuf::Message;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use raft_engine::{Command, Config, Engine, LogBatch, MessageExt};
+use std::path::Path;
+use std::sync::Arc;
+
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_CONF_STATE: &[u8] = b"conf_state";
+const KEY_TRUNCATED: &[u8] = b"truncated";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageFault {
+    #[error("raft-engine: {0}")]
+    Engine(#[from] raft_engine::Error),
+    #[error("protobuf: {0}")]
+    Codec(#[from] protobuf::ProtobufError),
+    /// An append that would leave a hole or rewrite compacted entries: a driver bug, refused
+    /// here rather than left to raft-engine's panic.
+    #[error("group {group}: cannot append at {index}: log holds {first}..={last}")]
+    BadAppend {
+        group: u64,
+        index: u64,
+        first: u64,
+        last: u64,
+    },
+}
+
+/// Teaches raft-engine how to index raft-rs entries.
+pub struct RaftEntries;
+
+impl MessageExt for RaftEntries {
+    type Entry = Entry;
+
+    fn index(e: &Entry) -> u64 {
+        e.index
+    }
+}
+
+/// The node's one log engine.
+#[derive(Clone)]
+pub struct LogEngine {
+    engine: Arc<Engine>,
+}
+
+impl LogEngine {
+    /// Opens (or creates) the log in `dir`. A torn tail from a crash is dropped on recovery
+    /// (raft-engine's tolerate-tail-corruption mode), never served.
+    pub fn open(dir: &Path) -> Result<LogEngine, StorageFault> {
+        let config = Config {
+            dir: dir.display().to_string(),
+            ..Config::default()
+        };
+        Ok(LogEngine {
+            engine: Arc::new(Engine::open(config)?),
+        })
+    }
+
+    /// Writes a round's batch with one fsync. An error here means the disk failed: the caller
+    /// must stop accepting writes (fail-stop), since what raft believes persisted may not be.
+    pub fn write(&self, batch: &mut LogBatch) -> Result<usize, StorageFault> {
+        Ok(self.engine.write(batch, true)?)
+    }
+
+    /// Groups with anything stored.
+    pub fn groups(&self) -> Vec<u64> {
+        self.engine.raft_groups()
+    }
+
+    /// Asks raft-engine which groups hold up old log files; they should compact.
+    pub fn purge_expired_files(&self) -> Result<Vec<u64>, StorageFault> {
+        Ok(self.engine.purge_expired_files()?)
+    }
+
+    /// The storage of one group, loaded from what is on disk.
+    pub fn group(&self, id: u64) -> Result<GroupStorage, StorageFault> {
+        let e = &self.engine;
+        let hard_state = e
+            .get_message::<HardState>(id, KEY_HARD_STATE)?
+            .unwrap_or_default();
+        let conf_state = e
+            .get_message::<ConfState>(id, KEY_CONF_STATE)?
+            .unwrap_or_default();
+        let truncated = e
+            .get_message::<SnapshotMetadata>(id, KEY_TRUNCATED)?
+            .unwrap_or_default();
+        let last_index = e.last_index(id).unwrap_or(0).max(truncated.index);
+        let core = Core {
+            hard_state,
+            conf_state,
+            truncated_index: truncated.index,
+            truncated_term: truncated.term,
+            last_index,
+            snapshot: None,
+        };
+        Ok(GroupStorage {
+            id,
+            engine: self.engine.clone(),
+            core: Arc::new(RwLock::new(core)),
+        })
+    }
+}
+
+struct Core {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// The last index compacted away or covered by a snapshot, and its term.
+    truncated_index: u64,
+    truncated_term: u64,
+    last_index: u64,
+    /// The newest state-machine snapshot this node can send to a lagging peer.
+    snapshot: Option<Snapshot>,
+}
+
+impl Core {
+    fn first_index(&self) -> u64 {
+        self.truncated_index + 1
+    }
+}
+
+/// What one group staged into a batch, to publish once the batch is on disk.
+#[derive(Default, Debug)]
+#[must_use = "commit it after the batch is written, or readers never see it"]
+pub struct Staged {
+    last_index: Option<u64>,
+    hard_state: Option<HardState>,
+    conf_state: Option<ConfState>,
+    truncated: Option<(u64, u64)>,
+}
+
+/// One Raft group's log, shared between raft-rs (reads) and the driver (staged writes).
+#[derive(Clone)]
+pub struct GroupStorage {
+    id: u64,
+    engine: Arc<Engine>,
+    core: Arc<RwLock<Core>>,
+}
+
+impl GroupStorage {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Stages a Ready's persistent parts: an incoming snapshot (which replaces the whole log),
+    /// new entries (which may overwrite a conflicting tail), and the hard state.
+    pub fn stage(
+        &self,
+        batch: &mut LogBatch,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<Staged, StorageFault> {
+        let core = self.core.read();
+        let mut staged = Staged::default();
+        let (mut first, mut last) = (core.first_index(), core.last_index);
+        if let Some(snap) = snapshot {
+            let meta = snap.get_metadata();
+            batch.add_command(self.id, Command::Clean);
+            let truncated = SnapshotMetadata {
+                index: meta.index,
+                term: meta.term,
+                ..Default::default()
+            };
+            batch.put_message(self.id, KEY_TRUNCATED.to_vec(), &truncated)?;
+            batch.put_message(self.id, KEY_CONF_STATE.to_vec(), meta.get_conf_state())?;
+            staged.truncated = Some((meta.index, meta.term));
+            staged.conf_state = Some(meta.get_conf_state().clone());
+            staged.last_index = Some(meta.index);
+            first = meta.index + 1;
+            last = meta.index;
+        }
+        if let Some(head) = entries.first() {
+            if head.index < first || head.index > last + 1 {
+                return Err(StorageFault::BadAppend {
+                    group: self.id,
+                    index: head.index,
+                    first,
+                    last,
+                });
+            }
+            debug_assert!(
+                entries.windows(2).all(|w| w[1].index == w[0].index + 1),
+                "entries are contiguous"
+            );
+            batch.add_entries::<RaftEntries>(self.id, entries)?;
+            staged.last_index = Some(entries.last().expect("non-empty").index);
+        }
+        if let Some(hs) = hard_state {
+            batch.put_message(self.id, KEY_HARD_STATE.to_vec(), hs)?;
+            staged.hard_state = Some(hs.clone());
+        }
+        Ok(staged)
+    }
+
+    /// Stages a membership change that was applied.
+    pub fn stage_conf_state(
+        &self,
+        batch: &mut LogBatch,
+        cs: &ConfState,
+        staged: &mut Staged,
+    ) -> Result<(), StorageFault> {
+        batch.put_message(self.id, KEY_CONF_STATE.to_vec(), cs)?;
+        staged.conf_state = Some(cs.clone());
+        Ok(())
+    }
+
+    /// Publishes what [`GroupStorage::stage`] wrote, after the batch is on disk.
+    pub fn commit(&self, staged: Staged) {
+        let mut core = self.core.write();
+        if let Some((index, term)) = staged.truncated {
+            core.truncated_index = index;
+            core.truncated_term = term;
+        }
+        if let Some(last) = staged.last_index {
+            core.last_index = last;
+        }
+        if let Some(hs) = staged.hard_state {
+            core.hard_state = hs;
+        }
+        if let Some(cs) = staged.conf_state {
+            core.conf_state = cs;
+        }
+        debug_assert!(
+            core.truncated_index <= core.last_index,
+            "truncated {} > last {}",
+            core.truncated_index,
+            core.last_index
+        );
+    }
+
+    /// Offers a state-machine snapshot to lagging peers (built by the driver at `applied`).
+    pub fn set_snapshot(&self, snapshot: Snapshot) {
+        self.core.write().snapshot = Some(snapshot);
+    }
+
+    /// Drops log entries up to and including `index` (which must be applied), remembering its
+    /// term. The truncation point is made durable before any entry is dropped.
+    pub fn compact(&self, index: u64, engine: &LogEngine) -> Result<(), StorageFault> {
+        let (current, last) = {
+            let core = self.core.read();
+            (core.truncated_index, core.last_index)
+        };
+        if index <= current || index > last {
+            return Ok(());
+        }
+        let term = raft::Storage::term(self, index).map_err(|_| StorageFault::BadAppend {
+            group: self.id,
+            index,
+            first: current + 1,
+            last,
+        })?;
+        let mut batch = LogBatch::default();
+        let meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        batch.put_message(self.id, KEY_TRUNCATED.to_vec(), &meta)?;
+        engine.write(&mut batch)?;
+        {
+            let mut core = self.core.write();
+            core.truncated_index = index;
+            core.truncated_term = term;
+        }
+        self.engine.compact_to(self.id, index + 1);
+        Ok(())
+    }
+}
+
+fn unavailable() -> raft::Error {
+    raft::Error::Store(StorageError::Unavailable)
+}
+
+impl raft::Storage for GroupStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let core = self.core.read();
+        Ok(RaftState::new(
+            core.hard_state.clone(),
+            core.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let core = self.core.read();
+        if low < core.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > core.last_index + 1 || low > high {
+            return Err(unavailable());
+        }
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        if low == high {
+            return Ok(out);
+        }
+        let max_size = max_size.into();
+        self.engine
+            .fetch_entries_to::<RaftEntries>(
+                self.id,
+                low,
+                high,
+                max_size.map(|m| m as usize),
+                &mut out,
+            )
+            .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
+        // raft's rule: at least one entry, then as many as fit in max_size.
+        raft::util::limit_size(&mut out, max_size);
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let core = self.core.read();
+        if idx == core.truncated_index {
+            return Ok(core.truncated_term);
+        }
+        if idx < core.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > core.last_index {
+            return Err(unavailable());
+        }
+        match self.engine.get_entry::<RaftEntries>(self.id, idx) {
+            Ok(Some(e)) => Ok(e.term),
+            Ok(None) => Err(unavailable()),
+            Err(e) => Err(raft::Error::Store(StorageError::Other(Box::new(e)))),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.core.read().first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.core.read().last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match &self.core.read().snapshot {
+            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
+            _ => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
+        }
+    }
+}
+
+/// Encodes a protobuf message (for tests and the bus).
+pub fn encode<M: Message>(m: &M) -> Result<Vec<u8>, StorageFault> {
+    Ok(m.write_to_bytes()?)
+}
