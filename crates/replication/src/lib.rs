@@ -2,10 +2,15 @@
 //! raft-engine log.
 //!
 //! Built so far: [`storage`], the log of every group on one engine, read by raft-rs and written
-//! in batches (one fsync per round for all groups). Coming with the replication issue: the
-//! multi-raft driver (tick, step, Ready for every group in one loop), the cluster bus, snapshot
-//! streaming, membership changes.
+//! in batches (one fsync per round for all groups); [`driver`], the sans-IO multi-raft driver
+//! (tick, step, propose, and one Ready round for every group). Still to come: the cluster bus,
+//! the server's write and read paths through it, snapshot streaming in chunks, membership
+//! commands.
 
+pub mod driver;
 pub mod storage;
 
+pub use driver::{
+    Applied, DriverError, Envelope, GroupConfig, MultiRaft, RoundOutput, StateMachine,
+};
 pub use storage::{GroupStorage, LogEngine, Staged, StorageFault};

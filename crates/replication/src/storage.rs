@@ -22,6 +22,8 @@ use std::sync::Arc;
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_TRUNCATED: &[u8] = b"truncated";
+/// The newest snapshot (metadata and state-machine data) this group has taken or installed.
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageFault {
@@ -52,6 +54,11 @@ impl MessageExt for RaftEntries {
 }
 
 /// The node's one log engine.
+///
+/// One engine per thread that reads entries: raft-engine caches decoded blocks in a
+/// thread-local keyed by file position, and two engines read on one thread can be handed each
+/// other's blocks (seen as a panic in `read_entry_from_file`). A node has one engine and drives
+/// it from its own thread; in-process test clusters give every node its own thread.
 #[derive(Clone)]
 pub struct LogEngine {
     engine: Arc<Engine>,
@@ -98,6 +105,7 @@ impl LogEngine {
         let truncated = e
             .get_message::<SnapshotMetadata>(id, KEY_TRUNCATED)?
             .unwrap_or_default();
+        let snapshot = e.get_message::<Snapshot>(id, KEY_SNAPSHOT)?;
         let last_index = e.last_index(id).unwrap_or(0).max(truncated.index);
         let core = Core {
             hard_state,
@@ -105,7 +113,7 @@ impl LogEngine {
             truncated_index: truncated.index,
             truncated_term: truncated.term,
             last_index,
-            snapshot: None,
+            snapshot,
         };
         Ok(GroupStorage {
             id,
@@ -140,6 +148,7 @@ pub struct Staged {
     hard_state: Option<HardState>,
     conf_state: Option<ConfState>,
     truncated: Option<(u64, u64)>,
+    snapshot: Option<Snapshot>,
 }
 
 /// One Raft group's log, shared between raft-rs (reads) and the driver (staged writes).
@@ -177,6 +186,8 @@ impl GroupStorage {
             };
             batch.put_message(self.id, KEY_TRUNCATED.to_vec(), &truncated)?;
             batch.put_message(self.id, KEY_CONF_STATE.to_vec(), meta.get_conf_state())?;
+            batch.put_message(self.id, KEY_SNAPSHOT.to_vec(), snap)?;
+            staged.snapshot = Some(snap.clone());
             staged.truncated = Some((meta.index, meta.term));
             staged.conf_state = Some(meta.get_conf_state().clone());
             staged.last_index = Some(meta.index);
@@ -234,6 +245,9 @@ impl GroupStorage {
         if let Some(cs) = staged.conf_state {
             core.conf_state = cs;
         }
+        if let Some(snap) = staged.snapshot {
+            core.snapshot = Some(snap);
+        }
         debug_assert!(
             core.truncated_index <= core.last_index,
             "truncated {} > last {}",
@@ -242,9 +256,23 @@ impl GroupStorage {
         );
     }
 
-    /// Offers a state-machine snapshot to lagging peers (built by the driver at `applied`).
-    pub fn set_snapshot(&self, snapshot: Snapshot) {
+    /// Makes a snapshot taken by this node durable and offers it to lagging peers. The log up to
+    /// its index may be compacted afterwards, never before.
+    pub fn save_snapshot(
+        &self,
+        snapshot: Snapshot,
+        engine: &LogEngine,
+    ) -> Result<(), StorageFault> {
+        let mut batch = LogBatch::default();
+        batch.put_message(self.id, KEY_SNAPSHOT.to_vec(), &snapshot)?;
+        engine.write(&mut batch)?;
         self.core.write().snapshot = Some(snapshot);
+        Ok(())
+    }
+
+    /// The newest durable snapshot, which a restarting node restores before replaying the log.
+    pub fn latest_snapshot(&self) -> Option<Snapshot> {
+        self.core.read().snapshot.clone()
     }
 
     /// Drops log entries up to and including `index` (which must be applied), remembering its

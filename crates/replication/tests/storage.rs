@@ -300,3 +300,29 @@ fn a_torn_tail_is_dropped_never_served() {
         );
     }
 }
+
+#[test]
+fn an_installed_snapshot_and_its_data_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut snap = Snapshot::default();
+    snap.mut_metadata().index = 50;
+    snap.mut_metadata().term = 3;
+    snap.set_data(b"state machine bytes".to_vec().into());
+    {
+        let engine = LogEngine::open(dir.path()).unwrap();
+        let g = engine.group(9).unwrap();
+        persist(&engine, &g, None, &entries(1..=5, 1), None);
+        persist(&engine, &g, Some(&snap), &[], None);
+        assert_eq!(
+            g.latest_snapshot().map(|s| s.get_metadata().index),
+            Some(50)
+        );
+    }
+    let engine = LogEngine::open(dir.path()).unwrap();
+    let g = engine.group(9).unwrap();
+    let got = g
+        .latest_snapshot()
+        .expect("the installed snapshot is durable");
+    assert_eq!(got.get_metadata().index, 50);
+    assert_eq!(got.get_data(), b"state machine bytes");
+}

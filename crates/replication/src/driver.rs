@@ -1,0 +1,394 @@
+//! The multi-raft driver: every Raft group of one node, driven in rounds.
+//!
+//! It is sans-IO: the caller feeds it ticks, incoming messages and proposals, and calls
+//! [`MultiRaft::round`], which handles the `Ready` of every group that has one, exactly in the
+//! order raft-rs requires:
+//!
+//! 1. stage every group's snapshot, entries and hard state into one `LogBatch`;
+//! 2. write it with one fsync (all groups of the round share it);
+//! 3. publish the new log state to raft-rs's reads, and hand out the messages to send (all of
+//!    them only now, after the write, which is the conservative reading of the contract);
+//! 4. apply committed entries in order to the group's state machine;
+//! 5. advance, and apply what the light ready adds.
+//!
+//! The round returns the messages (each addressed to a group on a peer node) and what was
+//! applied, with each entry's context so the caller can answer the client that proposed it.
+
+use crate::storage::{GroupStorage, LogEngine, StorageFault};
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use raft_engine::LogBatch;
+use std::collections::BTreeMap;
+
+/// A shard's state machine, as the driver sees it.
+pub trait StateMachine {
+    /// Applies one committed command; the bytes returned go to whoever proposed it.
+    fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8>;
+    /// The whole state, for a snapshot.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the state with a snapshot's.
+    fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+}
+
+/// A Raft message for one group (raft-rs messages do not name their group).
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    pub group: u64,
+    pub message: Message,
+}
+
+/// A command entry applied in this round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub group: u64,
+    pub index: u64,
+    pub term: u64,
+    /// The context the proposer attached (it identifies the waiting client).
+    pub context: Vec<u8>,
+    pub result: Vec<u8>,
+}
+
+#[derive(Default, Debug)]
+pub struct RoundOutput {
+    pub messages: Vec<Envelope>,
+    pub applied: Vec<Applied>,
+    /// Groups whose Ready was handled.
+    pub groups_ready: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The disk failed. The node must stop serving writes: fail-stop.
+    #[error("log storage failed: {0}")]
+    Storage(#[from] StorageFault),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("no group {0} on this node")]
+    UnknownGroup(u64),
+    #[error("group {group}: this node is not the leader (leader: {leader:?})")]
+    NotLeader { group: u64, leader: Option<u64> },
+    #[error("group {group}: state machine snapshot could not be restored: {why}")]
+    Restore { group: u64, why: String },
+}
+
+/// Settings shared by every group on the node.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// Ticks without a leader before an election (randomized up to twice this).
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Flow control: the most bytes in one append message, appends in flight per follower,
+    /// and proposed-but-uncommitted bytes a leader accepts.
+    pub max_size_per_msg: u64,
+    pub max_inflight_msgs: usize,
+    pub max_uncommitted_size: u64,
+    /// Take a snapshot and compact the log once this many entries were applied since the last.
+    pub snapshot_every: u64,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            max_uncommitted_size: 64 * 1024 * 1024,
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+struct Group<S> {
+    raw: RawNode<GroupStorage>,
+    sm: S,
+    applied: u64,
+    snapshot_index: u64,
+}
+
+/// Every group of one node.
+pub struct MultiRaft<S> {
+    node_id: u64,
+    engine: LogEngine,
+    groups: BTreeMap<u64, Group<S>>,
+    config: GroupConfig,
+    logger: slog::Logger,
+}
+
+impl<S: StateMachine> MultiRaft<S> {
+    pub fn new(node_id: u64, engine: LogEngine, config: GroupConfig) -> Self {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        MultiRaft {
+            node_id,
+            engine,
+            groups: BTreeMap::new(),
+            config,
+            logger,
+        }
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Opens a group: restores its last snapshot into `sm` and resumes from the log. `voters` is
+    /// used only for a group that has no state on disk yet (bootstrap).
+    pub fn open_group(&mut self, id: u64, voters: &[u64], mut sm: S) -> Result<(), DriverError> {
+        let storage = self.engine.group(id)?;
+        let state = raft::Storage::initial_state(&storage)?;
+        if state.conf_state.voters.is_empty() && !voters.is_empty() {
+            let mut batch = LogBatch::default();
+            let mut staged = storage.stage(&mut batch, None, &[], None)?;
+            let cs = raft::eraftpb::ConfState {
+                voters: voters.to_vec(),
+                ..Default::default()
+            };
+            storage.stage_conf_state(&mut batch, &cs, &mut staged)?;
+            self.engine.write(&mut batch)?;
+            storage.commit(staged);
+        }
+        let mut applied = 0;
+        if let Some(snap) = storage.latest_snapshot() {
+            sm.restore(snap.get_data())
+                .map_err(|why| DriverError::Restore { group: id, why })?;
+            applied = snap.get_metadata().index;
+        }
+        let c = &self.config;
+        let raft_config = raft::Config {
+            id: self.node_id,
+            election_tick: c.election_ticks,
+            heartbeat_tick: c.heartbeat_ticks,
+            max_size_per_msg: c.max_size_per_msg,
+            max_inflight_msgs: c.max_inflight_msgs,
+            max_uncommitted_size: c.max_uncommitted_size,
+            pre_vote: true,
+            check_quorum: true,
+            applied,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let raw = RawNode::new(&raft_config, storage, &self.logger)?;
+        self.groups.insert(
+            id,
+            Group {
+                raw,
+                sm,
+                applied,
+                snapshot_index: applied,
+            },
+        );
+        Ok(())
+    }
+
+    fn group(&mut self, id: u64) -> Result<&mut Group<S>, DriverError> {
+        self.groups
+            .get_mut(&id)
+            .ok_or(DriverError::UnknownGroup(id))
+    }
+
+    /// Advances every group's logical clock by one tick.
+    pub fn tick(&mut self) {
+        for g in self.groups.values_mut() {
+            g.raw.tick();
+        }
+    }
+
+    pub fn step(&mut self, env: Envelope) -> Result<(), DriverError> {
+        Ok(self.group(env.group)?.raw.step(env.message)?)
+    }
+
+    /// Proposes a command; its result comes back from a later round as [`Applied`] with the
+    /// same context, or never if leadership is lost first (the caller times out and retries).
+    pub fn propose(
+        &mut self,
+        group: u64,
+        context: Vec<u8>,
+        data: Vec<u8>,
+    ) -> Result<(), DriverError> {
+        let g = self.group(group)?;
+        if g.raw.raft.state != StateRole::Leader {
+            let leader = Some(g.raw.raft.leader_id).filter(|&l| l != 0);
+            return Err(DriverError::NotLeader { group, leader });
+        }
+        Ok(g.raw.propose(context, data)?)
+    }
+
+    /// The transport could not reach `peer`: raft slows its appends to it down to probing.
+    pub fn report_unreachable(&mut self, group: u64, peer: u64) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.raw.report_unreachable(peer);
+        }
+    }
+
+    /// The transport finished (or failed) sending a snapshot to `peer`. Must be called for every
+    /// snapshot message: until it is, raft pauses appends to that peer, so a lost snapshot with no
+    /// report would leave the peer behind forever.
+    pub fn report_snapshot(&mut self, group: u64, peer: u64, delivered: bool) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            let status = if delivered {
+                raft::SnapshotStatus::Finish
+            } else {
+                raft::SnapshotStatus::Failure
+            };
+            g.raw.report_snapshot(peer, status);
+        }
+    }
+
+    pub fn campaign(&mut self, group: u64) -> Result<(), DriverError> {
+        Ok(self.group(group)?.raw.campaign()?)
+    }
+
+    pub fn leader_of(&self, group: u64) -> Option<u64> {
+        self.groups
+            .get(&group)
+            .map(|g| g.raw.raft.leader_id)
+            .filter(|&l| l != 0)
+    }
+
+    pub fn is_leader(&self, group: u64) -> bool {
+        self.groups
+            .get(&group)
+            .is_some_and(|g| g.raw.raft.state == StateRole::Leader)
+    }
+
+    /// (term, commit index, applied index) of a group.
+    pub fn progress(&self, group: u64) -> Option<(u64, u64, u64)> {
+        self.groups
+            .get(&group)
+            .map(|g| (g.raw.raft.term, g.raw.raft.raft_log.committed, g.applied))
+    }
+
+    pub fn state_machine(&self, group: u64) -> Option<&S> {
+        self.groups.get(&group).map(|g| &g.sm)
+    }
+
+    /// Handles the Ready of every group that has one, with one fsync for all of them.
+    pub fn round(&mut self) -> Result<RoundOutput, DriverError> {
+        let mut out = RoundOutput::default();
+        let mut batch = LogBatch::default();
+        let mut pending = Vec::new();
+        for (&id, g) in self.groups.iter_mut() {
+            if !g.raw.has_ready() {
+                continue;
+            }
+            let rd = g.raw.ready();
+            let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+            let staged =
+                g.raw
+                    .store()
+                    .stage(&mut batch, snapshot.as_ref(), rd.entries(), rd.hs())?;
+            pending.push((id, rd, staged, snapshot));
+        }
+        if !batch.is_empty() {
+            self.engine.write(&mut batch)?;
+        }
+        out.groups_ready = pending.len();
+        for (id, mut rd, staged, snapshot) in pending {
+            let engine = self.engine.clone();
+            let config = self.config.clone();
+            let g = self.groups.get_mut(&id).expect("group of a pending ready");
+            g.raw.store().commit(staged);
+            let wrap = |m: Message| Envelope {
+                group: id,
+                message: m,
+            };
+            out.messages
+                .extend(rd.take_messages().into_iter().map(wrap));
+            if let Some(snap) = snapshot {
+                g.sm.restore(snap.get_data())
+                    .map_err(|why| DriverError::Restore { group: id, why })?;
+                g.applied = snap.get_metadata().index;
+                g.snapshot_index = g.applied;
+            }
+            apply_entries(id, g, rd.take_committed_entries(), &engine, &mut out)?;
+            out.messages
+                .extend(rd.take_persisted_messages().into_iter().map(wrap));
+            let mut light = g.raw.advance(rd);
+            out.messages
+                .extend(light.take_messages().into_iter().map(wrap));
+            apply_entries(id, g, light.take_committed_entries(), &engine, &mut out)?;
+            g.raw.advance_apply();
+            maybe_snapshot(g, &config, &engine)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Applies committed entries in order: commands to the state machine, membership changes to
+/// raft (persisting the new configuration).
+fn apply_entries<S: StateMachine>(
+    id: u64,
+    g: &mut Group<S>,
+    entries: Vec<Entry>,
+    engine: &LogEngine,
+    out: &mut RoundOutput,
+) -> Result<(), DriverError> {
+    for e in entries {
+        debug_assert!(
+            e.index == g.applied + 1 || e.index <= g.applied,
+            "apply order: {} after {}",
+            e.index,
+            g.applied
+        );
+        if e.index <= g.applied {
+            continue;
+        }
+        g.applied = e.index;
+        match e.get_entry_type() {
+            EntryType::EntryNormal if e.data.is_empty() => {} // a new leader's empty entry
+            EntryType::EntryNormal => {
+                let result = g.sm.apply(e.index, &e.data);
+                out.applied.push(Applied {
+                    group: id,
+                    index: e.index,
+                    term: e.term,
+                    context: e.context.to_vec(),
+                    result,
+                });
+            }
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                let cs = if e.get_entry_type() == EntryType::EntryConfChange {
+                    let cc: ConfChange =
+                        protobuf::Message::parse_from_bytes(&e.data).map_err(StorageFault::from)?;
+                    g.raw.apply_conf_change(&cc)?
+                } else {
+                    let cc: ConfChangeV2 =
+                        protobuf::Message::parse_from_bytes(&e.data).map_err(StorageFault::from)?;
+                    g.raw.apply_conf_change(&cc)?
+                };
+                let mut batch = LogBatch::default();
+                let mut staged = g.raw.store().stage(&mut batch, None, &[], None)?;
+                g.raw
+                    .store()
+                    .stage_conf_state(&mut batch, &cs, &mut staged)?;
+                engine.write(&mut batch)?;
+                g.raw.store().commit(staged);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes a snapshot at the applied index and compacts the log behind it, every
+/// `snapshot_every` entries.
+fn maybe_snapshot<S: StateMachine>(
+    g: &mut Group<S>,
+    config: &GroupConfig,
+    engine: &LogEngine,
+) -> Result<(), DriverError> {
+    if g.applied < g.snapshot_index + config.snapshot_every {
+        return Ok(());
+    }
+    let storage = g.raw.store().clone();
+    let term = raft::Storage::term(&storage, g.applied)?;
+    let mut snap = Snapshot::default();
+    snap.set_data(g.sm.snapshot().into());
+    let meta = snap.mut_metadata();
+    meta.index = g.applied;
+    meta.term = term;
+    meta.set_conf_state(g.raw.raft.prs().conf().to_conf_state());
+    storage.save_snapshot(snap, engine)?;
+    storage.compact(g.applied, engine)?;
+    g.snapshot_index = g.applied;
+    Ok(())
+}
