@@ -8,9 +8,11 @@
 //! commands.
 
 pub mod driver;
+pub mod local;
 pub mod storage;
 
 pub use driver::{
     Applied, DriverError, Envelope, GroupConfig, MultiRaft, RoundOutput, StateMachine,
 };
+pub use local::LocalCluster;
 pub use storage::{GroupStorage, LogEngine, Staged, StorageFault};

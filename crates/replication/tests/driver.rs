@@ -1,12 +1,13 @@
-//! The multi-raft driver, exercised by in-process clusters over an in-memory network that can
-//! cut links and restart nodes from their disks. Checks: one leader per term, every node
-//! applies the same entries in the same order (prefix agreement at every step), acknowledged
-//! entries survive leader loss and restarts, and lagging nodes catch up by log or by snapshot.
+//! The multi-raft driver, exercised by in-process clusters ([`LocalCluster`]) over an
+//! in-memory network that cuts links and restarts nodes from their disks. Checks: one leader per
+//! group, every node applies the same entries in the same order (prefix agreement after every
+//! step), acknowledged entries survive leader loss and restarts, and lagging nodes catch up by
+//! log or by snapshot.
 //!
 //! The chaos test prints its seed; rerun with `CAIRN_RAFT_SEED=<seed> cargo test --test driver`.
 
-use cairn_replication::{Applied, Envelope, GroupConfig, LogEngine, MultiRaft, StateMachine};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use cairn_replication::{DriverError, GroupConfig, LocalCluster, StateMachine};
+use std::collections::HashSet;
 
 /// A state machine that records every command it applied.
 #[derive(Default, Clone)]
@@ -39,245 +40,63 @@ impl StateMachine for Journal {
     }
 }
 
-/// Work run on a node's thread.
-type Call = Box<dyn FnOnce(&mut MultiRaft<Journal>) + Send>;
+type Cluster = LocalCluster<Journal>;
 
-/// A node on its own thread (raft-engine's block cache is per thread; see `LogEngine`).
-struct NodeThread {
-    calls: std::sync::mpsc::Sender<Call>,
-    thread: Option<std::thread::JoinHandle<()>>,
+fn cluster(n: u64, groups: Vec<u64>, config: GroupConfig) -> Cluster {
+    LocalCluster::new(n, groups, config, Journal::default)
 }
 
-impl NodeThread {
-    fn spawn(
-        id: u64,
-        dir: std::path::PathBuf,
-        groups: Vec<u64>,
-        voters: Vec<u64>,
-        config: GroupConfig,
-    ) -> NodeThread {
-        let (tx, rx) =
-            std::sync::mpsc::channel::<Box<dyn FnOnce(&mut MultiRaft<Journal>) + Send>>();
-        let thread = std::thread::spawn(move || {
-            let engine = LogEngine::open(&dir).unwrap();
-            let mut node = MultiRaft::new(id, engine, config);
-            for g in groups {
-                node.open_group(g, &voters, Journal::default()).unwrap();
-            }
-            for call in rx {
-                call(&mut node);
-            }
-        });
-        NodeThread {
-            calls: tx,
-            thread: Some(thread),
-        }
-    }
-
-    /// Runs `f` on the node's thread and returns its result.
-    fn with<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut MultiRaft<Journal>) -> R + Send + 'static,
-    ) -> R {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.calls
-            .send(Box::new(move |n| tx.send(f(n)).unwrap()))
-            .unwrap();
-        rx.recv().expect("node thread alive")
-    }
-}
-
-impl Drop for NodeThread {
-    fn drop(&mut self) {
-        let (tx, _) = std::sync::mpsc::channel();
-        self.calls = tx;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-struct Cluster {
-    groups: Vec<u64>,
-    voters: Vec<u64>,
-    config: GroupConfig,
-    dirs: BTreeMap<u64, tempfile::TempDir>,
-    nodes: BTreeMap<u64, Option<NodeThread>>,
-    network: VecDeque<Envelope>,
-    cut: HashSet<(u64, u64)>,
-    /// Entries the leader reported applied: acknowledged to a client.
-    acknowledged: Vec<(u64, Vec<u8>)>,
-}
-
-impl Cluster {
-    fn new(n: u64, groups: Vec<u64>, config: GroupConfig) -> Cluster {
-        let voters: Vec<u64> = (1..=n).collect();
-        let mut c = Cluster {
-            groups,
-            voters: voters.clone(),
-            config,
-            dirs: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            network: VecDeque::new(),
-            cut: HashSet::new(),
-            acknowledged: vec![],
-        };
-        for id in voters {
-            c.dirs.insert(id, tempfile::tempdir().unwrap());
-            c.start(id);
-        }
-        c
-    }
-
-    fn start(&mut self, id: u64) {
-        let dir = self.dirs[&id].path().to_path_buf();
-        let node = NodeThread::spawn(
-            id,
-            dir,
-            self.groups.clone(),
-            self.voters.clone(),
-            self.config.clone(),
-        );
-        self.nodes.insert(id, Some(node));
-    }
-
-    /// kill -9: the node's memory is gone; only its disk remains.
-    fn crash(&mut self, id: u64) {
-        self.nodes.insert(id, None);
-    }
-
-    fn node(&self, id: u64) -> Option<&NodeThread> {
-        self.nodes.get(&id).and_then(Option::as_ref)
-    }
-
-    fn is_leader(&self, id: u64, group: u64) -> bool {
-        self.node(id)
-            .is_some_and(|n| n.with(move |m| m.is_leader(group)))
-    }
-
-    /// One step of the world: every live node ticks (if asked), runs a round, and the network
-    /// delivers what was sent (dropping messages to dead nodes and over cut links).
-    fn step(&mut self, tick: bool) {
-        let ids: Vec<u64> = self.nodes.keys().copied().collect();
-        for id in &ids {
-            let Some(node) = self.node(*id) else { continue };
-            let out = node.with(move |m| {
-                if tick {
-                    m.tick();
-                }
-                m.round().expect("round")
-            });
-            for Applied {
-                group,
-                context,
-                result: _,
-                ..
-            } in out.applied
-            {
-                if !context.is_empty() {
-                    self.acknowledged.push((group, context));
-                }
-            }
-            self.network.extend(out.messages);
-        }
-        // Delivery, and what a real transport tells the sender: a message that could not be
-        // sent reports the peer unreachable, and every snapshot reports whether it arrived.
-        while let Some(env) = self.network.pop_front() {
-            let (from, to, group) = (env.message.from, env.message.to, env.group);
-            let is_snapshot = env.message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
-            let linked = !self.cut.contains(&(from, to)) && !self.cut.contains(&(to, from));
-            let delivered = match self.node(to) {
-                Some(node) if linked => {
-                    node.with(move |m| {
-                        let _ = m.step(env);
-                    });
-                    true
-                }
-                _ => false,
-            };
-            if let Some(sender) = self.node(from) {
-                if !delivered {
-                    sender.with(move |m| m.report_unreachable(group, to));
-                }
-                if is_snapshot {
-                    sender.with(move |m| m.report_snapshot(group, to, delivered));
-                }
-            }
-        }
-        self.check_agreement();
-    }
-
-    fn run(&mut self, steps: usize) {
-        for i in 0..steps {
-            self.step(i % 2 == 0);
-        }
-    }
-
-    /// The leader of `group` that a majority-connected node knows, once one is elected.
-    fn leader(&self, group: u64) -> Option<u64> {
-        self.nodes
-            .keys()
-            .copied()
-            .find(|&id| self.is_leader(id, group))
-    }
-
-    fn wait_leader(&mut self, group: u64) -> u64 {
-        for _ in 0..400 {
-            if let Some(l) = self.leader(group) {
-                return l;
-            }
-            self.step(true);
-        }
-        panic!("no leader for group {group} after 400 steps");
-    }
-
-    /// Proposes through the current leader; the context is the payload so acks can be matched.
-    fn propose(&mut self, group: u64, payload: &str) -> bool {
-        let Some(l) = self.leader(group) else {
-            return false;
-        };
-        let data = payload.as_bytes().to_vec();
-        self.node(l)
-            .unwrap()
-            .with(move |m| m.propose(group, data.clone(), data).is_ok())
-    }
-
-    fn journal(&self, id: u64, group: u64) -> Vec<Vec<u8>> {
-        self.node(id)
-            .map(|n| {
-                n.with(move |m| {
-                    m.state_machine(group)
-                        .map(|j| j.0.clone())
-                        .unwrap_or_default()
-                })
-            })
+fn journal(c: &Cluster, id: u64, group: u64) -> Vec<Vec<u8>> {
+    c.with(id, move |m| {
+        m.state_machine(group)
+            .map(|j| j.0.clone())
             .unwrap_or_default()
-    }
+    })
+    .unwrap_or_default()
+}
 
-    /// Safety, checked after every step: any two live nodes' applied journals agree on their
-    /// common prefix.
-    fn check_agreement(&self) {
-        for &g in &self.groups {
-            let journals: Vec<(u64, Vec<Vec<u8>>)> = self
-                .nodes
-                .keys()
-                .filter(|id| self.node(**id).is_some())
-                .map(|&id| (id, self.journal(id, g)))
-                .collect();
-            for a in &journals {
-                for b in &journals {
-                    let n = a.1.len().min(b.1.len());
-                    assert_eq!(
-                        a.1[..n],
-                        b.1[..n],
-                        "group {g}: nodes {} and {} applied different entries",
-                        a.0,
-                        b.0
-                    );
-                }
+/// Safety: any two live nodes' applied journals agree on their common prefix.
+fn check_agreement(c: &Cluster) {
+    for &g in &c.groups {
+        let journals: Vec<(u64, Vec<Vec<u8>>)> = c
+            .ids()
+            .into_iter()
+            .filter(|&id| c.is_up(id))
+            .map(|id| (id, journal(c, id, g)))
+            .collect();
+        for a in &journals {
+            for b in &journals {
+                let n = a.1.len().min(b.1.len());
+                assert_eq!(
+                    a.1[..n],
+                    b.1[..n],
+                    "group {g}: nodes {} and {} applied different entries",
+                    a.0,
+                    b.0
+                );
             }
         }
     }
+}
+
+fn step(c: &mut Cluster, tick: bool) {
+    c.step(tick);
+    check_agreement(c);
+}
+
+fn run(c: &mut Cluster, steps: usize) {
+    for i in 0..steps {
+        step(c, i % 2 == 0);
+    }
+}
+
+fn propose(c: &mut Cluster, group: u64, payload: &str) -> bool {
+    c.propose(
+        group,
+        payload.as_bytes().to_vec(),
+        payload.as_bytes().to_vec(),
+    )
+    .is_some()
 }
 
 fn fast() -> GroupConfig {
@@ -287,30 +106,35 @@ fn fast() -> GroupConfig {
     }
 }
 
+fn payloads(prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| format!("{prefix}{i}").into_bytes())
+        .collect()
+}
+
 #[test]
 fn three_nodes_elect_one_leader_and_apply_the_same_entries_in_order() {
-    let mut c = Cluster::new(3, vec![1], fast());
-    let leader = c.wait_leader(1);
+    let mut c = cluster(3, vec![1], fast());
+    let leader = c.wait_leader(1, 400);
     for i in 0..50 {
-        assert!(c.propose(1, &format!("cmd-{i}")));
-        c.step(false);
+        assert!(propose(&mut c, 1, &format!("cmd-{i}")));
+        step(&mut c, false);
     }
-    c.run(20);
-    let want: Vec<Vec<u8>> = (0..50).map(|i| format!("cmd-{i}").into_bytes()).collect();
+    run(&mut c, 20);
     for id in 1..=3 {
-        assert_eq!(c.journal(id, 1), want, "node {id}");
+        assert_eq!(journal(&c, id, 1), payloads("cmd-", 50), "node {id}");
     }
     assert_eq!(
-        c.acknowledged.len(),
+        c.applied.len(),
         50 * 3,
-        "every node applied every entry with its context"
+        "every node applied every entry, with its context"
     );
     assert_eq!(
         c.leader(1),
         Some(leader),
         "a stable cluster keeps its leader"
     );
-    let (term, commit, applied) = c.node(leader).unwrap().with(|m| m.progress(1).unwrap());
+    let (term, commit, applied) = c.with(leader, |m| m.progress(1).unwrap()).unwrap();
     assert!(
         term >= 1 && commit >= 50 && applied == commit,
         "term {term} commit {commit} applied {applied}"
@@ -319,16 +143,15 @@ fn three_nodes_elect_one_leader_and_apply_the_same_entries_in_order() {
 
 #[test]
 fn followers_refuse_proposals_and_name_the_leader() {
-    let mut c = Cluster::new(3, vec![1], fast());
-    let leader = c.wait_leader(1);
-    c.run(10);
+    let mut c = cluster(3, vec![1], fast());
+    let leader = c.wait_leader(1, 400);
+    run(&mut c, 10);
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     match c
-        .node(follower)
+        .with(follower, |m| m.propose(1, vec![], b"x".to_vec()))
         .unwrap()
-        .with(|m| m.propose(1, vec![], b"x".to_vec()))
     {
-        Err(cairn_replication::DriverError::NotLeader {
+        Err(DriverError::NotLeader {
             leader: Some(l), ..
         }) => assert_eq!(l, leader),
         other => panic!("expected NotLeader, got {other:?}"),
@@ -337,27 +160,24 @@ fn followers_refuse_proposals_and_name_the_leader() {
 
 #[test]
 fn a_restarted_follower_recovers_from_disk_and_catches_up() {
-    let mut c = Cluster::new(3, vec![1], fast());
-    let leader = c.wait_leader(1);
+    let mut c = cluster(3, vec![1], fast());
+    let leader = c.wait_leader(1, 400);
     for i in 0..20 {
-        c.propose(1, &format!("a{i}"));
-        c.step(false);
+        propose(&mut c, 1, &format!("a{i}"));
+        step(&mut c, false);
     }
-    c.run(10);
+    run(&mut c, 10);
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     c.crash(follower);
     for i in 0..20 {
-        c.propose(1, &format!("b{i}"));
-        c.step(false);
+        propose(&mut c, 1, &format!("b{i}"));
+        step(&mut c, false);
     }
     c.start(follower);
-    c.run(40);
-    let all: Vec<Vec<u8>> = (0..20)
-        .map(|i| format!("a{i}"))
-        .chain((0..20).map(|i| format!("b{i}")))
-        .map(String::into_bytes)
-        .collect();
-    assert_eq!(c.journal(follower, 1), all);
+    run(&mut c, 40);
+    let mut want = payloads("a", 20);
+    want.extend(payloads("b", 20));
+    assert_eq!(journal(&c, follower, 1), want);
 }
 
 #[test]
@@ -366,47 +186,48 @@ fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
         snapshot_every: 25,
         ..GroupConfig::default()
     };
-    let mut c = Cluster::new(3, vec![1], config);
-    let leader = c.wait_leader(1);
+    let mut c = cluster(3, vec![1], config);
+    let leader = c.wait_leader(1, 400);
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     c.crash(follower);
     for i in 0..200 {
-        c.propose(1, &format!("e{i}"));
-        c.step(false);
+        propose(&mut c, 1, &format!("e{i}"));
+        step(&mut c, false);
     }
-    c.run(10);
+    run(&mut c, 10);
     c.start(follower);
-    c.run(60);
-    let want: Vec<Vec<u8>> = (0..200).map(|i| format!("e{i}").into_bytes()).collect();
-    assert_eq!(c.journal(follower, 1), want, "caught up through a snapshot");
-    // And the snapshot it installed is durable: after another crash it restarts with the state.
+    run(&mut c, 60);
+    assert_eq!(
+        journal(&c, follower, 1),
+        payloads("e", 200),
+        "caught up through a snapshot"
+    );
+    // The snapshot it installed is durable: after another crash it restarts with the state.
     c.crash(follower);
     c.start(follower);
-    c.run(20);
-    assert_eq!(c.journal(follower, 1), want);
+    run(&mut c, 20);
+    assert_eq!(journal(&c, follower, 1), payloads("e", 200));
 }
 
 #[test]
 fn an_isolated_leader_is_replaced_and_acknowledged_entries_survive() {
-    let mut c = Cluster::new(3, vec![1], fast());
-    let old = c.wait_leader(1);
+    let mut c = cluster(3, vec![1], fast());
+    let old = c.wait_leader(1, 400);
     for i in 0..10 {
-        c.propose(1, &format!("before{i}"));
-        c.step(false);
+        propose(&mut c, 1, &format!("before{i}"));
+        step(&mut c, false);
     }
-    c.run(10);
-    for other in 1..=3 {
-        if other != old {
-            c.cut.insert((old, other));
-        }
+    run(&mut c, 10);
+    for other in (1..=3).filter(|&id| id != old) {
+        c.cut.insert((old, other));
     }
     // The isolated leader accepts proposals it can never commit.
     for i in 0..5 {
-        c.propose(1, &format!("lost{i}"));
+        propose(&mut c, 1, &format!("lost{i}"));
     }
     let mut new = None;
     for _ in 0..400 {
-        c.step(true);
+        step(&mut c, true);
         new = (1..=3)
             .filter(|&id| id != old)
             .find(|&id| c.is_leader(id, 1));
@@ -415,41 +236,48 @@ fn an_isolated_leader_is_replaced_and_acknowledged_entries_survive() {
         }
     }
     let new = new.expect("the majority side elects a new leader");
-    c.node(new)
-        .unwrap()
-        .with(|m| m.propose(1, b"after".to_vec(), b"after".to_vec()).unwrap());
-    c.run(10);
+    c.with(new, |m| {
+        m.propose(1, b"after".to_vec(), b"after".to_vec()).unwrap()
+    });
+    run(&mut c, 10);
     c.cut.clear();
-    c.run(60);
-    let journal = c.journal(old, 1);
-    assert_eq!(journal, c.journal(new, 1), "the old leader converged");
+    run(&mut c, 60);
+    let j = journal(&c, old, 1);
+    assert_eq!(j, journal(&c, new, 1), "the old leader converged");
     assert!(
-        journal.iter().all(|e| !e.starts_with(b"lost")),
+        j.iter().all(|e| !e.starts_with(b"lost")),
         "uncommitted entries of the old term are gone"
     );
-    assert_eq!(journal.len(), 11);
+    assert_eq!(j.len(), 11);
 }
 
 #[test]
 fn many_groups_share_rounds() {
     let groups: Vec<u64> = (1..=16).collect();
-    let mut c = Cluster::new(3, groups.clone(), fast());
+    let mut c = cluster(3, groups.clone(), fast());
     for &g in &groups {
-        c.wait_leader(g);
+        c.wait_leader(g, 400);
     }
+    run(&mut c, 10);
     for &g in &groups {
-        c.propose(g, &format!("g{g}"));
+        propose(&mut c, g, &format!("g{g}"));
     }
-    // One round handles every group that is ready, with one write.
-    let leader = c.leader(1).unwrap();
-    let out = c.node(leader).unwrap().with(|m| m.round().unwrap());
-    c.network.extend(out.messages);
-    assert!(out.groups_ready >= 1);
-    c.run(30);
+    // Every leader's proposals are handled in one round (one write) on that node.
+    let leaders: HashSet<u64> = groups.iter().filter_map(|&g| c.leader(g)).collect();
+    let ready: usize = leaders
+        .iter()
+        .map(|&l| c.with(l, |m| m.round().unwrap().groups_ready).unwrap())
+        .sum();
+    assert_eq!(
+        ready,
+        groups.len(),
+        "each group with a proposal was ready in its leader's round"
+    );
+    run(&mut c, 30);
     for &g in &groups {
         for id in 1..=3 {
             assert_eq!(
-                c.journal(id, g),
+                journal(&c, id, g),
                 vec![format!("g{g}").into_bytes()],
                 "group {g} node {id}"
             );
@@ -482,20 +310,19 @@ fn chaos_keeps_agreement_and_acknowledged_entries() {
         snapshot_every: 40,
         ..GroupConfig::default()
     };
-    let mut c = Cluster::new(3, vec![1, 2], config);
-    let mut proposed = 0;
-    let mut faults = 0;
-    for step in 0..1500 {
+    let mut c = cluster(3, vec![1, 2], config);
+    let (mut proposed, mut faults) = (0, 0);
+    for i in 0..1500 {
         match next() % 100 {
             0..=1 => {
                 let id = next() % 3 + 1;
-                if c.node(id).is_some() && c.nodes.values().filter(|n| n.is_some()).count() == 3 {
+                if (1..=3).all(|n| c.is_up(n)) {
                     c.crash(id);
                     faults += 1;
                 }
             }
             2..=6 => {
-                if let Some(id) = (1..=3).find(|&id| c.node(id).is_none()) {
+                if let Some(id) = (1..=3).find(|&id| !c.is_up(id)) {
                     c.start(id);
                 }
             }
@@ -506,52 +333,40 @@ fn chaos_keeps_agreement_and_acknowledged_entries() {
                     faults += 1;
                 }
             }
-            9..=13 => {
-                c.cut.clear();
-            }
+            9..=13 => c.cut.clear(),
             _ => {}
         }
         let group = next() % 2 + 1;
-        if c.propose(group, &format!("s{seed}-p{step}")) {
+        if propose(&mut c, group, &format!("s{seed}-p{i}")) {
             proposed += 1;
         }
-        c.step(step % 2 == 0);
+        step(&mut c, i % 2 == 0);
     }
     for id in 1..=3 {
-        if c.node(id).is_none() {
+        if !c.is_up(id) {
             c.start(id);
         }
     }
     c.cut.clear();
-    c.run(400);
+    run(&mut c, 400);
     for g in [1u64, 2] {
-        let lens: Vec<usize> = (1..=3).map(|id| c.journal(id, g).len()).collect();
-        let progress: Vec<_> = (1..=3)
-            .map(|id| {
-                c.node(id)
-                    .unwrap()
-                    .with(move |m| (m.progress(g), m.leader_of(g)))
-            })
-            .collect();
-        println!("seed {seed}: group {g}: journal lengths {lens:?}, (term, commit, applied), leader: {progress:?}");
-        let reference = c.journal(1, g);
+        let reference = journal(&c, 1, g);
         for id in 2..=3 {
+            let lens: Vec<usize> = (1..=3).map(|n| journal(&c, n, g).len()).collect();
             assert_eq!(
-                c.journal(id, g),
+                journal(&c, id, g),
                 reference,
-                "seed {seed}: group {g} node {id} diverged after healing"
+                "seed {seed}: group {g} node {id} diverged after healing; lengths {lens:?}"
             );
         }
         let present: HashSet<&Vec<u8>> = reference.iter().collect();
-        for (ack_group, entry) in &c.acknowledged {
-            if *ack_group == g {
-                assert!(
-                    present.contains(entry),
-                    "seed {seed}: acknowledged entry {:?} lost",
-                    String::from_utf8_lossy(entry)
-                );
-            }
+        for (_, a) in c.applied.iter().filter(|(_, a)| a.group == g) {
+            assert!(
+                present.contains(&a.context),
+                "seed {seed}: acknowledged entry {:?} lost",
+                String::from_utf8_lossy(&a.context)
+            );
         }
     }
-    println!("raft chaos seed {seed}: {proposed} proposals, {faults} faults, {} acknowledgements checked", c.acknowledged.len());
+    println!("raft chaos seed {seed}: {proposed} proposals, {faults} faults, {} acknowledgements checked", c.applied.len());
 }
