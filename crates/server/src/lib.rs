@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod expiry;
+pub mod shard;
 pub mod stats;
 
 pub use config::Config;

@@ -179,6 +179,16 @@ impl Keyspace {
         true
     }
 
+    /// Up to `max` keys whose deadline has passed, earliest first, without removing them.
+    pub fn due(&self, now_ms: u64, max: usize) -> Vec<Vec<u8>> {
+        self.deadlines
+            .iter()
+            .take_while(|(at, _)| *at < now_ms)
+            .take(max)
+            .map(|(_, k)| k.to_vec())
+            .collect()
+    }
+
     /// Removes up to `max` keys whose deadline has passed, earliest first.
     pub fn remove_expired(&mut self, now_ms: u64, max: usize) -> Vec<Vec<u8>> {
         let mut due = Vec::new();

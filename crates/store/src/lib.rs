@@ -12,6 +12,7 @@
 //! the versioned, byte-exact dump of the whole keyspace.
 
 pub mod cmd;
+pub mod entry;
 pub mod exec;
 pub mod glob;
 pub mod keyspace;
