@@ -7,10 +7,12 @@
 //! the server's write and read paths through it, snapshot streaming in chunks, membership
 //! commands.
 
+pub mod bus;
 pub mod driver;
 pub mod local;
 pub mod storage;
 
+pub use bus::{Bus, BusEvent};
 pub use driver::{
     Applied, DriverError, Envelope, GroupConfig, MultiRaft, RoundOutput, StateMachine,
 };

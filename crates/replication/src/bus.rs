@@ -1,0 +1,335 @@
+//! The cluster bus: Raft messages between nodes over TCP.
+//!
+//! Framing (every integer little-endian): a frame is `magic "CRNB" | version u8 | kind u8 |
+//! length u32 | payload`. A connection opens with a HELLO frame (payload: the sender's node id
+//! u64) and then carries BATCH frames (payload: count u32, then per message: group u64, length
+//! u32, protobuf bytes). A frame with a wrong magic, an unknown version or kind, or a length
+//! over [`MAX_FRAME_BYTES`] closes that connection only.
+//!
+//! Each peer has one outbound task with a bounded queue; the task drains everything queued into
+//! one frame per write, so a round's messages to a peer cost one syscall. A full queue drops the
+//! message (Raft retransmits) and reports the peer unreachable. Connections are re-established
+//! with exponential backoff. What the bus learns goes back to the driver as [`BusEvent`]s: a
+//! peer it cannot reach, and whether each snapshot was written to the peer's socket.
+//!
+//! TLS arrives with the security issue: connections are plain `TcpStream`s created in
+//! [`connect`] and [`Bus::serve`], the two places a TLS connector and acceptor will wrap.
+
+use crate::driver::Envelope;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const MAGIC: &[u8; 4] = b"CRNB";
+pub const VERSION: u8 = 1;
+const KIND_HELLO: u8 = 1;
+const KIND_BATCH: u8 = 2;
+const HEADER_BYTES: usize = 10;
+/// The largest frame accepted: a snapshot chunk or a batch of appends must fit.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Messages waiting for one peer before new ones are dropped.
+pub const PEER_QUEUE: usize = 4096;
+/// Messages received from all peers waiting for the driver.
+pub const INBOUND_QUEUE: usize = 16_384;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What the bus tells the driver about delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusEvent {
+    /// A message for `peer` could not be sent.
+    Unreachable { group: u64, peer: u64 },
+    /// A snapshot for `peer` was written to its socket (`delivered`) or lost.
+    Snapshot {
+        group: u64,
+        peer: u64,
+        delivered: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("bad magic")]
+    BadMagic,
+    #[error("unsupported bus version {0}")]
+    Version(u8),
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    #[error("frame of {0} bytes is over the limit")]
+    TooBig(usize),
+    #[error("malformed frame")]
+    Malformed,
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(kind);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Encodes a batch of messages into one frame.
+pub fn encode_batch(messages: &[Envelope]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&(messages.len() as u32).to_le_bytes());
+    for env in messages {
+        let bytes = env
+            .message
+            .write_to_bytes()
+            .expect("a raft message encodes");
+        payload.extend_from_slice(&env.group.to_le_bytes());
+        payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&bytes);
+    }
+    frame(KIND_BATCH, &payload)
+}
+
+/// Decodes a BATCH payload. Only bytes from a peer that said HELLO reach here.
+pub fn decode_batch(payload: &[u8]) -> Result<Vec<Envelope>, FrameError> {
+    let take = |pos: &mut usize, n: usize| -> Result<&[u8], FrameError> {
+        let s = payload
+            .get(*pos..pos.checked_add(n).ok_or(FrameError::Malformed)?)
+            .ok_or(FrameError::Malformed)?;
+        *pos += n;
+        Ok(s)
+    };
+    let mut pos = 0;
+    let count = u32::from_le_bytes(take(&mut pos, 4)?.try_into().expect("4 bytes")) as usize;
+    // Each message takes at least 12 bytes: a count beyond that is a lie.
+    if count > payload.len() / 12 {
+        return Err(FrameError::Malformed);
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let group = u64::from_le_bytes(take(&mut pos, 8)?.try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(take(&mut pos, 4)?.try_into().expect("4 bytes")) as usize;
+        let message =
+            Message::parse_from_bytes(take(&mut pos, len)?).map_err(|_| FrameError::Malformed)?;
+        out.push(Envelope { group, message });
+    }
+    if pos != payload.len() {
+        return Err(FrameError::Malformed);
+    }
+    Ok(out)
+}
+
+/// Reads one frame: (kind, payload).
+pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(u8, Vec<u8>), FrameError> {
+    let mut header = [0u8; HEADER_BYTES];
+    r.read_exact(&mut header).await?;
+    if &header[..4] != MAGIC {
+        return Err(FrameError::BadMagic);
+    }
+    if header[4] != VERSION {
+        return Err(FrameError::Version(header[4]));
+    }
+    let kind = header[5];
+    if kind != KIND_HELLO && kind != KIND_BATCH {
+        return Err(FrameError::Kind(kind));
+    }
+    let len = u32::from_le_bytes(header[6..10].try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooBig(len));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    Ok((kind, payload))
+}
+
+/// Opens a connection to a peer and introduces this node.
+async fn connect(addr: SocketAddr, me: u64) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    s.write_all(&frame(KIND_HELLO, &me.to_le_bytes())).await?;
+    Ok(s)
+}
+
+/// This node's end of the bus.
+pub struct Bus {
+    me: u64,
+    peers: std::sync::Mutex<HashMap<u64, mpsc::Sender<Envelope>>>,
+    addresses: Arc<std::sync::Mutex<HashMap<u64, SocketAddr>>>,
+    events: mpsc::UnboundedSender<BusEvent>,
+    inbound: mpsc::Sender<Envelope>,
+}
+
+impl Bus {
+    /// A bus for node `me`. Received messages arrive on the returned receiver, delivery events
+    /// on the other.
+    pub fn new(
+        me: u64,
+        addresses: HashMap<u64, SocketAddr>,
+    ) -> (
+        Arc<Bus>,
+        mpsc::Receiver<Envelope>,
+        mpsc::UnboundedReceiver<BusEvent>,
+    ) {
+        let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let bus = Arc::new(Bus {
+            me,
+            peers: std::sync::Mutex::new(HashMap::new()),
+            addresses: Arc::new(std::sync::Mutex::new(addresses)),
+            events,
+            inbound,
+        });
+        (bus, inbound_rx, events_rx)
+    }
+
+    /// Sets (or changes) where a peer listens.
+    pub fn set_address(&self, peer: u64, addr: SocketAddr) {
+        self.addresses
+            .lock()
+            .expect("addresses lock")
+            .insert(peer, addr);
+    }
+
+    /// Queues messages for their peers. Never blocks: a full queue drops and reports.
+    pub fn send(self: &Arc<Self>, messages: Vec<Envelope>) {
+        for env in messages {
+            let peer = env.message.to;
+            let tx = self.peer_queue(peer);
+            if let Err(err) = tx.try_send(env) {
+                let env = match err {
+                    mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
+                };
+                self.report_lost(&env);
+            }
+        }
+    }
+
+    fn report_lost(&self, env: &Envelope) {
+        let (group, peer) = (env.group, env.message.to);
+        let _ = self.events.send(BusEvent::Unreachable { group, peer });
+        if env.message.get_msg_type() == MessageType::MsgSnapshot {
+            let _ = self.events.send(BusEvent::Snapshot {
+                group,
+                peer,
+                delivered: false,
+            });
+        }
+    }
+
+    fn peer_queue(self: &Arc<Self>, peer: u64) -> mpsc::Sender<Envelope> {
+        let mut peers = self.peers.lock().expect("peers lock");
+        peers
+            .entry(peer)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                tokio::spawn(outbound(self.clone(), peer, rx));
+                tx
+            })
+            .clone()
+    }
+
+    /// Accepts peers on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                tokio::time::sleep(BACKOFF_MIN).await;
+                continue;
+            };
+            let _ = socket.set_nodelay(true);
+            let inbound = self.inbound.clone();
+            tokio::spawn(async move {
+                if let Err(e) = inbound_connection(socket, inbound).await {
+                    tracing::debug!(error = %e, "bus connection closed");
+                }
+            });
+        }
+    }
+}
+
+/// Reads one peer's connection: HELLO first, then batches, handed to the driver.
+async fn inbound_connection(
+    mut socket: TcpStream,
+    inbound: mpsc::Sender<Envelope>,
+) -> Result<(), FrameError> {
+    let (kind, payload) = read_frame(&mut socket).await?;
+    if kind != KIND_HELLO || payload.len() != 8 {
+        return Err(FrameError::Malformed);
+    }
+    let peer = u64::from_le_bytes(payload.try_into().expect("8 bytes"));
+    loop {
+        let (kind, payload) = read_frame(&mut socket).await?;
+        if kind != KIND_BATCH {
+            return Err(FrameError::Malformed);
+        }
+        for env in decode_batch(&payload)? {
+            // A peer may only speak for itself.
+            if env.message.from != peer {
+                return Err(FrameError::Malformed);
+            }
+            if inbound.send(env).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One peer's sender: connects (with backoff), drains the queue into one frame per write, and
+/// reports what it could not deliver.
+async fn outbound(bus: Arc<Bus>, peer: u64, mut queue: mpsc::Receiver<Envelope>) {
+    let mut conn: Option<TcpStream> = None;
+    let mut backoff = BACKOFF_MIN;
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match queue.try_recv() {
+                Ok(env) => batch.push(env),
+                Err(_) => break,
+            }
+        }
+        if conn.is_none() {
+            let addr = bus
+                .addresses
+                .lock()
+                .expect("addresses lock")
+                .get(&peer)
+                .copied();
+            conn = match addr {
+                Some(addr) => connect(addr, bus.me).await.ok(),
+                None => None,
+            };
+            if conn.is_none() {
+                batch.iter().for_each(|env| bus.report_lost(env));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            backoff = BACKOFF_MIN;
+        }
+        let bytes = encode_batch(&batch);
+        let written = conn
+            .as_mut()
+            .expect("connected")
+            .write_all(&bytes)
+            .await
+            .is_ok();
+        if !written {
+            conn = None;
+        }
+        for env in &batch {
+            if !written {
+                bus.report_lost(env);
+            } else if env.message.get_msg_type() == MessageType::MsgSnapshot {
+                let _ = bus.events.send(BusEvent::Snapshot {
+                    group: env.group,
+                    peer,
+                    delivered: true,
+                });
+            }
+        }
+    }
+}
