@@ -48,10 +48,20 @@ pub struct Applied {
     pub result: Vec<u8>,
 }
 
+/// A linearizable read point confirmed by a quorum: reads tagged `context` may run once the
+/// group has applied `index`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadPoint {
+    pub group: u64,
+    pub index: u64,
+    pub context: Vec<u8>,
+}
+
 #[derive(Default, Debug)]
 pub struct RoundOutput {
     pub messages: Vec<Envelope>,
     pub applied: Vec<Applied>,
+    pub read_points: Vec<ReadPoint>,
     /// Groups whose Ready was handled.
     pub groups_ready: usize,
 }
@@ -213,6 +223,18 @@ impl<S: StateMachine> MultiRaft<S> {
         Ok(g.raw.propose(context, data)?)
     }
 
+    /// Asks the leader to confirm it still leads (ReadIndex); the answer arrives in a later
+    /// round's `read_points` with the same context. Only a leader gets an answer.
+    pub fn read_index(&mut self, group: u64, context: Vec<u8>) -> Result<(), DriverError> {
+        let g = self.group(group)?;
+        if g.raw.raft.state != StateRole::Leader {
+            let leader = Some(g.raw.raft.leader_id).filter(|&l| l != 0);
+            return Err(DriverError::NotLeader { group, leader });
+        }
+        g.raw.read_index(context);
+        Ok(())
+    }
+
     /// The transport could not reach `peer`: raft slows its appends to it down to probing.
     pub fn report_unreachable(&mut self, group: u64, peer: u64) {
         if let Some(g) = self.groups.get_mut(&group) {
@@ -294,6 +316,13 @@ impl<S: StateMachine> MultiRaft<S> {
             };
             out.messages
                 .extend(rd.take_messages().into_iter().map(wrap));
+            for rs in rd.take_read_states() {
+                out.read_points.push(ReadPoint {
+                    group: id,
+                    index: rs.index,
+                    context: rs.request_ctx,
+                });
+            }
             if let Some(snap) = snapshot {
                 g.sm.restore(snap.get_data())
                     .map_err(|why| DriverError::Restore { group: id, why })?;

@@ -6,7 +6,7 @@
 //! for a given sequence of faults. The network reports to senders what a real transport would:
 //! unreachable peers, and the fate of every snapshot.
 
-use crate::driver::{Applied, Envelope, GroupConfig, MultiRaft, StateMachine};
+use crate::driver::{Applied, Envelope, GroupConfig, MultiRaft, ReadPoint, StateMachine};
 use crate::storage::LogEngine;
 use raft::eraftpb::MessageType;
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -85,6 +85,8 @@ pub struct LocalCluster<S> {
     pub cut: HashSet<(u64, u64)>,
     /// Every entry applied on any node, in the order nodes reported them.
     pub applied: Vec<(u64, Applied)>,
+    /// Every read point a leader confirmed.
+    pub read_points: Vec<(u64, ReadPoint)>,
     make: Arc<dyn Fn() -> S + Send + Sync>,
 }
 
@@ -106,6 +108,7 @@ impl<S: StateMachine + 'static> LocalCluster<S> {
             network: VecDeque::new(),
             cut: HashSet::new(),
             applied: vec![],
+            read_points: vec![],
             make: Arc::new(make),
         };
         for id in voters {
@@ -180,6 +183,8 @@ impl<S: StateMachine + 'static> LocalCluster<S> {
             };
             self.applied
                 .extend(out.applied.into_iter().map(|a| (id, a)));
+            self.read_points
+                .extend(out.read_points.into_iter().map(|p| (id, p)));
             self.network.extend(out.messages);
         }
         self.deliver();

@@ -370,3 +370,35 @@ fn chaos_keeps_agreement_and_acknowledged_entries() {
     }
     println!("raft chaos seed {seed}: {proposed} proposals, {faults} faults, {} acknowledgements checked", c.applied.len());
 }
+
+#[test]
+fn read_index_confirms_leadership_with_a_quorum_and_fails_on_followers() {
+    let mut c = cluster(3, vec![1], fast());
+    let leader = c.wait_leader(1, 400);
+    for i in 0..5 {
+        propose(&mut c, 1, &format!("w{i}"));
+        step(&mut c, false);
+    }
+    run(&mut c, 10);
+    c.with(leader, |m| m.read_index(1, b"r1".to_vec()).unwrap());
+    run(&mut c, 10);
+    let point = c
+        .read_points
+        .iter()
+        .find(|(_, p)| p.context == b"r1")
+        .map(|(node, p)| (*node, p.clone()));
+    let (node, point) = point.expect("the leader confirmed a read point");
+    assert_eq!(node, leader);
+    let (_, commit, applied) = c.with(leader, |m| m.progress(1).unwrap()).unwrap();
+    assert!(
+        point.index <= commit && point.index >= 6,
+        "read point {} vs commit {commit}",
+        point.index
+    );
+    assert!(applied >= point.index);
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    assert!(c
+        .with(follower, |m| m.read_index(1, b"r2".to_vec()))
+        .unwrap()
+        .is_err());
+}
