@@ -73,6 +73,8 @@ pub enum DriverError {
     Storage(#[from] StorageFault),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
     #[error("no group {0} on this node")]
     UnknownGroup(u64),
     #[error("group {group}: this node is not the leader (leader: {leader:?})")]
@@ -139,6 +141,11 @@ impl<S: StateMachine> MultiRaft<S> {
 
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// The groups this node hosts.
+    pub fn group_ids(&self) -> Vec<u64> {
+        self.groups.keys().copied().collect()
     }
 
     /// Opens a group: restores its last snapshot into `sm` and resumes from the log. `voters` is

@@ -10,6 +10,7 @@
 pub mod bus;
 pub mod driver;
 pub mod local;
+pub mod node;
 pub mod storage;
 
 pub use bus::{Bus, BusEvent};
@@ -17,4 +18,5 @@ pub use driver::{
     Applied, DriverError, Envelope, GroupConfig, MultiRaft, RoundOutput, StateMachine,
 };
 pub use local::LocalCluster;
+pub use node::{GroupStatus, Node, NodeConfig, NodeError, NodeStatus};
 pub use storage::{GroupStorage, LogEngine, Staged, StorageFault};

@@ -1,0 +1,402 @@
+//! A node's replication runtime: the driver on its own thread (raft-engine's fsync blocks, so it
+//! never runs on a tokio worker), the cluster bus, and an async API for proposals and
+//! linearizable read barriers.
+//!
+//! Inputs reach the driver over one bounded channel. Peer messages and bus events wait for room
+//! (backpressure reaches the peer through TCP); proposals and reads never wait: a full channel
+//! answers [`NodeError::Busy`]. The driver thread loops: take inputs until the next tick is due,
+//! tick, run one round (one fsync for every group), send its messages, and answer whoever waits
+//! on what was applied or confirmed. If the disk fails, the node stops (fail-stop) and every
+//! waiter learns why.
+
+use crate::bus::{Bus, BusEvent};
+use crate::driver::{DriverError, Envelope, GroupConfig, MultiRaft, StateMachine};
+use crate::storage::LogEngine;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Inputs waiting for the driver, at most.
+pub const INPUT_QUEUE: usize = 65_536;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// Every voter's bus address, this node's included.
+    pub peers: HashMap<u64, SocketAddr>,
+    /// One logical clock tick; elections take `group.election_ticks` to `2 ×` that many.
+    pub tick: Duration,
+    pub group: GroupConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NodeError {
+    #[error("not the leader of group {group} (leader: {leader:?})")]
+    NotLeader { group: u64, leader: Option<u64> },
+    /// Leadership moved while the proposal waited: it may or may not have been applied.
+    #[error("leadership of group {group} changed; the outcome is unknown")]
+    Indeterminate { group: u64 },
+    #[error("node is busy")]
+    Busy,
+    #[error("node stopped: {0}")]
+    Stopped(String),
+}
+
+/// What a group looks like from this node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GroupStatus {
+    pub is_leader: bool,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeStatus {
+    pub groups: BTreeMap<u64, GroupStatus>,
+    /// Set when the node stopped, with the reason.
+    pub stopped: Option<String>,
+}
+
+enum Input {
+    Message(Envelope),
+    Event(BusEvent),
+    Propose {
+        group: u64,
+        data: Vec<u8>,
+        done: oneshot::Sender<Result<Vec<u8>, NodeError>>,
+    },
+    Read {
+        group: u64,
+        done: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Stop,
+}
+
+/// A running node. Dropping it stops the driver thread.
+pub struct Node {
+    inputs: mpsc::Sender<Input>,
+    status: watch::Receiver<NodeStatus>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts the node: opens its log, its groups (`voters` for ones that are new), and serves
+    /// the bus on `bus_listener`. Must be called within a tokio runtime.
+    pub fn start<S: StateMachine + Send + 'static>(
+        config: NodeConfig,
+        bus_listener: std::net::TcpListener,
+        voters: Vec<u64>,
+        groups: Vec<(u64, S)>,
+    ) -> Result<Node, DriverError> {
+        let engine = LogEngine::open(&config.data_dir)?;
+        let mut multi = MultiRaft::new(config.id, engine, config.group.clone());
+        for (id, sm) in groups {
+            multi.open_group(id, &voters, sm)?;
+        }
+        let peers: HashMap<u64, SocketAddr> = config
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != config.id)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let (bus, mut bus_in, mut bus_events) = Bus::new(config.id, peers);
+        let (inputs, rx) = mpsc::channel(INPUT_QUEUE);
+        let (status_tx, status) = watch::channel(NodeStatus::default());
+        bus_listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(bus_listener)?;
+        let mut tasks = vec![tokio::spawn(bus.clone().serve(listener))];
+        let forward = inputs.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(env) = bus_in.recv().await {
+                if forward.send(Input::Message(env)).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        let forward = inputs.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(event) = bus_events.recv().await {
+                if forward.send(Input::Event(event)).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        let handle = tokio::runtime::Handle::current();
+        let tick = config.tick;
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-driver-{}", config.id))
+            .spawn(move || drive(multi, bus, rx, status_tx, tick, handle))
+            .expect("spawn the driver thread");
+        Ok(Node {
+            inputs,
+            status,
+            thread: Some(thread),
+            tasks,
+        })
+    }
+
+    /// Proposes `data` to `group`; resolves with the state machine's result once applied.
+    pub async fn propose(&self, group: u64, data: Vec<u8>) -> Result<Vec<u8>, NodeError> {
+        let (done, wait) = oneshot::channel();
+        self.inputs
+            .try_send(Input::Propose { group, data, done })
+            .map_err(|_| NodeError::Busy)?;
+        wait.await
+            .unwrap_or_else(|_| Err(NodeError::Stopped("driver gone".into())))
+    }
+
+    /// Resolves once this node, as leader, has confirmed with a quorum that it leads and has
+    /// applied everything committed before the call: a read after it is linearizable.
+    pub async fn read_barrier(&self, group: u64) -> Result<(), NodeError> {
+        let (done, wait) = oneshot::channel();
+        self.inputs
+            .try_send(Input::Read { group, done })
+            .map_err(|_| NodeError::Busy)?;
+        wait.await
+            .unwrap_or_else(|_| Err(NodeError::Stopped("driver gone".into())))
+    }
+
+    pub fn status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.inputs.try_send(Input::Stop);
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type ProposalWaiter = (u64, oneshot::Sender<Result<Vec<u8>, NodeError>>);
+type ReadDone = oneshot::Sender<Result<(), NodeError>>;
+type ReadWaiter = (u64, ReadDone);
+
+/// The driver thread's state besides the driver itself.
+struct Waiters {
+    /// Context ids start at a random base so an entry replayed after a restart, carrying an
+    /// old context, can never complete a new waiter.
+    next: u64,
+    proposals: HashMap<u64, ProposalWaiter>,
+    reads: HashMap<u64, ReadWaiter>,
+    /// Confirmed read points waiting for apply: (group, index, waiter).
+    confirmed: Vec<(u64, u64, ReadDone)>,
+}
+
+fn drive<S: StateMachine>(
+    mut multi: MultiRaft<S>,
+    bus: Arc<Bus>,
+    mut rx: mpsc::Receiver<Input>,
+    status: watch::Sender<NodeStatus>,
+    tick: Duration,
+    rt: tokio::runtime::Handle,
+) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut w = Waiters {
+        next: seed ^ (multi.node_id() << 48),
+        proposals: HashMap::new(),
+        reads: HashMap::new(),
+        confirmed: Vec::new(),
+    };
+    // The bus spawns a task per peer on first send: the driver thread runs inside the runtime.
+    let _runtime = rt.enter();
+    let mut last_tick = Instant::now();
+    loop {
+        let wait = tick.saturating_sub(last_tick.elapsed());
+        let first = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+        let mut stop = false;
+        match first {
+            Ok(Some(input)) => stop |= handle(&mut multi, &mut w, input, &bus),
+            Ok(None) => stop = true,
+            Err(_) => {}
+        }
+        for _ in 0..4096 {
+            match rx.try_recv() {
+                Ok(input) => stop |= handle(&mut multi, &mut w, input, &bus),
+                Err(_) => break,
+            }
+        }
+        if stop {
+            fail_all(&mut w, NodeError::Stopped("node shutting down".into()));
+            return;
+        }
+        if last_tick.elapsed() >= tick {
+            multi.tick();
+            last_tick = Instant::now();
+        }
+        let out = match multi.round() {
+            Ok(out) => out,
+            Err(e) => {
+                // Fail-stop: after a storage error nothing raft believes persisted can be trusted.
+                let why = e.to_string();
+                tracing::error!(error = %why, "replication stopped");
+                fail_all(&mut w, NodeError::Stopped(why.clone()));
+                status.send_modify(|s| s.stopped = Some(why));
+                return;
+            }
+        };
+        bus.send(out.messages);
+        for a in out.applied {
+            let Ok(ctx) = <[u8; 8]>::try_from(a.context.as_slice()) else {
+                continue;
+            };
+            if let Some((_, done)) = w.proposals.remove(&u64::from_le_bytes(ctx)) {
+                let _ = done.send(Ok(a.result));
+            }
+        }
+        for p in out.read_points {
+            let Ok(ctx) = <[u8; 8]>::try_from(p.context.as_slice()) else {
+                continue;
+            };
+            if let Some((group, done)) = w.reads.remove(&u64::from_le_bytes(ctx)) {
+                w.confirmed.push((group, p.index, done));
+            }
+        }
+        settle(&multi, &mut w);
+        publish(&multi, &status);
+    }
+}
+
+/// Answers confirmed reads whose index is applied, and fails waiters whose group lost its
+/// leader here.
+fn settle<S: StateMachine>(multi: &MultiRaft<S>, w: &mut Waiters) {
+    let applied = |g: u64| multi.progress(g).map_or(0, |p| p.2);
+    let mut still = Vec::new();
+    for (group, index, done) in w.confirmed.drain(..) {
+        if applied(group) >= index {
+            let _ = done.send(Ok(()));
+        } else {
+            still.push((group, index, done));
+        }
+    }
+    w.confirmed = still;
+    let lost: Vec<u64> = w
+        .proposals
+        .iter()
+        .filter(|(_, (g, _))| !multi.is_leader(*g))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in lost {
+        if let Some((group, done)) = w.proposals.remove(&id) {
+            let _ = done.send(Err(NodeError::Indeterminate { group }));
+        }
+    }
+    let lost: Vec<u64> = w
+        .reads
+        .iter()
+        .filter(|(_, (g, _))| !multi.is_leader(*g))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in lost {
+        if let Some((group, done)) = w.reads.remove(&id) {
+            let _ = done.send(Err(NodeError::NotLeader {
+                group,
+                leader: multi.leader_of(group),
+            }));
+        }
+    }
+}
+
+fn publish<S: StateMachine>(multi: &MultiRaft<S>, status: &watch::Sender<NodeStatus>) {
+    let mut groups = BTreeMap::new();
+    for g in multi.group_ids() {
+        let (term, commit, applied) = multi.progress(g).unwrap_or_default();
+        groups.insert(
+            g,
+            GroupStatus {
+                is_leader: multi.is_leader(g),
+                leader: multi.leader_of(g),
+                term,
+                commit,
+                applied,
+            },
+        );
+    }
+    status.send_if_modified(|s| {
+        if s.groups == groups {
+            return false;
+        }
+        s.groups = groups;
+        true
+    });
+}
+
+fn fail_all(w: &mut Waiters, e: NodeError) {
+    for (_, (_, done)) in w.proposals.drain() {
+        let _ = done.send(Err(e.clone()));
+    }
+    for (_, (_, done)) in w.reads.drain() {
+        let _ = done.send(Err(e.clone()));
+    }
+    for (_, _, done) in w.confirmed.drain(..) {
+        let _ = done.send(Err(e.clone()));
+    }
+}
+
+/// Handles one input; returns true to stop.
+fn handle<S: StateMachine>(
+    multi: &mut MultiRaft<S>,
+    w: &mut Waiters,
+    input: Input,
+    _bus: &Arc<Bus>,
+) -> bool {
+    match input {
+        Input::Message(env) => {
+            let _ = multi.step(env);
+        }
+        Input::Event(BusEvent::Unreachable { group, peer }) => {
+            multi.report_unreachable(group, peer)
+        }
+        Input::Event(BusEvent::Snapshot {
+            group,
+            peer,
+            delivered,
+        }) => multi.report_snapshot(group, peer, delivered),
+        Input::Propose { group, data, done } => {
+            w.next = w.next.wrapping_add(1);
+            let id = w.next;
+            match multi.propose(group, id.to_le_bytes().to_vec(), data) {
+                Ok(()) => {
+                    w.proposals.insert(id, (group, done));
+                }
+                Err(DriverError::NotLeader { group, leader }) => {
+                    let _ = done.send(Err(NodeError::NotLeader { group, leader }));
+                }
+                Err(e) => {
+                    let _ = done.send(Err(NodeError::Stopped(e.to_string())));
+                }
+            }
+        }
+        Input::Read { group, done } => {
+            w.next = w.next.wrapping_add(1);
+            let id = w.next;
+            match multi.read_index(group, id.to_le_bytes().to_vec()) {
+                Ok(()) => {
+                    w.reads.insert(id, (group, done));
+                }
+                Err(DriverError::NotLeader { group, leader }) => {
+                    let _ = done.send(Err(NodeError::NotLeader { group, leader }));
+                }
+                Err(e) => {
+                    let _ = done.send(Err(NodeError::Stopped(e.to_string())));
+                }
+            }
+        }
+        Input::Stop => return true,
+    }
+    false
+}

@@ -1,0 +1,203 @@
+//! Three node runtimes over the real TCP bus, in real time: election, proposals answered after
+//! apply on a majority, read barriers, and failover when the leader dies.
+
+use cairn_replication::{GroupConfig, Node, NodeConfig, NodeError, StateMachine};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Default, Clone)]
+struct Shared(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl StateMachine for Shared {
+    fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
+        self.0.lock().push(data.to_vec());
+        index.to_le_bytes().to_vec()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        let items = self.0.lock();
+        let mut out = Vec::new();
+        for i in items.iter() {
+            out.extend_from_slice(&(i.len() as u32).to_le_bytes());
+            out.extend_from_slice(i);
+        }
+        out
+    }
+    fn restore(&mut self, mut data: &[u8]) -> Result<(), String> {
+        let mut items = self.0.lock();
+        items.clear();
+        while !data.is_empty() {
+            let len =
+                u32::from_le_bytes(data.get(..4).ok_or("short")?.try_into().unwrap()) as usize;
+            items.push(data.get(4..4 + len).ok_or("short")?.to_vec());
+            data = &data[4 + len..];
+        }
+        Ok(())
+    }
+}
+
+struct Member {
+    node: Option<Node>,
+    journal: Shared,
+    _dir: tempfile::TempDir,
+}
+
+fn start_cluster() -> HashMap<u64, Member> {
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let peers: HashMap<u64, std::net::SocketAddr> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap()))
+        .collect();
+    let mut members = HashMap::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Shared::default();
+        let config = NodeConfig {
+            id,
+            data_dir: dir.path().to_path_buf(),
+            peers: peers.clone(),
+            tick: Duration::from_millis(50),
+            group: GroupConfig::default(),
+        };
+        let node =
+            Node::start(config, listener, vec![1, 2, 3], vec![(1, journal.clone())]).unwrap();
+        members.insert(
+            id,
+            Member {
+                node: Some(node),
+                journal,
+                _dir: dir,
+            },
+        );
+    }
+    members
+}
+
+async fn wait_leader(members: &HashMap<u64, Member>, not: Option<u64>, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        for (&id, m) in members {
+            if Some(id) == not {
+                continue;
+            }
+            if let Some(node) = &m.node {
+                if node
+                    .status()
+                    .borrow()
+                    .groups
+                    .get(&1)
+                    .is_some_and(|g| g.is_leader)
+                {
+                    return id;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no leader within {within:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_reads_and_failover_over_tcp() {
+    let mut members = start_cluster();
+    let leader = wait_leader(&members, None, Duration::from_secs(10)).await;
+    let node = members[&leader].node.as_ref().unwrap();
+    // 200 concurrent proposals: each answers after apply, with its own log index.
+    let results = futures_join(node, 200).await;
+    let mut indexes: Vec<u64> = results
+        .iter()
+        .map(|r| u64::from_le_bytes(r.clone().unwrap().try_into().unwrap()))
+        .collect();
+    indexes.sort();
+    indexes.dedup();
+    assert_eq!(indexes.len(), 200, "every proposal got its own index");
+    node.read_barrier(1)
+        .await
+        .expect("the leader confirms reads");
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    match members[&follower]
+        .node
+        .as_ref()
+        .unwrap()
+        .read_barrier(1)
+        .await
+    {
+        Err(NodeError::NotLeader {
+            leader: Some(l), ..
+        }) => assert_eq!(l, leader),
+        other => panic!("a follower must refuse reads, got {other:?}"),
+    }
+    match members[&follower]
+        .node
+        .as_ref()
+        .unwrap()
+        .propose(1, b"x".to_vec())
+        .await
+    {
+        Err(NodeError::NotLeader { .. }) => {}
+        other => panic!("a follower must refuse proposals, got {other:?}"),
+    }
+    // Every replica applies all 200 (the leader answered after a majority had them).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (1..=3).any(|id| members[&id].journal.0.lock().len() < 200) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for id in 1..=3 {
+        assert_eq!(members[&id].journal.0.lock().len(), 200, "node {id}");
+    }
+    // Failover: the leader dies; time until another node accepts a write.
+    let killed_at = Instant::now();
+    members.get_mut(&leader).unwrap().node = None;
+    let mut written = None;
+    while killed_at.elapsed() < Duration::from_secs(10) {
+        let next = wait_leader(&members, Some(leader), Duration::from_secs(10)).await;
+        if members[&next]
+            .node
+            .as_ref()
+            .unwrap()
+            .propose(1, b"after".to_vec())
+            .await
+            .is_ok()
+        {
+            written = Some(killed_at.elapsed());
+            break;
+        }
+    }
+    let took = written.expect("a write succeeded after the leader died");
+    println!(
+        "failover: first successful write {:?} after the leader stopped",
+        took
+    );
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    let survivors: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while survivors
+        .iter()
+        .any(|id| members[id].journal.0.lock().len() < 201)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for id in survivors {
+        let j = members[&id].journal.0.lock();
+        assert_eq!(j.len(), 201, "node {id}");
+        assert_eq!(j.last().unwrap(), b"after");
+    }
+}
+
+async fn futures_join(node: &Node, n: usize) -> Vec<Result<Vec<u8>, NodeError>> {
+    let mut set = Vec::with_capacity(n);
+    for i in 0..n {
+        set.push(node.propose(1, format!("p{i}").into_bytes()));
+    }
+    let mut out = Vec::with_capacity(n);
+    for f in set {
+        out.push(f.await);
+    }
+    out
+}
