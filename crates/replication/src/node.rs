@@ -166,6 +166,16 @@ impl Node {
     pub fn status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
     }
+
+    /// Stops the node now (as far as its peers can tell, it died): the driver stops, the bus
+    /// stops listening and sending. Waiters get `Stopped`. Memory is freed when the last handle
+    /// is dropped.
+    pub fn kill(&self) {
+        let _ = self.inputs.try_send(Input::Stop);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl Drop for Node {

@@ -86,7 +86,8 @@ fn replicas_apply_the_same_entries_to_the_same_bytes() {
                 .leader(1)
                 .and_then(|l| {
                     c.with(l, move |m| {
-                        m.state_machine(1).map(|s| s.store.due_keys(now_ms, 50))
+                        m.state_machine(1)
+                            .map(|s| s.store.lock().due_keys(now_ms, 50))
                     })
                 })
                 .flatten()
@@ -139,7 +140,7 @@ fn replicas_apply_the_same_entries_to_the_same_bytes() {
     let snapshots: Vec<Vec<u8>> = (1..=3)
         .map(|id| {
             c.with(id, |m| {
-                cairn_store::snapshot::write(&m.state_machine(1).unwrap().store.keyspace)
+                cairn_store::snapshot::write(&m.state_machine(1).unwrap().store.lock().keyspace)
             })
             .unwrap()
         })
