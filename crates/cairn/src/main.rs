@@ -50,6 +50,16 @@ pub struct ServerArgs {
     /// Close clients idle this many seconds (0: never).
     #[arg(long, env = "CAIRN_TIMEOUT")]
     timeout: Option<u64>,
+    /// This node's id in the cluster.
+    #[arg(long, env = "CAIRN_NODE_ID")]
+    node_id: Option<u64>,
+    /// Port for the cluster bus (by convention the client port + 10000).
+    #[arg(long, env = "CAIRN_BUS_PORT")]
+    bus_port: Option<u16>,
+    /// Every voter: "1=HOST:BUSPORT,2=HOST:BUSPORT,3=HOST:BUSPORT". Without it the node is a
+    /// standalone, memory-only server.
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
 }
 
 /// The same settings as read from a config file.
@@ -62,6 +72,9 @@ struct FileConfig {
     protected_mode: Option<String>,
     maxclients: Option<usize>,
     timeout: Option<u64>,
+    node_id: Option<u64>,
+    bus_port: Option<u16>,
+    initial_cluster: Option<String>,
 }
 
 fn yes_no(v: &str) -> anyhow::Result<bool> {
@@ -99,6 +112,17 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<cairn_server::Config> {
     }
     if let Some(v) = args.timeout.or(file.timeout) {
         c.timeout_secs = v;
+    }
+    if let Some(v) = args.node_id.or(file.node_id) {
+        c.node_id = v;
+    }
+    c.bus_port = args
+        .bus_port
+        .or(file.bus_port)
+        .unwrap_or(c.port.saturating_add(10000));
+    if let Some(v) = args.initial_cluster.clone().or(file.initial_cluster) {
+        c.initial_cluster = cairn_server::config::parse_initial_cluster(&v)
+            .map_err(|e| anyhow::anyhow!("--initial-cluster {e}"))?;
     }
     Ok(c)
 }

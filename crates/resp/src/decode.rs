@@ -530,3 +530,107 @@ mod tests {
         }
     }
 }
+
+/// The length of the first complete reply frame in `buf` (RESP2 or RESP3), `None` if it has not
+/// fully arrived. Used to relay a reply without parsing it (a follower proxying to its leader).
+pub fn reply_frame_len(buf: &[u8], limits: &Limits) -> Result<Option<usize>, ProtocolError> {
+    let mut pos = 0;
+    // Frames still to read, innermost last.
+    let mut pending: Vec<usize> = vec![1];
+    while let Some(left) = pending.last_mut() {
+        if *left == 0 {
+            pending.pop();
+            continue;
+        }
+        *left -= 1;
+        let Some(end) = find_crlf(buf, pos) else {
+            if buf.len() - pos > limits.max_inline_len {
+                return Err(ProtocolError::new("too big reply line"));
+            }
+            return Ok(None);
+        };
+        let kind = buf[pos];
+        let header = &buf[pos + 1..end];
+        pos = end + 2;
+        let count =
+            || parse_i64(header).ok_or_else(|| ProtocolError::new("invalid length in reply"));
+        match kind {
+            b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
+            b'$' | b'=' | b'!' => {
+                let n = count()?;
+                if n >= 0 {
+                    if n as u64 > limits.max_bulk_len as u64 {
+                        return Err(ProtocolError::new("invalid bulk length"));
+                    }
+                    if buf.len() < pos + n as usize + 2 {
+                        return Ok(None);
+                    }
+                    pos += n as usize + 2;
+                }
+            }
+            b'*' | b'~' | b'>' | b'%' | b'|' => {
+                let n = count()?;
+                if n > 0 {
+                    let items = if kind == b'%' || kind == b'|' {
+                        n.saturating_mul(2)
+                    } else {
+                        n
+                    };
+                    if items as u64 > limits.max_multibulk_len as u64 {
+                        return Err(ProtocolError::new("invalid multibulk length"));
+                    }
+                    if pending.len() > 512 {
+                        return Err(ProtocolError::new("reply nested too deeply"));
+                    }
+                    pending.push(items as usize);
+                }
+            }
+            other => {
+                return Err(ProtocolError(format!(
+                    "unknown reply type '{}'",
+                    other as char
+                )))
+            }
+        }
+    }
+    Ok(Some(pos))
+}
+
+#[cfg(test)]
+mod reply_frame_tests {
+    use super::*;
+
+    #[test]
+    fn measures_whole_replies_only() {
+        let l = Limits::default();
+        let cases: &[&[u8]] = &[
+            b"+OK\r\n",
+            b"$3\r\nabc\r\n",
+            b"$-1\r\n",
+            b"*2\r\n$1\r\na\r\n:5\r\n",
+            b"%1\r\n$1\r\nk\r\n*1\r\n,1.5\r\n",
+            b"*0\r\n",
+            b"*-1\r\n",
+            b"*2\r\n*1\r\n+x\r\n_\r\n",
+        ];
+        for c in cases {
+            let mut with_next = c.to_vec();
+            with_next.extend_from_slice(b"+NEXT\r\n");
+            assert_eq!(
+                reply_frame_len(&with_next, &l).unwrap(),
+                Some(c.len()),
+                "{:?}",
+                String::from_utf8_lossy(c)
+            );
+            for cut in 0..c.len() {
+                assert_eq!(
+                    reply_frame_len(&c[..cut], &l).unwrap(),
+                    None,
+                    "{:?} cut at {cut}",
+                    String::from_utf8_lossy(c)
+                );
+            }
+        }
+        assert!(reply_frame_len(b"?what\r\n", &l).is_err());
+    }
+}

@@ -17,6 +17,12 @@ pub struct Config {
     /// Active-expiry cycles per second.
     pub hz: u32,
     pub protected_mode: bool,
+    /// This node's id in the cluster.
+    pub node_id: u64,
+    /// Port of the cluster bus (Raft messages between nodes).
+    pub bus_port: u16,
+    /// Every voter's id and bus address. Empty: a standalone node (no replication, memory only).
+    pub initial_cluster: Vec<(u64, std::net::SocketAddr)>,
 }
 
 impl Default for Config {
@@ -31,8 +37,42 @@ impl Default for Config {
             timeout_secs: 0,
             hz: 10,
             protected_mode: true,
+            node_id: 1,
+            bus_port: 16379,
+            initial_cluster: Vec::new(),
         }
     }
+}
+
+/// Parses `--initial-cluster`: `1=HOST:BUSPORT,2=HOST:BUSPORT,...`.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<(u64, std::net::SocketAddr)>, String> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part:?}: node id must be a positive number"))?;
+        if id == 0 || out.iter().any(|(i, _)| *i == id) {
+            return Err(format!("{part:?}: node ids must be positive and distinct"));
+        }
+        let addr = addr
+            .trim()
+            .to_socket_addrs()
+            .map_err(|e| format!("{part:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{part:?}: no address"))?;
+        if addr.port() < 10000 {
+            return Err(format!(
+                "{part:?}: bus ports are client ports + 10000, so at least 10000"
+            ));
+        }
+        out.push((id, addr));
+    }
+    Ok(out)
 }
 
 /// Parses a Redis memory amount: `1gb`, `512mb`, `64k`, `1024`.

@@ -102,6 +102,8 @@ pub struct Client {
     pub close_after_reply: bool,
     /// DEBUG SLEEP: the connection pauses this long after replying.
     pub sleep: Option<Duration>,
+    /// Replicated mode: this client's connection to the leader, when it relays.
+    pub relay: Option<crate::replicated::Relay>,
 }
 
 impl Client {
@@ -153,6 +155,7 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr)
         watched: Vec::new(),
         close_after_reply: false,
         sleep: None,
+        relay: None,
     };
     if let Err(e) = serve_loop(&shared, &mut socket, &mut client).await {
         tracing::debug!(client = info.id, error = %e, "connection closed with an error");
@@ -203,6 +206,17 @@ async fn serve_loop(
                         protocol_error = Some(e);
                         break;
                     }
+                }
+            }
+            while shared.replication.is_some() && !pending.is_empty() {
+                let args = pending.pop_front().expect("not empty");
+                out.extend_from_slice(&crate::replicated::handle(shared, client, args).await);
+                if client.close_after_reply {
+                    pending.clear();
+                }
+                if out.len() >= OUTPUT_FLUSH_BYTES {
+                    socket.write_all(&out).await?;
+                    out.clear();
                 }
             }
             while !pending.is_empty() {

@@ -66,13 +66,13 @@ impl Table {
         self.commands.is_empty()
     }
 
-    fn target(&self, spec: &CommandSpec) -> Option<Target> {
+    pub fn target_of(&self, spec: &CommandSpec) -> Option<Target> {
         self.targets.get(&spec.name).copied()
     }
 }
 
 /// Entry seeds: any value will do, but each entry gets its own.
-fn next_seed() -> u64 {
+pub fn next_seed() -> u64 {
     static SEED: AtomicU64 = AtomicU64::new(0);
     SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ crate::now_ms()
 }
@@ -156,7 +156,7 @@ pub fn call(
         proto: client.proto,
     };
     *client.info.last_command.lock() = Some(spec.clone());
-    match shared.table.target(spec) {
+    match shared.table.target_of(spec) {
         Some(Target::Store(h)) => store.execute(h, args, &env),
         Some(Target::Conn(h)) => h(&mut Call {
             shared,

@@ -18,11 +18,14 @@ pub async fn run(shared: Arc<Shared>) {
             _ = tokio::time::sleep(Duration::from_millis(1000 / hz as u64)) => {}
             _ = shutdown.changed() => return,
         }
-        let removed = shared
-            .store
-            .lock()
-            .expire_due(crate::now_ms(), MAX_PER_CYCLE)
-            .len();
+        let removed = match &shared.replication {
+            Some(repl) => crate::replicated::expire_due(&shared, repl).await,
+            None => shared
+                .store
+                .lock()
+                .expire_due(crate::now_ms(), MAX_PER_CYCLE)
+                .len(),
+        };
         Stats::add(&shared.stats.expired_keys, removed as u64);
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod expiry;
+pub mod replicated;
 pub mod shard;
 pub mod stats;
 
@@ -30,7 +31,10 @@ use tokio::sync::watch;
 /// What every connection of a server shares.
 pub struct Shared {
     pub config: Mutex<Config>,
-    pub store: Mutex<Store>,
+    /// The keyspace. Shared with the replication state machine in replicated mode.
+    pub store: Arc<Mutex<Store>>,
+    /// Set in replicated mode (`--initial-cluster`).
+    pub replication: Option<replicated::Replication>,
     pub table: dispatch::Table,
     pub clients: connection::Registry,
     pub stats: stats::Stats,
@@ -55,6 +59,53 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts this node's replication when `--initial-cluster` names voters.
+fn start_replication(
+    config: &Config,
+    store: &Arc<Mutex<Store>>,
+) -> std::io::Result<Option<replicated::Replication>> {
+    if config.initial_cluster.is_empty() {
+        return Ok(None);
+    }
+    let me = config.node_id;
+    let peers: std::collections::HashMap<u64, std::net::SocketAddr> =
+        config.initial_cluster.iter().copied().collect();
+    if !peers.contains_key(&me) {
+        return Err(std::io::Error::other(format!(
+            "node {me} is not in --initial-cluster"
+        )));
+    }
+    let client_addrs = peers
+        .iter()
+        .map(|(&id, a)| (id, std::net::SocketAddr::new(a.ip(), a.port() - 10000)))
+        .collect();
+    let bus = std::net::TcpListener::bind((config.bind.as_str(), config.bus_port))?;
+    let node_config = cairn_replication::NodeConfig {
+        id: me,
+        data_dir: config.data_dir.join("raft"),
+        peers,
+        tick: std::time::Duration::from_millis(50),
+        group: cairn_replication::GroupConfig::default(),
+    };
+    let voters: Vec<u64> = config.initial_cluster.iter().map(|(id, _)| *id).collect();
+    let machine = shard::ShardMachine {
+        store: store.clone(),
+    };
+    let node = cairn_replication::Node::start(
+        node_config,
+        bus,
+        voters,
+        vec![(replicated::GROUP, machine)],
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    tracing::info!(node = me, bus_port = config.bus_port, "replication started");
+    Ok(Some(replicated::Replication {
+        node: Arc::new(node),
+        me,
+        client_addrs,
+    }))
+}
+
 /// Serves clients on `listener` until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -62,9 +113,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let store = Arc::new(Mutex::new(Store::new()));
+    let replication = start_replication(&config, &store)?;
     let shared = Arc::new(Shared {
         config: Mutex::new(config),
-        store: Mutex::new(Store::new()),
+        store,
+        replication,
         table: dispatch::Table::build(),
         clients: connection::Registry::default(),
         stats: stats::Stats::default(),

@@ -29,7 +29,7 @@ impl StateMachine for ShardMachine {
             Operation::Commands(cmds) if cmds.len() == 1 => {
                 replies.pop().expect("one reply per command")
             }
-            Operation::Commands(_) => Reply::Array(replies),
+            Operation::Commands(_) | Operation::Transaction(_) => Reply::Array(replies),
             Operation::Expire(_) => replies.pop().expect("one reply"),
         };
         reply.to_bytes(entry.proto)

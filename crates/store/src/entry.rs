@@ -16,8 +16,10 @@ pub const VERSION: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operation {
-    /// Commands applied as one atomic unit: one command, or a MULTI/EXEC block.
+    /// Commands applied as one atomic unit (a client's pipeline of independent commands).
     Commands(Vec<Vec<Vec<u8>>>),
+    /// A MULTI/EXEC block: atomic, and answered as one array even with one command.
+    Transaction(Vec<Vec<Vec<u8>>>),
     /// Keys the leader found past their deadline.
     Expire(Vec<Vec<u8>>),
 }
@@ -51,8 +53,12 @@ impl LogEntry {
         out.extend_from_slice(&self.seed.to_le_bytes());
         out.push(if self.proto == Protocol::Resp3 { 3 } else { 2 });
         match &self.op {
-            Operation::Commands(cmds) => {
-                out.push(0);
+            Operation::Commands(cmds) | Operation::Transaction(cmds) => {
+                out.push(if matches!(self.op, Operation::Transaction(_)) {
+                    2
+                } else {
+                    0
+                });
                 out.extend_from_slice(&(cmds.len() as u32).to_le_bytes());
                 for argv in cmds {
                     out.extend_from_slice(&(argv.len() as u32).to_le_bytes());
@@ -82,7 +88,7 @@ impl LogEntry {
             Protocol::Resp2
         };
         let op = match r.u8()? {
-            0 => {
+            kind @ (0 | 2) => {
                 let n = r.count()?;
                 let mut cmds = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -96,7 +102,11 @@ impl LogEntry {
                     }
                     cmds.push(argv);
                 }
-                Operation::Commands(cmds)
+                if kind == 2 {
+                    Operation::Transaction(cmds)
+                } else {
+                    Operation::Commands(cmds)
+                }
             }
             1 => {
                 let n = r.count()?;
@@ -164,7 +174,7 @@ impl Store {
     /// Deterministic: the same entry on the same state gives the same state and replies.
     pub fn apply_entry(&mut self, entry: &LogEntry) -> Vec<Reply> {
         match &entry.op {
-            Operation::Commands(cmds) => cmds
+            Operation::Commands(cmds) | Operation::Transaction(cmds) => cmds
                 .iter()
                 .enumerate()
                 .map(|(i, argv)| {
@@ -237,6 +247,11 @@ mod tests {
             LogEntry::decode(&future),
             Err(EntryError::UnknownVersion(9))
         );
+        let t = entry(Operation::Transaction(vec![vec![
+            b"INCR".to_vec(),
+            b"n".to_vec(),
+        ]]));
+        assert_eq!(LogEntry::decode(&t.encode()).unwrap(), t);
         let x = entry(Operation::Expire(vec![b"a".to_vec(), b"b".to_vec()]));
         assert_eq!(LogEntry::decode(&x.encode()).unwrap(), x);
     }

@@ -224,6 +224,25 @@ pub fn info(c: &mut Call) -> Reply {
             ("connected_slaves".into(), "0".into()),
         ],
     );
+    if let Some(repl) = &sh.replication {
+        let status = repl.node.status().borrow().clone();
+        let mut lines = vec![("node_id".to_string(), repl.me.to_string())];
+        for (group, g) in &status.groups {
+            let role = if g.is_leader { "leader" } else { "follower" };
+            let leader = g.leader.map_or("none".to_string(), |l| l.to_string());
+            lines.push((
+                format!("group{group}"),
+                format!(
+                    "role={role},leader={leader},term={},commit={},applied={}",
+                    g.term, g.commit, g.applied
+                ),
+            ));
+        }
+        if let Some(why) = &status.stopped {
+            lines.push(("stopped".into(), why.clone()));
+        }
+        section("Raft", lines);
+    }
     let ks = &c.store.keyspace;
     let keyspace = if ks.is_empty() {
         vec![]

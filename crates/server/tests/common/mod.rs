@@ -19,8 +19,13 @@ impl Cairn {
         Self::start_with(cairn_server::Config::default())
     }
 
-    pub fn start_with(mut config: cairn_server::Config) -> Cairn {
+    pub fn start_with(config: cairn_server::Config) -> Cairn {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        Self::start_on(listener, config)
+    }
+
+    /// Starts on an already-bound client listener.
+    pub fn start_on(listener: std::net::TcpListener, mut config: cairn_server::Config) -> Cairn {
         let port = listener.local_addr().unwrap().port();
         config.port = port;
         listener.set_nonblocking(true).unwrap();
@@ -72,6 +77,48 @@ impl Drop for Cairn {
             let _ = t.join();
         }
     }
+}
+
+/// Client listeners for `n` nodes whose bus ports (client + 10000) are free too, and the
+/// matching `--initial-cluster`.
+pub fn cluster_ports(n: usize) -> (Vec<std::net::TcpListener>, Vec<(u64, std::net::SocketAddr)>) {
+    'retry: for _ in 0..100 {
+        let mut listeners = Vec::new();
+        let mut cluster = Vec::new();
+        for i in 0..n {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            if port > 55_000 || std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_err() {
+                continue 'retry;
+            }
+            cluster.push((
+                i as u64 + 1,
+                std::net::SocketAddr::from(([127, 0, 0, 1], port + 10000)),
+            ));
+            listeners.push(l);
+        }
+        return (listeners, cluster);
+    }
+    panic!("no free port pairs");
+}
+
+/// A replicated cluster of `n` in-process nodes, each with its own data directory.
+pub fn start_cluster(n: usize, dirs: &[tempfile::TempDir]) -> Vec<Option<Cairn>> {
+    let (listeners, cluster) = cluster_ports(n);
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let config = cairn_server::Config {
+                node_id: i as u64 + 1,
+                bus_port: cluster[i].1.port(),
+                initial_cluster: cluster.clone(),
+                data_dir: dirs[i].path().to_path_buf(),
+                ..Default::default()
+            };
+            Some(Cairn::start_on(l, config))
+        })
+        .collect()
 }
 
 /// A real redis-server, if one is on PATH; killed on drop.

@@ -1,0 +1,322 @@
+//! Replicated mode: the keyspace is one Raft group across the nodes of `--initial-cluster`.
+//!
+//! A write is proposed as a log entry (time, seed and protocol stamped here, on the node that
+//! received it) and answered with the reply every replica computed when applying it. A read
+//! waits for the leader's read barrier (ReadIndex: leadership confirmed by a quorum, everything
+//! committed before it applied) and then runs against the local store. A node that is not the
+//! leader relays the request to the leader's client port, so plain clients work against any
+//! node. Following Redis Cluster's convention, a node's client port is its bus port - 10000.
+//!
+//! Not yet here (see the replication issue): WATCH (it needs watched-key versions checked at
+//! apply), connection commands inside MULTI, `-MOVED` for cluster-aware clients, many groups.
+
+use crate::connection::Client;
+use crate::dispatch::{self, Target};
+use crate::Shared;
+use cairn_commands::{Flags, Lookup};
+use cairn_replication::{Node, NodeError};
+use cairn_resp::{Protocol, Reply};
+use cairn_store::entry::{LogEntry, Operation};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The one Raft group holding the keyspace.
+pub const GROUP: u64 = 1;
+/// How long a client waits for the cluster before getting `-TRYAGAIN`.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// The longest reply relayed from the leader.
+const MAX_RELAYED_REPLY: usize = 512 * 1024 * 1024 + 1024;
+
+pub struct Replication {
+    pub node: Arc<Node>,
+    pub me: u64,
+    /// Every node's client address (bus port - 10000).
+    pub client_addrs: HashMap<u64, SocketAddr>,
+}
+
+/// A client's connection to the leader, for relaying.
+pub struct Relay {
+    leader: u64,
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+fn tryagain(why: &str) -> Reply {
+    Reply::error(format!("TRYAGAIN {why}"))
+}
+
+fn encode_request(args: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Handles one request in replicated mode; returns the encoded reply.
+pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
+    let proto = client.proto;
+    let spec = match shared.table.commands.lookup(&args) {
+        Lookup::Found(spec) => spec.clone(),
+        Lookup::Error(e) => {
+            if client.multi.is_some() {
+                client.multi_failed = true;
+            }
+            return e.to_bytes(proto);
+        }
+    };
+    let target = shared.table.target_of(&spec);
+    if let Some(queue) = client.multi.as_mut() {
+        if !matches!(
+            spec.name.as_str(),
+            "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
+        ) {
+            if spec.flags.contains(Flags::NO_MULTI) || !matches!(target, Some(Target::Store(_))) {
+                client.multi_failed = true;
+                return Reply::error(
+                    "ERR only data commands can be queued in MULTI in replicated mode",
+                )
+                .to_bytes(proto);
+            }
+            queue.push(args);
+            return Reply::Status("QUEUED".into()).to_bytes(proto);
+        }
+    }
+    match (spec.name.as_str(), target) {
+        ("watch", _) => {
+            Reply::error("ERR WATCH is not supported in replicated mode yet").to_bytes(proto)
+        }
+        ("exec", _) => exec(shared, client).await,
+        (_, Some(Target::Store(_))) if spec.is_write() => {
+            write(shared, client, vec![args], false).await
+        }
+        (_, Some(Target::Store(handler))) => read(shared, client, &args, handler).await,
+        _ => {
+            let mut store = shared.store.lock();
+            dispatch::call(shared, client, &mut store, &spec, &args).to_bytes(proto)
+        }
+    }
+}
+
+async fn exec(shared: &Shared, client: &mut Client) -> Vec<u8> {
+    let proto = client.proto;
+    let Some(queue) = client.multi.take() else {
+        return Reply::error("ERR EXEC without MULTI").to_bytes(proto);
+    };
+    client
+        .info
+        .in_multi
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    if std::mem::take(&mut client.multi_failed) {
+        return Reply::error("EXECABORT Transaction discarded because of previous errors.")
+            .to_bytes(proto);
+    }
+    if queue.is_empty() {
+        return Reply::Array(vec![]).to_bytes(proto);
+    }
+    write(shared, client, queue, true).await
+}
+
+/// Proposes commands as one entry (a transaction when `block`), relaying to the leader when
+/// this node is not it.
+async fn write(
+    shared: &Shared,
+    client: &mut Client,
+    cmds: Vec<Vec<Vec<u8>>>,
+    block: bool,
+) -> Vec<u8> {
+    let repl = shared.replication.as_ref().expect("replicated mode");
+    let op = if block {
+        Operation::Transaction(cmds.clone())
+    } else {
+        Operation::Commands(cmds.clone())
+    };
+    let entry = LogEntry {
+        now_ms: crate::now_ms(),
+        seed: dispatch::next_seed(),
+        proto: client.proto,
+        op,
+    };
+    match tokio::time::timeout(WAIT, repl.node.propose(GROUP, entry.encode())).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(NodeError::NotLeader {
+            leader: Some(l), ..
+        })) if l != repl.me => {
+            let mut requests = cmds;
+            if block {
+                requests.insert(0, vec![b"MULTI".to_vec()]);
+                requests.push(vec![b"EXEC".to_vec()]);
+            }
+            relay(shared, client, l, &requests).await
+        }
+        Ok(Err(NodeError::NotLeader { .. })) => {
+            tryagain("no leader elected yet, retry").to_bytes(client.proto)
+        }
+        Ok(Err(NodeError::Indeterminate { .. })) => {
+            tryagain("leadership changed; the command may or may not have been applied")
+                .to_bytes(client.proto)
+        }
+        Ok(Err(NodeError::Busy)) => tryagain("node busy").to_bytes(client.proto),
+        Ok(Err(NodeError::Stopped(why))) => {
+            Reply::error(format!("ERR replication stopped: {why}")).to_bytes(client.proto)
+        }
+        Err(_) => tryagain(
+            "timed out waiting for the cluster; the command may or may not have been applied",
+        )
+        .to_bytes(client.proto),
+    }
+}
+
+/// A linearizable read: the leader's read barrier, then the local store.
+async fn read(
+    shared: &Shared,
+    client: &mut Client,
+    args: &[Vec<u8>],
+    handler: cairn_store::Handler,
+) -> Vec<u8> {
+    let repl = shared.replication.as_ref().expect("replicated mode");
+    match tokio::time::timeout(WAIT, repl.node.read_barrier(GROUP)).await {
+        Ok(Ok(())) => {
+            let env = cairn_store::Env {
+                now_ms: crate::now_ms(),
+                seed: dispatch::next_seed(),
+                proto: client.proto,
+            };
+            shared
+                .store
+                .lock()
+                .execute(handler, args, &env)
+                .to_bytes(client.proto)
+        }
+        Ok(Err(NodeError::NotLeader {
+            leader: Some(l), ..
+        })) if l != repl.me => relay(shared, client, l, &[args.to_vec()]).await,
+        Ok(Err(NodeError::Stopped(why))) => {
+            Reply::error(format!("ERR replication stopped: {why}")).to_bytes(client.proto)
+        }
+        Ok(Err(_)) | Err(_) => tryagain("no leader reachable, retry").to_bytes(client.proto),
+    }
+}
+
+/// Sends `requests` to the leader's client port and returns the last reply.
+async fn relay(
+    shared: &Shared,
+    client: &mut Client,
+    leader: u64,
+    requests: &[Vec<Vec<u8>>],
+) -> Vec<u8> {
+    let proto = client.proto;
+    let repl = shared.replication.as_ref().expect("replicated mode");
+    let Some(&addr) = repl.client_addrs.get(&leader) else {
+        return tryagain("the leader's address is unknown").to_bytes(proto);
+    };
+    for attempt in 0..2 {
+        if client.relay.as_ref().is_none_or(|r| r.leader != leader) || attempt > 0 {
+            client.relay = match open_relay(addr, leader, proto).await {
+                Some(r) => Some(r),
+                None => return tryagain("cannot reach the leader").to_bytes(proto),
+            };
+        }
+        let r = client.relay.as_mut().expect("just opened");
+        match relay_on(r, requests).await {
+            Some(reply) => return reply,
+            None => client.relay = None,
+        }
+    }
+    tryagain("lost the connection to the leader; the command may or may not have been applied")
+        .to_bytes(proto)
+}
+
+async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Relay> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = stream.set_nodelay(true);
+    let mut r = Relay {
+        leader,
+        stream,
+        buf: Vec::new(),
+    };
+    if proto == Protocol::Resp3 {
+        relay_on(&mut r, &[vec![b"HELLO".to_vec(), b"3".to_vec()]]).await?;
+    }
+    Some(r)
+}
+
+/// Writes the requests and reads one reply per request; returns the last one.
+async fn relay_on(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option<Vec<u8>> {
+    let bytes: Vec<u8> = requests.iter().flat_map(|a| encode_request(a)).collect();
+    tokio::time::timeout(WAIT, r.stream.write_all(&bytes))
+        .await
+        .ok()?
+        .ok()?;
+    let limits = cairn_resp::Limits {
+        max_bulk_len: MAX_RELAYED_REPLY,
+        ..Default::default()
+    };
+    let mut last = None;
+    for _ in requests {
+        loop {
+            if let Some(n) = cairn_resp::reply_frame_len(&r.buf, &limits).ok()? {
+                last = Some(r.buf.drain(..n).collect());
+                break;
+            }
+            if r.buf.len() > MAX_RELAYED_REPLY {
+                return None;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = tokio::time::timeout(WAIT, r.stream.read(&mut chunk))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            r.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    last
+}
+
+/// Active expiry under replication: the leader proposes the removal of keys it finds due;
+/// followers leave expiry to the log.
+pub async fn expire_due(shared: &Shared, repl: &Replication) -> usize {
+    if !repl
+        .node
+        .status()
+        .borrow()
+        .groups
+        .get(&GROUP)
+        .is_some_and(|g| g.is_leader)
+    {
+        return 0;
+    }
+    let now = crate::now_ms();
+    let due = shared
+        .store
+        .lock()
+        .due_keys(now, crate::expiry::MAX_PER_CYCLE);
+    if due.is_empty() {
+        return 0;
+    }
+    let entry = LogEntry {
+        now_ms: now,
+        seed: dispatch::next_seed(),
+        proto: Protocol::Resp2,
+        op: Operation::Expire(due),
+    };
+    match tokio::time::timeout(WAIT, repl.node.propose(GROUP, entry.encode())).await {
+        Ok(Ok(reply)) => std::str::from_utf8(&reply)
+            .ok()
+            .and_then(|s| s.trim_start_matches(':').trim().parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
