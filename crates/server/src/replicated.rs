@@ -153,7 +153,7 @@ async fn write(
                 requests.insert(0, vec![b"MULTI".to_vec()]);
                 requests.push(vec![b"EXEC".to_vec()]);
             }
-            relay(shared, client, l, &requests).await
+            relay(shared, client, l, &requests, true).await
         }
         Ok(Err(NodeError::NotLeader { .. })) => {
             tryagain("no leader elected yet, retry").to_bytes(client.proto)
@@ -196,7 +196,7 @@ async fn read(
         }
         Ok(Err(NodeError::NotLeader {
             leader: Some(l), ..
-        })) if l != repl.me => relay(shared, client, l, &[args.to_vec()]).await,
+        })) if l != repl.me => relay(shared, client, l, &[args.to_vec()], false).await,
         Ok(Err(NodeError::Stopped(why))) => {
             Reply::error(format!("ERR replication stopped: {why}")).to_bytes(client.proto)
         }
@@ -205,32 +205,43 @@ async fn read(
 }
 
 /// Sends `requests` to the leader's client port and returns the last reply.
+/// Sends `requests` to the leader's client port and returns the last reply. A write is never
+/// sent twice: once it may have reached the leader, a failure is reported as indeterminate (the
+/// leader may have applied it). A read has no effect, so it is retried once on a fresh
+/// connection when a cached one turns out to be dead.
 async fn relay(
     shared: &Shared,
     client: &mut Client,
     leader: u64,
     requests: &[Vec<Vec<u8>>],
+    is_write: bool,
 ) -> Vec<u8> {
     let proto = client.proto;
     let repl = shared.replication.as_ref().expect("replicated mode");
     let Some(&addr) = repl.client_addrs.get(&leader) else {
         return tryagain("the leader's address is unknown").to_bytes(proto);
     };
-    for attempt in 0..2 {
-        if client.relay.as_ref().is_none_or(|r| r.leader != leader) || attempt > 0 {
+    let attempts = if is_write { 1 } else { 2 };
+    for _ in 0..attempts {
+        if client.relay.as_ref().is_none_or(|r| r.leader != leader) {
             client.relay = match open_relay(addr, leader, proto).await {
                 Some(r) => Some(r),
+                // Nothing was sent: the command definitely did not run.
                 None => return tryagain("cannot reach the leader").to_bytes(proto),
             };
         }
-        let r = client.relay.as_mut().expect("just opened");
+        let r = client.relay.as_mut().expect("open");
         match relay_on(r, requests).await {
             Some(reply) => return reply,
             None => client.relay = None,
         }
     }
-    tryagain("lost the connection to the leader; the command may or may not have been applied")
-        .to_bytes(proto)
+    if is_write {
+        tryagain("lost the connection to the leader; the command may or may not have been applied")
+            .to_bytes(proto)
+    } else {
+        tryagain("lost the connection to the leader").to_bytes(proto)
+    }
 }
 
 async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Relay> {

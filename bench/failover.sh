@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Failover time over real processes: a 3-node cairn cluster; in each trial kill -9 the leader and
+# time until a write succeeds through another node; restart the killed node and wait until the
+# cluster is whole again. Prints every trial, the median and the max.
+#
+#   bash bench/failover.sh            # TRIALS=20 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TRIALS=${TRIALS:-20}
+BASE=${BASE:-17101}
+command -v redis-cli >/dev/null || { echo "failover: redis-cli is needed (apt-get install redis-tools)"; exit 1; }
+cargo build --release -q -p cairn
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+cluster="1=127.0.0.1:$((BASE + 10000)),2=127.0.0.1:$((BASE + 10001)),3=127.0.0.1:$((BASE + 10002))"
+start() {
+  local i=$1
+  CAIRN_LOG=warn ./target/release/cairn server --port $((BASE + i - 1)) --node-id "$i" --bus-port $((BASE + 10000 + i - 1)) \
+    --initial-cluster "$cluster" --data-dir "$work/node$i" >>"$work/node$i.log" 2>&1 &
+  pids[$i]=$!
+}
+leader() {
+  for i in 1 2 3; do
+    if redis-cli -p $((BASE + i - 1)) info raft 2>/dev/null | grep -q "role=leader"; then echo "$i"; return; fi
+  done
+}
+now_ms() { date +%s%3N; }
+for i in 1 2 3; do start "$i"; done
+times=()
+for trial in $(seq "$TRIALS"); do
+  deadline=$(( $(now_ms) + 30000 ))
+  l=""
+  while [ -z "$l" ] && [ "$(now_ms)" -lt "$deadline" ]; do l=$(leader); sleep 0.05; done
+  [ -n "$l" ] || { echo "trial $trial: no leader"; exit 1; }
+  other=$(( l % 3 + 1 ))
+  redis-cli -p $((BASE + other - 1)) set warm up >/dev/null
+  t0=$(now_ms)
+  kill -9 "${pids[$l]}"
+  until redis-cli -p $((BASE + other - 1)) set after "$trial" 2>/dev/null | grep -q OK; do
+    [ "$(now_ms)" -lt $((t0 + 30000)) ] || { echo "trial $trial: no write within 30 s"; exit 1; }
+    sleep 0.01
+  done
+  ms=$(( $(now_ms) - t0 ))
+  times+=("$ms")
+  echo "trial $trial: killed leader node $l, first write through node $other after ${ms} ms"
+  start "$l"
+  sleep 1
+done
+printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "failover over %d trials: median %d ms, max %d ms, min %d ms\n", NR, (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[NR], a[1] }'
