@@ -374,10 +374,22 @@ fn kill_and_pause_nodes_under_load_history_stays_linearizable() {
     println!("fault test seed {seed}: {ops} ops ({acknowledged} acknowledged writes, {indeterminate} indeterminate), {kills} kill -9, {pauses} pauses, then kill -9 of all nodes");
     assert!(ops > 200, "too little traffic ({ops} ops) to mean anything");
     assert!(kills + pauses >= 3, "the nemesis must have struck");
-    assert_eq!(
-        linearizable(&Register, &h),
-        Verdict::Linearizable,
-        "seed {seed}: history not linearizable; node logs in {}",
-        cluster.dir.path().display()
-    );
+    let verdict = linearizable(&Register, &h);
+    if let Verdict::Violation { key } = &verdict {
+        // Keep the evidence: the offending key's history and the nodes' logs and data.
+        let dir = std::mem::replace(&mut cluster.dir, tempfile::tempdir().unwrap()).keep();
+        let mut dump = String::new();
+        for op in h.iter().filter(|o| &o.key == key) {
+            dump.push_str(&format!(
+                "{:?} {:?} call={} ret={:?}\n",
+                op.input, op.output, op.call, op.ret
+            ));
+        }
+        std::fs::write(dir.join("history.txt"), dump).unwrap();
+        panic!(
+            "seed {seed}: history not linearizable on {:?}; history and node logs kept in {}",
+            String::from_utf8_lossy(key),
+            dir.display()
+        );
+    }
 }
