@@ -12,7 +12,7 @@ command -v redis-cli >/dev/null || { echo "failover: redis-cli is needed (apt-ge
 cargo build --release -q -p cairn
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 cluster="1=127.0.0.1:$((BASE + 10000)),2=127.0.0.1:$((BASE + 10001)),3=127.0.0.1:$((BASE + 10002))"
 start() {
@@ -38,6 +38,7 @@ for trial in $(seq "$TRIALS"); do
   redis-cli -p $((BASE + other - 1)) set warm up >/dev/null
   t0=$(now_ms)
   kill -9 "${pids[$l]}"
+  wait "${pids[$l]}" 2>/dev/null || true
   until redis-cli -p $((BASE + other - 1)) set after "$trial" 2>/dev/null | grep -q OK; do
     [ "$(now_ms)" -lt $((t0 + 30000)) ] || { echo "trial $trial: no write within 30 s"; exit 1; }
     sleep 0.01
