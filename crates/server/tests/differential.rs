@@ -309,10 +309,35 @@ fn normalize(bytes: &[u8], order: Order) -> common::Frame {
 }
 
 fn run(seed: u64, ops: usize, resp3: bool) {
+    run_against(seed, ops, resp3, false);
+}
+
+/// Runs one differential sequence against a standalone node, or (`replicated`) against the node
+/// of a 3-node cluster that the test connects to (writes go through the log, reads through
+/// ReadIndex, a follower relays).
+fn run_against(seed: u64, ops: usize, resp3: bool, replicated: bool) {
     let Some(redis) = redis_or_skip("differential") else {
         return;
     };
-    let cairn = Cairn::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cluster = if replicated {
+        common::start_cluster(3, &dirs)
+    } else {
+        vec![Some(Cairn::start())]
+    };
+    let cairn = cluster.remove(0).unwrap();
+    if replicated {
+        // Wait until the cluster answers writes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while cairn.raw().cmd_str("SET probe x") != b"+OK\r\n" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        cairn.raw().cmd_str("DEL probe");
+    }
     let mut a = cairn.raw();
     let mut b = redis.raw();
     if resp3 {
@@ -522,5 +547,16 @@ fn fixed_scripts() {
                 "{proto}: reply to {line:?} differs (left cairn, right redis)"
             );
         }
+    }
+}
+
+/// The same random sequences through a replicated cluster's node 1 (leader or relaying
+/// follower): replies must not change because writes go through the log.
+#[test]
+fn random_sequences_replicated() {
+    for (i, seed) in seeds().into_iter().enumerate() {
+        let resp3 = i % 2 == 1;
+        println!("differential replicated seed {seed} (rerun: CAIRN_DIFF_SEED={seed} cargo test --test differential)");
+        run_against(seed, ops().min(3000), resp3, true);
     }
 }
