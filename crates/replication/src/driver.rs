@@ -293,7 +293,23 @@ impl<S: StateMachine> MultiRaft<S> {
 
     /// Handles the Ready of every group that has one, with one fsync for all of them.
     pub fn round(&mut self) -> Result<RoundOutput, DriverError> {
+        let mut early = Vec::new();
+        let mut out = self.round_with(&mut |m| early.extend(m))?;
+        early.append(&mut out.messages);
+        out.messages = early;
+        Ok(out)
+    }
+
+    /// As [`MultiRaft::round`], but messages that may leave before this round's fsync (raft-rs's
+    /// `messages`: a leader's appends and heartbeats) go to `send_early` before the write, so
+    /// the leader's disk write and its followers' overlap. Messages that must wait for local
+    /// persistence (`persisted_messages`, e.g. a follower's acknowledgement) still come after.
+    pub fn round_with(
+        &mut self,
+        send_early: &mut dyn FnMut(Vec<Envelope>),
+    ) -> Result<RoundOutput, DriverError> {
         let mut out = RoundOutput::default();
+        let mut early = Vec::new();
         let mut batch = LogBatch::default();
         let mut pending = Vec::new();
         for (&id, g) in self.groups.iter_mut() {
@@ -306,7 +322,16 @@ impl<S: StateMachine> MultiRaft<S> {
                 g.raw
                     .store()
                     .stage(&mut batch, snapshot.as_ref(), rd.entries(), rd.hs())?;
+            let mut rd = rd;
+            early.extend(
+                rd.take_messages()
+                    .into_iter()
+                    .map(|message| Envelope { group: id, message }),
+            );
             pending.push((id, rd, staged, snapshot));
+        }
+        if !early.is_empty() {
+            send_early(early);
         }
         if !batch.is_empty() {
             self.engine.write(&mut batch)?;
@@ -321,8 +346,6 @@ impl<S: StateMachine> MultiRaft<S> {
                 group: id,
                 message: m,
             };
-            out.messages
-                .extend(rd.take_messages().into_iter().map(wrap));
             for rs in rd.take_read_states() {
                 out.read_points.push(ReadPoint {
                     group: id,

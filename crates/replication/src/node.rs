@@ -248,7 +248,7 @@ fn drive<S: StateMachine>(
             multi.tick();
             last_tick = Instant::now();
         }
-        let out = match multi.round() {
+        let out = match multi.round_with(&mut |early| bus.send(early)) {
             Ok(out) => out,
             Err(e) => {
                 // Fail-stop: after a storage error nothing raft believes persisted can be trusted.
