@@ -1,6 +1,6 @@
 //! Hash commands.
 
-use crate::cmd::keys::{parse_scan_cursor, parse_scan_options};
+use crate::cmd::keys::parse_container_scan;
 use crate::exec::*;
 use crate::glob;
 use crate::numbers::{format_human, parse_f64};
@@ -314,12 +314,8 @@ fn hrandfield(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
 }
 
 fn hscan(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
-    let cursor = match parse_scan_cursor(&args[2]) {
-        Ok(c) => c as usize,
-        Err(e) => return e,
-    };
-    let o = match parse_scan_options(&args[3..], false) {
-        Ok(o) => o,
+    let (cursor, o) = match parse_container_scan(args) {
+        Ok(parsed) => parsed,
         Err(e) => return e,
     };
     let h = match get_hash(ctx, &args[1]) {

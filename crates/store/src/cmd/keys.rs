@@ -171,6 +171,12 @@ pub fn parse_scan_cursor(arg: &[u8]) -> Result<u64, Reply> {
         .ok_or_else(|| err("ERR invalid cursor"))
 }
 
+/// Parses a container SCAN's `cursor [MATCH p] [COUNT n]` (HSCAN, SSCAN, ZSCAN: args[2..]).
+pub fn parse_container_scan(args: &[Vec<u8>]) -> Result<(usize, ScanOptions), Reply> {
+    let cursor = parse_scan_cursor(&args[2])? as usize;
+    Ok((cursor, parse_scan_options(&args[3..], false)?))
+}
+
 pub fn parse_scan_options(args: &[Vec<u8>], allow_type: bool) -> Result<ScanOptions, Reply> {
     let mut o = ScanOptions {
         pattern: None,

@@ -3,7 +3,7 @@
 use crate::cmd::hashes::{
     distinct_indexes, rand_count, random_missing, random_picks, scan_reply, scan_window,
 };
-use crate::cmd::keys::{parse_scan_cursor, parse_scan_options};
+use crate::cmd::keys::parse_container_scan;
 use crate::exec::*;
 use crate::glob;
 use crate::value::{SetValue, Value};
@@ -342,12 +342,8 @@ fn sintercard(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
 }
 
 fn sscan(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
-    let cursor = match parse_scan_cursor(&args[2]) {
-        Ok(c) => c as usize,
-        Err(e) => return e,
-    };
-    let o = match parse_scan_options(&args[3..], false) {
-        Ok(o) => o,
+    let (cursor, o) = match parse_container_scan(args) {
+        Ok(parsed) => parsed,
         Err(e) => return e,
     };
     let s = match get_set(ctx, &args[1]) {

@@ -1,7 +1,7 @@
 //! Sorted-set commands.
 
 use crate::cmd::hashes::{rand_count, random_missing, random_picks, scan_reply, scan_window};
-use crate::cmd::keys::{parse_scan_cursor, parse_scan_options};
+use crate::cmd::keys::parse_container_scan;
 use crate::exec::*;
 use crate::glob;
 use crate::numbers::parse_f64;
@@ -1038,12 +1038,8 @@ fn zintercard(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
 }
 
 fn zscan(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
-    let cursor = match parse_scan_cursor(&args[2]) {
-        Ok(c) => c as usize,
-        Err(e) => return e,
-    };
-    let o = match parse_scan_options(&args[3..], false) {
-        Ok(o) => o,
+    let (cursor, o) = match parse_container_scan(args) {
+        Ok(parsed) => parsed,
         Err(e) => return e,
     };
     let z = match get_zset(ctx, &args[1]) {
