@@ -386,6 +386,10 @@ fn handle<S: StateMachine>(
                 Err(DriverError::NotLeader { group, leader }) => {
                     let _ = done.send(Err(NodeError::NotLeader { group, leader }));
                 }
+                // raft refused it (uncommitted-size limit, leadership in flux): retryable.
+                Err(DriverError::Raft(raft::Error::ProposalDropped)) => {
+                    let _ = done.send(Err(NodeError::Busy));
+                }
                 Err(e) => {
                     let _ = done.send(Err(NodeError::Stopped(e.to_string())));
                 }
