@@ -190,15 +190,14 @@ fn client(
     start: Instant,
     stop: Arc<AtomicBool>,
     history: History,
-    mut rng: u64,
+    seed: u64,
 ) {
+    let mut choices = cairn_check::seeded::XorShift::new(seed);
     let mut conn: Option<Conn> = None;
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) && n < 100_000 {
         n += 1;
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
+        let rng = choices.next_u64();
         if conn.is_none() {
             conn = Conn::open(ports[(rng % ports.len() as u64) as usize]);
             if conn.is_none() {
@@ -276,15 +275,7 @@ fn wait_serving(ports: &[u16], within: Duration) {
 
 #[test]
 fn kill_and_pause_nodes_under_load_history_stays_linearizable() {
-    let seed: u64 = std::env::var("CAIRN_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = cairn_check::seeded::seed_from_env("CAIRN_FAULT_SEED");
     let secs: u64 = std::env::var("CAIRN_FAULT_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -311,13 +302,8 @@ fn kill_and_pause_nodes_under_load_history_stays_linearizable() {
             })
         })
         .collect();
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng_gen = cairn_check::seeded::XorShift::new(seed);
+    let mut next = move || rng_gen.next_u64();
     let (mut kills, mut pauses) = (0, 0);
     let end = start + Duration::from_secs(secs);
     while Instant::now() + Duration::from_millis(1500) < end {

@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+pub mod seeded;
+
 /// A sequential specification: what one operation does to the state, and whether the output
 /// the client saw is possible.
 pub trait Model {

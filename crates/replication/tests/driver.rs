@@ -289,23 +289,10 @@ fn many_groups_share_rounds() {
 /// every acknowledged entry must be on every node, in one agreed order.
 #[test]
 fn chaos_keeps_agreement_and_acknowledged_entries() {
-    let seed: u64 = std::env::var("CAIRN_RAFT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = cairn_check::seeded::seed_from_env("CAIRN_RAFT_SEED");
     println!("raft chaos seed {seed} (rerun: CAIRN_RAFT_SEED={seed} cargo test -p cairn-replication --test driver)");
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng_gen = cairn_check::seeded::XorShift::new(seed);
+    let mut next = move || rng_gen.next_u64();
     let config = GroupConfig {
         snapshot_every: 40,
         ..GroupConfig::default()

@@ -149,15 +149,7 @@ async fn client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_writes_stay_linearizable_while_leaders_die() {
-    let seed: u64 = std::env::var("CAIRN_LIN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = cairn_check::seeded::seed_from_env("CAIRN_LIN_SEED");
     println!("linearizability seed {seed} (rerun: CAIRN_LIN_SEED={seed} cargo test -p cairn-server --test linearizable -- --nocapture)");
     let listeners: Vec<std::net::TcpListener> = (0..3)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -193,12 +185,10 @@ async fn reads_and_writes_stay_linearizable_while_leaders_die() {
         .map(|c| tokio::spawn(client(world.clone(), c, start, until)))
         .collect();
     // The nemesis: every so often, kill -9 the leader, and bring it back a little later.
-    let mut rng = seed | 1;
+    let mut nemesis = cairn_check::seeded::XorShift::new(seed);
     let mut kills = 0;
     while Instant::now() < until - Duration::from_millis(1500) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
+        let rng = nemesis.next_u64();
         tokio::time::sleep(Duration::from_millis(300 + rng % 400)).await;
         if let Some((leader, _, _)) = world.leader() {
             world.kill(leader);

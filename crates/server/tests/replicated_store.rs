@@ -43,23 +43,10 @@ fn command(rng: &mut impl FnMut() -> u64) -> Vec<Vec<u8>> {
 
 #[test]
 fn replicas_apply_the_same_entries_to_the_same_bytes() {
-    let seed: u64 = std::env::var("CAIRN_REPL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = cairn_check::seeded::seed_from_env("CAIRN_REPL_SEED");
     println!("replicated store seed {seed} (rerun: CAIRN_REPL_SEED={seed} cargo test -p cairn-server --test replicated_store)");
-    let mut state = seed | 1;
-    let mut rng = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut state_gen = cairn_check::seeded::XorShift::new(seed);
+    let mut rng = move || state_gen.next_u64();
     let config = GroupConfig {
         snapshot_every: 60,
         ..GroupConfig::default()
