@@ -230,13 +230,13 @@ fn drive<S: StateMachine>(
         let first = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
         let mut stop = false;
         match first {
-            Ok(Some(input)) => stop |= handle(&mut multi, &mut w, input, &bus),
+            Ok(Some(input)) => stop |= handle(&mut multi, &mut w, input),
             Ok(None) => stop = true,
             Err(_) => {}
         }
         for _ in 0..4096 {
             match rx.try_recv() {
-                Ok(input) => stop |= handle(&mut multi, &mut w, input, &bus),
+                Ok(input) => stop |= handle(&mut multi, &mut w, input),
                 Err(_) => break,
             }
         }
@@ -358,12 +358,7 @@ fn fail_all(w: &mut Waiters, e: NodeError) {
 }
 
 /// Handles one input; returns true to stop.
-fn handle<S: StateMachine>(
-    multi: &mut MultiRaft<S>,
-    w: &mut Waiters,
-    input: Input,
-    _bus: &Arc<Bus>,
-) -> bool {
+fn handle<S: StateMachine>(multi: &mut MultiRaft<S>, w: &mut Waiters, input: Input) -> bool {
     match input {
         Input::Message(env) => {
             let _ = multi.step(env);

@@ -12,7 +12,6 @@
 //! which raft needs to match the entry before the first one kept).
 
 use parking_lot::RwLock;
-use protobuf::Message;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use raft_engine::{Command, Config, Engine, LogBatch, MessageExt};
@@ -389,9 +388,4 @@ impl raft::Storage for GroupStorage {
             )),
         }
     }
-}
-
-/// Encodes a protobuf message (for tests and the bus).
-pub fn encode<M: Message>(m: &M) -> Result<Vec<u8>, StorageFault> {
-    Ok(m.write_to_bytes()?)
 }
