@@ -1,20 +1,22 @@
 //! The multi-raft driver: every Raft group of one node, driven in rounds.
 //!
-//! It is sans-IO: the caller feeds it ticks, incoming messages and proposals, and calls
-//! [`MultiRaft::round`], which handles the `Ready` of every group that has one, exactly in the
-//! order raft-rs requires:
+//! It is sans-IO: the caller feeds it ticks, incoming messages and proposals, and runs rounds.
+//! A round handles the `Ready` of every group that has one, in the order raft-rs requires, in
+//! two halves so the caller can act between them:
 //!
-//! 1. stage every group's snapshot, entries and hard state into one `LogBatch`;
-//! 2. write it with one fsync (all groups of the round share it);
-//! 3. publish the new log state to raft-rs's reads, and hand out the messages to send (all of
-//!    them only now, after the write, which is the conservative reading of the contract);
-//! 4. apply committed entries in order to the group's state machine;
-//! 5. advance, and apply what the light ready adds.
+//! 1. [`MultiRaft::begin_round`]: stage every group's snapshot, entries and hard state into one
+//!    `LogBatch`; hand out what may go before the write: a leader's appends and heartbeats,
+//!    confirmed read points, and committed entries applied to the state machine (raft-rs only
+//!    hands out entries already persisted here);
+//! 2. [`MultiRaft::finish_round`]: write the batch with one fsync (all groups of the round share
+//!    it; none when only commit indexes moved), publish it to raft-rs's reads, hand out the
+//!    messages that had to wait for it (a follower's acknowledgements), advance, and apply what
+//!    the light ready adds.
 //!
-//! The round returns the messages (each addressed to a group on a peer node) and what was
-//! applied, with each entry's context so the caller can answer the client that proposed it.
+//! [`MultiRaft::round`] runs both halves. Every output names its group and carries each entry's
+//! context, so the caller can answer the client that proposed it.
 
-use crate::storage::{GroupStorage, LogEngine, StorageFault};
+use crate::storage::{GroupStorage, LogEngine, Staged, StorageFault};
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, StateRole};
 use raft_engine::LogBatch;
@@ -300,44 +302,87 @@ impl<S: StateMachine> MultiRaft<S> {
         Ok(out)
     }
 
-    /// As [`MultiRaft::round`], but messages that may leave before this round's fsync (raft-rs's
-    /// `messages`: a leader's appends and heartbeats) go to `send_early` before the write, so
-    /// the leader's disk write and its followers' overlap. Messages that must wait for local
-    /// persistence (`persisted_messages`, e.g. a follower's acknowledgement) still come after.
+    /// As [`MultiRaft::round`], but the messages that may leave before this round's write go
+    /// to `send_early` before it. Everything else of the first half (entries applied, read points)
+    /// is merged into the returned output.
     pub fn round_with(
         &mut self,
         send_early: &mut dyn FnMut(Vec<Envelope>),
     ) -> Result<RoundOutput, DriverError> {
-        let mut out = RoundOutput::default();
-        let mut early = Vec::new();
-        let mut batch = LogBatch::default();
-        let mut pending = Vec::new();
+        let mut round = self.begin_round()?;
+        let early = std::mem::take(&mut round.early);
+        if !early.messages.is_empty() {
+            send_early(early.messages);
+        }
+        let mut out = self.finish_round(round)?;
+        let mut applied = early.applied;
+        applied.append(&mut out.applied);
+        out.applied = applied;
+        let mut points = early.read_points;
+        points.append(&mut out.read_points);
+        out.read_points = points;
+        Ok(out)
+    }
+
+    /// The first half of a round: takes every group's Ready, stages what must be persisted into
+    /// one batch, and does all that raft-rs allows before that batch is on disk. The caller acts
+    /// on `early` at once (sends the messages, answers what was applied) and then calls
+    /// [`MultiRaft::finish_round`]; no other call may come in between.
+    ///
+    /// What is allowed early (raft-rs's Ready contract): a leader's `messages` (its appends and
+    /// heartbeats: the leader's disk write and its followers' overlap), read states, and
+    /// committed entries (raft-rs only hands out entries that are committed *and* already
+    /// persisted here, so applying them does not wait for this round's write). A group with an
+    /// incoming snapshot does everything after the write.
+    pub fn begin_round(&mut self) -> Result<Round, DriverError> {
+        let mut round = Round::default();
         for (&id, g) in self.groups.iter_mut() {
             if !g.raw.has_ready() {
                 continue;
             }
-            let rd = g.raw.ready();
+            let mut rd = g.raw.ready();
             let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
             let staged =
                 g.raw
                     .store()
-                    .stage(&mut batch, snapshot.as_ref(), rd.entries(), rd.hs())?;
-            let mut rd = rd;
-            early.extend(
+                    .stage(&mut round.batch, snapshot.as_ref(), rd.entries(), rd.hs())?;
+            round.sync |= staged.needs_sync();
+            round.early.messages.extend(
                 rd.take_messages()
                     .into_iter()
                     .map(|message| Envelope { group: id, message }),
             );
-            pending.push((id, rd, staged, snapshot));
+            for rs in rd.take_read_states() {
+                round.early.read_points.push(ReadPoint {
+                    group: id,
+                    index: rs.index,
+                    context: rs.request_ctx,
+                });
+            }
+            if snapshot.is_none() {
+                apply_entries(
+                    id,
+                    g,
+                    rd.take_committed_entries(),
+                    &self.engine,
+                    &mut round.early,
+                )?;
+            }
+            round.pending.push((id, rd, staged, snapshot));
         }
-        if !early.is_empty() {
-            send_early(early);
+        Ok(round)
+    }
+
+    /// The second half of a round: writes the batch (one fsync for every group, or none when
+    /// only commit indexes moved: a commit index is a hint that raft relearns, so losing it in
+    /// a crash is safe), publishes it to raft-rs's reads, and finishes every Ready.
+    pub fn finish_round(&mut self, mut round: Round) -> Result<RoundOutput, DriverError> {
+        let mut out = RoundOutput::default();
+        if !round.batch.is_empty() {
+            self.engine.write_with(&mut round.batch, round.sync)?;
         }
-        if !batch.is_empty() {
-            self.engine.write(&mut batch)?;
-        }
-        out.groups_ready = pending.len();
-        for (id, mut rd, staged, snapshot) in pending {
+        out.groups_ready = round.pending.len();
+        for (id, mut rd, staged, snapshot) in round.pending {
             let engine = self.engine.clone();
             let config = self.config.clone();
             let g = self.groups.get_mut(&id).expect("group of a pending ready");
@@ -346,20 +391,13 @@ impl<S: StateMachine> MultiRaft<S> {
                 group: id,
                 message: m,
             };
-            for rs in rd.take_read_states() {
-                out.read_points.push(ReadPoint {
-                    group: id,
-                    index: rs.index,
-                    context: rs.request_ctx,
-                });
-            }
             if let Some(snap) = snapshot {
                 g.sm.restore(snap.get_data())
                     .map_err(|why| DriverError::Restore { group: id, why })?;
                 g.applied = snap.get_metadata().index;
                 g.snapshot_index = g.applied;
+                apply_entries(id, g, rd.take_committed_entries(), &engine, &mut out)?;
             }
-            apply_entries(id, g, rd.take_committed_entries(), &engine, &mut out)?;
             out.messages
                 .extend(rd.take_persisted_messages().into_iter().map(wrap));
             let mut light = g.raw.advance(rd);
@@ -371,6 +409,17 @@ impl<S: StateMachine> MultiRaft<S> {
         }
         Ok(out)
     }
+}
+
+/// A round between [`MultiRaft::begin_round`] and [`MultiRaft::finish_round`].
+#[derive(Default)]
+pub struct Round {
+    /// What may be acted on before the round's write.
+    pub early: RoundOutput,
+    batch: LogBatch,
+    /// Whether the batch holds anything that must be on disk before the round goes on.
+    sync: bool,
+    pending: Vec<(u64, raft::Ready, Staged, Option<Snapshot>)>,
 }
 
 /// Applies committed entries in order: commands to the state machine, membership changes to

@@ -192,7 +192,7 @@ impl Drop for Node {
 
 type ProposalWaiter = (u64, oneshot::Sender<Result<Vec<u8>, NodeError>>);
 type ReadDone = oneshot::Sender<Result<(), NodeError>>;
-type ReadWaiter = (u64, ReadDone);
+type ReadWaiter = (u64, Vec<ReadDone>);
 
 /// The driver thread's state besides the driver itself.
 struct Waiters {
@@ -201,6 +201,8 @@ struct Waiters {
     next: u64,
     proposals: HashMap<u64, ProposalWaiter>,
     reads: HashMap<u64, ReadWaiter>,
+    /// Reads that arrived this round, by group, not yet asked of raft.
+    unasked: BTreeMap<u64, Vec<ReadDone>>,
     /// Confirmed read points waiting for apply: (group, index, waiter).
     confirmed: Vec<(u64, u64, ReadDone)>,
 }
@@ -220,6 +222,7 @@ fn drive<S: StateMachine>(
         next: seed ^ (multi.node_id() << 48),
         proposals: HashMap::new(),
         reads: HashMap::new(),
+        unasked: BTreeMap::new(),
         confirmed: Vec::new(),
     };
     // The bus spawns a task per peer on first send: the driver thread runs inside the runtime.
@@ -248,7 +251,8 @@ fn drive<S: StateMachine>(
             multi.tick();
             last_tick = Instant::now();
         }
-        let out = match multi.round_with(&mut |early| bus.send(early)) {
+        ask_reads(&mut multi, &mut w);
+        let out = match run_round(&mut multi, &mut w, &bus) {
             Ok(out) => out,
             Err(e) => {
                 // Fail-stop: after a storage error nothing raft believes persisted can be trusted.
@@ -260,24 +264,76 @@ fn drive<S: StateMachine>(
             }
         };
         bus.send(out.messages);
-        for a in out.applied {
-            let Ok(ctx) = <[u8; 8]>::try_from(a.context.as_slice()) else {
-                continue;
-            };
-            if let Some((_, done)) = w.proposals.remove(&u64::from_le_bytes(ctx)) {
-                let _ = done.send(Ok(a.result));
-            }
-        }
-        for p in out.read_points {
-            let Ok(ctx) = <[u8; 8]>::try_from(p.context.as_slice()) else {
-                continue;
-            };
-            if let Some((group, done)) = w.reads.remove(&u64::from_le_bytes(ctx)) {
-                w.confirmed.push((group, p.index, done));
-            }
-        }
+        answer(&mut w, out.applied, out.read_points);
         settle(&multi, &mut w);
         publish(&multi, &status);
+    }
+}
+
+/// One round: its first half's messages leave and its applied entries are answered before the
+/// round's write, so a write's reply waits for no fsync but the ones that committed it.
+fn run_round<S: StateMachine>(
+    multi: &mut MultiRaft<S>,
+    w: &mut Waiters,
+    bus: &Arc<Bus>,
+) -> Result<crate::driver::RoundOutput, DriverError> {
+    let mut round = multi.begin_round()?;
+    let early = std::mem::take(&mut round.early);
+    if !early.messages.is_empty() {
+        bus.send(early.messages);
+    }
+    answer(w, early.applied, early.read_points);
+    settle(multi, w);
+    multi.finish_round(round)
+}
+
+/// Sends each applied entry's reply to its proposer, and files confirmed read points.
+fn answer(
+    w: &mut Waiters,
+    applied: Vec<crate::driver::Applied>,
+    points: Vec<crate::driver::ReadPoint>,
+) {
+    for a in applied {
+        let Ok(ctx) = <[u8; 8]>::try_from(a.context.as_slice()) else {
+            continue;
+        };
+        if let Some((_, done)) = w.proposals.remove(&u64::from_le_bytes(ctx)) {
+            let _ = done.send(Ok(a.result));
+        }
+    }
+    for p in points {
+        let Ok(ctx) = <[u8; 8]>::try_from(p.context.as_slice()) else {
+            continue;
+        };
+        if let Some((group, dones)) = w.reads.remove(&u64::from_le_bytes(ctx)) {
+            w.confirmed
+                .extend(dones.into_iter().map(|d| (group, p.index, d)));
+        }
+    }
+}
+
+/// Asks each group's leadership to be confirmed once for all the reads that arrived since the
+/// last round: one heartbeat to a quorum serves them all.
+fn ask_reads<S: StateMachine>(multi: &mut MultiRaft<S>, w: &mut Waiters) {
+    for (group, dones) in std::mem::take(&mut w.unasked) {
+        w.next = w.next.wrapping_add(1);
+        let id = w.next;
+        match multi.read_index(group, id.to_le_bytes().to_vec()) {
+            Ok(()) => {
+                w.reads.insert(id, (group, dones));
+            }
+            Err(e) => {
+                let e = match e {
+                    DriverError::NotLeader { group, leader } => {
+                        NodeError::NotLeader { group, leader }
+                    }
+                    e => NodeError::Stopped(e.to_string()),
+                };
+                for d in dones {
+                    let _ = d.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -312,11 +368,13 @@ fn settle<S: StateMachine>(multi: &MultiRaft<S>, w: &mut Waiters) {
         .map(|(id, _)| *id)
         .collect();
     for id in lost {
-        if let Some((group, done)) = w.reads.remove(&id) {
-            let _ = done.send(Err(NodeError::NotLeader {
-                group,
-                leader: multi.leader_of(group),
-            }));
+        if let Some((group, dones)) = w.reads.remove(&id) {
+            for done in dones {
+                let _ = done.send(Err(NodeError::NotLeader {
+                    group,
+                    leader: multi.leader_of(group),
+                }));
+            }
         }
     }
 }
@@ -349,8 +407,15 @@ fn fail_all(w: &mut Waiters, e: NodeError) {
     for (_, (_, done)) in w.proposals.drain() {
         let _ = done.send(Err(e.clone()));
     }
-    for (_, (_, done)) in w.reads.drain() {
-        let _ = done.send(Err(e.clone()));
+    for (_, (_, dones)) in w.reads.drain() {
+        for done in dones {
+            let _ = done.send(Err(e.clone()));
+        }
+    }
+    for (_, dones) in std::mem::take(&mut w.unasked) {
+        for done in dones {
+            let _ = done.send(Err(e.clone()));
+        }
     }
     for (_, _, done) in w.confirmed.drain(..) {
         let _ = done.send(Err(e.clone()));
@@ -390,21 +455,7 @@ fn handle<S: StateMachine>(multi: &mut MultiRaft<S>, w: &mut Waiters, input: Inp
                 }
             }
         }
-        Input::Read { group, done } => {
-            w.next = w.next.wrapping_add(1);
-            let id = w.next;
-            match multi.read_index(group, id.to_le_bytes().to_vec()) {
-                Ok(()) => {
-                    w.reads.insert(id, (group, done));
-                }
-                Err(DriverError::NotLeader { group, leader }) => {
-                    let _ = done.send(Err(NodeError::NotLeader { group, leader }));
-                }
-                Err(e) => {
-                    let _ = done.send(Err(NodeError::Stopped(e.to_string())));
-                }
-            }
-        }
+        Input::Read { group, done } => w.unasked.entry(group).or_default().push(done),
         Input::Stop => return true,
     }
     false

@@ -79,7 +79,13 @@ impl LogEngine {
     /// Writes a round's batch with one fsync. An error here means the disk failed: the caller
     /// must stop accepting writes (fail-stop), since what raft believes persisted may not be.
     pub fn write(&self, batch: &mut LogBatch) -> Result<usize, StorageFault> {
-        Ok(self.engine.write(batch, true)?)
+        self.write_with(batch, true)
+    }
+
+    /// Writes a batch, with an fsync only when `sync`. Unsynced writes are for what raft can
+    /// afford to lose in a crash (a commit index moving forward).
+    pub fn write_with(&self, batch: &mut LogBatch, sync: bool) -> Result<usize, StorageFault> {
+        Ok(self.engine.write(batch, sync)?)
     }
 
     /// Groups with anything stored.
@@ -148,6 +154,16 @@ pub struct Staged {
     conf_state: Option<ConfState>,
     truncated: Option<(u64, u64)>,
     snapshot: Option<Snapshot>,
+    /// Entries, a snapshot, or a new term or vote: raft must not act on these before they are
+    /// on disk. A hard state that only moves the commit index needs no fsync.
+    durable: bool,
+}
+
+impl Staged {
+    /// Whether the batch this was staged into must be fsynced.
+    pub fn needs_sync(&self) -> bool {
+        self.durable
+    }
 }
 
 /// One Raft group's log, shared between raft-rs (reads) and the driver (staged writes).
@@ -192,6 +208,7 @@ impl GroupStorage {
             staged.last_index = Some(meta.index);
             first = meta.index + 1;
             last = meta.index;
+            staged.durable = true;
         }
         if let Some(head) = entries.first() {
             if head.index < first || head.index > last + 1 {
@@ -208,8 +225,10 @@ impl GroupStorage {
             );
             batch.add_entries::<RaftEntries>(self.id, entries)?;
             staged.last_index = Some(entries.last().expect("non-empty").index);
+            staged.durable = true;
         }
         if let Some(hs) = hard_state {
+            staged.durable |= hs.term != core.hard_state.term || hs.vote != core.hard_state.vote;
             batch.put_message(self.id, KEY_HARD_STATE.to_vec(), hs)?;
             staged.hard_state = Some(hs.clone());
         }

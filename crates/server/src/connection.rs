@@ -209,8 +209,7 @@ async fn serve_loop(
                 }
             }
             while shared.replication.is_some() && !pending.is_empty() {
-                let args = pending.pop_front().expect("not empty");
-                out.extend_from_slice(&crate::replicated::handle(shared, client, args).await);
+                crate::replicated::handle_pending(shared, client, &mut pending, &mut out).await;
                 if client.close_after_reply {
                     pending.clear();
                 }

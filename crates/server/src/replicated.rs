@@ -17,7 +17,7 @@ use cairn_commands::{Flags, Lookup};
 use cairn_replication::{Node, NodeError};
 use cairn_resp::{Protocol, Reply};
 use cairn_store::entry::{LogEntry, Operation};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +59,75 @@ fn encode_request(args: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// The most argument bytes one pipelined run of writes carries in one log entry.
+const MAX_RUN_BYTES: usize = 1024 * 1024;
+
+/// A request that can share a log entry (writes) or a read barrier (reads) with its neighbours
+/// in a pipeline.
+enum Plain {
+    Write,
+    Read(cairn_store::Handler),
+}
+
+fn plain(shared: &Shared, client: &Client, args: &[Vec<u8>]) -> Option<Plain> {
+    if client.multi.is_some() {
+        return None;
+    }
+    let Lookup::Found(spec) = shared.table.commands.lookup(args) else {
+        return None;
+    };
+    match shared.table.target_of(spec) {
+        Some(Target::Store(_)) if spec.is_write() => Some(Plain::Write),
+        Some(Target::Store(h)) => Some(Plain::Read(h)),
+        _ => None,
+    }
+}
+
+/// Handles the next requests of a connection's pipeline, appending their replies to `out`: a
+/// run of plain writes becomes one log entry (one proposal, applied atomically, one reply per
+/// command), a run of plain reads shares one read barrier; anything else runs alone.
+pub async fn handle_pending(
+    shared: &Shared,
+    client: &mut Client,
+    pending: &mut VecDeque<Vec<Vec<u8>>>,
+    out: &mut Vec<u8>,
+) {
+    let Some(first) = pending.front() else {
+        return;
+    };
+    match plain(shared, client, first) {
+        Some(Plain::Write) => {
+            let mut run = Vec::new();
+            let mut bytes = 0;
+            while let Some(args) = pending.front() {
+                if !run.is_empty()
+                    && (bytes >= MAX_RUN_BYTES
+                        || !matches!(plain(shared, client, args), Some(Plain::Write)))
+                {
+                    break;
+                }
+                bytes += args.iter().map(Vec::len).sum::<usize>();
+                run.push(pending.pop_front().expect("front"));
+            }
+            out.extend_from_slice(&write(shared, client, run, false).await);
+        }
+        Some(Plain::Read(h)) => {
+            let mut run = vec![(pending.pop_front().expect("front"), h)];
+            while let Some(args) = pending.front() {
+                let Some(Plain::Read(h)) = plain(shared, client, args) else {
+                    break;
+                };
+                run.push((pending.pop_front().expect("front"), h));
+            }
+            out.extend_from_slice(&read(shared, client, run).await);
+        }
+        None => {
+            let args = pending.pop_front().expect("front");
+            out.extend_from_slice(&handle(shared, client, args).await);
+        }
+    }
+}
+
 /// Handles one request in replicated mode; returns the encoded reply.
 pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
     let proto = client.proto;
@@ -96,7 +165,7 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
         (_, Some(Target::Store(_))) if spec.is_write() => {
             write(shared, client, vec![args], false).await
         }
-        (_, Some(Target::Store(handler))) => read(shared, client, &args, handler).await,
+        (_, Some(Target::Store(handler))) => read(shared, client, vec![(args, handler)]).await,
         _ => {
             let mut store = shared.store.lock();
             dispatch::call(shared, client, &mut store, &spec, &args).to_bytes(proto)
@@ -124,7 +193,7 @@ async fn exec(shared: &Shared, client: &mut Client) -> Vec<u8> {
 }
 
 /// Proposes commands as one entry (a transaction when `block`), relaying to the leader when
-/// this node is not it.
+/// this node is not it. Returns one reply per command, or one for a transaction.
 async fn write(
     shared: &Shared,
     client: &mut Client,
@@ -132,6 +201,9 @@ async fn write(
     block: bool,
 ) -> Vec<u8> {
     let repl = shared.replication.as_ref().expect("replicated mode");
+    let replies = if block { 1 } else { cmds.len() };
+    let proto = client.proto;
+    let fail = |reply: Reply| reply.to_bytes(proto).repeat(replies);
     let op = if block {
         Operation::Transaction(cmds.clone())
     } else {
@@ -140,7 +212,7 @@ async fn write(
     let entry = LogEntry {
         now_ms: crate::now_ms(),
         seed: dispatch::next_seed(),
-        proto: client.proto,
+        proto,
         op,
     };
     match tokio::time::timeout(WAIT, repl.node.propose(GROUP, entry.encode())).await {
@@ -149,77 +221,89 @@ async fn write(
             leader: Some(l), ..
         })) if l != repl.me => {
             let mut requests = cmds;
-            if block {
+            let keep = if block {
                 requests.insert(0, vec![b"MULTI".to_vec()]);
                 requests.push(vec![b"EXEC".to_vec()]);
+                1
+            } else {
+                requests.len()
+            };
+            match relay(shared, client, l, &requests, true, keep).await {
+                Ok(reply) => reply,
+                Err(e) => fail(e),
             }
-            relay(shared, client, l, &requests, true).await
         }
-        Ok(Err(NodeError::NotLeader { .. })) => {
-            tryagain("no leader elected yet, retry").to_bytes(client.proto)
-        }
-        Ok(Err(NodeError::Indeterminate { .. })) => {
-            tryagain("leadership changed; the command may or may not have been applied")
-                .to_bytes(client.proto)
-        }
-        Ok(Err(NodeError::Busy)) => tryagain("node busy").to_bytes(client.proto),
+        Ok(Err(NodeError::NotLeader { .. })) => fail(tryagain("no leader elected yet, retry")),
+        Ok(Err(NodeError::Indeterminate { .. })) => fail(tryagain(
+            "leadership changed; the command may or may not have been applied",
+        )),
+        Ok(Err(NodeError::Busy)) => fail(tryagain("node busy")),
         Ok(Err(NodeError::Stopped(why))) => {
-            Reply::error(format!("ERR replication stopped: {why}")).to_bytes(client.proto)
+            fail(Reply::error(format!("ERR replication stopped: {why}")))
         }
-        Err(_) => tryagain(
+        Err(_) => fail(tryagain(
             "timed out waiting for the cluster; the command may or may not have been applied",
-        )
-        .to_bytes(client.proto),
+        )),
     }
 }
 
-/// A linearizable read: the leader's read barrier, then the local store.
+/// Linearizable reads: one read barrier on the leader, then each command against the local
+/// store. A follower relays them to the leader.
 async fn read(
     shared: &Shared,
     client: &mut Client,
-    args: &[Vec<u8>],
-    handler: cairn_store::Handler,
+    run: Vec<(Vec<Vec<u8>>, cairn_store::Handler)>,
 ) -> Vec<u8> {
     let repl = shared.replication.as_ref().expect("replicated mode");
+    let proto = client.proto;
+    let fail = |reply: Reply| reply.to_bytes(proto).repeat(run.len());
     match tokio::time::timeout(WAIT, repl.node.read_barrier(GROUP)).await {
         Ok(Ok(())) => {
-            let env = cairn_store::Env {
-                now_ms: crate::now_ms(),
-                seed: dispatch::next_seed(),
-                proto: client.proto,
-            };
-            shared
-                .store
-                .lock()
-                .execute(handler, args, &env)
-                .to_bytes(client.proto)
+            let mut out = Vec::new();
+            let mut store = shared.store.lock();
+            for (args, handler) in &run {
+                let env = cairn_store::Env {
+                    now_ms: crate::now_ms(),
+                    seed: dispatch::next_seed(),
+                    proto,
+                };
+                store.execute(*handler, args, &env).encode(proto, &mut out);
+            }
+            out
         }
         Ok(Err(NodeError::NotLeader {
             leader: Some(l), ..
-        })) if l != repl.me => relay(shared, client, l, &[args.to_vec()], false).await,
-        Ok(Err(NodeError::Stopped(why))) => {
-            Reply::error(format!("ERR replication stopped: {why}")).to_bytes(client.proto)
+        })) if l != repl.me => {
+            let requests: Vec<_> = run.iter().map(|(a, _)| a.clone()).collect();
+            match relay(shared, client, l, &requests, false, requests.len()).await {
+                Ok(reply) => reply,
+                Err(e) => fail(e),
+            }
         }
-        Ok(Err(_)) | Err(_) => tryagain("no leader reachable, retry").to_bytes(client.proto),
+        Ok(Err(NodeError::Stopped(why))) => {
+            fail(Reply::error(format!("ERR replication stopped: {why}")))
+        }
+        Ok(Err(_)) | Err(_) => fail(tryagain("no leader reachable, retry")),
     }
 }
 
-/// Sends `requests` to the leader's client port and returns the last reply.
-/// Sends `requests` to the leader's client port and returns the last reply. A write is never
-/// sent twice: once it may have reached the leader, a failure is reported as indeterminate (the
-/// leader may have applied it). A read has no effect, so it is retried once on a fresh
-/// connection when a cached one turns out to be dead.
+/// Sends `requests` to the leader's client port and returns the last `keep` replies, or the
+/// error to answer each request with. A write is never sent twice: once it may have reached the
+/// leader, a failure is reported as indeterminate (the leader may have applied it). A read has
+/// no effect, so it is retried once on a fresh connection when a cached one turns out to be
+/// dead.
 async fn relay(
     shared: &Shared,
     client: &mut Client,
     leader: u64,
     requests: &[Vec<Vec<u8>>],
     is_write: bool,
-) -> Vec<u8> {
+    keep: usize,
+) -> Result<Vec<u8>, Reply> {
     let proto = client.proto;
     let repl = shared.replication.as_ref().expect("replicated mode");
     let Some(&addr) = repl.client_addrs.get(&leader) else {
-        return tryagain("the leader's address is unknown").to_bytes(proto);
+        return Err(tryagain("the leader's address is unknown"));
     };
     let attempts = if is_write { 1 } else { 2 };
     for _ in 0..attempts {
@@ -227,21 +311,23 @@ async fn relay(
             client.relay = match open_relay(addr, leader, proto).await {
                 Some(r) => Some(r),
                 // Nothing was sent: the command definitely did not run.
-                None => return tryagain("cannot reach the leader").to_bytes(proto),
+                None => return Err(tryagain("cannot reach the leader")),
             };
         }
         let r = client.relay.as_mut().expect("open");
         match relay_on(r, requests).await {
-            Some(reply) => return reply,
+            Some(replies) => {
+                let from = replies.len().saturating_sub(keep);
+                return Ok(replies[from..].concat());
+            }
             None => client.relay = None,
         }
     }
-    if is_write {
+    Err(if is_write {
         tryagain("lost the connection to the leader; the command may or may not have been applied")
-            .to_bytes(proto)
     } else {
-        tryagain("lost the connection to the leader").to_bytes(proto)
-    }
+        tryagain("lost the connection to the leader")
+    })
 }
 
 async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Relay> {
@@ -261,8 +347,8 @@ async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Re
     Some(r)
 }
 
-/// Writes the requests and reads one reply per request; returns the last one.
-async fn relay_on(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option<Vec<u8>> {
+/// Writes the requests and reads one reply per request.
+async fn relay_on(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option<Vec<Vec<u8>>> {
     let bytes: Vec<u8> = requests.iter().flat_map(|a| encode_request(a)).collect();
     tokio::time::timeout(WAIT, r.stream.write_all(&bytes))
         .await
@@ -272,11 +358,11 @@ async fn relay_on(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option<Vec<u8>> {
         max_bulk_len: MAX_RELAYED_REPLY,
         ..Default::default()
     };
-    let mut last = None;
+    let mut replies = Vec::with_capacity(requests.len());
     for _ in requests {
         loop {
             if let Some(n) = cairn_resp::reply_frame_len(&r.buf, &limits).ok()? {
-                last = Some(r.buf.drain(..n).collect());
+                replies.push(r.buf.drain(..n).collect());
                 break;
             }
             if r.buf.len() > MAX_RELAYED_REPLY {
@@ -293,7 +379,7 @@ async fn relay_on(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option<Vec<u8>> {
             r.buf.extend_from_slice(&chunk[..n]);
         }
     }
-    last
+    Some(replies)
 }
 
 /// Active expiry under replication: the leader proposes the removal of keys it finds due;

@@ -24,15 +24,18 @@ impl StateMachine for ShardMachine {
             // Every replica decodes the same bytes the same way, so this stays deterministic.
             Err(e) => return Reply::error(format!("ERR {e}")).to_bytes(Protocol::Resp2),
         };
-        let mut replies = self.store.lock().apply_entry(&entry);
-        let reply = match &entry.op {
-            Operation::Commands(cmds) if cmds.len() == 1 => {
-                replies.pop().expect("one reply per command")
+        let replies = self.store.lock().apply_entry(&entry);
+        match &entry.op {
+            // A pipeline's commands: one reply each, back to back, as the client expects them.
+            Operation::Commands(_) | Operation::Expire(_) => {
+                let mut out = Vec::new();
+                for r in &replies {
+                    r.encode(entry.proto, &mut out);
+                }
+                out
             }
-            Operation::Commands(_) | Operation::Transaction(_) => Reply::Array(replies),
-            Operation::Expire(_) => replies.pop().expect("one reply"),
-        };
-        reply.to_bytes(entry.proto)
+            Operation::Transaction(_) => Reply::Array(replies).to_bytes(entry.proto),
+        }
     }
 
     fn snapshot(&self) -> Vec<u8> {

@@ -94,3 +94,58 @@ fn any_node_serves_and_acknowledged_writes_survive_the_leader() {
         assert_eq!(c.get::<_, String>("after").unwrap(), "yes");
     }
 }
+
+/// A pipeline is cut into runs (writes share one log entry, reads one read barrier), yet every
+/// command gets its own reply, in order, errors included, through the leader and a follower.
+#[test]
+fn pipelines_get_one_reply_per_command_in_order() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_cluster(3, &dirs);
+    let leader = wait_for("a leader", Duration::from_secs(15), || leader_index(&nodes));
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    for (round, i) in [leader, follower].into_iter().enumerate() {
+        let mut c = nodes[i].as_ref().unwrap().raw();
+        let (a, b, cc, m) = (
+            format!("a{round}"),
+            format!("b{round}"),
+            format!("c{round}"),
+            format!("missing{round}"),
+        );
+        let (a, b, cc, m) = (a.as_bytes(), b.as_bytes(), cc.as_bytes(), m.as_bytes());
+        let pipeline: Vec<Vec<&[u8]>> = vec![
+            vec![b"SET", a, b"1"],
+            vec![b"INCR", a],
+            vec![b"LPUSH", a, b"x"], // WRONGTYPE in the middle of a run of writes
+            vec![b"INCRBY", cc, b"5"],
+            vec![b"GET", a],
+            vec![b"GET", cc],
+            vec![b"GET", m],
+            vec![b"PING"], // not a data command: runs alone, between runs
+            vec![b"SET", b, b"two"],
+            vec![b"MGET", a, b, cc],
+        ];
+        for args in &pipeline {
+            c.send(args);
+        }
+        let replies: Vec<String> = pipeline
+            .iter()
+            .map(|_| String::from_utf8(c.read_reply()).unwrap())
+            .collect();
+        assert_eq!(
+            replies,
+            [
+                "+OK\r\n",
+                ":2\r\n",
+                "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+                ":5\r\n",
+                "$1\r\n2\r\n",
+                "$1\r\n5\r\n",
+                "$-1\r\n",
+                "+PONG\r\n",
+                "+OK\r\n",
+                "*3\r\n$1\r\n2\r\n$3\r\ntwo\r\n$1\r\n5\r\n",
+            ],
+            "pipeline through node {i}"
+        );
+    }
+}
