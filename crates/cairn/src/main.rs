@@ -60,6 +60,9 @@ pub struct ServerArgs {
     /// standalone, memory-only server.
     #[arg(long, env = "CAIRN_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
+    /// Allow `DEBUG NETWORK` to cut this node's links to peers (fault-injection tests only).
+    #[arg(long, env = "CAIRN_FAULT_HOOKS", value_name = "yes|no")]
+    fault_hooks: Option<String>,
 }
 
 /// The same settings as read from a config file.
@@ -75,6 +78,7 @@ struct FileConfig {
     node_id: Option<u64>,
     bus_port: Option<u16>,
     initial_cluster: Option<String>,
+    fault_hooks: Option<String>,
 }
 
 fn yes_no(v: &str) -> anyhow::Result<bool> {
@@ -106,6 +110,9 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<cairn_server::Config> {
     }
     if let Some(v) = args.protected_mode.clone().or(file.protected_mode) {
         c.protected_mode = yes_no(&v).context("--protected-mode")?;
+    }
+    if let Some(v) = args.fault_hooks.clone().or(file.fault_hooks) {
+        c.fault_hooks = yes_no(&v).context("--fault-hooks")?;
     }
     if let Some(v) = args.maxclients.or(file.maxclients) {
         c.maxclients = v;

@@ -1,6 +1,8 @@
 //! Fault injection over real processes: three `cairn server` processes form a replicated
 //! cluster; client threads SET and GET a few keys through random nodes while a nemesis
-//! `kill -9`s nodes (restarting them from their disks) and freezes them (SIGSTOP/SIGCONT).
+//! `kill -9`s nodes (restarting them from their disks), freezes them (SIGSTOP/SIGCONT), and cuts
+//! links between them (`DEBUG NETWORK CUT`, a fault hook in the cluster bus): one link, or every
+//! link of one node (isolating it, often the leader, from the majority).
 //! At the end every node is killed at once and restarted, and final reads join the history.
 //! The whole history must be linearizable: no acknowledged write lost, no stale read.
 //!
@@ -70,6 +72,7 @@ impl Cluster {
                 "--initial-cluster",
                 &self.initial,
             ])
+            .args(["--fault-hooks", "yes"])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("node{}", i + 1)))
             .env("CAIRN_LOG", "warn")
@@ -95,8 +98,16 @@ impl Cluster {
         }
     }
 
-    fn is_up(&self, i: usize) -> bool {
-        self.procs[i].child.is_some()
+    /// Cuts (or mends) the link between nodes `a` and `b` at both ends. Returns whether both
+    /// ends took it (a node that is down has no links to cut).
+    fn set_link(&self, a: usize, b: usize, cut: bool) -> bool {
+        let verb: &[u8] = if cut { b"CUT" } else { b"HEAL" };
+        [(a, b), (b, a)].iter().all(|&(from, to)| {
+            let peer = (to + 1).to_string();
+            Conn::open(self.procs[from].port)
+                .and_then(|mut c| c.call(&[b"DEBUG", b"NETWORK", verb, peer.as_bytes()]))
+                .is_some_and(|a| matches!(a, Answer::Ok))
+        })
     }
 }
 
@@ -274,7 +285,7 @@ fn wait_serving(ports: &[u16], within: Duration) {
 }
 
 #[test]
-fn kill_and_pause_nodes_under_load_history_stays_linearizable() {
+fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
     let seed = cairn_check::seeded::seed_from_env("CAIRN_FAULT_SEED");
     let secs: u64 = std::env::var("CAIRN_FAULT_SECS")
         .ok()
@@ -304,21 +315,46 @@ fn kill_and_pause_nodes_under_load_history_stays_linearizable() {
         .collect();
     let mut rng_gen = cairn_check::seeded::XorShift::new(seed);
     let mut next = move || rng_gen.next_u64();
-    let (mut kills, mut pauses) = (0, 0);
+    let (mut kills, mut pauses, mut cuts) = (0, 0, 0);
     let end = start + Duration::from_secs(secs);
     while Instant::now() + Duration::from_millis(1500) < end {
         std::thread::sleep(Duration::from_millis(400 + next() % 600));
         let victim = (next() % 3) as usize;
-        if next() % 2 == 0 {
-            cluster.kill9(victim);
-            kills += 1;
-            std::thread::sleep(Duration::from_millis(300 + next() % 700));
-            cluster.start(victim);
-        } else if cluster.is_up(victim) {
-            cluster.signal(victim, "-STOP");
-            pauses += 1;
-            std::thread::sleep(Duration::from_millis(300 + next() % 1200));
-            cluster.signal(victim, "-CONT");
+        match next() % 4 {
+            0 => {
+                cluster.kill9(victim);
+                kills += 1;
+                std::thread::sleep(Duration::from_millis(300 + next() % 700));
+                cluster.start(victim);
+            }
+            1 => {
+                cluster.signal(victim, "-STOP");
+                pauses += 1;
+                std::thread::sleep(Duration::from_millis(300 + next() % 1200));
+                cluster.signal(victim, "-CONT");
+            }
+            cut => {
+                // 2: one link; 3: every link of the victim (it is alone, the others a majority).
+                let others: Vec<usize> = (0..3).filter(|&o| o != victim).collect();
+                let links: Vec<usize> = if cut == 2 {
+                    vec![others[(next() % 2) as usize]]
+                } else {
+                    others
+                };
+                if links.iter().all(|&o| cluster.set_link(victim, o, true)) {
+                    cuts += 1;
+                }
+                std::thread::sleep(Duration::from_millis(500 + next() % 1500));
+                for &o in &links {
+                    // Mending is retried: a node is never left cut off for the rest of the run.
+                    for _ in 0..20 {
+                        if cluster.set_link(victim, o, false) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
         }
     }
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
@@ -357,9 +393,9 @@ fn kill_and_pause_nodes_under_load_history_stays_linearizable() {
             ret: Some(start.elapsed().as_nanos() as u64),
         });
     }
-    println!("fault test seed {seed}: {ops} ops ({acknowledged} acknowledged writes, {indeterminate} indeterminate), {kills} kill -9, {pauses} pauses, then kill -9 of all nodes");
+    println!("fault test seed {seed}: {ops} ops ({acknowledged} acknowledged writes, {indeterminate} indeterminate), {kills} kill -9, {pauses} pauses, {cuts} link cuts, then kill -9 of all nodes");
     assert!(ops > 200, "too little traffic ({ops} ops) to mean anything");
-    assert!(kills + pauses >= 3, "the nemesis must have struck");
+    assert!(kills + pauses + cuts >= 3, "the nemesis must have struck");
     let verdict = linearizable(&Register, &h);
     if let Verdict::Violation { key } = &verdict {
         // Keep the evidence: the offending key's history and the nodes' logs and data.

@@ -18,7 +18,7 @@
 use crate::driver::Envelope;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,6 +162,8 @@ pub struct Bus {
     addresses: Arc<std::sync::Mutex<HashMap<u64, SocketAddr>>>,
     events: mpsc::UnboundedSender<BusEvent>,
     inbound: mpsc::Sender<Envelope>,
+    /// Fault injection: peers this node neither sends to nor hears from, as if the link were cut.
+    cut: Arc<std::sync::RwLock<HashSet<u64>>>,
 }
 
 impl Bus {
@@ -183,6 +185,7 @@ impl Bus {
             addresses: Arc::new(std::sync::Mutex::new(addresses)),
             events,
             inbound,
+            cut: Arc::default(),
         });
         (bus, inbound_rx, events_rx)
     }
@@ -195,10 +198,38 @@ impl Bus {
             .insert(peer, addr);
     }
 
+    /// Fault injection: cuts (or mends) the link to `peer`. While cut, messages to it are lost
+    /// (and reported unreachable) and messages from it are dropped on arrival, as a network
+    /// partition would. Cutting both ends of a link makes the cut symmetric.
+    pub fn set_cut(&self, peer: u64, cut: bool) {
+        let mut set = self.cut.write().expect("cut lock");
+        if cut {
+            set.insert(peer);
+        } else {
+            set.remove(&peer);
+        }
+    }
+
+    /// The peers whose links are cut.
+    pub fn cut_links(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.cut.read().expect("cut lock").iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn is_cut(&self, peer: u64) -> bool {
+        let set = self.cut.read().expect("cut lock");
+        !set.is_empty() && set.contains(&peer)
+    }
+
     /// Queues messages for their peers. Never blocks: a full queue drops and reports.
     pub fn send(self: &Arc<Self>, messages: Vec<Envelope>) {
         for env in messages {
             let peer = env.message.to;
+            if self.is_cut(peer) {
+                self.report_lost(&env);
+                continue;
+            }
             let tx = self.peer_queue(peer);
             if let Err(err) = tx.try_send(env) {
                 let env = match err {
@@ -241,9 +272,9 @@ impl Bus {
                 continue;
             };
             let _ = socket.set_nodelay(true);
-            let inbound = self.inbound.clone();
+            let bus = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = inbound_connection(socket, inbound).await {
+                if let Err(e) = inbound_connection(socket, bus).await {
                     tracing::debug!(error = %e, "bus connection closed");
                 }
             });
@@ -252,10 +283,7 @@ impl Bus {
 }
 
 /// Reads one peer's connection: HELLO first, then batches, handed to the driver.
-async fn inbound_connection(
-    mut socket: TcpStream,
-    inbound: mpsc::Sender<Envelope>,
-) -> Result<(), FrameError> {
+async fn inbound_connection(mut socket: TcpStream, bus: Arc<Bus>) -> Result<(), FrameError> {
     let (kind, payload) = read_frame(&mut socket).await?;
     if kind != KIND_HELLO || payload.len() != 8 {
         return Err(FrameError::Malformed);
@@ -266,12 +294,15 @@ async fn inbound_connection(
         if kind != KIND_BATCH {
             return Err(FrameError::Malformed);
         }
+        if bus.is_cut(peer) {
+            continue;
+        }
         for env in decode_batch(&payload)? {
             // A peer may only speak for itself.
             if env.message.from != peer {
                 return Err(FrameError::Malformed);
             }
-            if inbound.send(env).await.is_err() {
+            if bus.inbound.send(env).await.is_err() {
                 return Ok(());
             }
         }

@@ -80,6 +80,7 @@ enum Input {
 
 /// A running node. Dropping it stops the driver thread.
 pub struct Node {
+    bus: Arc<Bus>,
     inputs: mpsc::Sender<Input>,
     status: watch::Receiver<NodeStatus>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -130,11 +131,13 @@ impl Node {
         }));
         let handle = tokio::runtime::Handle::current();
         let tick = config.tick;
+        let bus_for_node = bus.clone();
         let thread = std::thread::Builder::new()
             .name(format!("raft-driver-{}", config.id))
             .spawn(move || drive(multi, bus, rx, status_tx, tick, handle))
             .expect("spawn the driver thread");
         Ok(Node {
+            bus: bus_for_node,
             inputs,
             status,
             thread: Some(thread),
@@ -161,6 +164,17 @@ impl Node {
             .map_err(|_| NodeError::Busy)?;
         wait.await
             .unwrap_or_else(|_| Err(NodeError::Stopped("driver gone".into())))
+    }
+
+    /// Fault injection for tests: cuts or mends this node's link to `peer` (see
+    /// [`Bus::set_cut`]).
+    pub fn set_link_cut(&self, peer: u64, cut: bool) {
+        self.bus.set_cut(peer, cut);
+    }
+
+    /// The peers whose links are cut by fault injection.
+    pub fn cut_links(&self) -> Vec<u64> {
+        self.bus.cut_links()
     }
 
     pub fn status(&self) -> watch::Receiver<NodeStatus> {

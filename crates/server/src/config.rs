@@ -23,6 +23,8 @@ pub struct Config {
     pub bus_port: u16,
     /// Every voter's id and bus address. Empty: a standalone node (no replication, memory only).
     pub initial_cluster: Vec<(u64, std::net::SocketAddr)>,
+    /// Whether `DEBUG NETWORK` may cut links to peers. For fault-injection tests; off by default.
+    pub fault_hooks: bool,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
             node_id: 1,
             bus_port: 16379,
             initial_cluster: Vec::new(),
+            fault_hooks: false,
         }
     }
 }

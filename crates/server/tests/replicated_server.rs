@@ -149,3 +149,59 @@ fn pipelines_get_one_reply_per_command_in_order() {
         );
     }
 }
+
+/// Cutting every link of the leader (the bus's fault hook) isolates it: the majority elects a
+/// new leader and takes writes, and the old leader never answers a read with the old value.
+#[test]
+fn an_isolated_leader_is_replaced_and_serves_no_stale_read() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_cluster(3, &dirs);
+    let old = wait_for("a leader", Duration::from_secs(15), || leader_index(&nodes));
+    let mut oc = nodes[old].as_ref().unwrap().client();
+    let _: () = oc.set("k", "before").unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let cut = |node: usize, peer: usize, verb: &str| {
+        let mut c = nodes[node].as_ref().unwrap().client();
+        redis::cmd("DEBUG")
+            .arg("NETWORK")
+            .arg(verb)
+            .arg(peer + 1)
+            .query::<()>(&mut c)
+            .unwrap();
+    };
+    for &o in &others {
+        cut(old, o, "CUT");
+        cut(o, old, "CUT");
+    }
+    let listed: Vec<u64> = redis::cmd("DEBUG").arg("NETWORK").query(&mut oc).unwrap();
+    assert_eq!(
+        listed,
+        others.iter().map(|&o| o as u64 + 1).collect::<Vec<_>>()
+    );
+    // The majority side elects a leader of its own and takes a write.
+    let mut fc = nodes[others[0]].as_ref().unwrap().client();
+    wait_for(
+        "a write on the majority side",
+        Duration::from_secs(15),
+        || fc.set::<_, _, ()>("k", "after").ok(),
+    );
+    // The old leader, cut off, must not serve the value it knows.
+    match oc.get::<_, Option<String>>("k") {
+        Ok(v) => assert_ne!(
+            v.as_deref(),
+            Some("before"),
+            "stale read from an isolated leader"
+        ),
+        Err(e) => assert_eq!(e.kind(), redis::ErrorKind::TryAgain, "{e}"),
+    }
+    // Mended, it rejoins as a follower and sees the new value.
+    for &o in &others {
+        cut(old, o, "HEAL");
+        cut(o, old, "HEAL");
+    }
+    wait_for(
+        "the old leader to catch up",
+        Duration::from_secs(15),
+        || (oc.get::<_, Option<String>>("k").ok()?.as_deref() == Some("after")).then_some(()),
+    );
+}

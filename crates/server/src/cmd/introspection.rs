@@ -355,5 +355,58 @@ pub fn debug(c: &mut Call) -> Reply {
             ),
         };
     }
-    Reply::error("ERR DEBUG subcommand not supported by cairn (SLEEP and OBJECT are)")
+    if args.len() >= 2 && is(&args[1], "network") {
+        return debug_network(c);
+    }
+    Reply::error("ERR DEBUG subcommand not supported by cairn (SLEEP, OBJECT and NETWORK are)")
+}
+
+/// `DEBUG NETWORK CUT <node-id>...`, `DEBUG NETWORK HEAL [<node-id>...]`, `DEBUG NETWORK`:
+/// cut, mend (all when no id is given) or list this node's links to peers. Fault injection for
+/// tests, refused unless the server runs with `--fault-hooks yes`.
+fn debug_network(c: &mut Call) -> Reply {
+    if !c.shared.config.lock().fault_hooks {
+        return Reply::error(
+            "ERR DEBUG NETWORK is disabled; start the server with --fault-hooks yes to allow it",
+        );
+    }
+    let Some(repl) = c.shared.replication.as_ref() else {
+        return Reply::error("ERR DEBUG NETWORK needs a replicated node");
+    };
+    let mut ids = Vec::new();
+    for a in c.args.iter().skip(3) {
+        match std::str::from_utf8(a)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            Some(id) => ids.push(id),
+            None => return Reply::error("ERR node id is not an integer"),
+        }
+    }
+    match c.args.get(2) {
+        None => {}
+        Some(a) if is(a, "cut") && !ids.is_empty() => {
+            ids.iter().for_each(|&id| repl.node.set_link_cut(id, true));
+            return Reply::OK;
+        }
+        Some(a) if is(a, "heal") => {
+            if ids.is_empty() {
+                ids = repl.node.cut_links();
+            }
+            ids.iter().for_each(|&id| repl.node.set_link_cut(id, false));
+            return Reply::OK;
+        }
+        Some(_) => {
+            return Reply::error(
+                "ERR syntax: DEBUG NETWORK [CUT <node-id>... | HEAL [<node-id>...]]",
+            )
+        }
+    }
+    Reply::Array(
+        repl.node
+            .cut_links()
+            .into_iter()
+            .map(|id| Reply::Int(id as i64))
+            .collect(),
+    )
 }

@@ -114,6 +114,7 @@ pub fn start_cluster(n: usize, dirs: &[tempfile::TempDir]) -> Vec<Option<Cairn>>
                 bus_port: cluster[i].1.port(),
                 initial_cluster: cluster.clone(),
                 data_dir: dirs[i].path().to_path_buf(),
+                fault_hooks: true,
                 ..Default::default()
             };
             Some(Cairn::start_on(l, config))
