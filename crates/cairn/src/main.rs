@@ -63,6 +63,9 @@ pub struct ServerArgs {
     /// Allow `DEBUG NETWORK` to cut this node's links to peers (fault-injection tests only).
     #[arg(long, env = "CAIRN_FAULT_HOOKS", value_name = "yes|no")]
     fault_hooks: Option<String>,
+    /// Replicated mode: snapshot and compact the log every this many applied entries.
+    #[arg(long, env = "CAIRN_SNAPSHOT_ENTRIES")]
+    snapshot_entries: Option<u64>,
 }
 
 /// The same settings as read from a config file.
@@ -79,6 +82,7 @@ struct FileConfig {
     bus_port: Option<u16>,
     initial_cluster: Option<String>,
     fault_hooks: Option<String>,
+    snapshot_entries: Option<u64>,
 }
 
 fn yes_no(v: &str) -> anyhow::Result<bool> {
@@ -113,6 +117,10 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<cairn_server::Config> {
     }
     if let Some(v) = args.fault_hooks.clone().or(file.fault_hooks) {
         c.fault_hooks = yes_no(&v).context("--fault-hooks")?;
+    }
+    if let Some(v) = args.snapshot_entries.or(file.snapshot_entries) {
+        anyhow::ensure!(v > 0, "--snapshot-entries must be at least 1");
+        c.snapshot_entries = v;
     }
     if let Some(v) = args.maxclients.or(file.maxclients) {
         c.maxclients = v;

@@ -9,189 +9,13 @@
 //! Prints its seed. A short run is part of the test suite; a long one:
 //! `CAIRN_FAULT_SECS=300 CAIRN_FAULT_SEED=<seed> cargo test --release -p cairn --test faults -- --nocapture`
 
+mod common;
+
 use cairn_check::{linearizable, Operation, Register, RegisterInput, RegisterOutput, Verdict};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use common::{digest, wait_serving, Answer, Cluster, Conn};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-struct Proc {
-    port: u16,
-    child: Option<Child>,
-}
-
-struct Cluster {
-    procs: Vec<Proc>,
-    initial: String,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        let ports = pick_ports(3);
-        let initial = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}=127.0.0.1:{}", i + 1, p + 10000))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut c = Cluster {
-            procs: ports
-                .into_iter()
-                .map(|port| Proc { port, child: None })
-                .collect(),
-            initial,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        for i in 0..3 {
-            c.start(i);
-        }
-        c
-    }
-
-    fn start(&mut self, i: usize) {
-        let port = self.procs[i].port;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("node{}.log", i + 1)))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args([
-                "server",
-                "--port",
-                &port.to_string(),
-                "--node-id",
-                &(i + 1).to_string(),
-            ])
-            .args([
-                "--bus-port",
-                &(port + 10000).to_string(),
-                "--initial-cluster",
-                &self.initial,
-            ])
-            .args(["--fault-hooks", "yes"])
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("node{}", i + 1)))
-            .env("CAIRN_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start cairn");
-        self.procs[i].child = Some(child);
-    }
-
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut c) = self.procs[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn signal(&self, i: usize, sig: &str) {
-        if let Some(c) = &self.procs[i].child {
-            let _ = Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status();
-        }
-    }
-
-    /// Cuts (or mends) the link between nodes `a` and `b` at both ends. Returns whether both
-    /// ends took it (a node that is down has no links to cut).
-    fn set_link(&self, a: usize, b: usize, cut: bool) -> bool {
-        let verb: &[u8] = if cut { b"CUT" } else { b"HEAL" };
-        [(a, b), (b, a)].iter().all(|&(from, to)| {
-            let peer = (to + 1).to_string();
-            Conn::open(self.procs[from].port)
-                .and_then(|mut c| c.call(&[b"DEBUG", b"NETWORK", verb, peer.as_bytes()]))
-                .is_some_and(|a| matches!(a, Answer::Ok))
-        })
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.procs.len() {
-            self.signal(i, "-CONT");
-            self.kill9(i);
-        }
-    }
-}
-
-fn pick_ports(n: usize) -> Vec<u16> {
-    'retry: for _ in 0..100 {
-        let mut held = Vec::new();
-        let mut ports = Vec::new();
-        for _ in 0..n {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = l.local_addr().unwrap().port();
-            if port > 55_000 || std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_err() {
-                continue 'retry;
-            }
-            ports.push(port);
-            held.push(l);
-        }
-        return ports;
-    }
-    panic!("no free port pairs");
-}
-
-/// A minimal RESP client: one command, one reply (simple, error, integer or bulk).
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-#[derive(Debug)]
-enum Answer {
-    Ok,
-    Value(Option<Vec<u8>>),
-    Error(String),
-}
-
-impl Conn {
-    fn open(port: u16) -> Option<Conn> {
-        let s =
-            TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
-                .ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(4))).ok()?;
-        s.set_nodelay(true).ok()?;
-        Some(Conn {
-            reader: BufReader::new(s.try_clone().ok()?),
-            writer: s,
-        })
-    }
-
-    fn call(&mut self, args: &[&[u8]]) -> Option<Answer> {
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a);
-            req.extend_from_slice(b"\r\n");
-        }
-        self.writer.write_all(&req).ok()?;
-        let mut line = Vec::new();
-        self.reader.read_until(b'\n', &mut line).ok()?;
-        let text = String::from_utf8_lossy(line.get(1..line.len().saturating_sub(2))?).to_string();
-        match line.first()? {
-            b'+' => Some(Answer::Ok),
-            b'-' => Some(Answer::Error(text)),
-            b'$' => {
-                let n: i64 = text.parse().ok()?;
-                if n < 0 {
-                    return Some(Answer::Value(None));
-                }
-                let mut data = vec![0; n as usize + 2];
-                std::io::Read::read_exact(&mut self.reader, &mut data).ok()?;
-                data.truncate(n as usize);
-                Some(Answer::Value(Some(data)))
-            }
-            _ => None,
-        }
-    }
-}
 
 type History = Arc<Mutex<Vec<Operation<RegisterInput, RegisterOutput>>>>;
 
@@ -268,22 +92,6 @@ fn client(
     }
 }
 
-fn wait_serving(ports: &[u16], within: Duration) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        let ok = ports.iter().all(|&p| {
-            Conn::open(p)
-                .and_then(|mut c| c.call(&[b"SET", b"probe", b"x"]))
-                .is_some_and(|a| matches!(a, Answer::Ok))
-        });
-        if ok {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the cluster did not start serving within {within:?}");
-}
-
 #[test]
 fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
     let seed = cairn_check::seeded::seed_from_env("CAIRN_FAULT_SEED");
@@ -292,7 +100,7 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
     println!("fault test seed {seed}, {secs} s (rerun: CAIRN_FAULT_SEED={seed} cargo test -p cairn --test faults -- --nocapture)");
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new(&[]);
     let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
     wait_serving(&ports, Duration::from_secs(30));
     let start = Instant::now();
@@ -393,6 +201,19 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
             ret: Some(start.elapsed().as_nanos() as u64),
         });
     }
+    // Replica state comparison: once the nodes have applied the same log, their data is equal.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let digests = loop {
+        let d: Vec<Option<String>> = ports.iter().map(|&p| digest(p)).collect();
+        if d.iter().all(|x| x.is_some() && *x == d[0]) || Instant::now() > deadline {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        digests.iter().all(|x| x.is_some() && *x == digests[0]),
+        "seed {seed}: replicas hold different data: {digests:?}"
+    );
     println!("fault test seed {seed}: {ops} ops ({acknowledged} acknowledged writes, {indeterminate} indeterminate), {kills} kill -9, {pauses} pauses, {cuts} link cuts, then kill -9 of all nodes");
     assert!(ops > 200, "too little traffic ({ops} ops) to mean anything");
     assert!(kills + pauses + cuts >= 3, "the nemesis must have struck");

@@ -118,6 +118,8 @@ struct Group<S> {
     sm: S,
     applied: u64,
     snapshot_index: u64,
+    /// Snapshots received from a leader and installed.
+    snapshots_installed: u64,
 }
 
 /// Every group of one node.
@@ -194,6 +196,7 @@ impl<S: StateMachine> MultiRaft<S> {
                 sm,
                 applied,
                 snapshot_index: applied,
+                snapshots_installed: 0,
             },
         );
         Ok(())
@@ -287,6 +290,13 @@ impl<S: StateMachine> MultiRaft<S> {
         self.groups
             .get(&group)
             .map(|g| (g.raw.raft.term, g.raw.raft.raft_log.committed, g.applied))
+    }
+
+    /// (index of the newest snapshot, snapshots installed from a leader) of a group.
+    pub fn snapshot_info(&self, group: u64) -> Option<(u64, u64)> {
+        self.groups
+            .get(&group)
+            .map(|g| (g.snapshot_index, g.snapshots_installed))
     }
 
     pub fn state_machine(&self, group: u64) -> Option<&S> {
@@ -396,6 +406,7 @@ impl<S: StateMachine> MultiRaft<S> {
                     .map_err(|why| DriverError::Restore { group: id, why })?;
                 g.applied = snap.get_metadata().index;
                 g.snapshot_index = g.applied;
+                g.snapshots_installed += 1;
                 apply_entries(id, g, rd.take_committed_entries(), &engine, &mut out)?;
             }
             out.messages

@@ -54,6 +54,10 @@ pub struct GroupStatus {
     pub term: u64,
     pub commit: u64,
     pub applied: u64,
+    /// The newest snapshot's index (taken here or installed).
+    pub snapshot_index: u64,
+    /// Snapshots installed from a leader since this node started.
+    pub snapshots_installed: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -397,6 +401,7 @@ fn publish<S: StateMachine>(multi: &MultiRaft<S>, status: &watch::Sender<NodeSta
     let mut groups = BTreeMap::new();
     for g in multi.group_ids() {
         let (term, commit, applied) = multi.progress(g).unwrap_or_default();
+        let (snapshot_index, snapshots_installed) = multi.snapshot_info(g).unwrap_or_default();
         groups.insert(
             g,
             GroupStatus {
@@ -405,6 +410,8 @@ fn publish<S: StateMachine>(multi: &MultiRaft<S>, status: &watch::Sender<NodeSta
                 term,
                 commit,
                 applied,
+                snapshot_index,
+                snapshots_installed,
             },
         );
     }

@@ -25,6 +25,9 @@ pub struct Config {
     pub initial_cluster: Vec<(u64, std::net::SocketAddr)>,
     /// Whether `DEBUG NETWORK` may cut links to peers. For fault-injection tests; off by default.
     pub fault_hooks: bool,
+    /// Replicated mode: a shard snapshots its state and compacts its log every this many
+    /// applied entries.
+    pub snapshot_entries: u64,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             bus_port: 16379,
             initial_cluster: Vec::new(),
             fault_hooks: false,
+            snapshot_entries: 10_000,
         }
     }
 }

@@ -85,7 +85,10 @@ fn start_replication(
         data_dir: config.data_dir.join("raft"),
         peers,
         tick: std::time::Duration::from_millis(50),
-        group: cairn_replication::GroupConfig::default(),
+        group: cairn_replication::GroupConfig {
+            snapshot_every: config.snapshot_entries.max(1),
+            ..Default::default()
+        },
     };
     let voters: Vec<u64> = config.initial_cluster.iter().map(|(id, _)| *id).collect();
     let machine = shard::ShardMachine {

@@ -330,3 +330,37 @@ fn expiry_comes_from_entry_time_only() {
     assert_eq!(s.expire_due(1_101, 10), vec![b"k".to_vec()]);
     assert_eq!(s.keyspace.len(), 0);
 }
+
+#[test]
+fn digests_depend_on_the_data_not_on_how_it_was_built() {
+    let a = populated();
+    // The same data built in the opposite order, with a detour through a deleted key.
+    let mut b = Store::new();
+    x(&mut b, &["SET", "gone", "soon"]);
+    for i in (0..200).rev() {
+        let k = format!("key{i}");
+        match i % 5 {
+            0 => x(&mut b, &["SET", &k, &format!("v{i}")]),
+            1 => x(&mut b, &["RPUSH", &k, "a", "b", &i.to_string()]),
+            2 => x(&mut b, &["HSET", &k, "f", "v", "g", &i.to_string()]),
+            3 => x(&mut b, &["SADD", &k, "x", "y", &i.to_string()]),
+            _ => x(&mut b, &["ZADD", &k, "1.5", "m", &i.to_string(), "n"]),
+        };
+        if i % 3 == 0 {
+            x(&mut b, &["PEXPIREAT", &k, &(5_000 + i).to_string()]);
+        }
+    }
+    x(&mut b, &["DEL", "gone"]);
+    assert_eq!(snapshot::digest(&a.keyspace), snapshot::digest(&b.keyspace));
+    let restored = snapshot::read(&snapshot::write(&a.keyspace)).unwrap();
+    assert_eq!(snapshot::digest(&restored), snapshot::digest(&a.keyspace));
+    // Any change shows: a value, a deadline, an element's order.
+    let before = snapshot::digest(&b.keyspace);
+    x(&mut b, &["PEXPIREAT", "key0", "9999"]);
+    assert_ne!(snapshot::digest(&b.keyspace), before);
+    let before = snapshot::digest(&b.keyspace);
+    x(&mut b, &["HDEL", "key2", "f"]);
+    x(&mut b, &["HSET", "key2", "f", "v"]); // same fields, other order
+    assert_ne!(snapshot::digest(&b.keyspace), before);
+    assert_eq!(snapshot::digest(&Store::new().keyspace), "0".repeat(40));
+}

@@ -233,8 +233,8 @@ pub fn info(c: &mut Call) -> Reply {
             lines.push((
                 format!("group{group}"),
                 format!(
-                    "role={role},leader={leader},term={},commit={},applied={}",
-                    g.term, g.commit, g.applied
+                    "role={role},leader={leader},term={},commit={},applied={},snapshot={},snapshots_installed={}",
+                    g.term, g.commit, g.applied, g.snapshot_index, g.snapshots_installed
                 ),
             ));
         }
@@ -355,10 +355,16 @@ pub fn debug(c: &mut Call) -> Reply {
             ),
         };
     }
+    if args.len() == 2 && is(&args[1], "digest") {
+        // This node's own state, never relayed: replicas are compared with it.
+        return Reply::Status(cairn_store::snapshot::digest(&c.store.keyspace).into());
+    }
     if args.len() >= 2 && is(&args[1], "network") {
         return debug_network(c);
     }
-    Reply::error("ERR DEBUG subcommand not supported by cairn (SLEEP, OBJECT and NETWORK are)")
+    Reply::error(
+        "ERR DEBUG subcommand not supported by cairn (SLEEP, OBJECT, DIGEST and NETWORK are)",
+    )
 }
 
 /// `DEBUG NETWORK CUT <node-id>...`, `DEBUG NETWORK HEAL [<node-id>...]`, `DEBUG NETWORK`:

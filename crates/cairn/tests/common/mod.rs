@@ -1,0 +1,216 @@
+//! Real `cairn server` processes for the process-level tests: a three-node cluster that can be
+//! killed, frozen and cut apart, and a minimal RESP client.
+#![allow(dead_code)] // each test binary uses its own part of this
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Proc {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub procs: Vec<Proc>,
+    initial: String,
+    /// Arguments every node gets besides the cluster's own.
+    extra: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Three nodes, each started with `extra` arguments too.
+    pub fn new(extra: &[&str]) -> Cluster {
+        let ports = pick_ports(3);
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{}", i + 1, p + 10000))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            procs: ports
+                .into_iter()
+                .map(|port| Proc { port, child: None })
+                .collect(),
+            initial,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for i in 0..3 {
+            c.start(i);
+        }
+        c
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let port = self.procs[i].port;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{}.log", i + 1)))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args([
+                "server",
+                "--port",
+                &port.to_string(),
+                "--node-id",
+                &(i + 1).to_string(),
+            ])
+            .args([
+                "--bus-port",
+                &(port + 10000).to_string(),
+                "--initial-cluster",
+                &self.initial,
+            ])
+            .args(["--fault-hooks", "yes"])
+            .args(&self.extra)
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("node{}", i + 1)))
+            .env("CAIRN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start cairn");
+        self.procs[i].child = Some(child);
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, i: usize, sig: &str) {
+        if let Some(c) = &self.procs[i].child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Cuts (or mends) the link between nodes `a` and `b` at both ends. Returns whether both
+    /// ends took it (a node that is down has no links to cut).
+    pub fn set_link(&self, a: usize, b: usize, cut: bool) -> bool {
+        let verb: &[u8] = if cut { b"CUT" } else { b"HEAL" };
+        [(a, b), (b, a)].iter().all(|&(from, to)| {
+            let peer = (to + 1).to_string();
+            Conn::open(self.procs[from].port)
+                .and_then(|mut c| c.call(&[b"DEBUG", b"NETWORK", verb, peer.as_bytes()]))
+                .is_some_and(|a| matches!(a, Answer::Ok))
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.signal(i, "-CONT");
+            self.kill9(i);
+        }
+    }
+}
+
+pub fn pick_ports(n: usize) -> Vec<u16> {
+    'retry: for _ in 0..100 {
+        let mut held = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            if port > 55_000 || std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_err() {
+                continue 'retry;
+            }
+            ports.push(port);
+            held.push(l);
+        }
+        return ports;
+    }
+    panic!("no free port pairs");
+}
+
+/// A minimal RESP client: one command, one reply (simple, error, integer or bulk).
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Ok,
+    Value(Option<Vec<u8>>),
+    Error(String),
+}
+
+impl Conn {
+    pub fn open(port: u16) -> Option<Conn> {
+        let s =
+            TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+                .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(4))).ok()?;
+        s.set_nodelay(true).ok()?;
+        Some(Conn {
+            reader: BufReader::new(s.try_clone().ok()?),
+            writer: s,
+        })
+    }
+
+    pub fn call(&mut self, args: &[&[u8]]) -> Option<Answer> {
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&req).ok()?;
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line).ok()?;
+        let text = String::from_utf8_lossy(line.get(1..line.len().saturating_sub(2))?).to_string();
+        match line.first()? {
+            b'+' => Some(Answer::Ok),
+            b'-' => Some(Answer::Error(text)),
+            b'$' => {
+                let n: i64 = text.parse().ok()?;
+                if n < 0 {
+                    return Some(Answer::Value(None));
+                }
+                let mut data = vec![0; n as usize + 2];
+                std::io::Read::read_exact(&mut self.reader, &mut data).ok()?;
+                data.truncate(n as usize);
+                Some(Answer::Value(Some(data)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Waits until every node in `ports` takes a write.
+pub fn wait_serving(ports: &[u16], within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let ok = ports.iter().all(|&p| {
+            Conn::open(p)
+                .and_then(|mut c| c.call(&[b"SET", b"probe", b"x"]))
+                .is_some_and(|a| matches!(a, Answer::Ok))
+        });
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the cluster did not start serving within {within:?}");
+}
+
+/// `DEBUG DIGEST` of one node: a digest of its own copy of the data.
+pub fn digest(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"DEBUG DIGEST\r\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    Some(line.trim().trim_start_matches('+').to_string())
+}
