@@ -1,5 +1,6 @@
 //! Fault injection over real processes: three `cairn server` processes form a replicated
-//! cluster; client threads SET and GET a few keys through random nodes while a nemesis
+//! cluster; client threads SET, GET and compare-and-set (WATCH/MULTI/EXEC) a few keys through
+//! random nodes while a nemesis
 //! `kill -9`s nodes (restarting them from their disks), freezes them (SIGSTOP/SIGCONT), and cuts
 //! links between them (`DEBUG NETWORK CUT`, a fault hook in the cluster bus): one link, or every
 //! link of one node (isolating it, often the leader, from the majority).
@@ -18,6 +19,66 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 type History = Arc<Mutex<Vec<Operation<RegisterInput, RegisterOutput>>>>;
+
+/// A read-modify-write through WATCH/MULTI/EXEC: WATCH, GET (recorded as a read), then SET
+/// in a transaction, recorded as a compare-and-set of the value read. An aborted EXEC changed
+/// nothing and is not recorded; one whose outcome is unknown is recorded as indeterminate.
+/// Returns false when the connection should be dropped.
+fn compare_and_set(
+    c: &mut Conn,
+    key: &[u8],
+    new: Vec<u8>,
+    start: Instant,
+    history: &History,
+) -> bool {
+    let now = || start.elapsed().as_nanos() as u64;
+    let call = now();
+    if !matches!(c.call(&[b"WATCH", key]), Some(Answer::Ok)) {
+        return false;
+    }
+    let get_call = now();
+    let Some(Answer::Value(seen)) = c.call(&[b"GET", key]) else {
+        return false;
+    };
+    history.lock().unwrap().push(Operation {
+        key: key.to_vec(),
+        input: RegisterInput::Get,
+        output: Some(RegisterOutput::Value(seen.clone())),
+        call: get_call,
+        ret: Some(now()),
+    });
+    if !matches!(c.call(&[b"MULTI"]), Some(Answer::Ok))
+        || !matches!(c.call(&[b"SET", key, &new]), Some(Answer::Ok))
+    {
+        return false;
+    }
+    let answer = c.call(&[b"EXEC"]);
+    let ret = now();
+    let output = match &answer {
+        Some(Answer::Array(a)) if matches!(a.as_slice(), [Answer::Ok]) => Some(RegisterOutput::Ok),
+        Some(Answer::NilArray) => return true,
+        Some(Answer::Error(e))
+            if e.contains("no leader elected")
+                || e.contains("cannot reach the leader")
+                || e.contains("node busy") =>
+        {
+            return false
+        }
+        _ => None,
+    };
+    let ok = output.is_some();
+    history.lock().unwrap().push(Operation {
+        key: key.to_vec(),
+        input: RegisterInput::Cas {
+            expected: seen,
+            new: Some(new),
+        },
+        output,
+        call,
+        ret: ok.then_some(ret),
+    });
+    ok
+}
 
 fn client(
     id: u64,
@@ -43,7 +104,11 @@ fn client(
         let key = format!("k{}", rng % 3).into_bytes();
         let c = conn.as_mut().unwrap();
         let call = start.elapsed().as_nanos() as u64;
-        if rng.is_multiple_of(2) {
+        if (rng >> 8) % 4 == 3 {
+            if !compare_and_set(c, &key, format!("x{id}-{n}").into_bytes(), start, &history) {
+                conn = None;
+            }
+        } else if (rng >> 8).is_multiple_of(2) {
             let value = format!("c{id}-{n}").into_bytes();
             let answer = c.call(&[b"SET", &key, &value]);
             let ret = start.elapsed().as_nanos() as u64;
@@ -186,6 +251,13 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
         .filter(|o| matches!(o.output, Some(RegisterOutput::Ok)))
         .count();
     let indeterminate = h.iter().filter(|o| o.output.is_none()).count();
+    let cas_ok = h
+        .iter()
+        .filter(|o| {
+            matches!(o.input, RegisterInput::Cas { .. })
+                && matches!(o.output, Some(RegisterOutput::Ok))
+        })
+        .count();
     for k in 0..3 {
         let key = format!("k{k}").into_bytes();
         let mut c = Conn::open(ports[k % 3]).expect("a restarted node answers");
@@ -214,9 +286,13 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
         digests.iter().all(|x| x.is_some() && *x == digests[0]),
         "seed {seed}: replicas hold different data: {digests:?}"
     );
-    println!("fault test seed {seed}: {ops} ops ({acknowledged} acknowledged writes, {indeterminate} indeterminate), {kills} kill -9, {pauses} pauses, {cuts} link cuts, then kill -9 of all nodes");
+    println!("fault test seed {seed}: {ops} ops ({acknowledged} acknowledged writes of which {cas_ok} compare-and-set, {indeterminate} indeterminate), {kills} kill -9, {pauses} pauses, {cuts} link cuts, then kill -9 of all nodes");
     assert!(ops > 200, "too little traffic ({ops} ops) to mean anything");
     assert!(kills + pauses + cuts >= 3, "the nemesis must have struck");
+    assert!(
+        cas_ok > 0,
+        "no compare-and-set succeeded: WATCH/MULTI/EXEC went untested"
+    );
     let verdict = linearizable(&Register, &h);
     if let Verdict::Violation { key } = &verdict {
         // Keep the evidence: the offending key's history and the nodes' logs and data.

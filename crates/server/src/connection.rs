@@ -104,6 +104,11 @@ pub struct Client {
     pub sleep: Option<Duration>,
     /// Replicated mode: this client's connection to the leader, when it relays.
     pub relay: Option<crate::replicated::Relay>,
+    /// Replicated mode: keys watched on this node, each with the log index it was watched at.
+    pub watched_at: Vec<(Vec<u8>, u64)>,
+    /// Replicated mode: the client's WATCH went to the leader over `relay`, so everything it
+    /// sends goes there until the transaction ends.
+    pub watch_relay: Option<crate::replicated::WatchRelay>,
 }
 
 impl Client {
@@ -156,6 +161,8 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr)
         close_after_reply: false,
         sleep: None,
         relay: None,
+        watched_at: Vec::new(),
+        watch_relay: None,
     };
     if let Err(e) = serve_loop(&shared, &mut socket, &mut client).await {
         tracing::debug!(client = info.id, error = %e, "connection closed with an error");

@@ -7,8 +7,13 @@
 //! leader relays the request to the leader's client port, so plain clients work against any
 //! node. Following Redis Cluster's convention, a node's client port is its bus port - 10000.
 //!
-//! Not yet here (see the replication issue): WATCH (it needs watched-key versions checked at
-//! apply), connection commands inside MULTI, `-MOVED` for cluster-aware clients, many groups.
+//! WATCH records each key with the log index it was watched at (after a read barrier); the EXEC
+//! entry carries them and every replica aborts it the same way if a key changed since
+//! (`cairn_store::watch`). A follower's client that WATCHes is relayed to the leader, whole
+//! transaction and all.
+//!
+//! Not yet here: connection commands inside MULTI, `-MOVED` for cluster-aware clients, many
+//! groups.
 
 use crate::connection::Client;
 use crate::dispatch::{self, Target};
@@ -59,6 +64,16 @@ fn encode_request(args: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// A follower's client that WATCHed through the leader.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WatchRelay {
+    /// Its requests go to the leader until EXEC, DISCARD, UNWATCH or RESET.
+    Live,
+    /// The connection to the leader broke: the watch and any queued commands are gone, so every
+    /// request fails until the transaction ends (none may run outside it by mistake).
+    Broken,
+}
+
 /// The most argument bytes one pipelined run of writes carries in one log entry.
 const MAX_RUN_BYTES: usize = 1024 * 1024;
 
@@ -95,6 +110,11 @@ pub async fn handle_pending(
     let Some(first) = pending.front() else {
         return;
     };
+    if client.watch_relay.is_some() {
+        let args = pending.pop_front().expect("front");
+        out.extend_from_slice(&relay_watching(shared, client, args).await);
+        return;
+    }
     match plain(shared, client, first) {
         Some(Plain::Write) => {
             let mut run = Vec::new();
@@ -109,7 +129,7 @@ pub async fn handle_pending(
                 bytes += args.iter().map(Vec::len).sum::<usize>();
                 run.push(pending.pop_front().expect("front"));
             }
-            out.extend_from_slice(&write(shared, client, run, false).await);
+            out.extend_from_slice(&write(shared, client, run, None).await);
         }
         Some(Plain::Read(h)) => {
             let mut run = vec![(pending.pop_front().expect("front"), h)];
@@ -158,12 +178,15 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
         }
     }
     match (spec.name.as_str(), target) {
-        ("watch", _) => {
-            Reply::error("ERR WATCH is not supported in replicated mode yet").to_bytes(proto)
-        }
+        ("watch", _) => watch(shared, client, args).await,
         ("exec", _) => exec(shared, client).await,
+        ("unwatch" | "discard" | "reset", _) => {
+            client.watched_at.clear();
+            let mut store = shared.store.lock();
+            dispatch::call(shared, client, &mut store, &spec, &args).to_bytes(proto)
+        }
         (_, Some(Target::Store(_))) if spec.is_write() => {
-            write(shared, client, vec![args], false).await
+            write(shared, client, vec![args], None).await
         }
         (_, Some(Target::Store(handler))) => read(shared, client, vec![(args, handler)]).await,
         _ => {
@@ -182,14 +205,95 @@ async fn exec(shared: &Shared, client: &mut Client) -> Vec<u8> {
         .info
         .in_multi
         .store(false, std::sync::atomic::Ordering::Relaxed);
+    let watched = std::mem::take(&mut client.watched_at);
     if std::mem::take(&mut client.multi_failed) {
         return Reply::error("EXECABORT Transaction discarded because of previous errors.")
             .to_bytes(proto);
     }
-    if queue.is_empty() {
+    if queue.is_empty() && watched.is_empty() {
         return Reply::Array(vec![]).to_bytes(proto);
     }
-    write(shared, client, queue, true).await
+    write(shared, client, queue, Some(watched)).await
+}
+
+/// WATCH under replication: after a read barrier on the leader, each key is recorded with the
+/// index of the last applied entry; the EXEC entry carries them and every replica checks them
+/// when applying it. A follower sends the WATCH, and then the whole transaction, to the leader.
+async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
+    let proto = client.proto;
+    if client.multi.is_some() {
+        return Reply::error("ERR WATCH inside MULTI is not allowed").to_bytes(proto);
+    }
+    let repl = shared.replication.as_ref().expect("replicated mode");
+    match tokio::time::timeout(WAIT, repl.node.read_barrier(GROUP)).await {
+        Ok(Ok(())) => {
+            let index = shared.store.lock().watches.log_index();
+            for key in &args[1..] {
+                if !client.watched_at.iter().any(|(k, _)| k == key) {
+                    client.watched_at.push((key.clone(), index));
+                }
+            }
+            Reply::OK.to_bytes(proto)
+        }
+        Ok(Err(NodeError::NotLeader {
+            leader: Some(l), ..
+        })) if l != repl.me && client.watched_at.is_empty() => {
+            match relay(shared, client, l, &[args], true, 1).await {
+                Ok(reply) => {
+                    if reply.starts_with(b"+") {
+                        client.watch_relay = Some(WatchRelay::Live);
+                    }
+                    reply
+                }
+                Err(e) => e.to_bytes(proto),
+            }
+        }
+        Ok(Err(NodeError::NotLeader { .. })) => {
+            tryagain("the leader changed while watching; UNWATCH and retry").to_bytes(proto)
+        }
+        Ok(Err(NodeError::Stopped(why))) => {
+            Reply::error(format!("ERR replication stopped: {why}")).to_bytes(proto)
+        }
+        Ok(Err(_)) | Err(_) => tryagain("no leader reachable, retry").to_bytes(proto),
+    }
+}
+
+/// A request from a client whose WATCH lives on the leader: it goes there on the same
+/// connection (never resent), until the transaction ends.
+async fn relay_watching(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
+    let proto = client.proto;
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    let ends = matches!(
+        name.as_str(),
+        "exec" | "discard" | "unwatch" | "reset" | "quit"
+    );
+    let leader = client.relay.as_ref().map(|r| r.leader);
+    let reply = match (client.watch_relay, leader) {
+        (Some(WatchRelay::Live), Some(l)) => {
+            match relay(shared, client, l, std::slice::from_ref(&args), true, 1).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    client.watch_relay = Some(WatchRelay::Broken);
+                    e.to_bytes(proto)
+                }
+            }
+        }
+        _ => {
+            client.watch_relay = Some(WatchRelay::Broken);
+            Reply::error(
+                "ERR the connection to the leader was lost during WATCH/MULTI; the transaction \
+                 is aborted (end it with EXEC, DISCARD or UNWATCH)",
+            )
+            .to_bytes(proto)
+        }
+    };
+    if ends {
+        client.watch_relay = None;
+        if name == "quit" {
+            client.close_after_reply = true;
+        }
+    }
+    reply
 }
 
 /// Proposes commands as one entry (a transaction when `block`), relaying to the leader when
@@ -198,16 +302,21 @@ async fn write(
     shared: &Shared,
     client: &mut Client,
     cmds: Vec<Vec<Vec<u8>>>,
-    block: bool,
+    transaction: Option<Vec<(Vec<u8>, u64)>>,
 ) -> Vec<u8> {
     let repl = shared.replication.as_ref().expect("replicated mode");
+    let block = transaction.is_some();
+    let watching = transaction.as_ref().is_some_and(|w| !w.is_empty());
     let replies = if block { 1 } else { cmds.len() };
     let proto = client.proto;
     let fail = |reply: Reply| reply.to_bytes(proto).repeat(replies);
-    let op = if block {
-        Operation::Transaction(cmds.clone())
-    } else {
-        Operation::Commands(cmds.clone())
+    let op = match transaction {
+        Some(watched) if !watched.is_empty() => Operation::WatchedTransaction {
+            watched,
+            cmds: cmds.clone(),
+        },
+        Some(_) => Operation::Transaction(cmds.clone()),
+        None => Operation::Commands(cmds.clone()),
     };
     let entry = LogEntry {
         now_ms: crate::now_ms(),
@@ -217,6 +326,9 @@ async fn write(
     };
     match tokio::time::timeout(WAIT, repl.node.propose(GROUP, entry.encode())).await {
         Ok(Ok(reply)) => reply,
+        // The watch was taken here and cannot travel with a relayed EXEC: nothing ran, so the
+        // transaction aborts as if a watched key had changed (clients retry that).
+        Ok(Err(NodeError::NotLeader { .. })) if watching => Reply::NilArray.to_bytes(proto),
         Ok(Err(NodeError::NotLeader {
             leader: Some(l), ..
         })) if l != repl.me => {

@@ -62,15 +62,6 @@ fn any_node_serves_and_acknowledged_writes_survive_the_leader() {
         .query(&mut fc)
         .unwrap();
     assert_eq!((a, b), (1, 11));
-    // WATCH is refused, honestly, until it is replicated.
-    let err = redis::cmd("WATCH")
-        .arg("tx")
-        .query::<()>(&mut fc)
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("not supported in replicated mode"),
-        "{err}"
-    );
     // The leader dies: a survivor takes writes within seconds, and nothing acknowledged is lost.
     nodes[leader] = None;
     let survivor = (0..3).find(|&i| i != leader).unwrap();
@@ -204,4 +195,56 @@ fn an_isolated_leader_is_replaced_and_serves_no_stale_read() {
         Duration::from_secs(15),
         || (oc.get::<_, Option<String>>("k").ok()?.as_deref() == Some("after")).then_some(()),
     );
+}
+
+/// WATCH/MULTI/EXEC through the leader and through a follower: a transaction whose watched key
+/// another client changed aborts (nil) and changes nothing; an untouched one runs.
+#[test]
+fn watch_aborts_a_transaction_whose_key_changed_on_any_node() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_cluster(3, &dirs);
+    let leader = wait_for("a leader", Duration::from_secs(15), || leader_index(&nodes));
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let other = (0..3).find(|&i| i != leader && i != follower).unwrap();
+    for via in [leader, follower] {
+        let key = format!("w{via}");
+        let k = key.as_bytes();
+        let mut c = nodes[via].as_ref().unwrap().raw();
+        let mut intruder = nodes[other].as_ref().unwrap().raw();
+        assert_eq!(c.cmd(&[b"SET", k, b"0"]), b"+OK\r\n");
+        // Changed by someone else between WATCH and EXEC: aborted.
+        assert_eq!(c.cmd(&[b"WATCH", k]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"GET", k]), b"$1\r\n0\r\n");
+        assert_eq!(intruder.cmd(&[b"SET", k, b"theirs"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"SET", k, b"mine"]), b"+QUEUED\r\n");
+        assert_eq!(c.cmd(&[b"EXEC"]), b"*-1\r\n", "via node {via}");
+        assert_eq!(c.cmd(&[b"GET", k]), b"$6\r\ntheirs\r\n");
+        // Untouched: runs. The watch ended with the EXEC, so a later change does not matter.
+        assert_eq!(c.cmd(&[b"WATCH", k]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"SET", k, b"mine"]), b"+QUEUED\r\n");
+        assert_eq!(c.cmd(&[b"EXEC"]), b"*1\r\n+OK\r\n", "via node {via}");
+        assert_eq!(intruder.cmd(&[b"SET", k, b"later"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"GET", k]), b"+QUEUED\r\n");
+        assert_eq!(c.cmd(&[b"EXEC"]), b"*1\r\n$5\r\nlater\r\n");
+        // UNWATCH forgets the watch.
+        assert_eq!(c.cmd(&[b"WATCH", k]), b"+OK\r\n");
+        assert_eq!(intruder.cmd(&[b"SET", k, b"again"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"UNWATCH"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert_eq!(
+            c.cmd(&[b"INCR", format!("n{via}").as_bytes()]),
+            b"+QUEUED\r\n"
+        );
+        assert_eq!(c.cmd(&[b"EXEC"]), b"*1\r\n:1\r\n");
+        // A watched key that expires before EXEC aborts it, as in Redis.
+        assert_eq!(c.cmd(&[b"SET", k, b"brief", b"PX", b"300"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"WATCH", k]), b"+OK\r\n");
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"SET", k, b"late"]), b"+QUEUED\r\n");
+        assert_eq!(c.cmd(&[b"EXEC"]), b"*-1\r\n", "via node {via}");
+    }
 }

@@ -7,7 +7,8 @@
 //!
 //! Layout (little-endian): `version u8 | now_ms u64 | seed u64 | proto u8 | kind u8 | count u32 |
 //! items`, where a command is `argc u32` then `len u32 + bytes` per argument and an expiry
-//! item is one key as `len u32 + bytes`.
+//! item is one key as `len u32 + bytes`. A transaction with watched keys (kind 3) puts
+//! `count u32 | (key, index u64)...` before its commands.
 
 use crate::Store;
 use cairn_resp::{Protocol, Reply};
@@ -22,6 +23,20 @@ pub enum Operation {
     Transaction(Vec<Vec<Vec<u8>>>),
     /// Keys the leader found past their deadline.
     Expire(Vec<Vec<u8>>),
+    /// A MULTI/EXEC block after WATCH: each key with the log index it was watched at. It runs
+    /// only if no watched key changed since (see `watch.rs`); else it answers a nil array.
+    WatchedTransaction {
+        watched: Vec<(Vec<u8>, u64)>,
+        cmds: Vec<Vec<Vec<u8>>>,
+    },
+}
+
+fn put_commands(out: &mut Vec<u8>, cmds: &[Vec<Vec<u8>>]) {
+    out.extend_from_slice(&(cmds.len() as u32).to_le_bytes());
+    for argv in cmds {
+        out.extend_from_slice(&(argv.len() as u32).to_le_bytes());
+        argv.iter().for_each(|a| put_bytes(out, a));
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,11 +74,16 @@ impl LogEntry {
                 } else {
                     0
                 });
-                out.extend_from_slice(&(cmds.len() as u32).to_le_bytes());
-                for argv in cmds {
-                    out.extend_from_slice(&(argv.len() as u32).to_le_bytes());
-                    argv.iter().for_each(|a| put_bytes(&mut out, a));
+                put_commands(&mut out, cmds);
+            }
+            Operation::WatchedTransaction { watched, cmds } => {
+                out.push(3);
+                out.extend_from_slice(&(watched.len() as u32).to_le_bytes());
+                for (key, index) in watched {
+                    put_bytes(&mut out, key);
+                    out.extend_from_slice(&index.to_le_bytes());
                 }
+                put_commands(&mut out, cmds);
             }
             Operation::Expire(keys) => {
                 out.push(1);
@@ -88,24 +108,17 @@ impl LogEntry {
             Protocol::Resp2
         };
         let op = match r.u8()? {
-            kind @ (0 | 2) => {
+            0 => Operation::Commands(r.commands()?),
+            2 => Operation::Transaction(r.commands()?),
+            3 => {
                 let n = r.count()?;
-                let mut cmds = Vec::with_capacity(n);
+                let mut watched = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let argc = r.count()?;
-                    let mut argv = Vec::with_capacity(argc);
-                    for _ in 0..argc {
-                        argv.push(r.bytes()?);
-                    }
-                    if argv.is_empty() {
-                        return Err(EntryError::Malformed);
-                    }
-                    cmds.push(argv);
+                    watched.push((r.bytes()?, r.u64()?));
                 }
-                if kind == 2 {
-                    Operation::Transaction(cmds)
-                } else {
-                    Operation::Commands(cmds)
+                Operation::WatchedTransaction {
+                    watched,
+                    cmds: r.commands()?,
                 }
             }
             1 => {
@@ -163,6 +176,22 @@ impl Reader<'_> {
         }
         Ok(n)
     }
+    fn commands(&mut self) -> Result<Vec<Vec<Vec<u8>>>, EntryError> {
+        let n = self.count()?;
+        let mut cmds = Vec::with_capacity(n);
+        for _ in 0..n {
+            let argc = self.count()?;
+            let mut argv = Vec::with_capacity(argc);
+            for _ in 0..argc {
+                argv.push(self.bytes()?);
+            }
+            if argv.is_empty() {
+                return Err(EntryError::Malformed);
+            }
+            cmds.push(argv);
+        }
+        Ok(cmds)
+    }
     fn bytes(&mut self) -> Result<Vec<u8>, EntryError> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
@@ -174,30 +203,21 @@ impl Store {
     /// Deterministic: the same entry on the same state gives the same state and replies.
     pub fn apply_entry(&mut self, entry: &LogEntry) -> Vec<Reply> {
         match &entry.op {
-            Operation::Commands(cmds) | Operation::Transaction(cmds) => cmds
-                .iter()
-                .enumerate()
-                .map(|(i, argv)| {
-                    let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
-                    let env = crate::Env {
-                        now_ms: entry.now_ms,
-                        seed: entry.seed.wrapping_add(i as u64),
-                        proto: entry.proto,
-                    };
-                    match crate::cmd::handler(&name) {
-                        Some(h) => self.execute(h, argv, &env),
-                        // The leader only proposes commands it knows; a newer leader's command
-                        // on an older replica answers the same error everywhere.
-                        None => Reply::error(format!("ERR unknown command '{name}' in log entry")),
-                    }
-                })
-                .collect(),
+            Operation::WatchedTransaction { watched, cmds } => {
+                if self.watch_conflict(watched, entry.now_ms) {
+                    return vec![];
+                }
+                self.run_commands(entry, cmds)
+            }
+            Operation::Commands(cmds) | Operation::Transaction(cmds) => {
+                self.run_commands(entry, cmds)
+            }
             Operation::Expire(keys) => {
                 let mut removed = 0;
                 for key in keys {
                     if self.keyspace.is_expired_in_place(key, entry.now_ms) {
                         self.keyspace.remove(key);
-                        self.watches.signal(key);
+                        self.watches.touched(key);
                         self.dirty += 1;
                         removed += 1;
                     }
@@ -205,6 +225,36 @@ impl Store {
                 vec![Reply::Int(removed)]
             }
         }
+    }
+
+    /// Whether a watched transaction must abort: a watched key changed after it was watched, or
+    /// has expired by the entry's time without being deleted yet (Redis aborts on expiry too;
+    /// a key already expired when watched aborts here as well, which Redis would not do).
+    pub fn watch_conflict(&self, watched: &[(Vec<u8>, u64)], now_ms: u64) -> bool {
+        watched.iter().any(|(key, since)| {
+            self.watches.changed_since(key, *since)
+                || self.keyspace.is_expired_in_place(key, now_ms)
+        })
+    }
+
+    fn run_commands(&mut self, entry: &LogEntry, cmds: &[Vec<Vec<u8>>]) -> Vec<Reply> {
+        cmds.iter()
+            .enumerate()
+            .map(|(i, argv)| {
+                let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
+                let env = crate::Env {
+                    now_ms: entry.now_ms,
+                    seed: entry.seed.wrapping_add(i as u64),
+                    proto: entry.proto,
+                };
+                match crate::cmd::handler(&name) {
+                    Some(h) => self.execute(h, argv, &env),
+                    // The leader only proposes commands it knows; a newer leader's command
+                    // on an older replica answers the same error everywhere.
+                    None => Reply::error(format!("ERR unknown command '{name}' in log entry")),
+                }
+            })
+            .collect()
     }
 
     /// Keys whose deadline has passed at `now_ms`, earliest first, at most `max`: what the
@@ -224,6 +274,19 @@ mod tests {
             seed: 42,
             proto: Protocol::Resp3,
             op,
+        }
+    }
+
+    #[test]
+    fn watched_transactions_round_trip() {
+        let e = entry(Operation::WatchedTransaction {
+            watched: vec![(b"k".to_vec(), 41), (b"".to_vec(), u64::MAX)],
+            cmds: vec![vec![b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()]],
+        });
+        let bytes = e.encode();
+        assert_eq!(LogEntry::decode(&bytes).unwrap(), e);
+        for cut in 0..bytes.len() {
+            assert!(LogEntry::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
     }
 

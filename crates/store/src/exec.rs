@@ -33,9 +33,7 @@ impl Ctx<'_> {
     /// Every command calls this exactly where Redis signals a modified key.
     pub fn modified(&mut self, key: &[u8]) {
         self.dirty += 1;
-        if !self.watches.is_empty() {
-            self.watches.signal(key);
-        }
+        self.watches.touched(key);
     }
 
     pub fn resp3(&self) -> bool {

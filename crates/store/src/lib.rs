@@ -64,7 +64,7 @@ impl Store {
     pub fn expire_due(&mut self, now_ms: u64, max: usize) -> Vec<Vec<u8>> {
         let removed = self.keyspace.remove_expired(now_ms, max);
         for key in &removed {
-            self.watches.signal(key);
+            self.watches.touched(key);
         }
         self.dirty += removed.len() as u64;
         removed

@@ -133,7 +133,7 @@ pub fn pick_ports(n: usize) -> Vec<u16> {
     panic!("no free port pairs");
 }
 
-/// A minimal RESP client: one command, one reply (simple, error, integer or bulk).
+/// A minimal RESP2 client: one command, one reply.
 pub struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
@@ -142,8 +142,11 @@ pub struct Conn {
 #[derive(Debug)]
 pub enum Answer {
     Ok,
+    Int(i64),
     Value(Option<Vec<u8>>),
     Error(String),
+    Array(Vec<Answer>),
+    NilArray,
 }
 
 impl Conn {
@@ -167,12 +170,17 @@ impl Conn {
             req.extend_from_slice(b"\r\n");
         }
         self.writer.write_all(&req).ok()?;
+        self.read_answer()
+    }
+
+    fn read_answer(&mut self) -> Option<Answer> {
         let mut line = Vec::new();
         self.reader.read_until(b'\n', &mut line).ok()?;
         let text = String::from_utf8_lossy(line.get(1..line.len().saturating_sub(2))?).to_string();
         match line.first()? {
             b'+' => Some(Answer::Ok),
             b'-' => Some(Answer::Error(text)),
+            b':' => Some(Answer::Int(text.parse().ok()?)),
             b'$' => {
                 let n: i64 = text.parse().ok()?;
                 if n < 0 {
@@ -182,6 +190,16 @@ impl Conn {
                 std::io::Read::read_exact(&mut self.reader, &mut data).ok()?;
                 data.truncate(n as usize);
                 Some(Answer::Value(Some(data)))
+            }
+            b'*' => {
+                let n: i64 = text.parse().ok()?;
+                if n < 0 {
+                    return Some(Answer::NilArray);
+                }
+                (0..n.min(1024))
+                    .map(|_| self.read_answer())
+                    .collect::<Option<Vec<_>>>()
+                    .map(Answer::Array)
             }
             _ => None,
         }
