@@ -163,7 +163,9 @@ pub struct Bus {
     events: mpsc::UnboundedSender<BusEvent>,
     inbound: mpsc::Sender<Envelope>,
     /// Fault injection: peers this node neither sends to nor hears from, as if the link were cut.
-    cut: Arc<std::sync::RwLock<HashSet<u64>>>,
+    cut: std::sync::RwLock<HashSet<u64>>,
+    /// Whether `cut` is non-empty: every message checks this, not the lock.
+    any_cut: std::sync::atomic::AtomicBool,
 }
 
 impl Bus {
@@ -185,7 +187,8 @@ impl Bus {
             addresses: Arc::new(std::sync::Mutex::new(addresses)),
             events,
             inbound,
-            cut: Arc::default(),
+            cut: Default::default(),
+            any_cut: Default::default(),
         });
         (bus, inbound_rx, events_rx)
     }
@@ -208,6 +211,8 @@ impl Bus {
         } else {
             set.remove(&peer);
         }
+        self.any_cut
+            .store(!set.is_empty(), std::sync::atomic::Ordering::Release);
     }
 
     /// The peers whose links are cut.
@@ -218,8 +223,8 @@ impl Bus {
     }
 
     fn is_cut(&self, peer: u64) -> bool {
-        let set = self.cut.read().expect("cut lock");
-        !set.is_empty() && set.contains(&peer)
+        self.any_cut.load(std::sync::atomic::Ordering::Acquire)
+            && self.cut.read().expect("cut lock").contains(&peer)
     }
 
     /// Queues messages for their peers. Never blocks: a full queue drops and reports.

@@ -228,8 +228,11 @@ async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<
     match tokio::time::timeout(WAIT, repl.node.read_barrier(GROUP)).await {
         Ok(Ok(())) => {
             let index = shared.store.lock().watches.log_index();
+            // A set, not a scan per key: WATCH with many keys stays linear.
+            let mut seen: std::collections::HashSet<Vec<u8>> =
+                client.watched_at.iter().map(|(k, _)| k.clone()).collect();
             for key in &args[1..] {
-                if !client.watched_at.iter().any(|(k, _)| k == key) {
+                if seen.insert(key.clone()) {
                     client.watched_at.push((key.clone(), index));
                 }
             }
@@ -311,12 +314,9 @@ async fn write(
     let proto = client.proto;
     let fail = |reply: Reply| reply.to_bytes(proto).repeat(replies);
     let op = match transaction {
-        Some(watched) if !watched.is_empty() => Operation::WatchedTransaction {
-            watched,
-            cmds: cmds.clone(),
-        },
-        Some(_) => Operation::Transaction(cmds.clone()),
-        None => Operation::Commands(cmds.clone()),
+        Some(watched) if !watched.is_empty() => Operation::WatchedTransaction { watched, cmds },
+        Some(_) => Operation::Transaction(cmds),
+        None => Operation::Commands(cmds),
     };
     let entry = LogEntry {
         now_ms: crate::now_ms(),
@@ -332,7 +332,13 @@ async fn write(
         Ok(Err(NodeError::NotLeader {
             leader: Some(l), ..
         })) if l != repl.me => {
-            let mut requests = cmds;
+            // The commands come back out of the entry only on this (rare) path: the common one
+            // never copies them.
+            let mut requests = match entry.op {
+                Operation::Commands(c) | Operation::Transaction(c) => c,
+                Operation::WatchedTransaction { cmds, .. } => cmds,
+                Operation::Expire(_) => unreachable!("write() proposes commands"),
+            };
             let keep = if block {
                 requests.insert(0, vec![b"MULTI".to_vec()]);
                 requests.push(vec![b"EXEC".to_vec()]);
