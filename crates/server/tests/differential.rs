@@ -507,6 +507,13 @@ fn fixed_scripts() {
         "SCAN x",
         "SCAN 0 COUNT 0",
         "SCAN 0 BAD 1",
+        // Rotating a one-element list onto itself keeps the key and its TTL.
+        "RPUSH one x",
+        "EXPIRE one 1000",
+        "RPOPLPUSH one one",
+        "TTL one",
+        "LMOVE one one LEFT RIGHT",
+        "PERSIST one",
         "EXPIRE a 100 NX XX",
         "EXPIRE a 100 GT LT",
         "EXPIRE a 100 FOO",

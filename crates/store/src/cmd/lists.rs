@@ -400,6 +400,26 @@ pub fn move_one(ctx: &mut Ctx, src: &[u8], dst: &[u8], from: End, to: End) -> Re
     if let Err(e) = get_list(ctx, dst) {
         return e;
     }
+    if src == dst {
+        // A rotation, in place: popping first would empty a one-element list, delete the key
+        // and lose its TTL, which Redis keeps.
+        let now = ctx.now_ms;
+        let entry = ctx.ks.get_or_insert_with(src, now, Value::new_list);
+        let Value::List(l) = &mut entry.value else {
+            unreachable!("checked to be a list")
+        };
+        let v = match from {
+            End::Left => l.pop_front(),
+            End::Right => l.pop_back(),
+        }
+        .expect("a live list is never empty");
+        match to {
+            End::Left => l.push_front(v.clone()),
+            End::Right => l.push_back(v.clone()),
+        }
+        ctx.modified(src);
+        return Reply::Bulk(v);
+    }
     let v = match pop_n(ctx, src, from, 1) {
         Ok(Some(mut v)) if !v.is_empty() => v.pop().expect("one element"),
         Ok(_) => return Reply::Nil,
