@@ -6,31 +6,13 @@
 
 mod common;
 
-use common::{digest, wait_serving, Cluster};
+use common::{digest, raft_field, wait_serving, Cluster};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 const WRITES: usize = 100_000;
 const PIPELINE: usize = 20;
-
-/// One INFO field of node `port`'s group 1 line (`group1:role=...,applied=...`).
-fn raft_field(port: u16, field: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"INFO raft\r\n").ok()?;
-    let mut r = BufReader::new(s);
-    let mut header = String::new();
-    r.read_line(&mut header).ok()?;
-    let len: usize = header.trim_start_matches(['$', '=']).trim().parse().ok()?;
-    let mut body = vec![0; len + 2];
-    std::io::Read::read_exact(&mut r, &mut body).ok()?;
-    let body = String::from_utf8_lossy(&body).to_string();
-    let line = body.lines().find(|l| l.starts_with("group1:"))?;
-    line.trim_start_matches("group1:")
-        .split(',')
-        .find_map(|kv| kv.strip_prefix(&format!("{field}=")).map(str::to_string))
-}
 
 /// Writes `key:i = i` for every i in `range` through `port`, `PIPELINE` commands at a time;
 /// returns how many were acknowledged with +OK before the first failure.

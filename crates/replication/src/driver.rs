@@ -268,6 +268,32 @@ impl<S: StateMachine> MultiRaft<S> {
         }
     }
 
+    /// Starts handing this node's leadership of `group` to the voter whose log is furthest
+    /// along (preferring ones heard from recently), so it can be elected at once instead of
+    /// after an election timeout. Returns the chosen voter, or None when this node does not
+    /// lead the group or has no voter to hand to. While the transfer runs raft-rs drops
+    /// proposals (the caller retries them on the new leader); it gives up after an election
+    /// timeout.
+    pub fn hand_off(&mut self, group: u64) -> Option<u64> {
+        let me = self.node_id;
+        let g = self.groups.get_mut(&group)?;
+        if g.raw.raft.state != StateRole::Leader {
+            return None;
+        }
+        let prs = g.raw.raft.prs();
+        let to = prs
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|&id| id != me)
+            .filter_map(|id| prs.get(id).map(|p| (p.recent_active, p.matched, id)))
+            .max()?
+            .2;
+        g.raw.transfer_leader(to);
+        Some(to)
+    }
+
     pub fn campaign(&mut self, group: u64) -> Result<(), DriverError> {
         Ok(self.group(group)?.raw.campaign()?)
     }

@@ -79,6 +79,10 @@ enum Input {
         group: u64,
         done: oneshot::Sender<Result<(), NodeError>>,
     },
+    /// Hand every leadership here to another voter; answers (group, new leader) per transfer.
+    HandOff {
+        done: oneshot::Sender<Vec<(u64, u64)>>,
+    },
     Stop,
 }
 
@@ -168,6 +172,46 @@ impl Node {
             .map_err(|_| NodeError::Busy)?;
         wait.await
             .unwrap_or_else(|_| Err(NodeError::Stopped("driver gone".into())))
+    }
+
+    /// Hands every group this node leads to another voter and waits, at most `within`, until
+    /// it leads none (a transfer that stalls is started again). Used before a graceful exit so
+    /// that the cluster needs no election timeout to replace this node. Returns the transfers
+    /// started, as (group, new leader), and whether the node still leads some group.
+    pub async fn hand_off(&self, within: Duration) -> (Vec<(u64, u64)>, bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut started = Vec::new();
+        let mut status = self.status.clone();
+        loop {
+            let (done, wait) = oneshot::channel();
+            if self.inputs.send(Input::HandOff { done }).await.is_err() {
+                return (started, false);
+            }
+            let Ok(moved) = wait.await else {
+                return (started, false);
+            };
+            started.extend(moved);
+            // raft-rs gives a transfer an election timeout; look again a little before that.
+            let retry = (tokio::time::Instant::now() + Duration::from_millis(400)).min(deadline);
+            loop {
+                let leads = status
+                    .borrow_and_update()
+                    .groups
+                    .values()
+                    .any(|g| g.is_leader);
+                if !leads {
+                    return (started, false);
+                }
+                match tokio::time::timeout_at(retry, status.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return (started, false),
+                    Err(_) => break,
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return (started, true);
+            }
+        }
     }
 
     /// Fault injection for tests: cuts or mends this node's link to `peer` (see
@@ -477,6 +521,14 @@ fn handle<S: StateMachine>(multi: &mut MultiRaft<S>, w: &mut Waiters, input: Inp
             }
         }
         Input::Read { group, done } => w.unasked.entry(group).or_default().push(done),
+        Input::HandOff { done } => {
+            let moved = multi
+                .group_ids()
+                .into_iter()
+                .filter_map(|g| multi.hand_off(g).map(|to| (g, to)))
+                .collect();
+            let _ = done.send(moved);
+        }
         Input::Stop => return true,
     }
     false

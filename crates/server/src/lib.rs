@@ -148,8 +148,43 @@ pub async fn run(
             _ = &mut shutdown => break,
         }
     }
+    // A leader hands its groups over before it goes, so the others need no election timeout.
+    // Clients are still served meanwhile: requests that reach this node while raft drops
+    // proposals wait and then go to the new leader.
+    if let Some(repl) = &shared.replication {
+        tracing::info!("shutting down: handing leadership over");
+        let hand_off = repl.node.hand_off(HAND_OFF_WITHIN);
+        tokio::pin!(hand_off);
+        let (moved, still_leads) = loop {
+            tokio::select! {
+                done = &mut hand_off => break done,
+                accepted = listener.accept() => if let Ok((socket, peer)) = accepted {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { connection::serve(shared, socket, peer).await });
+                },
+            }
+        };
+        for (group, to) in moved {
+            tracing::info!(group, to, "handed leadership over");
+        }
+        if still_leads {
+            tracing::warn!(
+                "still leading after {HAND_OFF_WITHIN:?}; the others will elect after a timeout"
+            );
+        }
+    }
+    // Connections finish the request they are running and close.
     let _ = stop_tx.send(true);
     expiry.abort();
-    tracing::info!("cairn stopped accepting clients");
+    let deadline = tokio::time::Instant::now() + DRAIN_WITHIN;
+    while !shared.clients.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tracing::info!(open = shared.clients.len(), "cairn stopped serving clients");
     Ok(())
 }
+
+/// The longest a graceful shutdown waits for another node to take over leadership.
+const HAND_OFF_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+/// The longest a graceful shutdown waits for open connections to finish their requests.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);

@@ -50,6 +50,65 @@ pub struct Relay {
     buf: Vec<u8>,
 }
 
+impl Relay {
+    /// Whether the leader closed this idle connection (or sent something unasked, which
+    /// leaves it unusable too). Checked before reuse, so that a write is never sent on a
+    /// connection already known dead and then reported as possibly applied.
+    fn closed(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// How long to pause before asking again while the group has no leader, or its leader is
+/// handing leadership over (raft drops proposals meanwhile) or is too busy to queue more.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Whether `e` says the request was certainly not started and a leader may appear soon.
+fn worth_waiting(e: &NodeError) -> bool {
+    matches!(
+        e,
+        NodeError::Busy | NodeError::NotLeader { leader: None, .. }
+    )
+}
+
+/// Proposes `entry`, waiting (until `WAIT` runs out) while no leader is known: the caller
+/// sees latency instead of an error during an election or a leadership transfer. Every retry
+/// is safe because `worth_waiting` errors mean the entry never reached raft.
+async fn propose(
+    repl: &Replication,
+    entry: &LogEntry,
+) -> Result<Result<Vec<u8>, NodeError>, tokio::time::error::Elapsed> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = tokio::time::timeout_at(deadline, repl.node.propose(GROUP, entry.encode())).await;
+        match r {
+            Ok(Err(e))
+                if worth_waiting(&e) && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+            {
+                tokio::time::sleep(RETRY_PAUSE).await
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A read barrier that waits like [`propose`] while no leader is known.
+async fn barrier(repl: &Replication) -> Result<Result<(), NodeError>, tokio::time::error::Elapsed> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = tokio::time::timeout_at(deadline, repl.node.read_barrier(GROUP)).await;
+        match r {
+            Ok(Err(e))
+                if worth_waiting(&e) && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+            {
+                tokio::time::sleep(RETRY_PAUSE).await
+            }
+            other => return other,
+        }
+    }
+}
+
 fn tryagain(why: &str) -> Reply {
     Reply::error(format!("TRYAGAIN {why}"))
 }
@@ -225,7 +284,7 @@ async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<
         return Reply::error("ERR WATCH inside MULTI is not allowed").to_bytes(proto);
     }
     let repl = shared.replication.as_ref().expect("replicated mode");
-    match tokio::time::timeout(WAIT, repl.node.read_barrier(GROUP)).await {
+    match barrier(repl).await {
         Ok(Ok(())) => {
             let index = shared.store.lock().watches.log_index();
             // A set, not a scan per key: WATCH with many keys stays linear.
@@ -324,7 +383,7 @@ async fn write(
         proto,
         op,
     };
-    match tokio::time::timeout(WAIT, repl.node.propose(GROUP, entry.encode())).await {
+    match propose(repl, &entry).await {
         Ok(Ok(reply)) => reply,
         // The watch was taken here and cannot travel with a relayed EXEC: nothing ran, so the
         // transaction aborts as if a watched key had changed (clients retry that).
@@ -375,7 +434,7 @@ async fn read(
     let repl = shared.replication.as_ref().expect("replicated mode");
     let proto = client.proto;
     let fail = |reply: Reply| reply.to_bytes(proto).repeat(run.len());
-    match tokio::time::timeout(WAIT, repl.node.read_barrier(GROUP)).await {
+    match barrier(repl).await {
         Ok(Ok(())) => {
             let mut out = Vec::new();
             let mut store = shared.store.lock();
@@ -420,17 +479,18 @@ async fn relay(
 ) -> Result<Vec<u8>, Reply> {
     let proto = client.proto;
     let repl = shared.replication.as_ref().expect("replicated mode");
-    let Some(&addr) = repl.client_addrs.get(&leader) else {
-        return Err(tryagain("the leader's address is unknown"));
-    };
     let attempts = if is_write { 1 } else { 2 };
     for _ in 0..attempts {
-        if client.relay.as_ref().is_none_or(|r| r.leader != leader) {
-            client.relay = match open_relay(addr, leader, proto).await {
-                Some(r) => Some(r),
-                // Nothing was sent: the command definitely did not run.
-                None => return Err(tryagain("cannot reach the leader")),
-            };
+        if client
+            .relay
+            .as_ref()
+            .is_some_and(|r| r.leader != leader || r.closed())
+        {
+            client.relay = None;
+        }
+        if client.relay.is_none() {
+            // Nothing was sent: the command definitely did not run.
+            client.relay = Some(connect_leader(repl, leader, proto).await?);
         }
         let r = client.relay.as_mut().expect("open");
         match relay_on(r, requests).await {
@@ -446,6 +506,37 @@ async fn relay(
     } else {
         tryagain("lost the connection to the leader")
     })
+}
+
+/// Opens a relay connection to `leader`. A leader that cannot be reached may just have
+/// stepped down (a graceful shutdown hands leadership over, then exits): until `WAIT` runs
+/// out, keep trying whichever node this one now knows as leader.
+async fn connect_leader(repl: &Replication, leader: u64, proto: Protocol) -> Result<Relay, Reply> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut leader = leader;
+    loop {
+        if let Some(&addr) = repl.client_addrs.get(&leader) {
+            if let Some(r) = open_relay(addr, leader, proto).await {
+                return Ok(r);
+            }
+        }
+        if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(tryagain("cannot reach the leader"));
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+        let now = repl
+            .node
+            .status()
+            .borrow()
+            .groups
+            .get(&GROUP)
+            .and_then(|g| g.leader);
+        match now {
+            Some(l) if l != repl.me => leader = l,
+            // This node leads now, or nobody does: the caller starts over.
+            _ => return Err(tryagain("the leader changed, retry")),
+        }
+    }
 }
 
 async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Relay> {

@@ -17,12 +17,20 @@ pub struct Cluster {
     initial: String,
     /// Arguments every node gets besides the cluster's own.
     extra: Vec<String>,
+    /// The nodes' `CAIRN_LOG` filter.
+    log: String,
     pub dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Three nodes, each started with `extra` arguments too.
     pub fn new(extra: &[&str]) -> Cluster {
+        Cluster::new_logging(extra, "warn")
+    }
+
+    /// Three nodes logging at `log` (a `CAIRN_LOG` filter) to `node<i>.log` in the cluster's
+    /// directory.
+    pub fn new_logging(extra: &[&str], log: &str) -> Cluster {
         let ports = pick_ports(3);
         let initial = ports
             .iter()
@@ -37,6 +45,7 @@ impl Cluster {
                 .collect(),
             initial,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: log.to_string(),
             dir: tempfile::tempdir().unwrap(),
         };
         for i in 0..3 {
@@ -70,7 +79,7 @@ impl Cluster {
             .args(&self.extra)
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("node{}", i + 1)))
-            .env("CAIRN_LOG", "warn")
+            .env("CAIRN_LOG", &self.log)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -83,6 +92,27 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Waits up to `within` for node `i` to exit on its own; returns whether it exited with
+    /// success. None if it is still running (or was not running).
+    pub fn wait_exit(&mut self, i: usize, within: Duration) -> Option<bool> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let child = self.procs[i].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.procs[i].child = None;
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// What node `i` logged so far.
+    pub fn log_text(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{}.log", i + 1)))
+            .unwrap_or_default()
     }
 
     pub fn signal(&self, i: usize, sig: &str) {
@@ -204,6 +234,24 @@ impl Conn {
             _ => None,
         }
     }
+}
+
+/// One INFO field of node `port`'s group 1 line (`group1:role=...,applied=...`).
+pub fn raft_field(port: u16, field: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"INFO raft\r\n").ok()?;
+    let mut r = BufReader::new(s);
+    let mut header = String::new();
+    r.read_line(&mut header).ok()?;
+    let len: usize = header.trim_start_matches(['$', '=']).trim().parse().ok()?;
+    let mut body = vec![0; len + 2];
+    std::io::Read::read_exact(&mut r, &mut body).ok()?;
+    let body = String::from_utf8_lossy(&body).to_string();
+    let line = body.lines().find(|l| l.starts_with("group1:"))?;
+    line.trim_start_matches("group1:")
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(&format!("{field}=")).map(str::to_string))
 }
 
 /// Waits until every node in `ports` takes a write.
