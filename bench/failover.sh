@@ -4,10 +4,12 @@
 # cluster is whole again. Prints every trial, the median and the max.
 #
 #   bash bench/failover.sh            # TRIALS=20 by default
+#   SIGNAL=TERM bash bench/failover.sh  # graceful: the leader hands leadership over, then exits
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRIALS=${TRIALS:-20}
 BASE=${BASE:-17101}
+SIGNAL=${SIGNAL:-KILL}
 command -v redis-cli >/dev/null || { echo "failover: redis-cli is needed (apt-get install redis-tools)"; exit 1; }
 cargo build --release -q -p cairn
 work=$(mktemp -d)
@@ -37,16 +39,16 @@ for trial in $(seq "$TRIALS"); do
   other=$(( l % 3 + 1 ))
   redis-cli -p $((BASE + other - 1)) set warm up >/dev/null
   t0=$(now_ms)
-  kill -9 "${pids[$l]}"
-  wait "${pids[$l]}" 2>/dev/null || true
+  kill -"$SIGNAL" "${pids[$l]}"
   until redis-cli -p $((BASE + other - 1)) set after "$trial" 2>/dev/null | grep -q OK; do
     [ "$(now_ms)" -lt $((t0 + 30000)) ] || { echo "trial $trial: no write within 30 s"; exit 1; }
     sleep 0.01
   done
   ms=$(( $(now_ms) - t0 ))
   times+=("$ms")
-  echo "trial $trial: killed leader node $l, first write through node $other after ${ms} ms"
+  wait "${pids[$l]}" 2>/dev/null || true
+  echo "trial $trial: SIG$SIGNAL to leader node $l, first write through node $other after ${ms} ms"
   start "$l"
   sleep 1
 done
-printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "failover over %d trials: median %d ms, max %d ms, min %d ms\n", NR, (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[NR], a[1] }'
+printf '%s\n' "${times[@]}" | sort -n | awk -v sig="$SIGNAL" '{ a[NR] = $1 } END { printf "failover (SIG%s) over %d trials: median %d ms, max %d ms, min %d ms\n", sig, NR, (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[NR], a[1] }'

@@ -1,5 +1,6 @@
 //! The `cairn` binary: parses flags, sets up logging, binds sockets and hands over to the library.
 
+mod cluster;
 mod dev;
 
 use anyhow::Context;
@@ -23,6 +24,8 @@ enum Command {
     Server(ServerArgs),
     /// Run a local development cluster on this machine.
     Dev(dev::DevArgs),
+    /// Inspect a running cluster.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Every flag has a config-file key (the same name with `-` replaced by `_`) and a `CAIRN_*`
@@ -180,11 +183,16 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Cluster(args) => return cluster::run(args),
+        other => other,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command {
+    match command {
         Command::Server(args) => runtime.block_on(run_server(args)),
         Command::Dev(args) => runtime.block_on(dev::run(args)),
+        Command::Cluster(_) => unreachable!("handled above"),
     }
 }

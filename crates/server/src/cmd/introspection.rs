@@ -241,6 +241,12 @@ pub fn info(c: &mut Call) -> Reply {
         if let Some(why) = &status.stopped {
             lines.push(("stopped".into(), why.clone()));
         }
+        // Every member's client address: enough for `cairn cluster status` to visit them all.
+        let mut members: Vec<_> = repl.client_addrs.iter().collect();
+        members.sort();
+        for (id, addr) in members {
+            lines.push((format!("node{id}"), format!("addr={addr}")));
+        }
         section("Raft", lines);
     }
     let ks = &c.store.keyspace;

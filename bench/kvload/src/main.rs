@@ -1,0 +1,270 @@
+//! kvload: a closed-loop load generator for SET/GET-like requests, speaking RESP (cairn, Redis)
+//! or etcd's v3 JSON gateway (`/v3/kv/put`, `/v3/kv/range`, HTTP/1.1 keep-alive), so that all
+//! three systems can be driven by the same client in one benchmark run.
+//!
+//!   kvload --proto resp|etcd --port P --op set|get [--clients 50] [--secs 10] [--keys 100000]
+//!
+//! Each client is a thread with one connection sending one request at a time (pipeline 1) on a
+//! random key `key:N` with a 3-byte value (redis-benchmark's defaults). Prints one CSV line:
+//! `op,ops_per_sec,p50_ms,p99_ms,errors`. etcd reads are linearizable (etcd's default), like
+//! cairn's.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+struct Args {
+    etcd: bool,
+    port: u16,
+    set: bool,
+    clients: usize,
+    secs: u64,
+    keys: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        etcd: false,
+        port: 0,
+        set: true,
+        clients: 50,
+        secs: 10,
+        keys: 100_000,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.chunks(2);
+    for pair in &mut it {
+        let [flag, value] = pair else {
+            return Err(format!("{} needs a value", pair[0]));
+        };
+        let bad = |_| format!("bad value for {flag}: {value}");
+        match flag.as_str() {
+            "--proto" => a.etcd = value == "etcd",
+            "--port" => a.port = value.parse().map_err(bad)?,
+            "--op" => a.set = value.eq_ignore_ascii_case("set"),
+            "--clients" => a.clients = value.parse().map_err(bad)?,
+            "--secs" => a.secs = value.parse().map_err(bad)?,
+            "--keys" => a.keys = value.parse().map_err(bad)?,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if a.port == 0 || a.clients == 0 || a.clients > 1000 || a.secs == 0 || a.secs > 600 {
+        return Err("usage: kvload --proto resp|etcd --port P --op set|get [--clients 1..1000] [--secs 1..600] [--keys N]".into());
+    }
+    Ok(a)
+}
+
+/// A small xorshift generator: keys need spread, not quality.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    port: u16,
+}
+
+impl Conn {
+    fn open(port: u16) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Conn {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+            port,
+        })
+    }
+
+    /// One RESP request; Ok(false) for an error reply.
+    fn resp(&mut self, args: &[&[u8]]) -> std::io::Result<bool> {
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&req)?;
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line)?;
+        match line.first() {
+            Some(b'$') => {
+                let n: i64 = std::str::from_utf8(&line[1..])
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .ok_or_else(|| std::io::Error::other("bad bulk length"))?;
+                if n >= 0 {
+                    let mut body = vec![0; n as usize + 2];
+                    self.reader.read_exact(&mut body)?;
+                }
+                Ok(true)
+            }
+            Some(b'+') | Some(b':') => Ok(true),
+            Some(b'-') => Ok(false),
+            _ => Err(std::io::Error::other("unexpected reply")),
+        }
+    }
+
+    /// One POST to etcd's JSON gateway; Ok(false) for a non-200 answer.
+    fn post(&mut self, path: &str, body: &str) -> std::io::Result<bool> {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        self.writer.write_all(req.as_bytes())?;
+        let mut status = String::new();
+        self.reader.read_line(&mut status)?;
+        let ok = status.split(' ').nth(1) == Some("200");
+        let mut length = None;
+        let mut chunked = false;
+        loop {
+            let mut h = String::new();
+            if self.reader.read_line(&mut h)? == 0 {
+                return Err(std::io::Error::other("connection closed"));
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse::<usize>().ok();
+            } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            }
+        }
+        if chunked {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size)?;
+                let n = usize::from_str_radix(size.trim(), 16)
+                    .map_err(|_| std::io::Error::other("bad chunk size"))?;
+                let mut skip = vec![0; n + 2];
+                self.reader.read_exact(&mut skip)?;
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            let n = length.ok_or_else(|| std::io::Error::other("no content-length"))?;
+            let mut skip = vec![0; n];
+            self.reader.read_exact(&mut skip)?;
+        }
+        Ok(ok)
+    }
+}
+
+/// Runs one client until `until`; returns its latencies in microseconds and its error count.
+fn client(a: &Args, seed: u64, until: Instant) -> (Vec<u32>, u64) {
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    let Ok(mut c) = Conn::open(a.port) else {
+        return (lat, 1);
+    };
+    let mut rng = Rng(seed | 1);
+    while Instant::now() < until {
+        let key = format!("key:{:012}", rng.next() % a.keys);
+        let t = Instant::now();
+        let r = match (a.etcd, a.set) {
+            (false, true) => c.resp(&[b"SET", key.as_bytes(), b"xxx"]),
+            (false, false) => c.resp(&[b"GET", key.as_bytes()]),
+            (true, true) => c.post(
+                "/v3/kv/put",
+                &format!(
+                    "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+                    base64(key.as_bytes()),
+                    base64(b"xxx")
+                ),
+            ),
+            (true, false) => c.post(
+                "/v3/kv/range",
+                &format!("{{\"key\":\"{}\"}}", base64(key.as_bytes())),
+            ),
+        };
+        match r {
+            Ok(true) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+            Ok(false) => errors += 1,
+            Err(_) => {
+                errors += 1;
+                match Conn::open(a.port) {
+                    Ok(fresh) => c = fresh,
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+    (lat, errors)
+}
+
+fn main() {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let start = Instant::now();
+    let until = start + Duration::from_secs(a.secs);
+    let results: Vec<(Vec<u32>, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..a.clients)
+            .map(|i| {
+                let a = &a;
+                s.spawn(move || {
+                    client(
+                        a,
+                        0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x1000_0001),
+                        until,
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let took = start.elapsed().as_secs_f64();
+    let errors: u64 = results.iter().map(|r| r.1).sum();
+    let mut lat: Vec<u32> = results.into_iter().flat_map(|r| r.0).collect();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |&us| f64::from(us) / 1000.0)
+    };
+    println!(
+        "{},{:.0},{:.3},{:.3},{}",
+        if a.set { "SET" } else { "GET" },
+        lat.len() as f64 / took,
+        pct(0.50),
+        pct(0.99),
+        errors
+    );
+}

@@ -1,0 +1,269 @@
+//! `cairn cluster ...`: administration from the command line, over the client port.
+//!
+//! `cairn cluster status` asks one node (`-h`/`-p`, as redis-cli) for `INFO raft`, which lists
+//! every member's client address, then asks each member in turn and prints one row per node and
+//! group: whether it answers, its role, the leader it follows, term, commit and apply indexes,
+//! its newest snapshot, and how far its apply index trails the group's highest commit index.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Print every node's role, term, commit and apply index for each Raft group.
+    Status(Target),
+}
+
+#[derive(Args, Debug)]
+struct Target {
+    /// Any node of the cluster.
+    #[arg(short = 'H', long = "host", default_value = "127.0.0.1")]
+    host: String,
+    /// That node's client port.
+    #[arg(short, long, default_value_t = 7001)]
+    port: u16,
+}
+
+pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
+    match args.command {
+        ClusterCommand::Status(t) => {
+            let addr = (t.host.as_str(), t.port)
+                .to_socket_addrs()
+                .with_context(|| format!("resolving {}", t.host))?
+                .next()
+                .context("no address")?;
+            print!("{}", status(addr)?);
+            Ok(())
+        }
+    }
+}
+
+/// One node's `INFO raft`, as key → value.
+type Info = BTreeMap<String, String>;
+
+/// The status table for the cluster that `addr` belongs to.
+pub fn status(addr: SocketAddr) -> anyhow::Result<String> {
+    let first = info_raft(addr).with_context(|| format!("asking {addr} for INFO raft"))?;
+    let mut members: Vec<(u64, String)> = first
+        .iter()
+        .filter_map(|(k, v)| {
+            let id = k.strip_prefix("node")?.parse().ok()?;
+            Some((id, v.strip_prefix("addr=")?.to_string()))
+        })
+        .collect();
+    if members.is_empty() {
+        return Ok(format!(
+            "{addr} is a standalone node (no replication): nothing to report\n"
+        ));
+    }
+    members.sort();
+    let infos: Vec<(u64, String, Option<Info>)> = members
+        .into_iter()
+        .map(|(id, a)| {
+            let info = a.parse().ok().and_then(|sa| info_raft(sa).ok());
+            (id, a, info)
+        })
+        .collect();
+    Ok(render(&infos))
+}
+
+/// Renders the table and, per group, one summary line.
+fn render(infos: &[(u64, String, Option<Info>)]) -> String {
+    let mut rows = vec![[
+        "NODE", "ADDRESS", "STATE", "GROUP", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED",
+        "SNAPSHOT", "LAG",
+    ]
+    .map(String::from)
+    .to_vec()];
+    // group → (highest commit seen, leaders claimed, nodes up)
+    let mut groups: BTreeMap<String, (u64, Vec<u64>, usize)> = BTreeMap::new();
+    let mut fields = Vec::new();
+    for (id, addr, info) in infos {
+        let Some(info) = info else {
+            fields.push((*id, addr.clone(), None));
+            continue;
+        };
+        let stopped = info.get("stopped").cloned();
+        for (k, v) in info {
+            let Some(group) = k.strip_prefix("group") else {
+                continue;
+            };
+            let f: BTreeMap<&str, &str> =
+                v.split(',').filter_map(|kv| kv.split_once('=')).collect();
+            let commit: u64 = f.get("commit").and_then(|c| c.parse().ok()).unwrap_or(0);
+            let g = groups.entry(group.to_string()).or_default();
+            g.0 = g.0.max(commit);
+            g.2 += 1;
+            if f.get("role") == Some(&"leader") {
+                g.1.push(*id);
+            }
+            fields.push((
+                *id,
+                addr.clone(),
+                Some((group.to_string(), stopped.clone(), v.clone())),
+            ));
+        }
+    }
+    for (id, addr, f) in fields {
+        let Some((group, stopped, v)) = f else {
+            rows.push(vec![
+                id.to_string(),
+                addr,
+                "down".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+            continue;
+        };
+        let kv: BTreeMap<&str, &str> = v.split(',').filter_map(|kv| kv.split_once('=')).collect();
+        let get = |k: &str| kv.get(k).copied().unwrap_or("?").to_string();
+        let applied: u64 = kv.get("applied").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let top = groups.get(&group).map_or(0, |g| g.0);
+        rows.push(vec![
+            id.to_string(),
+            addr,
+            if stopped.is_some() { "stopped" } else { "up" }.into(),
+            group,
+            get("role"),
+            get("leader"),
+            get("term"),
+            get("commit"),
+            get("applied"),
+            get("snapshot"),
+            top.saturating_sub(applied).to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    let total = infos.len();
+    for (group, (commit, leaders, up)) in &groups {
+        let leader = match leaders.as_slice() {
+            [] => "no leader".to_string(),
+            [l] => format!("leader node {l}"),
+            many => format!("{} nodes claim leadership: {many:?}", many.len()),
+        };
+        out.push_str(&format!(
+            "group {group}: {leader}, {up}/{total} nodes answering, commit index {commit}\n"
+        ));
+    }
+    if groups.is_empty() {
+        out.push_str("no node answered\n");
+    }
+    out
+}
+
+/// Sends `INFO raft` (RESP2) and parses the `key:value` lines of the reply.
+fn info_raft(addr: SocketAddr) -> anyhow::Result<Info> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    (&s).write_all(b"*2\r\n$4\r\nINFO\r\n$4\r\nraft\r\n")?;
+    let mut r = BufReader::new(s);
+    let mut header = String::new();
+    r.read_line(&mut header)?;
+    let len: usize = match header.strip_prefix('$') {
+        Some(n) => n.trim().parse().context("bad reply length")?,
+        None => anyhow::bail!("unexpected reply: {}", header.trim()),
+    };
+    anyhow::ensure!(len <= 1 << 20, "INFO reply too large");
+    let mut body = vec![0; len + 2];
+    r.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body[..len])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(pairs: &[(&str, &str)]) -> Info {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renders_roles_lag_and_down_nodes() {
+        let infos = vec![
+            (
+                1,
+                "127.0.0.1:7001".to_string(),
+                Some(info(&[(
+                    "group1",
+                    "role=leader,leader=1,term=4,commit=120,applied=120,snapshot=100,snapshots_installed=0",
+                )])),
+            ),
+            (
+                2,
+                "127.0.0.1:7002".to_string(),
+                Some(info(&[(
+                    "group1",
+                    "role=follower,leader=1,term=4,commit=118,applied=117,snapshot=100,snapshots_installed=1",
+                )])),
+            ),
+            (3, "127.0.0.1:7003".to_string(), None),
+        ];
+        let out = render(&infos);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("NODE  ADDRESS"), "{out}");
+        let cols = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            cols(lines[1]),
+            [
+                "1",
+                "127.0.0.1:7001",
+                "up",
+                "1",
+                "leader",
+                "1",
+                "4",
+                "120",
+                "120",
+                "100",
+                "0"
+            ]
+        );
+        assert_eq!(
+            cols(lines[2])[10],
+            "3",
+            "lag is the highest commit minus applied"
+        );
+        assert_eq!(cols(lines[3])[..3], ["3", "127.0.0.1:7003", "down"]);
+        assert_eq!(
+            lines[4],
+            "group 1: leader node 1, 2/3 nodes answering, commit index 120"
+        );
+    }
+}

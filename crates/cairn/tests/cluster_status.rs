@@ -1,0 +1,66 @@
+//! `cairn cluster status` against a live three-process cluster: every node and its role, the
+//! leader agreed on, and a killed node reported as down.
+
+mod common;
+
+use common::{raft_field, wait_serving, Cluster};
+use std::process::Command;
+use std::time::Duration;
+
+fn status(port: u16) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["cluster", "status", "--port", &port.to_string()])
+        .output()
+        .expect("run cairn cluster status");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The whitespace-separated cells of the row for `node` in group 1.
+fn row(table: &str, node: usize) -> Vec<String> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .find(|cells| cells.first().map(String::as_str) == Some(&node.to_string()))
+        .unwrap_or_else(|| panic!("no row for node {node}:\n{table}"))
+}
+
+#[test]
+fn status_shows_every_node_and_the_leader_and_marks_a_dead_node_down() {
+    let mut cluster = Cluster::new(&[]);
+    let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
+    wait_serving(&ports, Duration::from_secs(30));
+    let leader = (0..3)
+        .find(|&i| raft_field(ports[i], "role").as_deref() == Some("leader"))
+        .expect("a leader")
+        + 1;
+    let follower = if leader == 3 { 1 } else { 3 };
+
+    let table = status(ports[follower - 1]);
+    println!("{table}");
+    for node in 1..=3 {
+        let cells = row(&table, node);
+        assert_eq!(cells[1], format!("127.0.0.1:{}", ports[node - 1]));
+        assert_eq!(cells[2], "up");
+        let role = if node == leader { "leader" } else { "follower" };
+        assert_eq!(cells[4], role, "{table}");
+        assert_eq!(
+            cells[5],
+            leader.to_string(),
+            "every node follows the leader"
+        );
+    }
+    assert!(
+        table.contains(&format!(
+            "group 1: leader node {leader}, 3/3 nodes answering"
+        )),
+        "{table}"
+    );
+
+    let other = 6 - leader - follower;
+    cluster.kill9(other - 1);
+    let table = status(ports[follower - 1]);
+    println!("{table}");
+    assert_eq!(row(&table, other)[2], "down", "{table}");
+    assert!(table.contains("2/3 nodes answering"), "{table}");
+}
