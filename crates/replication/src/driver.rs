@@ -17,8 +17,9 @@
 //! context, so the caller can answer the client that proposed it.
 
 use crate::storage::{GroupStorage, LogEngine, Staged, StorageFault};
+use raft::eraftpb::MessageType;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
-use raft::{RawNode, StateRole};
+use raft::{RawNode, StateRole, CAMPAIGN_TRANSFER};
 use raft_engine::LogBatch;
 use std::collections::BTreeMap;
 
@@ -120,6 +121,8 @@ struct Group<S> {
     snapshot_index: u64,
     /// Snapshots received from a leader and installed.
     snapshots_installed: u64,
+    /// Ticks since the group was opened here, counted up to the election timeout.
+    ticks: usize,
 }
 
 /// Every group of one node.
@@ -197,6 +200,7 @@ impl<S: StateMachine> MultiRaft<S> {
                 applied,
                 snapshot_index: applied,
                 snapshots_installed: 0,
+                ticks: 0,
             },
         );
         Ok(())
@@ -210,13 +214,46 @@ impl<S: StateMachine> MultiRaft<S> {
 
     /// Advances every group's logical clock by one tick.
     pub fn tick(&mut self) {
+        let limit = self.config.election_ticks;
         for g in self.groups.values_mut() {
             g.raw.tick();
+            g.ticks = (g.ticks + 1).min(limit);
         }
     }
 
+    /// Steps a message from a peer. A group opened less than an election timeout ago ignores
+    /// votes (unless the leader itself hands leadership over): before it went down it may have
+    /// acknowledged a leader's heartbeat, promising not to vote for an election timeout, and
+    /// the leader's read lease counts on that promise (see [`MultiRaft::lease_safe_for`]).
+    /// raft-rs keeps the promise only while the node remembers its leader.
     pub fn step(&mut self, env: Envelope) -> Result<(), DriverError> {
-        Ok(self.group(env.group)?.raw.step(env.message)?)
+        let limit = self.config.election_ticks;
+        let g = self.group(env.group)?;
+        let m = &env.message;
+        let vote = matches!(
+            m.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        );
+        if vote
+            && g.ticks < limit
+            && m.term > g.raw.raft.term
+            && m.get_context() != CAMPAIGN_TRANSFER
+        {
+            return Ok(());
+        }
+        Ok(g.raw.step(env.message)?)
+    }
+
+    /// How long a leader may serve reads from its own state after a quorum acknowledged its
+    /// heartbeat, given `tick` (the wall-clock length of one tick, which must never pass
+    /// faster than that on any node). A follower that acknowledged a heartbeat refuses votes
+    /// until `election_ticks` ticks later (raft-rs's check-quorum lease), and ticks come at least
+    /// `tick` apart, the first possibly right away: no other leader can be elected within
+    /// `(election_ticks - 1) * tick` of the heartbeat being sent. One more tick and 10% are
+    /// kept as margin for scheduling and clock-rate differences. Zero when too short to help.
+    pub fn lease_safe_for(&self, tick: std::time::Duration) -> std::time::Duration {
+        let ticks = self.config.election_ticks.saturating_sub(2) as u32;
+        tick * ticks * 9 / 10
     }
 
     /// Proposes a command; its result comes back from a later round as [`Applied`] with the

@@ -1,11 +1,13 @@
 //! Replication: each shard is a Raft group (raft-rs), and every group on a node shares one
 //! raft-engine log.
 //!
-//! Built so far: [`storage`], the log of every group on one engine, read by raft-rs and written
-//! in batches (one fsync per round for all groups); [`driver`], the sans-IO multi-raft driver
-//! (tick, step, propose, and one Ready round for every group). Still to come: the cluster bus,
-//! the server's write and read paths through it, snapshot streaming in chunks, membership
-//! commands.
+//! [`storage`]: the log of every group on one engine, read by raft-rs and written in batches
+//! (one fsync per round for all groups). [`driver`]: the sans-IO multi-raft driver (tick, step,
+//! propose, read index, leadership transfer, and one Ready round for every group). [`bus`]: the
+//! TCP transport between nodes (framed, batched per peer, reconnecting, with a fault hook).
+//! [`node`]: the driver on its own thread with the bus, an async API for proposals and read
+//! barriers, read leases and graceful hand-off. [`local`]: an in-process cluster for tests.
+//! Still to come: snapshot streaming in chunks, membership commands.
 
 pub mod bus;
 pub mod driver;

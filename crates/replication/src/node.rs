@@ -86,9 +86,24 @@ enum Input {
     Stop,
 }
 
+/// A leader's permission to read from its own state without asking a quorum, granted when a
+/// quorum confirmed its leadership (a ReadIndex) and valid until `until`: no other leader can
+/// exist before then (see `MultiRaft::lease_safe_for`).
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    until: Instant,
+    term: u64,
+    /// The confirmed read index: local reads are linearizable once this much is applied.
+    index: u64,
+}
+
+/// Every group's lease, written by the driver thread and read by connections.
+type Leases = std::sync::RwLock<HashMap<u64, Lease>>;
+
 /// A running node. Dropping it stops the driver thread.
 pub struct Node {
     bus: Arc<Bus>,
+    leases: Arc<Leases>,
     inputs: mpsc::Sender<Input>,
     status: watch::Receiver<NodeStatus>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -140,12 +155,18 @@ impl Node {
         let handle = tokio::runtime::Handle::current();
         let tick = config.tick;
         let bus_for_node = bus.clone();
+        let leases = Arc::new(Leases::default());
+        let lease = Granting {
+            leases: leases.clone(),
+            length: multi.lease_safe_for(tick),
+        };
         let thread = std::thread::Builder::new()
             .name(format!("raft-driver-{}", config.id))
-            .spawn(move || drive(multi, bus, rx, status_tx, tick, handle))
+            .spawn(move || drive(multi, bus, rx, status_tx, tick, handle, lease))
             .expect("spawn the driver thread");
         Ok(Node {
             bus: bus_for_node,
+            leases,
             inputs,
             status,
             thread: Some(thread),
@@ -172,6 +193,15 @@ impl Node {
             .map_err(|_| NodeError::Busy)?;
         wait.await
             .unwrap_or_else(|_| Err(NodeError::Stopped("driver gone".into())))
+    }
+
+    /// If this node holds a valid read lease on `group` (it leads, and a quorum confirmed so
+    /// recently enough that no other leader can exist yet), the index its state must have
+    /// applied for a local read to be linearizable. None: use [`Node::read_barrier`].
+    pub fn lease_read_index(&self, group: u64) -> Option<u64> {
+        let leases = self.leases.read().unwrap_or_else(|e| e.into_inner());
+        let l = leases.get(&group)?;
+        (Instant::now() < l.until).then_some(l.index)
     }
 
     /// Hands every group this node leads to another voter and waits, at most `within`, until
@@ -254,7 +284,45 @@ impl Drop for Node {
 
 type ProposalWaiter = (u64, oneshot::Sender<Result<Vec<u8>, NodeError>>);
 type ReadDone = oneshot::Sender<Result<(), NodeError>>;
-type ReadWaiter = (u64, Vec<ReadDone>);
+/// (group, waiters, when the leadership check was asked).
+type ReadWaiter = (u64, Vec<ReadDone>, Instant);
+
+/// What the driver needs to grant leases.
+struct Granting {
+    leases: Arc<Leases>,
+    /// How long a lease lasts from the moment its leadership check was asked (zero: never).
+    length: Duration,
+}
+
+impl Granting {
+    /// Grants (or extends) `group`'s lease after a quorum confirmed this node's leadership at
+    /// read index `index`, asked at `asked`.
+    fn grant<S: StateMachine>(&self, multi: &MultiRaft<S>, group: u64, index: u64, asked: Instant) {
+        if self.length.is_zero() || !multi.is_leader(group) {
+            return;
+        }
+        let term = multi.progress(group).map_or(0, |p| p.0);
+        let until = asked + self.length;
+        let mut leases = self.leases.write().unwrap_or_else(|e| e.into_inner());
+        let l = leases.entry(group).or_insert(Lease { until, term, index });
+        if l.term != term || l.until < until {
+            *l = Lease {
+                until,
+                term,
+                index: index.max(if l.term == term { l.index } else { 0 }),
+            };
+        }
+    }
+
+    /// Drops the leases of groups this node no longer leads in the lease's term, or of
+    /// `all` groups (before handing leadership over: the new leader may be elected at once).
+    fn revoke<S: StateMachine>(&self, multi: &MultiRaft<S>, all: bool) {
+        let mut leases = self.leases.write().unwrap_or_else(|e| e.into_inner());
+        leases.retain(|&g, l| {
+            !all && multi.is_leader(g) && multi.progress(g).is_some_and(|p| p.0 == l.term)
+        });
+    }
+}
 
 /// The driver thread's state besides the driver itself.
 struct Waiters {
@@ -276,6 +344,7 @@ fn drive<S: StateMachine>(
     status: watch::Sender<NodeStatus>,
     tick: Duration,
     rt: tokio::runtime::Handle,
+    lease: Granting,
 ) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -295,13 +364,13 @@ fn drive<S: StateMachine>(
         let first = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
         let mut stop = false;
         match first {
-            Ok(Some(input)) => stop |= handle(&mut multi, &mut w, input),
+            Ok(Some(input)) => stop |= handle(&mut multi, &mut w, &lease, input),
             Ok(None) => stop = true,
             Err(_) => {}
         }
         for _ in 0..4096 {
             match rx.try_recv() {
-                Ok(input) => stop |= handle(&mut multi, &mut w, input),
+                Ok(input) => stop |= handle(&mut multi, &mut w, &lease, input),
                 Err(_) => break,
             }
         }
@@ -314,7 +383,7 @@ fn drive<S: StateMachine>(
             last_tick = Instant::now();
         }
         ask_reads(&mut multi, &mut w);
-        let out = match run_round(&mut multi, &mut w, &bus) {
+        let out = match run_round(&mut multi, &mut w, &bus, &lease) {
             Ok(out) => out,
             Err(e) => {
                 // Fail-stop: after a storage error nothing raft believes persisted can be trusted.
@@ -326,8 +395,9 @@ fn drive<S: StateMachine>(
             }
         };
         bus.send(out.messages);
-        answer(&mut w, out.applied, out.read_points);
+        answer(&multi, &lease, &mut w, out.applied, out.read_points);
         settle(&multi, &mut w);
+        lease.revoke(&multi, false);
         publish(&multi, &status);
     }
 }
@@ -338,19 +408,22 @@ fn run_round<S: StateMachine>(
     multi: &mut MultiRaft<S>,
     w: &mut Waiters,
     bus: &Arc<Bus>,
+    lease: &Granting,
 ) -> Result<crate::driver::RoundOutput, DriverError> {
     let mut round = multi.begin_round()?;
     let early = std::mem::take(&mut round.early);
     if !early.messages.is_empty() {
         bus.send(early.messages);
     }
-    answer(w, early.applied, early.read_points);
+    answer(multi, lease, w, early.applied, early.read_points);
     settle(multi, w);
     multi.finish_round(round)
 }
 
 /// Sends each applied entry's reply to its proposer, and files confirmed read points.
-fn answer(
+fn answer<S: StateMachine>(
+    multi: &MultiRaft<S>,
+    lease: &Granting,
     w: &mut Waiters,
     applied: Vec<crate::driver::Applied>,
     points: Vec<crate::driver::ReadPoint>,
@@ -367,7 +440,8 @@ fn answer(
         let Ok(ctx) = <[u8; 8]>::try_from(p.context.as_slice()) else {
             continue;
         };
-        if let Some((group, dones)) = w.reads.remove(&u64::from_le_bytes(ctx)) {
+        if let Some((group, dones, asked)) = w.reads.remove(&u64::from_le_bytes(ctx)) {
+            lease.grant(multi, group, p.index, asked);
             w.confirmed
                 .extend(dones.into_iter().map(|d| (group, p.index, d)));
         }
@@ -380,9 +454,10 @@ fn ask_reads<S: StateMachine>(multi: &mut MultiRaft<S>, w: &mut Waiters) {
     for (group, dones) in std::mem::take(&mut w.unasked) {
         w.next = w.next.wrapping_add(1);
         let id = w.next;
+        let asked = Instant::now();
         match multi.read_index(group, id.to_le_bytes().to_vec()) {
             Ok(()) => {
-                w.reads.insert(id, (group, dones));
+                w.reads.insert(id, (group, dones, asked));
             }
             Err(e) => {
                 let e = match e {
@@ -426,11 +501,11 @@ fn settle<S: StateMachine>(multi: &MultiRaft<S>, w: &mut Waiters) {
     let lost: Vec<u64> = w
         .reads
         .iter()
-        .filter(|(_, (g, _))| !multi.is_leader(*g))
+        .filter(|(_, (g, _, _))| !multi.is_leader(*g))
         .map(|(id, _)| *id)
         .collect();
     for id in lost {
-        if let Some((group, dones)) = w.reads.remove(&id) {
+        if let Some((group, dones, _)) = w.reads.remove(&id) {
             for done in dones {
                 let _ = done.send(Err(NodeError::NotLeader {
                     group,
@@ -472,7 +547,7 @@ fn fail_all(w: &mut Waiters, e: NodeError) {
     for (_, (_, done)) in w.proposals.drain() {
         let _ = done.send(Err(e.clone()));
     }
-    for (_, (_, dones)) in w.reads.drain() {
+    for (_, (_, dones, _)) in w.reads.drain() {
         for done in dones {
             let _ = done.send(Err(e.clone()));
         }
@@ -488,7 +563,12 @@ fn fail_all(w: &mut Waiters, e: NodeError) {
 }
 
 /// Handles one input; returns true to stop.
-fn handle<S: StateMachine>(multi: &mut MultiRaft<S>, w: &mut Waiters, input: Input) -> bool {
+fn handle<S: StateMachine>(
+    multi: &mut MultiRaft<S>,
+    w: &mut Waiters,
+    lease: &Granting,
+    input: Input,
+) -> bool {
     match input {
         Input::Message(env) => {
             let _ = multi.step(env);
@@ -522,6 +602,8 @@ fn handle<S: StateMachine>(multi: &mut MultiRaft<S>, w: &mut Waiters, input: Inp
         }
         Input::Read { group, done } => w.unasked.entry(group).or_default().push(done),
         Input::HandOff { done } => {
+            // First: the transfer's vote is honoured at once, so the lease ends now.
+            lease.revoke(multi, true);
             let moved = multi
                 .group_ids()
                 .into_iter()

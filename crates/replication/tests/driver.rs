@@ -389,3 +389,57 @@ fn read_index_confirms_leadership_with_a_quorum_and_fails_on_followers() {
         .unwrap()
         .is_err());
 }
+
+/// A vote request from node 2 to node 1 for `term`, as a transfer's election when `transfer`.
+fn vote_request(term: u64, transfer: bool) -> cairn_replication::Envelope {
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgRequestVote);
+    m.from = 2;
+    m.to = 1;
+    m.term = term;
+    m.log_term = term - 1;
+    m.index = 1_000;
+    if transfer {
+        m.context = raft::CAMPAIGN_TRANSFER.to_vec().into();
+    }
+    cairn_replication::Envelope {
+        group: 1,
+        message: m,
+    }
+}
+
+/// A restarted node may have promised a leader, just before it went down, not to vote for an
+/// election timeout (the leader's read lease relies on that); it forgot the leader, so the
+/// driver keeps the promise for it: votes are ignored until the group has ticked that long.
+/// A leadership transfer's vote is the exception (the leader that asked gave up its lease).
+#[test]
+fn a_freshly_opened_group_ignores_votes_for_an_election_timeout() {
+    let config = fast();
+    let ticks = config.election_ticks;
+    let c = cluster(3, vec![1], config);
+    let (before, early, transfer) = c
+        .with(1, move |m| {
+            let before = m.progress(1).unwrap().0;
+            m.step(vote_request(before + 5, false)).unwrap();
+            let early = m.progress(1).unwrap().0;
+            m.step(vote_request(before + 6, true)).unwrap();
+            (before, early, m.progress(1).unwrap().0)
+        })
+        .unwrap();
+    assert_eq!(early, before, "a vote right after opening is ignored");
+    assert_eq!(transfer, before + 6, "a transfer's vote is not");
+    let late = c
+        .with(1, move |m| {
+            for _ in 0..ticks {
+                m.tick();
+            }
+            m.step(vote_request(before + 20, false)).unwrap();
+            m.progress(1).unwrap().0
+        })
+        .unwrap();
+    assert_eq!(
+        late,
+        before + 20,
+        "after an election timeout votes count again"
+    );
+}

@@ -93,8 +93,18 @@ async fn propose(
     }
 }
 
-/// A read barrier that waits like [`propose`] while no leader is known.
-async fn barrier(repl: &Replication) -> Result<Result<(), NodeError>, tokio::time::error::Elapsed> {
+/// Returns once reading the local store is linearizable: at once while this node holds a
+/// read lease whose index is applied here, else after a read barrier that waits like
+/// [`propose`] while no leader is known.
+async fn barrier(
+    shared: &Shared,
+    repl: &Replication,
+) -> Result<Result<(), NodeError>, tokio::time::error::Elapsed> {
+    if let Some(index) = repl.node.lease_read_index(GROUP) {
+        if shared.store.lock().watches.log_index() >= index {
+            return Ok(Ok(()));
+        }
+    }
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let r = tokio::time::timeout_at(deadline, repl.node.read_barrier(GROUP)).await;
@@ -284,7 +294,7 @@ async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<
         return Reply::error("ERR WATCH inside MULTI is not allowed").to_bytes(proto);
     }
     let repl = shared.replication.as_ref().expect("replicated mode");
-    match barrier(repl).await {
+    match barrier(shared, repl).await {
         Ok(Ok(())) => {
             let index = shared.store.lock().watches.log_index();
             // A set, not a scan per key: WATCH with many keys stays linear.
@@ -434,7 +444,7 @@ async fn read(
     let repl = shared.replication.as_ref().expect("replicated mode");
     let proto = client.proto;
     let fail = |reply: Reply| reply.to_bytes(proto).repeat(run.len());
-    match barrier(repl).await {
+    match barrier(shared, repl).await {
         Ok(Ok(())) => {
             let mut out = Vec::new();
             let mut store = shared.store.lock();
