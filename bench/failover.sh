@@ -5,6 +5,7 @@
 #
 #   bash bench/failover.sh            # TRIALS=20 by default
 #   SIGNAL=TERM bash bench/failover.sh  # graceful: the leader hands leadership over, then exits
+#   KEEP=1 CAIRN_LOG=info bash bench/failover.sh  # keep the nodes' logs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRIALS=${TRIALS:-20}
@@ -14,12 +15,15 @@ command -v redis-cli >/dev/null || { echo "failover: redis-cli is needed (apt-ge
 cargo build --release -q -p cairn
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  if [ -n "${KEEP:-}" ]; then echo "node logs kept in $work"; else rm -rf "$work"; fi
+}
 trap cleanup EXIT
 cluster="1=127.0.0.1:$((BASE + 10000)),2=127.0.0.1:$((BASE + 10001)),3=127.0.0.1:$((BASE + 10002))"
 start() {
   local i=$1
-  CAIRN_LOG=warn ./target/release/cairn server --port $((BASE + i - 1)) --node-id "$i" --bus-port $((BASE + 10000 + i - 1)) \
+  CAIRN_LOG=${CAIRN_LOG:-warn} ./target/release/cairn server --port $((BASE + i - 1)) --node-id "$i" --bus-port $((BASE + 10000 + i - 1)) \
     --initial-cluster "$cluster" --data-dir "$work/node$i" >>"$work/node$i.log" 2>&1 &
   pids[$i]=$!
 }
@@ -47,7 +51,7 @@ for trial in $(seq "$TRIALS"); do
   ms=$(( $(now_ms) - t0 ))
   times+=("$ms")
   wait "${pids[$l]}" 2>/dev/null || true
-  echo "trial $trial: SIG$SIGNAL to leader node $l, first write through node $other after ${ms} ms"
+  echo "trial $trial: at ${t0} ms, SIG$SIGNAL to leader node $l, first write through node $other after ${ms} ms"
   start "$l"
   sleep 1
 done
