@@ -81,7 +81,7 @@ done
 [ -n "$etcd_leader" ] || { echo "etcd elected no leader"; exit 1; }
 load() { ./target/release/kvload --proto "$1" --port "$2" --op "$3" --clients 50 --secs "$SECS"; }
 echo
-echo "# Same client (bench/kvload), 50 clients, pipeline 1, ${SECS} s per test, 100k random keys"
+echo "### Same client (bench/kvload), 50 clients, pipeline 1, ${SECS} s per test, 100k random keys"
 echo
 echo "| system | SET ops/s | SET p50/p99 ms | GET ops/s | GET p50/p99 ms | errors |"
 echo "| --- | --- | --- | --- | --- | --- |"
