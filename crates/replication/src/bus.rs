@@ -314,6 +314,12 @@ async fn inbound_connection(mut socket: TcpStream, bus: Arc<Bus>) -> Result<(), 
     }
 }
 
+/// Whether the peer closed (or reset) an outbound connection.
+fn peer_closed(conn: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    !matches!(conn.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// One peer's sender: connects (with backoff), drains the queue into one frame per write, and
 /// reports what it could not deliver.
 async fn outbound(bus: Arc<Bus>, peer: u64, mut queue: mpsc::Receiver<Envelope>) {
@@ -326,6 +332,12 @@ async fn outbound(bus: Arc<Bus>, peer: u64, mut queue: mpsc::Receiver<Envelope>)
                 Ok(env) => batch.push(env),
                 Err(_) => break,
             }
+        }
+        // The peer never writes on this connection, so anything readable means it closed or
+        // reset it (say the peer restarted): reconnect now, rather than write into a dead
+        // socket, which the kernel accepts and the peer never reads.
+        if conn.as_ref().is_some_and(peer_closed) {
+            conn = None;
         }
         if conn.is_none() {
             let addr = bus

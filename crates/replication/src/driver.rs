@@ -136,7 +136,7 @@ pub struct MultiRaft<S> {
 
 impl<S: StateMachine> MultiRaft<S> {
     pub fn new(node_id: u64, engine: LogEngine, config: GroupConfig) -> Self {
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let logger = slog::Logger::root(crate::log::TracingDrain, slog::o!("node" => node_id));
         MultiRaft {
             node_id,
             engine,

@@ -12,6 +12,7 @@
 pub mod bus;
 pub mod driver;
 pub mod local;
+mod log;
 pub mod node;
 pub mod storage;
 

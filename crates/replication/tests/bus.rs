@@ -188,6 +188,33 @@ async fn the_sender_reconnects_after_the_peer_restarts() {
     assert!(arrived.is_some(), "no message reached the restarted peer");
 }
 
+/// A peer that restarts closes its sockets; the sender must notice before its next write, not
+/// after it: the kernel accepts a write into a closed connection and the message is lost
+/// (raft would only resend at its next heartbeat, ~100 ms later, which slowed every failover).
+#[tokio::test]
+async fn the_first_message_after_a_peer_restart_is_not_lost() {
+    let (l2, a2) = listener().await;
+    let (bus1, _rx1, _ev1) = Bus::new(1, HashMap::from([(2, a2)]));
+    bus1.send(vec![msg(1, 1, 2, 1, MessageType::MsgAppend)]);
+    // The first incarnation of the peer reads a little and dies, closing its sockets.
+    let (mut old, _) = l2.accept().await.unwrap();
+    let mut buf = [0u8; 64];
+    let _ = old.read(&mut buf).await.unwrap();
+    drop(old);
+    drop(l2);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let l2 = TcpListener::bind(a2).await.unwrap();
+    let (bus2, mut rx2, _ev2) = Bus::new(2, HashMap::new());
+    tokio::spawn(bus2.serve(l2));
+    bus1.send(vec![msg(1, 1, 2, 2, MessageType::MsgAppend)]);
+    let got = tokio::time::timeout(Duration::from_secs(2), rx2.recv()).await;
+    assert_eq!(
+        got.ok().flatten().map(|e| e.message.index),
+        Some(2),
+        "the one message sent after the restart arrives"
+    );
+}
+
 #[test]
 fn batch_decoding_never_panics_on_garbage() {
     let good = encode_batch(&[
