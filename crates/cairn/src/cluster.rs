@@ -22,6 +22,31 @@ pub struct ClusterArgs {
 enum ClusterCommand {
     /// Print every node's role, term, commit and apply index for each Raft group.
     Status(Target),
+    /// Add a node (started with --initial-cluster-state existing): as a learner first, then,
+    /// once its log has caught up, as a voter.
+    AddNode {
+        #[command(flatten)]
+        target: Target,
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// The new node's bus address (its client port + 10000).
+        #[arg(long)]
+        bus: String,
+        /// Stop after adding it as a learner.
+        #[arg(long)]
+        learner_only: bool,
+        /// Give up waiting for it to catch up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+    },
+    /// Remove a node from the group (the leader hands over first if it is the one removed).
+    RemoveNode {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -34,18 +59,157 @@ struct Target {
     port: u16,
 }
 
+impl Target {
+    fn addr(&self) -> anyhow::Result<SocketAddr> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {}", self.host))?
+            .next()
+            .context("no address")
+    }
+}
+
 pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
     match args.command {
         ClusterCommand::Status(t) => {
-            let addr = (t.host.as_str(), t.port)
-                .to_socket_addrs()
-                .with_context(|| format!("resolving {}", t.host))?
-                .next()
-                .context("no address")?;
-            print!("{}", status(addr)?);
+            print!("{}", status(t.addr()?)?);
+            Ok(())
+        }
+        ClusterCommand::AddNode {
+            target,
+            id,
+            bus,
+            learner_only,
+            wait_secs,
+        } => add_node(target.addr()?, id, &bus, learner_only, wait_secs),
+        ClusterCommand::RemoveNode { target, id } => {
+            expect_ok(call(
+                target.addr()?,
+                &["CAIRN.MEMBER", "REMOVE", &id.to_string()],
+            )?)?;
+            println!("node {id} removed");
             Ok(())
         }
     }
+}
+
+fn add_node(
+    addr: SocketAddr,
+    id: u64,
+    bus: &str,
+    learner_only: bool,
+    wait: u64,
+) -> anyhow::Result<()> {
+    let ids = id.to_string();
+    expect_ok(call(addr, &["CAIRN.MEMBER", "ADD-LEARNER", &ids, bus])?)?;
+    println!("node {id} added as a learner; waiting for its log to catch up");
+    if learner_only {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        // [id, role, address, matched] per member, from the leader.
+        let rows = match call(addr, &["CAIRN.MEMBER", "LIST"])? {
+            Value::Array(rows) => rows,
+            other => anyhow::bail!("unexpected CAIRN.MEMBER LIST reply: {other:?}"),
+        };
+        let mut voters_min = u64::MAX;
+        let mut mine = None;
+        for row in rows {
+            if let Value::Array(cells) = row {
+                if let [Value::Int(m), Value::Bulk(role), _, Value::Int(matched)] = cells.as_slice()
+                {
+                    let matched = (*matched).max(0) as u64;
+                    if *m as u64 == id {
+                        mine = Some(matched);
+                    } else if role == b"voter" {
+                        voters_min = voters_min.min(matched);
+                    }
+                }
+            }
+        }
+        let mine = mine.with_context(|| format!("node {id} is no longer a member"))?;
+        if mine >= voters_min {
+            eprintln!();
+            break;
+        }
+        eprint!("\r  node {id} at index {mine} of {voters_min}   ");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "node {id} did not catch up within {wait} s; it stays a learner (is it running with --initial-cluster-state existing?)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    expect_ok(call(addr, &["CAIRN.MEMBER", "PROMOTE", &ids])?)?;
+    println!("node {id} caught up and is now a voter");
+    Ok(())
+}
+
+/// A RESP reply, as far as the admin commands need.
+#[derive(Debug)]
+enum Value {
+    Ok,
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    Array(Vec<Value>),
+}
+
+fn expect_ok(v: Value) -> anyhow::Result<()> {
+    match v {
+        Value::Ok => Ok(()),
+        Value::Error(e) => anyhow::bail!("{e}"),
+        other => anyhow::bail!("unexpected reply: {other:?}"),
+    }
+}
+
+/// Sends one command (RESP2) and reads its reply.
+fn call(addr: SocketAddr, args: &[&str]) -> anyhow::Result<Value> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    (&s).write_all(req.as_bytes())?;
+    read_value(&mut BufReader::new(s), 0)
+}
+
+fn read_value(r: &mut impl BufRead, depth: usize) -> anyhow::Result<Value> {
+    anyhow::ensure!(depth < 8, "reply nested too deeply");
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let line = line.trim_end();
+    let (kind, rest) = line.split_at(line.len().min(1));
+    Ok(match kind {
+        "+" => Value::Ok,
+        "-" => Value::Error(rest.to_string()),
+        ":" => Value::Int(rest.parse()?),
+        "$" => {
+            let n: i64 = rest.parse()?;
+            if n < 0 {
+                Value::Nil
+            } else {
+                anyhow::ensure!(n <= 1 << 20, "reply too large");
+                let mut buf = vec![0; n as usize + 2];
+                r.read_exact(&mut buf)?;
+                buf.truncate(n as usize);
+                Value::Bulk(buf)
+            }
+        }
+        "*" => {
+            let n: i64 = rest.parse()?;
+            anyhow::ensure!(n <= 10_000, "reply too large");
+            let mut items = Vec::new();
+            for _ in 0..n.max(0) {
+                items.push(read_value(r, depth + 1)?);
+            }
+            Value::Array(items)
+        }
+        _ => anyhow::bail!("unexpected reply line {line:?}"),
+    })
 }
 
 /// One node's `INFO raft`, as key → value.

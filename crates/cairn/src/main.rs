@@ -63,6 +63,10 @@ pub struct ServerArgs {
     /// standalone, memory-only server.
     #[arg(long, env = "CAIRN_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
+    /// `new` bootstraps the cluster of --initial-cluster; `existing` joins a running one: the
+    /// node waits until a member adds it (`cairn cluster add-node`).
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER_STATE", value_name = "new|existing")]
+    initial_cluster_state: Option<String>,
     /// Allow `DEBUG NETWORK` to cut this node's links to peers (fault-injection tests only).
     #[arg(long, env = "CAIRN_FAULT_HOOKS", value_name = "yes|no")]
     fault_hooks: Option<String>,
@@ -84,6 +88,7 @@ struct FileConfig {
     node_id: Option<u64>,
     bus_port: Option<u16>,
     initial_cluster: Option<String>,
+    initial_cluster_state: Option<String>,
     fault_hooks: Option<String>,
     snapshot_entries: Option<u64>,
 }
@@ -117,6 +122,19 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<cairn_server::Config> {
     }
     if let Some(v) = args.protected_mode.clone().or(file.protected_mode) {
         c.protected_mode = yes_no(&v).context("--protected-mode")?;
+    }
+    if let Some(v) = args
+        .initial_cluster_state
+        .clone()
+        .or(file.initial_cluster_state)
+    {
+        c.join_existing = match v.to_ascii_lowercase().as_str() {
+            "new" => false,
+            "existing" => true,
+            other => {
+                anyhow::bail!("--initial-cluster-state: expected new or existing, got {other:?}")
+            }
+        };
     }
     if let Some(v) = args.fault_hooks.clone().or(file.fault_hooks) {
         c.fault_hooks = yes_no(&v).context("--fault-hooks")?;

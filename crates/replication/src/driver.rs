@@ -16,12 +16,18 @@
 //! [`MultiRaft::round`] runs both halves. Every output names its group and carries each entry's
 //! context, so the caller can answer the client that proposed it.
 
+use crate::members::{self, Members};
 use crate::storage::{GroupStorage, LogEngine, Staged, StorageFault};
 use raft::eraftpb::MessageType;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
+};
 use raft::{RawNode, StateRole, CAMPAIGN_TRANSFER};
 use raft_engine::LogBatch;
 use std::collections::BTreeMap;
+
+/// The index (and term) of the snapshot a new group starts from.
+const BOOTSTRAP_INDEX: u64 = 1;
 
 /// A shard's state machine, as the driver sees it.
 pub trait StateMachine {
@@ -65,8 +71,19 @@ pub struct RoundOutput {
     pub messages: Vec<Envelope>,
     pub applied: Vec<Applied>,
     pub read_points: Vec<ReadPoint>,
+    /// Members added (with their address) or removed (`address: None`) this round.
+    pub membership: Vec<MemberChange>,
     /// Groups whose Ready was handled.
     pub groups_ready: usize,
+}
+
+/// A member added to or removed from a group, as applied here.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberChange {
+    pub group: u64,
+    pub node: u64,
+    /// Where it can be reached; None when it was removed.
+    pub address: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +140,8 @@ struct Group<S> {
     snapshots_installed: u64,
     /// Ticks since the group was opened here, counted up to the election timeout.
     ticks: usize,
+    /// Addresses of members added by conf changes (see `members.rs`).
+    members: Members,
 }
 
 /// Every group of one node.
@@ -161,21 +180,41 @@ impl<S: StateMachine> MultiRaft<S> {
         let storage = self.engine.group(id)?;
         let state = raft::Storage::initial_state(&storage)?;
         if state.conf_state.voters.is_empty() && !voters.is_empty() {
-            let mut batch = LogBatch::default();
-            let mut staged = storage.stage(&mut batch, None, &[], None)?;
-            let cs = raft::eraftpb::ConfState {
-                voters: voters.to_vec(),
+            // Bootstrap from a snapshot at index 1 rather than from an empty log: the log then
+            // starts at 2, so a member added later is always sent a snapshot first, and
+            // learns the configuration from it, instead of replaying the log from index 1
+            // with no configuration at all.
+            let mut snap = Snapshot::default();
+            snap.set_data(members::frame_snapshot(&Members::new(), &sm.snapshot()).into());
+            let meta = snap.mut_metadata();
+            meta.index = BOOTSTRAP_INDEX;
+            meta.term = BOOTSTRAP_INDEX;
+            meta.mut_conf_state().voters = voters.to_vec();
+            let hs = raft::eraftpb::HardState {
+                term: BOOTSTRAP_INDEX,
+                commit: BOOTSTRAP_INDEX,
                 ..Default::default()
             };
-            storage.stage_conf_state(&mut batch, &cs, &mut staged)?;
+            let mut batch = LogBatch::default();
+            let staged = storage.stage(&mut batch, Some(&snap), &[], Some(&hs))?;
             self.engine.write(&mut batch)?;
             storage.commit(staged);
         }
         let mut applied = 0;
+        let mut members = Members::new();
         if let Some(snap) = storage.latest_snapshot() {
-            sm.restore(snap.get_data())
+            let (from_snapshot, state) = members::split_snapshot(snap.get_data())
+                .map_err(|why| DriverError::Restore { group: id, why })?;
+            sm.restore(state)
                 .map_err(|why| DriverError::Restore { group: id, why })?;
             applied = snap.get_metadata().index;
+            members = from_snapshot;
+        }
+        // Conf changes applied after the snapshot wrote a newer record.
+        if let Some(record) = storage.load_members() {
+            members = members::decode(&record)
+                .map_err(|why| DriverError::Restore { group: id, why })?
+                .0;
         }
         let c = &self.config;
         let raft_config = raft::Config {
@@ -201,9 +240,20 @@ impl<S: StateMachine> MultiRaft<S> {
                 snapshot_index: applied,
                 snapshots_installed: 0,
                 ticks: 0,
+                members,
             },
         );
         Ok(())
+    }
+
+    /// The group, if this node leads it; else who does, as far as it knows.
+    fn led_group(&mut self, group: u64) -> Result<&mut Group<S>, DriverError> {
+        let g = self.group(group)?;
+        if g.raw.raft.state != StateRole::Leader {
+            let leader = Some(g.raw.raft.leader_id).filter(|&l| l != 0);
+            return Err(DriverError::NotLeader { group, leader });
+        }
+        Ok(g)
     }
 
     fn group(&mut self, id: u64) -> Result<&mut Group<S>, DriverError> {
@@ -264,22 +314,68 @@ impl<S: StateMachine> MultiRaft<S> {
         context: Vec<u8>,
         data: Vec<u8>,
     ) -> Result<(), DriverError> {
-        let g = self.group(group)?;
-        if g.raw.raft.state != StateRole::Leader {
-            let leader = Some(g.raw.raft.leader_id).filter(|&l| l != 0);
-            return Err(DriverError::NotLeader { group, leader });
-        }
+        let g = self.led_group(group)?;
         Ok(g.raw.propose(context, data)?)
+    }
+
+    /// Proposes a membership change (one change: add a learner, promote it to voter, remove a
+    /// node); the change's context carries an added node's address. Its outcome comes back as
+    /// [`Applied`] with `result` "OK" or "ERR ..." (raft-rs refused it when applying).
+    pub fn propose_conf_change(
+        &mut self,
+        group: u64,
+        context: Vec<u8>,
+        change: ConfChangeV2,
+    ) -> Result<(), DriverError> {
+        let g = self.led_group(group)?;
+        // raft-rs would turn a second pending change into an empty entry, silently.
+        if g.raw.raft.has_pending_conf() {
+            return Err(DriverError::Raft(raft::Error::ProposalDropped));
+        }
+        Ok(g.raw.propose_conf_change(context, change)?)
+    }
+
+    /// The addresses of members added by conf changes.
+    pub fn members(&self, group: u64) -> Members {
+        self.groups
+            .get(&group)
+            .map(|g| g.members.clone())
+            .unwrap_or_default()
+    }
+
+    /// (voters, learners) of a group's current configuration.
+    pub fn configuration(&self, group: u64) -> (Vec<u64>, Vec<u64>) {
+        self.groups.get(&group).map_or_else(Default::default, |g| {
+            let cs = g.raw.raft.prs().conf().to_conf_state();
+            let (mut voters, mut learners) = (cs.voters, cs.learners);
+            voters.sort_unstable();
+            learners.sort_unstable();
+            (voters, learners)
+        })
+    }
+
+    /// On the leader, how far each member's log matches its own: (member, matched index).
+    pub fn matched(&self, group: u64) -> Vec<(u64, u64)> {
+        match self.groups.get(&group) {
+            Some(g) if g.raw.raft.state == StateRole::Leader => {
+                let mut v: Vec<(u64, u64)> = g
+                    .raw
+                    .raft
+                    .prs()
+                    .iter()
+                    .map(|(&id, p)| (id, p.matched))
+                    .collect();
+                v.sort_unstable();
+                v
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Asks the leader to confirm it still leads (ReadIndex); the answer arrives in a later
     /// round's `read_points` with the same context. Only a leader gets an answer.
     pub fn read_index(&mut self, group: u64, context: Vec<u8>) -> Result<(), DriverError> {
-        let g = self.group(group)?;
-        if g.raw.raft.state != StateRole::Leader {
-            let leader = Some(g.raw.raft.leader_id).filter(|&l| l != 0);
-            return Err(DriverError::NotLeader { group, leader });
-        }
+        let g = self.led_group(group)?;
         g.raw.read_index(context);
         Ok(())
     }
@@ -419,6 +515,15 @@ impl<S: StateMachine> MultiRaft<S> {
                 g.raw
                     .store()
                     .stage(&mut round.batch, snapshot.as_ref(), rd.entries(), rd.hs())?;
+            if let Some(snap) = &snapshot {
+                // Installing a snapshot cleans the group's records: its member record replaces
+                // ours in the same write.
+                let (from_snapshot, _) = members::split_snapshot(snap.get_data())
+                    .map_err(|why| DriverError::Restore { group: id, why })?;
+                g.raw
+                    .store()
+                    .stage_members(&mut round.batch, members::encode(&from_snapshot))?;
+            }
             round.sync |= staged.needs_sync();
             round.early.messages.extend(
                 rd.take_messages()
@@ -465,8 +570,20 @@ impl<S: StateMachine> MultiRaft<S> {
                 message: m,
             };
             if let Some(snap) = snapshot {
-                g.sm.restore(snap.get_data())
+                let (from_snapshot, state) = members::split_snapshot(snap.get_data())
                     .map_err(|why| DriverError::Restore { group: id, why })?;
+                g.sm.restore(state)
+                    .map_err(|why| DriverError::Restore { group: id, why })?;
+                for (&node, addr) in &from_snapshot {
+                    if g.members.get(&node) != Some(addr) {
+                        out.membership.push(MemberChange {
+                            group: id,
+                            node,
+                            address: Some(addr.clone()),
+                        });
+                    }
+                }
+                g.members = from_snapshot;
                 g.applied = snap.get_metadata().index;
                 g.snapshot_index = g.applied;
                 g.snapshots_installed += 1;
@@ -516,39 +633,85 @@ fn apply_entries<S: StateMachine>(
             continue;
         }
         g.applied = e.index;
-        match e.get_entry_type() {
-            EntryType::EntryNormal if e.data.is_empty() => {} // a new leader's empty entry
-            EntryType::EntryNormal => {
-                let result = g.sm.apply(e.index, &e.data);
-                out.applied.push(Applied {
-                    group: id,
-                    index: e.index,
-                    term: e.term,
-                    context: e.context.to_vec(),
-                    result,
-                });
-            }
+        let result = match e.get_entry_type() {
+            EntryType::EntryNormal if e.data.is_empty() => continue, // a new leader's empty entry
+            EntryType::EntryNormal => g.sm.apply(e.index, &e.data),
             EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                let cs = if e.get_entry_type() == EntryType::EntryConfChange {
-                    let cc: ConfChange =
-                        protobuf::Message::parse_from_bytes(&e.data).map_err(StorageFault::from)?;
-                    g.raw.apply_conf_change(&cc)?
-                } else {
-                    let cc: ConfChangeV2 =
-                        protobuf::Message::parse_from_bytes(&e.data).map_err(StorageFault::from)?;
-                    g.raw.apply_conf_change(&cc)?
-                };
-                let mut batch = LogBatch::default();
-                let mut staged = g.raw.store().stage(&mut batch, None, &[], None)?;
-                g.raw
-                    .store()
-                    .stage_conf_state(&mut batch, &cs, &mut staged)?;
-                engine.write(&mut batch)?;
-                g.raw.store().commit(staged);
+                apply_conf_change(id, g, &e, engine, out)?
             }
-        }
+        };
+        out.applied.push(Applied {
+            group: id,
+            index: e.index,
+            term: e.term,
+            context: e.context.to_vec(),
+            result,
+        });
     }
     Ok(())
+}
+
+/// Applies a membership change: to raft (which may refuse it, the same way on every replica:
+/// then it is a no-op everywhere, reported to whoever proposed it, never a reason to stop), to
+/// the member record, and to disk. Returns "OK" or "ERR ...".
+fn apply_conf_change<S: StateMachine>(
+    id: u64,
+    g: &mut Group<S>,
+    e: &Entry,
+    engine: &LogEngine,
+    out: &mut RoundOutput,
+) -> Result<Vec<u8>, DriverError> {
+    let cc: ConfChangeV2 = if e.get_entry_type() == EntryType::EntryConfChange {
+        let cc: ConfChange =
+            protobuf::Message::parse_from_bytes(&e.data).map_err(StorageFault::from)?;
+        let mut single = raft::eraftpb::ConfChangeSingle::default();
+        single.set_change_type(cc.get_change_type());
+        single.node_id = cc.node_id;
+        let mut v2 = ConfChangeV2::default();
+        v2.set_changes(vec![single].into());
+        v2.context = cc.context;
+        v2
+    } else {
+        protobuf::Message::parse_from_bytes(&e.data).map_err(StorageFault::from)?
+    };
+    // raft-rs checks the change against the current configuration, the same on
+    // every replica: a refused change is a no-op everywhere, reported to whoever
+    // proposed it, never a reason to stop.
+    Ok(match g.raw.apply_conf_change(&cc) {
+        Ok(cs) => {
+            let mut changed = Vec::new();
+            for c in cc.get_changes() {
+                let node = c.node_id;
+                let address = match c.get_change_type() {
+                    ConfChangeType::RemoveNode => None,
+                    _ if cc.context.is_empty() => continue,
+                    _ => Some(cc.context.to_vec()),
+                };
+                match &address {
+                    Some(a) => g.members.insert(node, a.clone()),
+                    None => g.members.remove(&node),
+                };
+                changed.push(MemberChange {
+                    group: id,
+                    node,
+                    address,
+                });
+            }
+            let mut batch = LogBatch::default();
+            let mut staged = g.raw.store().stage(&mut batch, None, &[], None)?;
+            g.raw
+                .store()
+                .stage_conf_state(&mut batch, &cs, &mut staged)?;
+            g.raw
+                .store()
+                .stage_members(&mut batch, members::encode(&g.members))?;
+            engine.write(&mut batch)?;
+            g.raw.store().commit(staged);
+            out.membership.extend(changed);
+            b"OK".to_vec()
+        }
+        Err(err) => format!("ERR {err}").into_bytes(),
+    })
 }
 
 /// Takes a snapshot at the applied index and compacts the log behind it, every
@@ -564,7 +727,7 @@ fn maybe_snapshot<S: StateMachine>(
     let storage = g.raw.store().clone();
     let term = raft::Storage::term(&storage, g.applied)?;
     let mut snap = Snapshot::default();
-    snap.set_data(g.sm.snapshot().into());
+    snap.set_data(members::frame_snapshot(&g.members, &g.sm.snapshot()).into());
     let meta = snap.mut_metadata();
     meta.index = g.applied;
     meta.term = term;

@@ -7,19 +7,22 @@
 //! TCP transport between nodes (framed, batched per peer, reconnecting, with a fault hook).
 //! [`node`]: the driver on its own thread with the bus, an async API for proposals and read
 //! barriers, read leases and graceful hand-off. [`local`]: an in-process cluster for tests.
-//! Still to come: snapshot streaming in chunks, membership commands.
+//! Still to come: snapshot streaming in chunks.
 
 pub mod bus;
 pub mod driver;
 pub mod local;
 mod log;
+pub mod members;
 pub mod node;
 pub mod storage;
 
 pub use bus::{Bus, BusEvent};
 pub use driver::{
-    Applied, DriverError, Envelope, GroupConfig, MultiRaft, RoundOutput, StateMachine,
+    Applied, DriverError, Envelope, GroupConfig, MemberChange, MultiRaft, RoundOutput, StateMachine,
 };
 pub use local::LocalCluster;
 pub use node::{GroupStatus, Node, NodeConfig, NodeError, NodeStatus};
+/// raft-rs's message types (conf changes among them), for callers of this crate.
+pub use raft::eraftpb;
 pub use storage::{GroupStorage, LogEngine, Staged, StorageFault};

@@ -10,7 +10,7 @@
 //! waiter learns why.
 
 use crate::bus::{Bus, BusEvent};
-use crate::driver::{DriverError, Envelope, GroupConfig, MultiRaft, StateMachine};
+use crate::driver::{DriverError, Envelope, GroupConfig, MemberChange, MultiRaft, StateMachine};
 use crate::storage::LogEngine;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -58,6 +58,12 @@ pub struct GroupStatus {
     pub snapshot_index: u64,
     /// Snapshots installed from a leader since this node started.
     pub snapshots_installed: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Addresses of members added by conf changes (bus addresses, as given when added).
+    pub members: BTreeMap<u64, String>,
+    /// On the leader: (member, index up to which its log matches the leader's).
+    pub matched: Vec<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -78,6 +84,12 @@ enum Input {
     Read {
         group: u64,
         done: oneshot::Sender<Result<(), NodeError>>,
+    },
+    /// A membership change (see [`MultiRaft::propose_conf_change`]).
+    ConfChange {
+        group: u64,
+        change: raft::eraftpb::ConfChangeV2,
+        done: oneshot::Sender<Result<Vec<u8>, NodeError>>,
     },
     /// Hand every leadership here to another voter; answers (group, new leader) per transfer.
     HandOff {
@@ -124,6 +136,19 @@ impl Node {
         for (id, sm) in groups {
             multi.open_group(id, &voters, sm)?;
         }
+        let mut added = Vec::new();
+        for g in multi.group_ids() {
+            added.extend(
+                multi
+                    .members(g)
+                    .into_iter()
+                    .map(|(node, addr)| MemberChange {
+                        group: g,
+                        node,
+                        address: Some(addr),
+                    }),
+            );
+        }
         let peers: HashMap<u64, SocketAddr> = config
             .peers
             .iter()
@@ -131,6 +156,7 @@ impl Node {
             .map(|(k, v)| (*k, *v))
             .collect();
         let (bus, mut bus_in, mut bus_events) = Bus::new(config.id, peers);
+        learn_addresses(&bus, config.id, &added);
         let (inputs, rx) = mpsc::channel(INPUT_QUEUE);
         let (status_tx, status) = watch::channel(NodeStatus::default());
         bus_listener.set_nonblocking(true)?;
@@ -190,6 +216,25 @@ impl Node {
         let (done, wait) = oneshot::channel();
         self.inputs
             .try_send(Input::Read { group, done })
+            .map_err(|_| NodeError::Busy)?;
+        wait.await
+            .unwrap_or_else(|_| Err(NodeError::Stopped("driver gone".into())))
+    }
+
+    /// Proposes a membership change to `group` (this node must lead it); resolves once it is
+    /// applied, with "OK" or the reason raft refused it ("ERR ...").
+    pub async fn change_membership(
+        &self,
+        group: u64,
+        change: raft::eraftpb::ConfChangeV2,
+    ) -> Result<Vec<u8>, NodeError> {
+        let (done, wait) = oneshot::channel();
+        self.inputs
+            .try_send(Input::ConfChange {
+                group,
+                change,
+                done,
+            })
             .map_err(|_| NodeError::Busy)?;
         wait.await
             .unwrap_or_else(|_| Err(NodeError::Stopped("driver gone".into())))
@@ -394,6 +439,7 @@ fn drive<S: StateMachine>(
                 return;
             }
         };
+        learn_addresses(&bus, multi.node_id(), &out.membership);
         bus.send(out.messages);
         answer(&multi, &lease, &mut w, out.applied, out.read_points);
         settle(&multi, &mut w);
@@ -412,6 +458,7 @@ fn run_round<S: StateMachine>(
 ) -> Result<crate::driver::RoundOutput, DriverError> {
     let mut round = multi.begin_round()?;
     let early = std::mem::take(&mut round.early);
+    learn_addresses(bus, multi.node_id(), &early.membership);
     if !early.messages.is_empty() {
         bus.send(early.messages);
     }
@@ -516,11 +563,29 @@ fn settle<S: StateMachine>(multi: &MultiRaft<S>, w: &mut Waiters) {
     }
 }
 
+/// Points the bus at members added with an address. An address that does not parse is
+/// logged and skipped: the member stays unreachable from here until it is re-added.
+fn learn_addresses(bus: &Bus, me: u64, changes: &[MemberChange]) {
+    for c in changes {
+        match &c.address {
+            Some(addr) if c.node != me => {
+                match std::str::from_utf8(addr).ok().and_then(|a| a.parse().ok()) {
+                    Some(sa) => bus.set_address(c.node, sa),
+                    None => tracing::warn!(node = c.node, "member address does not parse"),
+                }
+            }
+            Some(_) => {}
+            None => tracing::info!(group = c.group, node = c.node, "member removed"),
+        }
+    }
+}
+
 fn publish<S: StateMachine>(multi: &MultiRaft<S>, status: &watch::Sender<NodeStatus>) {
     let mut groups = BTreeMap::new();
     for g in multi.group_ids() {
         let (term, commit, applied) = multi.progress(g).unwrap_or_default();
         let (snapshot_index, snapshots_installed) = multi.snapshot_info(g).unwrap_or_default();
+        let (voters, learners) = multi.configuration(g);
         groups.insert(
             g,
             GroupStatus {
@@ -531,6 +596,14 @@ fn publish<S: StateMachine>(multi: &MultiRaft<S>, status: &watch::Sender<NodeSta
                 applied,
                 snapshot_index,
                 snapshots_installed,
+                voters,
+                learners,
+                members: multi
+                    .members(g)
+                    .into_iter()
+                    .map(|(id, a)| (id, String::from_utf8_lossy(&a).into_owned()))
+                    .collect(),
+                matched: multi.matched(g),
             },
         );
     }
@@ -562,6 +635,31 @@ fn fail_all(w: &mut Waiters, e: NodeError) {
     }
 }
 
+/// Proposes through `propose` with a fresh context id, and files `done` to be answered when
+/// that entry applies, or answers it now with why raft would not take it.
+fn proposed<S: StateMachine>(
+    w: &mut Waiters,
+    group: u64,
+    done: oneshot::Sender<Result<Vec<u8>, NodeError>>,
+    propose: impl FnOnce(&mut MultiRaft<S>, Vec<u8>) -> Result<(), DriverError>,
+    multi: &mut MultiRaft<S>,
+) {
+    w.next = w.next.wrapping_add(1);
+    let id = w.next;
+    let refused = match propose(multi, id.to_le_bytes().to_vec()) {
+        Ok(()) => {
+            w.proposals.insert(id, (group, done));
+            return;
+        }
+        Err(DriverError::NotLeader { group, leader }) => NodeError::NotLeader { group, leader },
+        // raft refused it (uncommitted-size limit, leadership in flux, a membership change
+        // already pending): retryable.
+        Err(DriverError::Raft(raft::Error::ProposalDropped)) => NodeError::Busy,
+        Err(e) => NodeError::Stopped(e.to_string()),
+    };
+    let _ = done.send(Err(refused));
+}
+
 /// Handles one input; returns true to stop.
 fn handle<S: StateMachine>(
     multi: &mut MultiRaft<S>,
@@ -581,26 +679,25 @@ fn handle<S: StateMachine>(
             peer,
             delivered,
         }) => multi.report_snapshot(group, peer, delivered),
-        Input::Propose { group, data, done } => {
-            w.next = w.next.wrapping_add(1);
-            let id = w.next;
-            match multi.propose(group, id.to_le_bytes().to_vec(), data) {
-                Ok(()) => {
-                    w.proposals.insert(id, (group, done));
-                }
-                Err(DriverError::NotLeader { group, leader }) => {
-                    let _ = done.send(Err(NodeError::NotLeader { group, leader }));
-                }
-                // raft refused it (uncommitted-size limit, leadership in flux): retryable.
-                Err(DriverError::Raft(raft::Error::ProposalDropped)) => {
-                    let _ = done.send(Err(NodeError::Busy));
-                }
-                Err(e) => {
-                    let _ = done.send(Err(NodeError::Stopped(e.to_string())));
-                }
-            }
-        }
+        Input::Propose { group, data, done } => proposed(
+            w,
+            group,
+            done,
+            |multi, ctx| multi.propose(group, ctx, data),
+            multi,
+        ),
         Input::Read { group, done } => w.unasked.entry(group).or_default().push(done),
+        Input::ConfChange {
+            group,
+            change,
+            done,
+        } => proposed(
+            w,
+            group,
+            done,
+            |multi, ctx| multi.propose_conf_change(group, ctx, change),
+            multi,
+        ),
         Input::HandOff { done } => {
             // First: the transfer's vote is honoured at once, so the lease ends now.
             lease.revoke(multi, true);

@@ -23,6 +23,8 @@ const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_TRUNCATED: &[u8] = b"truncated";
 /// The newest snapshot (metadata and state-machine data) this group has taken or installed.
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// The addresses of members added by conf changes (see `members.rs`).
+const KEY_MEMBERS: &[u8] = b"members";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageFault {
@@ -244,6 +246,17 @@ impl GroupStorage {
     ) -> Result<(), StorageFault> {
         batch.put_message(self.id, KEY_CONF_STATE.to_vec(), cs)?;
         staged.conf_state = Some(cs.clone());
+        Ok(())
+    }
+
+    /// The member record last staged (see `members.rs`), if any.
+    pub fn load_members(&self) -> Option<Vec<u8>> {
+        self.engine.get(self.id, KEY_MEMBERS)
+    }
+
+    /// Stages a new member record; it is durable with the batch.
+    pub fn stage_members(&self, batch: &mut LogBatch, record: Vec<u8>) -> Result<(), StorageFault> {
+        batch.put(self.id, KEY_MEMBERS.to_vec(), record)?;
         Ok(())
     }
 

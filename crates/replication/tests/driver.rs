@@ -443,3 +443,53 @@ fn a_freshly_opened_group_ignores_votes_for_an_election_timeout() {
         "after an election timeout votes count again"
     );
 }
+
+/// raft-rs refuses some membership changes only when applying them (here: removing every
+/// voter). The refusal is the same on every replica, so it must be a reported no-op, never a
+/// reason for the node to stop.
+#[test]
+fn a_membership_change_raft_refuses_is_reported_and_changes_nothing() {
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+    let mut c = cluster(3, vec![1], fast());
+    let leader = c.wait_leader(1, 400);
+    let proposed = c
+        .with(leader, |m| {
+            let mut cc = ConfChangeV2::default();
+            let changes: Vec<ConfChangeSingle> = (1..=3)
+                .map(|id| {
+                    let mut s = ConfChangeSingle::default();
+                    s.set_change_type(ConfChangeType::RemoveNode);
+                    s.node_id = id;
+                    s
+                })
+                .collect();
+            cc.set_changes(changes.into());
+            m.propose_conf_change(1, b"remove-all".to_vec(), cc)
+        })
+        .unwrap();
+    assert!(proposed.is_ok(), "{proposed:?}");
+    run(&mut c, 30);
+    let results: Vec<Vec<u8>> = c
+        .applied
+        .iter()
+        .filter(|(_, a)| a.context == b"remove-all")
+        .map(|(_, a)| a.result.clone())
+        .collect();
+    assert_eq!(results.len(), 3, "applied (and refused) on every node");
+    for r in &results {
+        assert!(r.starts_with(b"ERR"), "{}", String::from_utf8_lossy(r));
+    }
+    for id in 1..=3 {
+        let (voters, _) = c.with(id, |m| m.configuration(1)).unwrap();
+        assert_eq!(voters, vec![1, 2, 3], "node {id}");
+    }
+    assert!(propose(&mut c, 1, "after"));
+    run(&mut c, 20);
+    for id in 1..=3 {
+        assert_eq!(
+            journal(&c, id, 1).last().map(Vec::as_slice),
+            Some(b"after".as_slice()),
+            "node {id} still applies"
+        );
+    }
+}

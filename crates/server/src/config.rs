@@ -25,6 +25,9 @@ pub struct Config {
     pub initial_cluster: Vec<(u64, std::net::SocketAddr)>,
     /// Whether `DEBUG NETWORK` may cut links to peers. For fault-injection tests; off by default.
     pub fault_hooks: bool,
+    /// Join a running cluster (etcd's `--initial-cluster-state existing`): start with no
+    /// configuration and wait for a leader to add this node, instead of bootstrapping one.
+    pub join_existing: bool,
     /// Replicated mode: a shard snapshots its state and compacts its log every this many
     /// applied entries.
     pub snapshot_entries: u64,
@@ -46,6 +49,7 @@ impl Default for Config {
             bus_port: 16379,
             initial_cluster: Vec::new(),
             fault_hooks: false,
+            join_existing: false,
             snapshot_entries: 10_000,
         }
     }

@@ -90,7 +90,12 @@ fn start_replication(
             ..Default::default()
         },
     };
-    let voters: Vec<u64> = config.initial_cluster.iter().map(|(id, _)| *id).collect();
+    // A joining node bootstraps nothing: its configuration arrives in the leader's snapshot.
+    let voters: Vec<u64> = if config.join_existing {
+        Vec::new()
+    } else {
+        config.initial_cluster.iter().map(|(id, _)| *id).collect()
+    };
     let machine = shard::ShardMachine {
         store: store.clone(),
     };

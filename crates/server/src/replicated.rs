@@ -39,8 +39,42 @@ const MAX_RELAYED_REPLY: usize = 512 * 1024 * 1024 + 1024;
 pub struct Replication {
     pub node: Arc<Node>,
     pub me: u64,
-    /// Every node's client address (bus port - 10000).
+    /// The client address (bus port - 10000) of every node in `--initial-cluster`.
     pub client_addrs: HashMap<u64, SocketAddr>,
+}
+
+impl Replication {
+    /// Where node `id` serves clients: from `--initial-cluster`, or for a member added later,
+    /// from the bus address its conf change carried (by the same convention, port - 10000).
+    pub fn client_addr(&self, id: u64) -> Option<SocketAddr> {
+        if let Some(&a) = self.client_addrs.get(&id) {
+            return Some(a);
+        }
+        let status = self.node.status();
+        let status = status.borrow();
+        let bus: SocketAddr = status.groups.get(&GROUP)?.members.get(&id)?.parse().ok()?;
+        Some(SocketAddr::new(bus.ip(), bus.port().checked_sub(10000)?))
+    }
+
+    /// Every known member's client address, by id.
+    pub fn all_client_addrs(&self) -> std::collections::BTreeMap<u64, SocketAddr> {
+        let mut all: std::collections::BTreeMap<u64, SocketAddr> =
+            self.client_addrs.iter().map(|(&k, &v)| (k, v)).collect();
+        let added: Vec<u64> = self
+            .node
+            .status()
+            .borrow()
+            .groups
+            .get(&GROUP)
+            .map(|g| g.members.keys().copied().collect())
+            .unwrap_or_default();
+        for id in added {
+            if let Some(a) = self.client_addr(id) {
+                all.insert(id, a);
+            }
+        }
+        all
+    }
 }
 
 /// A client's connection to the leader, for relaying.
@@ -220,6 +254,9 @@ pub async fn handle_pending(
 /// Handles one request in replicated mode; returns the encoded reply.
 pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
     let proto = client.proto;
+    if args[0].eq_ignore_ascii_case(b"cairn.member") {
+        return crate::cmd::member::member(shared, client, args).await;
+    }
     let spec = match shared.table.commands.lookup(&args) {
         Lookup::Found(spec) => spec.clone(),
         Lookup::Error(e) => {
@@ -525,7 +562,7 @@ async fn connect_leader(repl: &Replication, leader: u64, proto: Protocol) -> Res
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut leader = leader;
     loop {
-        if let Some(&addr) = repl.client_addrs.get(&leader) {
+        if let Some(addr) = repl.client_addr(leader) {
             if let Some(r) = open_relay(addr, leader, proto).await {
                 return Ok(r);
             }
@@ -547,6 +584,16 @@ async fn connect_leader(repl: &Replication, leader: u64, proto: Protocol) -> Res
             _ => return Err(tryagain("the leader changed, retry")),
         }
     }
+}
+
+/// Sends one command that changes state to the leader, once (see [`relay`]).
+pub async fn relay_once(
+    shared: &Shared,
+    client: &mut Client,
+    leader: u64,
+    args: Vec<Vec<u8>>,
+) -> Result<Vec<u8>, Reply> {
+    relay(shared, client, leader, &[args], true, 1).await
 }
 
 async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Relay> {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct Proc {
     pub port: u16,
     child: Option<Child>,
+    /// Started with `--initial-cluster-state existing` (it joins; it does not bootstrap).
+    joins: bool,
 }
 
 pub struct Cluster {
@@ -41,7 +43,11 @@ impl Cluster {
         let mut c = Cluster {
             procs: ports
                 .into_iter()
-                .map(|port| Proc { port, child: None })
+                .map(|port| Proc {
+                    port,
+                    child: None,
+                    joins: false,
+                })
                 .collect(),
             initial,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -76,6 +82,11 @@ impl Cluster {
                 &self.initial,
             ])
             .args(["--fault-hooks", "yes"])
+            .args(if self.procs[i].joins {
+                &["--initial-cluster-state", "existing"][..]
+            } else {
+                &[][..]
+            })
             .args(&self.extra)
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("node{}", i + 1)))
@@ -92,6 +103,26 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts one more node, which joins the running cluster (a member must then add it).
+    /// Returns its index.
+    pub fn add_joining_node(&mut self) -> usize {
+        let used: Vec<u16> = self.procs.iter().map(|p| p.port).collect();
+        let port = pick_ports(8)
+            .into_iter()
+            .find(|p| !used.contains(p))
+            .expect("a free port");
+        let i = self.procs.len();
+        self.initial
+            .push_str(&format!(",{}=127.0.0.1:{}", i + 1, port + 10000));
+        self.procs.push(Proc {
+            port,
+            child: None,
+            joins: true,
+        });
+        self.start(i);
+        i
     }
 
     /// Waits up to `within` for node `i` to exit on its own; returns whether it exited with

@@ -228,13 +228,21 @@ pub fn info(c: &mut Call) -> Reply {
         let status = repl.node.status().borrow().clone();
         let mut lines = vec![("node_id".to_string(), repl.me.to_string())];
         for (group, g) in &status.groups {
-            let role = if g.is_leader { "leader" } else { "follower" };
+            let role = if g.is_leader {
+                "leader"
+            } else if g.learners.contains(&repl.me) {
+                "learner"
+            } else {
+                "follower"
+            };
+            let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(";");
             let leader = g.leader.map_or("none".to_string(), |l| l.to_string());
             lines.push((
                 format!("group{group}"),
                 format!(
-                    "role={role},leader={leader},term={},commit={},applied={},snapshot={},snapshots_installed={}",
-                    g.term, g.commit, g.applied, g.snapshot_index, g.snapshots_installed
+                    "role={role},leader={leader},term={},commit={},applied={},snapshot={},snapshots_installed={},voters={},learners={}",
+                    g.term, g.commit, g.applied, g.snapshot_index, g.snapshots_installed,
+                    ids(&g.voters), ids(&g.learners)
                 ),
             ));
         }
@@ -242,9 +250,7 @@ pub fn info(c: &mut Call) -> Reply {
             lines.push(("stopped".into(), why.clone()));
         }
         // Every member's client address: enough for `cairn cluster status` to visit them all.
-        let mut members: Vec<_> = repl.client_addrs.iter().collect();
-        members.sort();
-        for (id, addr) in members {
+        for (id, addr) in repl.all_client_addrs() {
             lines.push((format!("node{id}"), format!("addr={addr}")));
         }
         section("Raft", lines);

@@ -2,6 +2,7 @@
 
 pub mod connection;
 pub mod introspection;
+pub mod member;
 pub mod transactions;
 
 use crate::dispatch::ConnHandler;

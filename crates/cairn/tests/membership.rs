@@ -1,0 +1,168 @@
+//! Membership over real processes, under a write load: a fourth node joins (`cairn server
+//! --initial-cluster-state existing`), `cairn cluster add-node` adds it as a learner, waits for
+//! it to catch up (by snapshot: a group starts from one, so a new member never replays the log
+//! without a configuration) and promotes it; then `cairn cluster remove-node` removes the
+//! leader, which hands leadership over first. Afterwards the new node votes (the group keeps
+//! serving with one of the others killed), every replica holds the same data, and every
+//! acknowledged write is there.
+
+mod common;
+
+use common::{digest, raft_field, wait_serving, Answer, Cluster, Conn};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .output()
+        .expect("run cairn");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn leader(ports: &[(usize, u16)]) -> Option<usize> {
+    ports
+        .iter()
+        .find(|(_, p)| raft_field(*p, "role").as_deref() == Some("leader"))
+        .map(|(i, _)| *i)
+}
+
+fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_node_joins_catches_up_votes_and_the_old_leader_leaves_under_load() {
+    let mut cluster = Cluster::new(&["--snapshot-entries", "300"]);
+    let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
+    wait_serving(&ports, Duration::from_secs(30));
+    let first_leader = leader(&[(0, ports[0]), (1, ports[1]), (2, ports[2])]).expect("leader");
+    // Writes go through a node that stays in the group.
+    let via = (first_leader + 1) % 3;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (port, stop) = (ports[via], stop.clone());
+        std::thread::spawn(move || {
+            let mut conn = Conn::open(port).expect("connect");
+            let (mut acked, mut errors) = (Vec::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(90);
+            for i in 0..1_000_000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                let key = format!("m:{i}");
+                match conn.call(&[b"SET", key.as_bytes(), key.as_bytes()]) {
+                    Some(Answer::Ok) => acked.push(key),
+                    other => errors.push(format!("{key}: {other:?}")),
+                }
+            }
+            (acked, errors)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let new = cluster.add_joining_node();
+    let new_port = cluster.procs[new].port;
+    let bus = format!("127.0.0.1:{}", new_port + 10000);
+    let (ok, out) = cli(&[
+        "cluster",
+        "add-node",
+        "--port",
+        &ports[via].to_string(),
+        "--id",
+        &(new + 1).to_string(),
+        "--bus",
+        &bus,
+        "--wait-secs",
+        "60",
+    ]);
+    println!("{out}");
+    assert!(ok, "add-node: {out}");
+    let voters = raft_field(new_port, "voters").unwrap_or_default();
+    assert_eq!(voters, "1;2;3;4", "the new node sees itself as a voter");
+    let installed: u64 = raft_field(new_port, "snapshots_installed")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(installed >= 1, "the new node started from a snapshot");
+
+    // Remove whoever leads now (it hands leadership over first).
+    let all: Vec<(usize, u16)> = (0..4).map(|i| (i, cluster.procs[i].port)).collect();
+    let old = leader(&all).expect("a leader");
+    assert_ne!(old, via, "writes go through a node that stays");
+    let (ok, out) = cli(&[
+        "cluster",
+        "remove-node",
+        "--port",
+        &ports[via].to_string(),
+        "--id",
+        &(old + 1).to_string(),
+    ]);
+    println!("{out}");
+    assert!(ok, "remove-node: {out}");
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, errors) = writer.join().unwrap();
+    println!(
+        "{} writes acknowledged, {} errors, while node {} joined and node {} left",
+        acked.len(),
+        errors.len(),
+        new + 1,
+        old + 1
+    );
+    assert!(errors.is_empty(), "writes failed: {errors:?}");
+
+    let remaining: Vec<usize> = (0..4).filter(|&i| i != old).collect();
+    let expected: Vec<String> = (1..=4)
+        .filter(|&n| n != old + 1)
+        .map(|n| n.to_string())
+        .collect();
+    for &i in &remaining {
+        let port = cluster.procs[i].port;
+        wait_for(
+            "the removal applied everywhere",
+            Duration::from_secs(10),
+            || (raft_field(port, "voters")? == expected.join(";")).then_some(()),
+        );
+    }
+    wait_for("equal replicas", Duration::from_secs(20), || {
+        let d: Vec<String> = remaining
+            .iter()
+            .map(|&i| digest(cluster.procs[i].port))
+            .collect::<Option<_>>()?;
+        d.windows(2).all(|w| w[0] == w[1]).then_some(())
+    });
+    cluster.kill9(old);
+
+    // The new node counts: kill one of the two other remaining nodes, and the group (the new
+    // node and one other) still takes writes.
+    let victim = *remaining.iter().find(|&&i| i != new && i != via).unwrap();
+    cluster.kill9(victim);
+    let mut conn = Conn::open(new_port).unwrap();
+    wait_for(
+        "a write with the new node in the quorum",
+        Duration::from_secs(15),
+        || matches!(conn.call(&[b"SET", b"after", b"x"]), Some(Answer::Ok)).then_some(()),
+    );
+    for key in &acked {
+        match conn.call(&[b"GET", key.as_bytes()]) {
+            Some(Answer::Value(Some(v))) if v == key.as_bytes() => {}
+            other => panic!("acknowledged {key} is gone: {other:?}"),
+        }
+    }
+}

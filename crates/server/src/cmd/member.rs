@@ -1,0 +1,227 @@
+//! `CAIRN.MEMBER`: membership of the replicated group (replicated mode only; a module-style
+//! name, so it can never collide with a Redis command).
+//!
+//! ```text
+//! CAIRN.MEMBER LIST                          [id, role, client address, matched index]...
+//! CAIRN.MEMBER ADD-LEARNER <id> <bus-addr>   add a node that receives the log but does not vote
+//! CAIRN.MEMBER PROMOTE <id>                  make a learner a voter (once it has caught up)
+//! CAIRN.MEMBER REMOVE <id>                   remove a voter or learner
+//! ```
+//!
+//! Changes run on the leader (a follower relays them) and answer once the change is applied.
+//! Removing the leader itself first hands leadership to another voter (raft-rs leaves a
+//! removed leader in charge of a group it is no longer in). One change at a time: a second
+//! one while the first is pending gets `-TRYAGAIN`.
+
+use crate::connection::Client;
+use crate::replicated::{self, Replication, GROUP};
+use crate::Shared;
+use cairn_replication::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use cairn_replication::NodeError;
+use cairn_resp::Reply;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How long a change may wait for its leader to apply it.
+const CHANGE_WITHIN: Duration = Duration::from_secs(10);
+
+fn err(msg: impl Into<String>) -> Reply {
+    Reply::error(msg.into())
+}
+
+fn parse_id(arg: &[u8]) -> Result<u64, Reply> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&id| id > 0)
+        .ok_or_else(|| err("ERR node id must be a positive integer"))
+}
+
+pub async fn member(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
+    let proto = client.proto;
+    let Some(repl) = shared.replication.as_ref() else {
+        return err("ERR CAIRN.MEMBER needs replicated mode (--initial-cluster)").to_bytes(proto);
+    };
+    if client.multi.is_some() {
+        client.multi_failed = true;
+        return err("ERR CAIRN.MEMBER is not allowed in MULTI").to_bytes(proto);
+    }
+    let sub = args
+        .get(1)
+        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+        .unwrap_or_default();
+    let reply = match (sub.as_str(), args.len()) {
+        ("list", 2) => list(repl),
+        ("add-learner", 4) => add_learner(repl, &args).await,
+        ("promote", 3) => change(repl, &args, ConfChangeType::AddNode, Vec::new()).await,
+        ("remove", 3) => remove(repl, &args).await,
+        _ => Err(Fail(err(
+            "ERR usage: CAIRN.MEMBER LIST | ADD-LEARNER <id> <bus-host:port> | PROMOTE <id> | REMOVE <id>",
+        ))),
+    };
+    match reply {
+        Ok(r) => r.to_bytes(proto),
+        Err(Relay(leader)) => match replicated::relay_once(shared, client, leader, args).await {
+            Ok(bytes) => bytes,
+            Err(e) => e.to_bytes(proto),
+        },
+        Err(Fail(e)) => e.to_bytes(proto),
+    }
+}
+
+/// Why a subcommand did not answer here.
+enum NotHere {
+    /// Another node leads: send the command there.
+    Relay(u64),
+    Fail(Reply),
+}
+use NotHere::{Fail, Relay};
+
+impl From<Reply> for NotHere {
+    fn from(r: Reply) -> Self {
+        Fail(r)
+    }
+}
+
+/// Listed by the leader, which alone knows how far each member's log matches.
+fn list(repl: &Replication) -> Result<Reply, NotHere> {
+    let status = repl.node.status().borrow().clone();
+    let Some(g) = status.groups.get(&GROUP) else {
+        return Ok(Reply::Array(Vec::new()));
+    };
+    match g.leader {
+        Some(l) if l != repl.me => return Err(Relay(l)),
+        None => return Err(Fail(err("TRYAGAIN no leader elected yet"))),
+        _ => {}
+    }
+    let addrs = repl.all_client_addrs();
+    let row = |id: u64, role: &str| {
+        let matched = g
+            .matched
+            .iter()
+            .find(|(m, _)| *m == id)
+            .map_or(-1, |(_, i)| *i as i64);
+        Reply::Array(vec![
+            Reply::Int(id as i64),
+            Reply::Bulk(role.as_bytes().to_vec()),
+            Reply::Bulk(
+                addrs
+                    .get(&id)
+                    .map_or_else(String::new, |a| a.to_string())
+                    .into_bytes(),
+            ),
+            Reply::Int(matched),
+        ])
+    };
+    let mut rows: Vec<Reply> = g.voters.iter().map(|&id| row(id, "voter")).collect();
+    rows.extend(g.learners.iter().map(|&id| row(id, "learner")));
+    Ok(Reply::Array(rows))
+}
+
+async fn add_learner(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere> {
+    let bus: SocketAddr = std::str::from_utf8(&args[3])
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .filter(|a: &SocketAddr| a.port() > 10000)
+        .ok_or_else(|| {
+            err("ERR the bus address must be IP:PORT, with PORT = the node's client port + 10000")
+        })?;
+    change(
+        repl,
+        args,
+        ConfChangeType::AddLearnerNode,
+        bus.to_string().into_bytes(),
+    )
+    .await
+}
+
+async fn remove(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere> {
+    let id = parse_id(&args[2])?;
+    let leads = repl
+        .node
+        .status()
+        .borrow()
+        .groups
+        .get(&GROUP)
+        .is_some_and(|g| g.is_leader);
+    if id == repl.me && leads {
+        let (_, still) = repl.node.hand_off(Duration::from_secs(3)).await;
+        if still {
+            return Err(Fail(err(
+                "TRYAGAIN could not hand leadership over before removing this node",
+            )));
+        }
+    }
+    change(repl, args, ConfChangeType::RemoveNode, Vec::new()).await
+}
+
+/// Checks the change against the configuration this node sees, proposes it, and waits for it.
+async fn change(
+    repl: &Replication,
+    args: &[Vec<u8>],
+    kind: ConfChangeType,
+    context: Vec<u8>,
+) -> Result<Reply, NotHere> {
+    let id = parse_id(&args[2])?;
+    let (voters, learners) = {
+        let status = repl.node.status();
+        let status = status.borrow();
+        let g = status
+            .groups
+            .get(&GROUP)
+            .ok_or_else(|| err("ERR this node holds no group yet"))?;
+        (g.voters.clone(), g.learners.clone())
+    };
+    let known = voters.contains(&id) || learners.contains(&id);
+    match kind {
+        ConfChangeType::AddLearnerNode if known => {
+            return Err(Fail(err(format!("ERR node {id} is already a member"))))
+        }
+        ConfChangeType::AddNode if !learners.contains(&id) => {
+            return Err(Fail(err(format!("ERR node {id} is not a learner"))))
+        }
+        ConfChangeType::RemoveNode if !known => {
+            return Err(Fail(err(format!("ERR node {id} is not a member"))))
+        }
+        ConfChangeType::RemoveNode if voters == [id] => {
+            return Err(Fail(err("ERR cannot remove the last voter")))
+        }
+        _ => {}
+    }
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = id;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![single].into());
+    cc.context = context.into();
+    // While no leader is known (an election, or right after this node handed leadership
+    // over), wait for one: the change was not proposed, so asking again is safe.
+    let deadline = tokio::time::Instant::now() + CHANGE_WITHIN;
+    let outcome = loop {
+        let r =
+            tokio::time::timeout_at(deadline, repl.node.change_membership(GROUP, cc.clone())).await;
+        match r {
+            Ok(Err(NodeError::NotLeader { leader: None, .. }))
+                if tokio::time::Instant::now() + Duration::from_millis(20) < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => break other,
+        }
+    };
+    match outcome {
+        Ok(Ok(result)) if result == b"OK" => Ok(Reply::OK),
+        Ok(Ok(result)) => Err(Fail(err(String::from_utf8_lossy(&result).into_owned()))),
+        Ok(Err(NodeError::NotLeader {
+            leader: Some(l), ..
+        })) if l != repl.me => Err(Relay(l)),
+        Ok(Err(NodeError::Busy)) => Err(Fail(err(
+            "TRYAGAIN another membership change is in progress (or the node is busy)",
+        ))),
+        Ok(Err(NodeError::NotLeader { .. })) => Err(Fail(err("TRYAGAIN no leader elected yet"))),
+        Ok(Err(e)) => Err(Fail(err(format!("ERR {e}")))),
+        Err(_) => Err(Fail(err(
+            "TRYAGAIN timed out waiting for the change; it may or may not have been applied",
+        ))),
+    }
+}
