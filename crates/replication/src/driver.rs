@@ -335,6 +335,18 @@ impl<S: StateMachine> MultiRaft<S> {
         Ok(g.raw.propose_conf_change(context, change)?)
     }
 
+    /// Lets raft-engine delete log files holding only compacted entries, and snapshots (and
+    /// compacts) every group it names as keeping older files alive. Returns those groups.
+    pub fn purge(&mut self) -> Result<Vec<u64>, DriverError> {
+        let named = self.engine.purge_expired_files()?;
+        for id in &named {
+            if let Some(g) = self.groups.get_mut(id) {
+                snapshot_now(g, &self.engine)?;
+            }
+        }
+        Ok(named)
+    }
+
     /// The addresses of members added by conf changes.
     pub fn members(&self, group: u64) -> Members {
         self.groups
@@ -722,6 +734,14 @@ fn maybe_snapshot<S: StateMachine>(
     engine: &LogEngine,
 ) -> Result<(), DriverError> {
     if g.applied < g.snapshot_index + config.snapshot_every {
+        return Ok(());
+    }
+    snapshot_now(g, engine)
+}
+
+/// Takes a snapshot at the applied index and compacts the log behind it.
+fn snapshot_now<S: StateMachine>(g: &mut Group<S>, engine: &LogEngine) -> Result<(), DriverError> {
+    if g.applied <= g.snapshot_index {
         return Ok(());
     }
     let storage = g.raw.store().clone();

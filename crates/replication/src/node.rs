@@ -21,6 +21,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Inputs waiting for the driver, at most.
 pub const INPUT_QUEUE: usize = 65_536;
+/// How often the driver lets raft-engine delete log files that hold only compacted entries.
+const PURGE_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -404,6 +406,7 @@ fn drive<S: StateMachine>(
     // The bus spawns a task per peer on first send: the driver thread runs inside the runtime.
     let _runtime = rt.enter();
     let mut last_tick = Instant::now();
+    let mut last_purge = Instant::now();
     loop {
         let wait = tick.saturating_sub(last_tick.elapsed());
         let first = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
@@ -426,6 +429,17 @@ fn drive<S: StateMachine>(
         if last_tick.elapsed() >= tick {
             multi.tick();
             last_tick = Instant::now();
+        }
+        if last_purge.elapsed() >= PURGE_EVERY {
+            last_purge = Instant::now();
+            match multi.purge() {
+                Ok(named) if !named.is_empty() => {
+                    tracing::info!(groups = ?named, "compacted groups that held old log files")
+                }
+                Ok(_) => {}
+                // Old files stay on disk a while longer; nothing raft relies on is affected.
+                Err(e) => tracing::warn!(error = %e, "purging old log files failed"),
+            }
         }
         ask_reads(&mut multi, &mut w);
         let out = match run_round(&mut multi, &mut w, &bus, &lease) {

@@ -69,10 +69,20 @@ impl LogEngine {
     /// Opens (or creates) the log in `dir`. A torn tail from a crash is dropped on recovery
     /// (raft-engine's tolerate-tail-corruption mode), never served.
     pub fn open(dir: &Path) -> Result<LogEngine, StorageFault> {
-        let config = Config {
+        Self::open_with(dir, None)
+    }
+
+    /// Like [`LogEngine::open`], with log files of about `file_bytes` each (raft-engine's
+    /// default: 128 MB). Files are the unit [`LogEngine::purge_expired_files`] deletes.
+    pub fn open_with(dir: &Path, file_bytes: Option<u64>) -> Result<LogEngine, StorageFault> {
+        let mut config = Config {
             dir: dir.display().to_string(),
             ..Config::default()
         };
+        if let Some(bytes) = file_bytes {
+            config.target_file_size = raft_engine::ReadableSize(bytes);
+            config.purge_threshold = raft_engine::ReadableSize(bytes.saturating_mul(4));
+        }
         Ok(LogEngine {
             engine: Arc::new(Engine::open(config)?),
         })
@@ -95,7 +105,9 @@ impl LogEngine {
         self.engine.raft_groups()
     }
 
-    /// Asks raft-engine which groups hold up old log files; they should compact.
+    /// Deletes log files that hold only compacted entries, and names the groups whose old
+    /// entries keep other files alive (they should snapshot and compact). Call periodically:
+    /// without it the log directory only grows.
     pub fn purge_expired_files(&self) -> Result<Vec<u64>, StorageFault> {
         Ok(self.engine.purge_expired_files()?)
     }

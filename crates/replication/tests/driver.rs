@@ -493,3 +493,71 @@ fn a_membership_change_raft_refuses_is_reported_and_changes_nothing() {
         );
     }
 }
+
+fn log_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".raftlog"))
+        })
+        .count()
+}
+
+/// Without purging, the log directory only grows: raft-engine deletes a file only when asked,
+/// and only once every group has compacted past it. `purge` asks, and snapshots the groups
+/// raft-engine names as holding old files, so the next purge can delete them.
+#[test]
+fn purge_snapshots_groups_that_hold_old_files_and_the_files_go() {
+    use cairn_replication::{LogEngine, MultiRaft};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = LogEngine::open_with(dir.path(), Some(64 * 1024)).unwrap();
+    let config = GroupConfig {
+        snapshot_every: u64::MAX / 2,
+        ..GroupConfig::default()
+    };
+    let mut m = MultiRaft::new(1, engine, config);
+    m.open_group(1, &[1], Journal::default()).unwrap();
+    m.campaign(1).unwrap();
+    m.round().unwrap();
+    // Incompressible values (raft-engine compresses batches).
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..4000u64 {
+        let value: Vec<u8> = (0..64)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        m.propose(1, i.to_le_bytes().to_vec(), value).unwrap();
+        if i % 50 == 49 {
+            m.round().unwrap();
+        }
+    }
+    m.round().unwrap();
+    assert_eq!(
+        m.progress(1).unwrap().2,
+        m.progress(1).unwrap().1,
+        "all applied"
+    );
+    let before = log_files(dir.path());
+    assert!(before > 8, "the load spans many files: {before}");
+    let named = m.purge().unwrap();
+    assert_eq!(named, vec![1], "the group holding old files is named");
+    m.purge().unwrap();
+    let after = log_files(dir.path());
+    println!("log files: {before} before purging, {after} after");
+    // What stays: the newest files, which hold the snapshot record itself (as large as the
+    // state) and the latest writes.
+    assert!(
+        after * 3 < before,
+        "most compacted files are gone: {after} left of {before}"
+    );
+    assert_eq!(journal_len(&m), 4000, "the state is untouched");
+}
+
+fn journal_len(m: &cairn_replication::MultiRaft<Journal>) -> usize {
+    m.state_machine(1).map_or(0, |j| j.0.len())
+}
