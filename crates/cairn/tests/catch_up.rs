@@ -14,8 +14,14 @@ use std::time::{Duration, Instant};
 const WRITES: usize = 100_000;
 const PIPELINE: usize = 20;
 
-/// Writes `key:i = i` for every i in `range` through `port`, `PIPELINE` commands at a time;
-/// returns how many were acknowledged with +OK before the first failure.
+/// The value written under `key:i`: long enough that the state (~10 MB after 100k writes)
+/// needs a snapshot sent in several bus chunks.
+fn value_of(i: usize) -> String {
+    format!("{i}:{}", "v".repeat(64))
+}
+
+/// Writes `key:i = value_of(i)` for every i in `range` through `port`, `PIPELINE` commands at a
+/// time; returns how many were acknowledged with +OK before the first failure.
 fn write_range(port: u16, range: std::ops::Range<usize>) -> usize {
     let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
         return 0;
@@ -28,7 +34,7 @@ fn write_range(port: u16, range: std::ops::Range<usize>) -> usize {
     for chunk in ids.chunks(PIPELINE) {
         let mut req = Vec::new();
         for i in chunk {
-            let (k, v) = (format!("key:{i}"), i.to_string());
+            let (k, v) = (format!("key:{i}"), value_of(*i));
             req.extend_from_slice(
                 format!(
                     "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n",
@@ -73,7 +79,7 @@ fn check_keys(port: u16, ids: &[usize]) -> Result<(), String> {
                 return Err(format!("key:{i} answered {header:?}"));
             }
             r.read_line(&mut value).map_err(|e| e.to_string())?;
-            if value.trim_end() != i.to_string() {
+            if value.trim_end() != value_of(*i) {
                 return Err(format!("key:{i} holds {value:?}"));
             }
         }

@@ -3,8 +3,12 @@
 //! Framing (every integer little-endian): a frame is `magic "CRNB" | version u8 | kind u8 |
 //! length u32 | payload`. A connection opens with a HELLO frame (payload: the sender's node id
 //! u64) and then carries BATCH frames (payload: count u32, then per message: group u64, length
-//! u32, protobuf bytes). A frame with a wrong magic, an unknown version or kind, or a length
-//! over [`MAX_FRAME_BYTES`] closes that connection only.
+//! u32, protobuf bytes) and CHUNK frames. A snapshot message larger than [`CHUNK_BYTES`] is sent
+//! as consecutive CHUNK frames (payload: group u64, total length u64, offset u64, bytes) that
+//! the receiver reassembles, up to [`MAX_SNAPSHOT_BYTES`], before handing the message on; so no
+//! frame is ever larger than [`MAX_FRAME_BYTES`] whatever the state's size. A frame with a
+//! wrong magic, an unknown version or kind, a length over [`MAX_FRAME_BYTES`], or a chunk out of
+//! order closes that connection only.
 //!
 //! Each peer has one outbound task with a bounded queue; the task drains everything queued into
 //! one frame per write, so a round's messages to a peer cost one syscall. A full queue drops the
@@ -30,6 +34,11 @@ const MAGIC: &[u8; 4] = b"CRNB";
 pub const VERSION: u8 = 1;
 const KIND_HELLO: u8 = 1;
 const KIND_BATCH: u8 = 2;
+const KIND_CHUNK: u8 = 3;
+/// Snapshot messages above this size travel in chunks of this size.
+pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// The largest snapshot message a receiver reassembles (it holds it in memory).
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 const HEADER_BYTES: usize = 10;
 /// The largest frame accepted: a snapshot chunk or a batch of appends must fit.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -95,6 +104,96 @@ pub fn encode_batch(messages: &[Envelope]) -> Vec<u8> {
     frame(KIND_BATCH, &payload)
 }
 
+/// Encodes messages as the frames to write, keeping their order: runs of messages in BATCH
+/// frames, and each snapshot message over [`CHUNK_BYTES`] as CHUNK frames where it stands.
+pub fn encode_frames(messages: &[Envelope]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut run_start = 0;
+    for (i, env) in messages.iter().enumerate() {
+        let large = env.message.get_msg_type() == MessageType::MsgSnapshot
+            && env.message.compute_size() as usize > CHUNK_BYTES;
+        if !large {
+            continue;
+        }
+        if run_start < i {
+            frames.push(encode_batch(&messages[run_start..i]));
+        }
+        run_start = i + 1;
+        let bytes = env
+            .message
+            .write_to_bytes()
+            .expect("a raft message encodes");
+        for (n, piece) in bytes.chunks(CHUNK_BYTES).enumerate() {
+            let mut payload = Vec::with_capacity(24 + piece.len());
+            payload.extend_from_slice(&env.group.to_le_bytes());
+            payload.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            payload.extend_from_slice(&((n * CHUNK_BYTES) as u64).to_le_bytes());
+            payload.extend_from_slice(piece);
+            frames.push(frame(KIND_CHUNK, &payload));
+        }
+    }
+    if run_start < messages.len() {
+        frames.push(encode_batch(&messages[run_start..]));
+    }
+    frames
+}
+
+/// A chunked snapshot message being reassembled on one connection.
+#[derive(Default)]
+pub struct Reassembly {
+    group: u64,
+    total: u64,
+    bytes: Vec<u8>,
+}
+
+impl Reassembly {
+    /// Adds one CHUNK payload; returns the whole message once its last chunk arrived. Chunks
+    /// must come in order, each continuing the one before.
+    pub fn add(&mut self, payload: &[u8]) -> Result<Option<Envelope>, FrameError> {
+        let field = |at: usize| -> Result<u64, FrameError> {
+            Ok(u64::from_le_bytes(
+                payload
+                    .get(at..at + 8)
+                    .ok_or(FrameError::Malformed)?
+                    .try_into()
+                    .expect("8 bytes"),
+            ))
+        };
+        let (group, total, offset) = (field(0)?, field(8)?, field(16)?);
+        let piece = &payload[24..];
+        if offset == 0 {
+            if total > MAX_SNAPSHOT_BYTES {
+                return Err(FrameError::TooBig(total as usize));
+            }
+            *self = Reassembly {
+                group,
+                total,
+                bytes: Vec::new(),
+            };
+        }
+        let fits = (self.bytes.len() as u64).checked_add(piece.len() as u64);
+        if group != self.group
+            || total != self.total
+            || offset != self.bytes.len() as u64
+            || piece.is_empty()
+            || fits.is_none_or(|end| end > total)
+        {
+            *self = Reassembly::default();
+            return Err(FrameError::Malformed);
+        }
+        self.bytes.extend_from_slice(piece);
+        if (self.bytes.len() as u64) < self.total {
+            return Ok(None);
+        }
+        let done = std::mem::take(self);
+        let message = Message::parse_from_bytes(&done.bytes).map_err(|_| FrameError::Malformed)?;
+        Ok(Some(Envelope {
+            group: done.group,
+            message,
+        }))
+    }
+}
+
 /// Decodes a BATCH payload. Only bytes from a peer that said HELLO reach here.
 pub fn decode_batch(payload: &[u8]) -> Result<Vec<Envelope>, FrameError> {
     let take = |pos: &mut usize, n: usize| -> Result<&[u8], FrameError> {
@@ -135,7 +234,7 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(u8, Vec<u
         return Err(FrameError::Version(header[4]));
     }
     let kind = header[5];
-    if kind != KIND_HELLO && kind != KIND_BATCH {
+    if kind != KIND_HELLO && kind != KIND_BATCH && kind != KIND_CHUNK {
         return Err(FrameError::Kind(kind));
     }
     let len = u32::from_le_bytes(header[6..10].try_into().expect("4 bytes")) as usize;
@@ -294,15 +393,18 @@ async fn inbound_connection(mut socket: TcpStream, bus: Arc<Bus>) -> Result<(), 
         return Err(FrameError::Malformed);
     }
     let peer = u64::from_le_bytes(payload.try_into().expect("8 bytes"));
+    let mut snapshot = Reassembly::default();
     loop {
         let (kind, payload) = read_frame(&mut socket).await?;
-        if kind != KIND_BATCH {
-            return Err(FrameError::Malformed);
-        }
+        let messages = match kind {
+            KIND_BATCH => decode_batch(&payload)?,
+            KIND_CHUNK => snapshot.add(&payload)?.into_iter().collect(),
+            _ => return Err(FrameError::Malformed),
+        };
         if bus.is_cut(peer) {
             continue;
         }
-        for env in decode_batch(&payload)? {
+        for env in messages {
             // A peer may only speak for itself.
             if env.message.from != peer {
                 return Err(FrameError::Malformed);
@@ -358,13 +460,14 @@ async fn outbound(bus: Arc<Bus>, peer: u64, mut queue: mpsc::Receiver<Envelope>)
             }
             backoff = BACKOFF_MIN;
         }
-        let bytes = encode_batch(&batch);
-        let written = conn
-            .as_mut()
-            .expect("connected")
-            .write_all(&bytes)
-            .await
-            .is_ok();
+        let mut written = true;
+        for bytes in encode_frames(&batch) {
+            let stream = conn.as_mut().expect("connected");
+            if stream.write_all(&bytes).await.is_err() {
+                written = false;
+                break;
+            }
+        }
         if !written {
             conn = None;
         }

@@ -1,7 +1,7 @@
 //! The cluster bus over loopback: delivery and order, delivery reports, hostile connections,
 //! and reconnection after a peer restarts.
 
-use cairn_replication::bus::{decode_batch, encode_batch, MAX_FRAME_BYTES};
+use cairn_replication::bus::{decode_batch, encode_batch, Reassembly, MAX_FRAME_BYTES};
 use cairn_replication::{Bus, BusEvent, Envelope};
 use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
@@ -110,6 +110,81 @@ async fn a_written_snapshot_is_reported_delivered() {
             delivered: true
         }
     );
+}
+
+/// A snapshot larger than any frame may be (the state of a big shard) travels in chunks and
+/// arrives whole, in order with the messages around it.
+#[tokio::test]
+async fn a_snapshot_larger_than_a_frame_arrives_whole_in_chunks() {
+    let (l2, a2) = listener().await;
+    let (bus1, _rx1, mut ev1) = Bus::new(1, HashMap::from([(2, a2)]));
+    let (bus2, mut rx2, _ev2) = Bus::new(2, HashMap::new());
+    tokio::spawn(bus2.serve(l2));
+    let mut snap = msg(3, 1, 2, 10, MessageType::MsgSnapshot);
+    let data: Vec<u8> = (0..MAX_FRAME_BYTES + 3_000_000)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    snap.message.mut_snapshot().set_data(data.clone().into());
+    snap.message.mut_snapshot().mut_metadata().index = 10;
+    bus1.send(vec![msg(3, 1, 2, 9, MessageType::MsgAppend), snap]);
+    bus1.send(vec![msg(3, 1, 2, 11, MessageType::MsgAppend)]);
+    assert_eq!(recv(&mut rx2).await.message.index, 9);
+    let got = recv(&mut rx2).await;
+    assert_eq!(got.message.get_msg_type(), MessageType::MsgSnapshot);
+    assert_eq!(got.group, 3);
+    assert!(got.message.get_snapshot().get_data() == data.as_slice());
+    assert_eq!(recv(&mut rx2).await.message.index, 11);
+    let e = tokio::time::timeout(Duration::from_secs(10), ev1.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        e,
+        BusEvent::Snapshot {
+            delivered: true,
+            ..
+        }
+    ));
+}
+
+/// Chunks out of order, from another snapshot, past the announced size or announcing a size
+/// over the limit are refused; random chunk payloads never panic.
+#[test]
+fn reassembly_refuses_what_does_not_continue_the_snapshot() {
+    let chunk = |group: u64, total: u64, offset: u64, bytes: &[u8]| {
+        let mut p = group.to_le_bytes().to_vec();
+        p.extend_from_slice(&total.to_le_bytes());
+        p.extend_from_slice(&offset.to_le_bytes());
+        p.extend_from_slice(bytes);
+        p
+    };
+    let mut r = Reassembly::default();
+    assert!(r.add(&chunk(1, 10, 0, b"abcd")).unwrap().is_none());
+    assert!(r.add(&chunk(1, 10, 8, b"ij")).is_err(), "a gap");
+    let mut r = Reassembly::default();
+    r.add(&chunk(1, 10, 0, b"abcd")).unwrap();
+    assert!(r.add(&chunk(2, 10, 4, b"efgh")).is_err(), "another group");
+    let mut r = Reassembly::default();
+    r.add(&chunk(1, 10, 0, b"abcd")).unwrap();
+    assert!(
+        r.add(&chunk(1, 10, 4, b"efghijk")).is_err(),
+        "past the total"
+    );
+    let mut r = Reassembly::default();
+    assert!(
+        r.add(&chunk(1, u64::MAX, 0, b"x")).is_err(),
+        "over the limit"
+    );
+    assert!(r.add(&chunk(1, 10, 4, b"x")).is_err(), "no start");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..20_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 48) as usize;
+        let bytes: Vec<u8> = (0..len).map(|i| (x >> (i % 8 * 8)) as u8).collect();
+        let _ = r.add(&bytes);
+    }
 }
 
 /// Writes raw bytes to the bus and returns whether the bus closed the connection.
