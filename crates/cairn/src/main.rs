@@ -67,6 +67,10 @@ pub struct ServerArgs {
     /// node waits until a member adds it (`cairn cluster add-node`).
     #[arg(long, env = "CAIRN_INITIAL_CLUSTER_STATE", value_name = "new|existing")]
     initial_cluster_state: Option<String>,
+    /// Answer keyed commands for another node's shard with -MOVED (Redis Cluster behaviour,
+    /// for cluster-aware clients) instead of relaying them (yes|no, default no).
+    #[arg(long, env = "CAIRN_CLUSTER_REDIRECTS", value_name = "yes|no")]
+    cluster_redirects: Option<String>,
     /// Allow `DEBUG NETWORK` to cut this node's links to peers (fault-injection tests only).
     #[arg(long, env = "CAIRN_FAULT_HOOKS", value_name = "yes|no")]
     fault_hooks: Option<String>,
@@ -89,6 +93,7 @@ struct FileConfig {
     bus_port: Option<u16>,
     initial_cluster: Option<String>,
     initial_cluster_state: Option<String>,
+    cluster_redirects: Option<String>,
     fault_hooks: Option<String>,
     snapshot_entries: Option<u64>,
 }
@@ -135,6 +140,9 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<cairn_server::Config> {
                 anyhow::bail!("--initial-cluster-state: expected new or existing, got {other:?}")
             }
         };
+    }
+    if let Some(v) = args.cluster_redirects.clone().or(file.cluster_redirects) {
+        c.cluster_redirects = yes_no(&v).context("--cluster-redirects")?;
     }
     if let Some(v) = args.fault_hooks.clone().or(file.fault_hooks) {
         c.fault_hooks = yes_no(&v).context("--fault-hooks")?;

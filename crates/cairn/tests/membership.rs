@@ -93,8 +93,12 @@ fn a_node_joins_catches_up_votes_and_the_old_leader_leaves_under_load() {
     ]);
     println!("{out}");
     assert!(ok, "add-node: {out}");
-    let voters = raft_field(new_port, "voters").unwrap_or_default();
-    assert_eq!(voters, "1;2;3;4", "the new node sees itself as a voter");
+    // The promotion is acknowledged once the leader applied it; the new node follows shortly.
+    wait_for(
+        "the new node to see itself a voter",
+        Duration::from_secs(10),
+        || (raft_field(new_port, "voters")? == "1;2;3;4").then_some(()),
+    );
     let installed: u64 = raft_field(new_port, "snapshots_installed")
         .unwrap()
         .parse()

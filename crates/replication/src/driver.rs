@@ -420,6 +420,12 @@ impl<S: StateMachine> MultiRaft<S> {
     /// proposals (the caller retries them on the new leader); it gives up after an election
     /// timeout.
     pub fn hand_off(&mut self, group: u64) -> Option<u64> {
+        self.hand_off_to(group, None)
+    }
+
+    /// Like [`MultiRaft::hand_off`], to voter `to` when given (None if it is not another voter
+    /// of the group).
+    pub fn hand_off_to(&mut self, group: u64, to: Option<u64>) -> Option<u64> {
         let me = self.node_id;
         let g = self.groups.get_mut(&group)?;
         if g.raw.raft.state != StateRole::Leader {
@@ -431,7 +437,7 @@ impl<S: StateMachine> MultiRaft<S> {
             .voters()
             .ids()
             .iter()
-            .filter(|&id| id != me)
+            .filter(|&id| id != me && to.is_none_or(|t| t == id))
             .filter_map(|id| prs.get(id).map(|p| (p.recent_active, p.matched, id)))
             .max()?
             .2;

@@ -95,6 +95,8 @@ enum Input {
     },
     /// Hand every leadership here to another voter; answers (group, new leader) per transfer.
     HandOff {
+        /// A particular voter to hand to (only for groups it belongs to), or the best one.
+        to: Option<u64>,
         done: oneshot::Sender<Vec<(u64, u64)>>,
     },
     Stop,
@@ -256,12 +258,17 @@ impl Node {
     /// that the cluster needs no election timeout to replace this node. Returns the transfers
     /// started, as (group, new leader), and whether the node still leads some group.
     pub async fn hand_off(&self, within: Duration) -> (Vec<(u64, u64)>, bool) {
+        self.hand_off_to(None, within).await
+    }
+
+    /// Like [`Node::hand_off`], to voter `to` when given.
+    pub async fn hand_off_to(&self, to: Option<u64>, within: Duration) -> (Vec<(u64, u64)>, bool) {
         let deadline = tokio::time::Instant::now() + within;
         let mut started = Vec::new();
         let mut status = self.status.clone();
         loop {
             let (done, wait) = oneshot::channel();
-            if self.inputs.send(Input::HandOff { done }).await.is_err() {
+            if self.inputs.send(Input::HandOff { to, done }).await.is_err() {
                 return (started, false);
             }
             let Ok(moved) = wait.await else {
@@ -712,13 +719,13 @@ fn handle<S: StateMachine>(
             |multi, ctx| multi.propose_conf_change(group, ctx, change),
             multi,
         ),
-        Input::HandOff { done } => {
+        Input::HandOff { to, done } => {
             // First: the transfer's vote is honoured at once, so the lease ends now.
             lease.revoke(multi, true);
             let moved = multi
                 .group_ids()
                 .into_iter()
-                .filter_map(|g| multi.hand_off(g).map(|to| (g, to)))
+                .filter_map(|g| multi.hand_off_to(g, to).map(|t| (g, t)))
                 .collect();
             let _ = done.send(moved);
         }

@@ -28,6 +28,10 @@ pub struct Config {
     /// Join a running cluster (etcd's `--initial-cluster-state existing`): start with no
     /// configuration and wait for a leader to add this node, instead of bootstrapping one.
     pub join_existing: bool,
+    /// Answer keyed commands sent to a node that does not lead their shard with `-MOVED`, as
+    /// Redis Cluster does, instead of relaying them (for cluster-aware clients only: plain
+    /// clients do not follow redirects).
+    pub cluster_redirects: bool,
     /// Replicated mode: a shard snapshots its state and compacts its log every this many
     /// applied entries.
     pub snapshot_entries: u64,
@@ -50,6 +54,7 @@ impl Default for Config {
             initial_cluster: Vec::new(),
             fault_hooks: false,
             join_existing: false,
+            cluster_redirects: false,
             snapshot_entries: 10_000,
         }
     }

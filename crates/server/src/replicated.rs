@@ -440,6 +440,13 @@ async fn write(
         })) if l != repl.me => {
             // The commands come back out of the entry only on this (rare) path: the common one
             // never copies them.
+            if !block {
+                if let Operation::Commands(cmds) = &entry.op {
+                    if let Some(moved) = redirects(shared, repl, l, cmds, proto) {
+                        return moved;
+                    }
+                }
+            }
             let mut requests = match entry.op {
                 Operation::Commands(c) | Operation::Transaction(c) => c,
                 Operation::WatchedTransaction { cmds, .. } => cmds,
@@ -499,6 +506,9 @@ async fn read(
             leader: Some(l), ..
         })) if l != repl.me => {
             let requests: Vec<_> = run.iter().map(|(a, _)| a.clone()).collect();
+            if let Some(moved) = redirects(shared, repl, l, &requests, proto) {
+                return moved;
+            }
             match relay(shared, client, l, &requests, false, requests.len()).await {
                 Ok(reply) => reply,
                 Err(e) => fail(e),
@@ -584,6 +594,32 @@ async fn connect_leader(repl: &Replication, leader: u64, proto: Protocol) -> Res
             _ => return Err(tryagain("the leader changed, retry")),
         }
     }
+}
+
+/// With `cluster-redirects` on, the `-MOVED` replies (one per command) that send a
+/// cluster-aware client to the leader; None to relay instead (redirects off, or a command
+/// without keys, which a cluster client could not route by slot).
+fn redirects(
+    shared: &Shared,
+    repl: &Replication,
+    leader: u64,
+    cmds: &[Vec<Vec<u8>>],
+    proto: Protocol,
+) -> Option<Vec<u8>> {
+    if !shared.config.lock().cluster_redirects {
+        return None;
+    }
+    let addr = repl.client_addr(leader)?;
+    let mut out = Vec::new();
+    for args in cmds {
+        let Lookup::Found(spec) = shared.table.commands.lookup(args) else {
+            return None;
+        };
+        let first = *spec.key_positions(args).first()?;
+        let slot = cairn_store::slot::key_slot(&args[first]);
+        Reply::error(format!("MOVED {slot} {addr}")).encode(proto, &mut out);
+    }
+    Some(out)
 }
 
 /// Sends one command that changes state to the leader, once (see [`relay`]).

@@ -255,6 +255,8 @@ pub fn info(c: &mut Call) -> Reply {
         }
         section("Raft", lines);
     }
+    let enabled = if sh.replication.is_some() { "1" } else { "0" };
+    section("Cluster", vec![("cluster_enabled".into(), enabled.into())]);
     let ks = &c.store.keyspace;
     let keyspace = if ks.is_empty() {
         vec![]

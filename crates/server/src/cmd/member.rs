@@ -6,6 +6,7 @@
 //! CAIRN.MEMBER ADD-LEARNER <id> <bus-addr>   add a node that receives the log but does not vote
 //! CAIRN.MEMBER PROMOTE <id>                  make a learner a voter (once it has caught up)
 //! CAIRN.MEMBER REMOVE <id>                   remove a voter or learner
+//! CAIRN.MEMBER TRANSFER-LEADER [<id>]        hand leadership to <id> (or the most caught-up)
 //! ```
 //!
 //! Changes run on the leader (a follower relays them) and answer once the change is applied.
@@ -55,8 +56,9 @@ pub async fn member(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
         ("add-learner", 4) => add_learner(repl, &args).await,
         ("promote", 3) => change(repl, &args, ConfChangeType::AddNode, Vec::new()).await,
         ("remove", 3) => remove(repl, &args).await,
+        ("transfer-leader", 2 | 3) => transfer(repl, &args).await,
         _ => Err(Fail(err(
-            "ERR usage: CAIRN.MEMBER LIST | ADD-LEARNER <id> <bus-host:port> | PROMOTE <id> | REMOVE <id>",
+            "ERR usage: CAIRN.MEMBER LIST | ADD-LEARNER <id> <bus-host:port> | PROMOTE <id> | REMOVE <id> | TRANSFER-LEADER [<id>]",
         ))),
     };
     match reply {
@@ -153,6 +155,40 @@ async fn remove(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere> 
         }
     }
     change(repl, args, ConfChangeType::RemoveNode, Vec::new()).await
+}
+
+/// Hands leadership to voter `<id>` (or the most caught-up one) and waits until it leads.
+async fn transfer(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere> {
+    let to = args.get(2).map(|a| parse_id(a)).transpose()?;
+    let (leader, voters) = {
+        let status = repl.node.status();
+        let status = status.borrow();
+        let g = status
+            .groups
+            .get(&GROUP)
+            .ok_or_else(|| err("ERR this node holds no group yet"))?;
+        (g.leader, g.voters.clone())
+    };
+    if let Some(t) = to {
+        if !voters.contains(&t) {
+            return Err(Fail(err(format!("ERR node {t} is not a voter"))));
+        }
+    }
+    match leader {
+        Some(l) if l == repl.me => {}
+        Some(l) => return Err(Relay(l)),
+        None => return Err(Fail(err("TRYAGAIN no leader elected yet"))),
+    }
+    if to == Some(repl.me) {
+        return Ok(Reply::OK);
+    }
+    let (moved, still) = repl.node.hand_off_to(to, Duration::from_secs(3)).await;
+    if still || moved.is_empty() {
+        return Err(Fail(err(
+            "TRYAGAIN the transfer did not complete (is the target caught up and reachable?)",
+        )));
+    }
+    Ok(Reply::OK)
 }
 
 /// Checks the change against the configuration this node sees, proposes it, and waits for it.

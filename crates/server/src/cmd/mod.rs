@@ -1,5 +1,6 @@
 //! Commands that act on the connection or the server: one file per family.
 
+pub mod cluster;
 pub mod connection;
 pub mod introspection;
 pub mod member;
@@ -42,4 +43,12 @@ pub const COMMANDS: &[(&str, ConnHandler)] = &[
     ("time", introspection::time),
     ("lastsave", introspection::lastsave),
     ("debug", introspection::debug),
+    ("cluster|keyslot", cluster::keyslot),
+    ("cluster|myid", cluster::myid),
+    ("cluster|slots", cluster::slots),
+    ("cluster|shards", cluster::shards),
+    ("cluster|nodes", cluster::nodes),
+    ("cluster|info", cluster::info),
+    ("cluster|countkeysinslot", cluster::countkeysinslot),
+    ("cluster|getkeysinslot", cluster::getkeysinslot),
 ];
