@@ -35,8 +35,27 @@ pub trait StateMachine {
     fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8>;
     /// The whole state, for a snapshot.
     fn snapshot(&self) -> Vec<u8>;
+    /// The same, as work for another thread: the driver stops applying until it is done, so
+    /// the state it reads is the one at the snapshot's index, while the driver thread keeps
+    /// ticking, stepping and sending heartbeats. None (the default): [`StateMachine::snapshot`]
+    /// runs on the driver thread.
+    fn snapshot_job(&self) -> Option<SnapshotJob> {
+        None
+    }
     /// Replaces the state with a snapshot's.
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+}
+
+/// Produces a state machine's snapshot bytes on another thread.
+pub type SnapshotJob = Box<dyn FnOnce() -> Vec<u8> + Send + 'static>;
+
+/// A snapshot being taken on a background thread.
+struct Pending {
+    index: u64,
+    /// The snapshot's size once saved, or why saving failed.
+    done: std::sync::mpsc::Receiver<Result<u64, String>>,
+    /// Committed entries held back until the snapshot has read the state.
+    deferred: Vec<Entry>,
 }
 
 /// A Raft message for one group (raft-rs messages do not name their group).
@@ -101,6 +120,9 @@ pub enum DriverError {
     NotLeader { group: u64, leader: Option<u64> },
     #[error("group {group}: state machine snapshot could not be restored: {why}")]
     Restore { group: u64, why: String },
+    /// A background snapshot could not be taken or saved.
+    #[error("group {group}: snapshot failed: {why}")]
+    Snapshot { group: u64, why: String },
 }
 
 /// Settings shared by every group on the node.
@@ -114,7 +136,10 @@ pub struct GroupConfig {
     pub max_size_per_msg: u64,
     pub max_inflight_msgs: usize,
     pub max_uncommitted_size: u64,
-    /// Take a snapshot and compact the log once this many entries were applied since the last.
+    /// Take a snapshot and compact the log once this many entries were applied since the last
+    /// and the log since then is at least as large as that snapshot (Redis's rule for
+    /// rewriting its AOF): a snapshot rewrites the whole state, so taking them by entry count
+    /// alone would cost, for a large state, more than the writes themselves.
     pub snapshot_every: u64,
 }
 
@@ -140,6 +165,11 @@ struct Group<S> {
     snapshots_installed: u64,
     /// Ticks since the group was opened here, counted up to the election timeout.
     ticks: usize,
+    /// Bytes of entries applied since the newest snapshot, and that snapshot's size.
+    log_bytes: u64,
+    snapshot_bytes: u64,
+    /// A snapshot being taken in the background, if any.
+    pending: Option<Pending>,
     /// Addresses of members added by conf changes (see `members.rs`).
     members: Members,
 }
@@ -202,6 +232,9 @@ impl<S: StateMachine> MultiRaft<S> {
         }
         let mut applied = 0;
         let mut members = Members::new();
+        let snapshot_bytes = storage
+            .latest_snapshot()
+            .map_or(0, |s| s.get_data().len() as u64);
         if let Some(snap) = storage.latest_snapshot() {
             let (from_snapshot, state) = members::split_snapshot(snap.get_data())
                 .map_err(|why| DriverError::Restore { group: id, why })?;
@@ -240,6 +273,9 @@ impl<S: StateMachine> MultiRaft<S> {
                 snapshot_index: applied,
                 snapshots_installed: 0,
                 ticks: 0,
+                log_bytes: 0,
+                snapshot_bytes,
+                pending: None,
                 members,
             },
         );
@@ -340,11 +376,50 @@ impl<S: StateMachine> MultiRaft<S> {
     pub fn purge(&mut self) -> Result<Vec<u64>, DriverError> {
         let named = self.engine.purge_expired_files()?;
         for id in &named {
-            if let Some(g) = self.groups.get_mut(id) {
+            if let Some(g) = self.groups.get_mut(id).filter(|g| g.pending.is_none()) {
                 snapshot_now(g, &self.engine)?;
             }
         }
         Ok(named)
+    }
+
+    /// Finishes background snapshots that are done: compacts the log behind them and applies
+    /// the entries held back meanwhile. Call every loop; the output carries those entries'
+    /// results. A snapshot that could not be saved is a storage failure (fail-stop).
+    pub fn poll_snapshots(&mut self) -> Result<RoundOutput, DriverError> {
+        self.snapshots(false)
+    }
+
+    /// Finishes background snapshots: those done, or (`wait`) all of them.
+    fn snapshots(&mut self, wait: bool) -> Result<RoundOutput, DriverError> {
+        let mut out = RoundOutput::default();
+        for (&id, g) in self.groups.iter_mut() {
+            let Some(p) = g.pending.as_ref() else {
+                continue;
+            };
+            let received = if wait {
+                p.done
+                    .recv()
+                    .map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
+            } else {
+                p.done.try_recv()
+            };
+            let saved = match received {
+                Ok(saved) => saved,
+                Err(std::sync::mpsc::TryRecvError::Empty) => continue,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    Err("the snapshot thread died".to_string())
+                }
+            };
+            let p = g.pending.take().expect("checked");
+            let bytes = saved.map_err(|why| DriverError::Snapshot { group: id, why })?;
+            g.raw.store().compact(p.index, &self.engine)?;
+            g.snapshot_index = p.index;
+            g.snapshot_bytes = bytes;
+            g.log_bytes = 0;
+            apply_entries(id, g, p.deferred, &self.engine, &mut out)?;
+        }
+        Ok(out)
     }
 
     /// The addresses of members added by conf changes.
@@ -481,11 +556,22 @@ impl<S: StateMachine> MultiRaft<S> {
     }
 
     /// Handles the Ready of every group that has one, with one fsync for all of them.
+    ///
+    /// Snapshots taken in the background are waited for, before and after, so that a caller
+    /// using only this (the in-process test clusters) sees every committed entry applied.
     pub fn round(&mut self) -> Result<RoundOutput, DriverError> {
+        let mut before = self.snapshots(true)?;
         let mut early = Vec::new();
         let mut out = self.round_with(&mut |m| early.extend(m))?;
         early.append(&mut out.messages);
         out.messages = early;
+        let after = self.snapshots(true)?;
+        before.applied.append(&mut out.applied);
+        before.applied.extend(after.applied);
+        before.membership.append(&mut out.membership);
+        before.membership.extend(after.membership);
+        out.applied = before.applied;
+        out.membership = before.membership;
         Ok(out)
     }
 
@@ -588,6 +674,10 @@ impl<S: StateMachine> MultiRaft<S> {
                 message: m,
             };
             if let Some(snap) = snapshot {
+                // A background snapshot of the old state must not land after this one.
+                if let Some(p) = g.pending.take() {
+                    let _ = p.done.recv();
+                }
                 let (from_snapshot, state) = members::split_snapshot(snap.get_data())
                     .map_err(|why| DriverError::Restore { group: id, why })?;
                 g.sm.restore(state)
@@ -604,6 +694,8 @@ impl<S: StateMachine> MultiRaft<S> {
                 g.members = from_snapshot;
                 g.applied = snap.get_metadata().index;
                 g.snapshot_index = g.applied;
+                g.snapshot_bytes = snap.get_data().len() as u64;
+                g.log_bytes = 0;
                 g.snapshots_installed += 1;
                 apply_entries(id, g, rd.take_committed_entries(), &engine, &mut out)?;
             }
@@ -613,6 +705,8 @@ impl<S: StateMachine> MultiRaft<S> {
             out.messages
                 .extend(light.take_messages().into_iter().map(wrap));
             apply_entries(id, g, light.take_committed_entries(), &engine, &mut out)?;
+            // raft-rs counts what it handed out as applied, including entries a background
+            // snapshot holds back here: it needs no more (reads wait for `g.applied`).
             g.raw.advance_apply();
             maybe_snapshot(g, &config, &engine)?;
         }
@@ -640,6 +734,10 @@ fn apply_entries<S: StateMachine>(
     engine: &LogEngine,
     out: &mut RoundOutput,
 ) -> Result<(), DriverError> {
+    if let Some(p) = g.pending.as_mut() {
+        p.deferred.extend(entries);
+        return Ok(());
+    }
     for e in entries {
         debug_assert!(
             e.index == g.applied + 1 || e.index <= g.applied,
@@ -651,6 +749,7 @@ fn apply_entries<S: StateMachine>(
             continue;
         }
         g.applied = e.index;
+        g.log_bytes += e.data.len() as u64;
         let result = match e.get_entry_type() {
             EntryType::EntryNormal if e.data.is_empty() => continue, // a new leader's empty entry
             EntryType::EntryNormal => g.sm.apply(e.index, &e.data),
@@ -732,17 +831,56 @@ fn apply_conf_change<S: StateMachine>(
     })
 }
 
-/// Takes a snapshot at the applied index and compacts the log behind it, every
-/// `snapshot_every` entries.
+/// Takes a snapshot at the applied index and compacts the log behind it, once
+/// `snapshot_every` entries and as many bytes as the last snapshot were applied since it.
 fn maybe_snapshot<S: StateMachine>(
     g: &mut Group<S>,
     config: &GroupConfig,
     engine: &LogEngine,
 ) -> Result<(), DriverError> {
-    if g.applied < g.snapshot_index + config.snapshot_every {
+    if g.pending.is_some()
+        || g.applied < g.snapshot_index + config.snapshot_every
+        || g.log_bytes < g.snapshot_bytes
+    {
         return Ok(());
     }
-    snapshot_now(g, engine)
+    let Some(job) = g.sm.snapshot_job() else {
+        return snapshot_now(g, engine);
+    };
+    // Everything but the state's bytes is fixed now; applying stops until the job has them.
+    let storage = g.raw.store().clone();
+    let group = storage.id();
+    let engine = engine.clone();
+    let index = g.applied;
+    let term = raft::Storage::term(&storage, index)?;
+    let conf_state = g.raw.raft.prs().conf().to_conf_state();
+    let members = g.members.clone();
+    let (tx, done) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("snapshot-{}", storage.id()))
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let mut snap = Snapshot::default();
+            snap.set_data(members::frame_snapshot(&members, &job()).into());
+            let bytes = snap.get_data().len() as u64;
+            let meta = snap.mut_metadata();
+            meta.index = index;
+            meta.term = term;
+            meta.set_conf_state(conf_state);
+            let saved = storage.save_snapshot(snap, &engine).map(|()| bytes);
+            tracing::info!(group = storage.id(), index, bytes, took = ?started.elapsed(), "snapshot taken in the background");
+            let _ = tx.send(saved.map_err(|e| e.to_string()));
+        })
+        .map_err(|e| DriverError::Snapshot {
+            group,
+            why: format!("cannot start a snapshot thread: {e}"),
+        })?;
+    g.pending = Some(Pending {
+        index,
+        done,
+        deferred: Vec::new(),
+    });
+    Ok(())
 }
 
 /// Takes a snapshot at the applied index and compacts the log behind it.
@@ -750,10 +888,13 @@ fn snapshot_now<S: StateMachine>(g: &mut Group<S>, engine: &LogEngine) -> Result
     if g.applied <= g.snapshot_index {
         return Ok(());
     }
+    let started = std::time::Instant::now();
     let storage = g.raw.store().clone();
     let term = raft::Storage::term(&storage, g.applied)?;
     let mut snap = Snapshot::default();
     snap.set_data(members::frame_snapshot(&g.members, &g.sm.snapshot()).into());
+    let serialized = started.elapsed();
+    let bytes = snap.get_data().len();
     let meta = snap.mut_metadata();
     meta.index = g.applied;
     meta.term = term;
@@ -761,5 +902,28 @@ fn snapshot_now<S: StateMachine>(g: &mut Group<S>, engine: &LogEngine) -> Result
     storage.save_snapshot(snap, engine)?;
     storage.compact(g.applied, engine)?;
     g.snapshot_index = g.applied;
+    g.snapshot_bytes = bytes as u64;
+    g.log_bytes = 0;
+    // The driver thread does this work: a long one delays every group's heartbeats.
+    let took = started.elapsed();
+    if took >= std::time::Duration::from_millis(100) {
+        tracing::warn!(
+            group = storage.id(),
+            index = g.applied,
+            bytes,
+            ?serialized,
+            ?took,
+            "slow snapshot on the driver thread"
+        );
+    } else {
+        tracing::debug!(
+            group = storage.id(),
+            index = g.applied,
+            bytes,
+            ?serialized,
+            ?took,
+            "snapshot taken"
+        );
+    }
     Ok(())
 }

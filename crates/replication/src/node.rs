@@ -449,7 +449,11 @@ fn drive<S: StateMachine>(
             }
         }
         ask_reads(&mut multi, &mut w);
-        let out = match run_round(&mut multi, &mut w, &bus, &lease) {
+        let out = match multi.poll_snapshots().and_then(|done| {
+            answer(&multi, &lease, &mut w, done.applied, done.read_points);
+            learn_addresses(&bus, multi.node_id(), &done.membership);
+            run_round(&mut multi, &mut w, &bus, &lease)
+        }) {
             Ok(out) => out,
             Err(e) => {
                 // Fail-stop: after a storage error nothing raft believes persisted can be trusted.

@@ -55,8 +55,16 @@ impl StateMachine for ShardMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
+        // Slot by slot, taking the lock for one slot at a time: a big keyspace takes seconds
+        // to write, and connections (whose tokio workers also carry the cluster bus) must not
+        // wait that long. Nothing changes the store meanwhile: only apply writes to it, and
+        // the driver holds applies back while a snapshot is being taken.
+        let mut keyspace = snapshot::begin(&self.store.lock().keyspace);
+        for slot in 0..cairn_store::slot::SLOTS {
+            snapshot::write_slot(&self.store.lock().keyspace, slot, &mut keyspace);
+        }
+        let keyspace = snapshot::finish(keyspace);
         let store = self.store.lock();
-        let keyspace = snapshot::write(&store.keyspace);
         let (flushed_at, stamps) = store.watches.stamps();
         let mut out = Vec::with_capacity(keyspace.len() + 32 + stamps.len() * 12);
         out.extend_from_slice(MAGIC);
@@ -71,6 +79,15 @@ impl StateMachine for ShardMachine {
             out.extend_from_slice(&stamp.to_le_bytes());
         }
         out
+    }
+
+    /// Serializes on another thread: the driver applies nothing meanwhile, so the store this
+    /// reads (under its lock, like any reader) is the state at the snapshot's index.
+    fn snapshot_job(&self) -> Option<cairn_replication::driver::SnapshotJob> {
+        let me = ShardMachine {
+            store: self.store.clone(),
+        };
+        Some(Box::new(move || me.snapshot()))
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {

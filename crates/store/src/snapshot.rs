@@ -100,22 +100,40 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
 
 /// Writes the whole keyspace.
 pub fn write(ks: &Keyspace) -> Vec<u8> {
+    let mut out = begin(ks);
+    for slot in 0..crate::slot::SLOTS {
+        write_slot(ks, slot, &mut out);
+    }
+    finish(out)
+}
+
+/// The same bytes as [`write`], in pieces: `begin`, then `write_slot` for every slot in
+/// order, then `finish`. A caller may let go of the keyspace between pieces (to keep a lock
+/// short) if nothing changes it meanwhile.
+pub fn begin(ks: &Keyspace) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + ks.len() * 32);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(ks.len() as u64).to_le_bytes());
-    for slot in 0..crate::slot::SLOTS {
-        if ks.slot_len(slot) == 0 {
-            continue;
-        }
-        let mut entries: Vec<(&[u8], &Entry)> = ks.iter_slot(slot).collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (k, e) in entries {
-            put_bytes(&mut out, k);
-            out.extend_from_slice(&e.expire_at_ms.to_le_bytes());
-            put_value(&mut out, &e.value);
-        }
+    out
+}
+
+/// Appends one slot's keys, sorted.
+pub fn write_slot(ks: &Keyspace, slot: usize, out: &mut Vec<u8>) {
+    if ks.slot_len(slot) == 0 {
+        return;
     }
+    let mut entries: Vec<(&[u8], &Entry)> = ks.iter_slot(slot).collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (k, e) in entries {
+        put_bytes(out, k);
+        out.extend_from_slice(&e.expire_at_ms.to_le_bytes());
+        put_value(out, &e.value);
+    }
+}
+
+/// Appends the checksum.
+pub fn finish(mut out: Vec<u8>) -> Vec<u8> {
     let sum = fnv1a(&out);
     out.extend_from_slice(&sum.to_le_bytes());
     out
