@@ -202,7 +202,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,raft=warn,raft_engine=warn".into()),
         )
         .with_writer(std::io::stderr)
         // Colour only on a terminal: a log file or journal gets plain, greppable text.
