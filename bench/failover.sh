@@ -50,7 +50,7 @@ for trial in $(seq "$TRIALS"); do
   done
   ms=$(( $(now_ms) - t0 ))
   times+=("$ms")
-  wait "${pids[$l]}" 2>/dev/null || true
+  { wait "${pids[$l]}"; } 2>/dev/null || true
   echo "trial $trial: at ${t0} ms, SIG$SIGNAL to leader node $l, first write through node $other after ${ms} ms"
   start "$l"
   sleep 1
