@@ -47,6 +47,13 @@ enum ClusterCommand {
         #[arg(long)]
         id: u64,
     },
+    /// Move leadership to node --id (or, without it, to the most caught-up other voter).
+    TransferLeader {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: Option<u64>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +89,14 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
             learner_only,
             wait_secs,
         } => add_node(target.addr()?, id, &bus, learner_only, wait_secs),
+        ClusterCommand::TransferLeader { target, id } => {
+            let id = id.map(|i| i.to_string());
+            let mut args = vec!["CAIRN.MEMBER", "TRANSFER-LEADER"];
+            args.extend(id.as_deref());
+            expect_ok(call(target.addr()?, &args)?)?;
+            println!("leadership moved");
+            Ok(())
+        }
         ClusterCommand::RemoveNode { target, id } => {
             expect_ok(call(
                 target.addr()?,

@@ -57,6 +57,30 @@ fn status_shows_every_node_and_the_leader_and_marks_a_dead_node_down() {
         "{table}"
     );
 
+    // Leadership moves on request, to the node asked for.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "cluster",
+            "transfer-leader",
+            "--port",
+            &ports[0].to_string(),
+        ])
+        .args(["--id", &follower.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while raft_field(ports[follower - 1], "role").as_deref() != Some("leader") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {follower} leads"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let table = status(ports[leader - 1]);
+    assert_eq!(row(&table, follower)[4], "leader", "{table}");
+    let (leader, follower) = (follower, leader);
+
     let other = 6 - leader - follower;
     cluster.kill9(other - 1);
     let table = status(ports[follower - 1]);
