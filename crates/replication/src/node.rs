@@ -371,10 +371,19 @@ impl Granting {
     /// Drops the leases of groups this node no longer leads in the lease's term, or of
     /// `all` groups (before handing leadership over: the new leader may be elected at once).
     fn revoke<S: StateMachine>(&self, multi: &MultiRaft<S>, all: bool) {
-        let mut leases = self.leases.write().unwrap_or_else(|e| e.into_inner());
-        leases.retain(|&g, l| {
+        let keep = |g: u64, l: &Lease| {
             !all && multi.is_leader(g) && multi.progress(g).is_some_and(|p| p.0 == l.term)
-        });
+        };
+        // Called every loop: look first, so that readers are not held up by a write lock
+        // when there is nothing to revoke (the usual case).
+        {
+            let leases = self.leases.read().unwrap_or_else(|e| e.into_inner());
+            if leases.iter().all(|(&g, l)| keep(g, l)) {
+                return;
+            }
+        }
+        let mut leases = self.leases.write().unwrap_or_else(|e| e.into_inner());
+        leases.retain(|&g, l| keep(g, l));
     }
 }
 
