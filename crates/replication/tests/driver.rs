@@ -561,3 +561,116 @@ fn purge_snapshots_groups_that_hold_old_files_and_the_files_go() {
 fn journal_len(m: &cairn_replication::MultiRaft<Journal>) -> usize {
     m.state_machine(1).map_or(0, |j| j.0.len())
 }
+
+/// A journal whose background snapshots wait at a gate, to look at the driver in between.
+struct Gated {
+    journal: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    gate: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl StateMachine for Gated {
+    fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
+        self.journal.lock().unwrap().push(data.to_vec());
+        index.to_le_bytes().to_vec()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        Journal(self.journal.lock().unwrap().clone()).snapshot()
+    }
+
+    fn snapshot_job(&self) -> Option<cairn_replication::driver::SnapshotJob> {
+        let (journal, gate) = (self.journal.clone(), self.gate.clone());
+        Some(Box::new(move || {
+            let (open, cv) = &*gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            Journal(journal.lock().unwrap().clone()).snapshot()
+        }))
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        let mut j = Journal::default();
+        j.restore(data)?;
+        *self.journal.lock().unwrap() = j.0;
+        Ok(())
+    }
+}
+
+/// While a snapshot is taken in the background the driver keeps committing but applies
+/// nothing (so the state the snapshot reads is the one at its index); once it is saved, the
+/// log is compacted behind it and the held entries are applied, in order, answered.
+#[test]
+fn a_background_snapshot_holds_applies_back_then_releases_them_in_order() {
+    use cairn_replication::{LogEngine, MultiRaft};
+    let dir = tempfile::tempdir().unwrap();
+    let journal = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let sm = Gated {
+        journal: journal.clone(),
+        gate: gate.clone(),
+    };
+    let config = GroupConfig {
+        snapshot_every: 10,
+        ..GroupConfig::default()
+    };
+    let mut m = MultiRaft::new(1, LogEngine::open(dir.path()).unwrap(), config);
+    m.open_group(1, &[1], sm).unwrap();
+    m.campaign(1).unwrap();
+    let step = |m: &mut MultiRaft<Gated>| {
+        let round = m.begin_round().unwrap();
+        let mut out = m.finish_round(round).unwrap();
+        let mut done = m.poll_snapshots().unwrap();
+        out.applied.append(&mut done.applied);
+        out.applied
+    };
+    step(&mut m);
+    let mut answered = Vec::new();
+    for i in 0..12 {
+        m.propose(1, vec![i], format!("a{i}").into_bytes()).unwrap();
+        answered.extend(step(&mut m));
+    }
+    let held_at = journal.lock().unwrap().len();
+    assert!(
+        (1..12).contains(&held_at),
+        "a snapshot started after ~10 entries: {held_at}"
+    );
+    for i in 12..20 {
+        m.propose(1, vec![i], format!("a{i}").into_bytes()).unwrap();
+        answered.extend(step(&mut m));
+    }
+    let (_, commit, applied) = m.progress(1).unwrap();
+    assert_eq!(
+        journal.lock().unwrap().len(),
+        held_at,
+        "nothing applied meanwhile"
+    );
+    assert!(
+        commit > applied,
+        "but the log kept committing: {commit} > {applied}"
+    );
+    {
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while m.progress(1).unwrap().2 < commit {
+        assert!(std::time::Instant::now() < deadline, "held entries applied");
+        answered.extend(step(&mut m));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let expected: Vec<Vec<u8>> = (0..20).map(|i| format!("a{i}").into_bytes()).collect();
+    assert_eq!(*journal.lock().unwrap(), expected, "all applied, in order");
+    let contexts: Vec<Vec<u8>> = answered.iter().map(|a| a.context.clone()).collect();
+    assert_eq!(
+        contexts,
+        (0..20).map(|i| vec![i]).collect::<Vec<_>>(),
+        "each answered once"
+    );
+    assert!(
+        m.snapshot_info(1).unwrap().0 >= held_at as u64,
+        "the snapshot is in place"
+    );
+}
