@@ -16,7 +16,7 @@ cargo build --release -q -p cairn
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; gone "$p"; done
   if [ -n "${KEEP:-}" ]; then echo "node logs kept in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -26,7 +26,11 @@ start() {
   CAIRN_LOG=${CAIRN_LOG:-warn} ./target/release/cairn server --port $((BASE + i - 1)) --node-id "$i" --bus-port $((BASE + 10000 + i - 1)) \
     --initial-cluster "$cluster" --data-dir "$work/node$i" >>"$work/node$i.log" 2>&1 &
   pids[$i]=$!
+  # Out of the job table, so bash does not report the kill -9s as "Killed" job messages.
+  disown "$!"
 }
+# Waits (at most 10 s) until process $1 is gone.
+gone() { for _ in $(seq 1000); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.01; done; }
 leader() {
   for i in 1 2 3; do
     if redis-cli -p $((BASE + i - 1)) info raft 2>/dev/null | grep -q "role=leader"; then echo "$i"; return; fi
@@ -50,7 +54,7 @@ for trial in $(seq "$TRIALS"); do
   done
   ms=$(( $(now_ms) - t0 ))
   times+=("$ms")
-  { wait "${pids[$l]}"; } 2>/dev/null || true
+  gone "${pids[$l]}"
   echo "trial $trial: at ${t0} ms, SIG$SIGNAL to leader node $l, first write through node $other after ${ms} ms"
   start "$l"
   sleep 1
