@@ -19,7 +19,7 @@ use crate::connection::Client;
 use crate::dispatch::{self, Target};
 use crate::Shared;
 use cairn_commands::{Flags, Lookup};
-use cairn_replication::{Node, NodeError};
+use cairn_replication::{GroupStatus, Node, NodeError};
 use cairn_resp::{Protocol, Reply};
 use cairn_store::entry::{LogEntry, Operation};
 use std::collections::{HashMap, VecDeque};
@@ -44,37 +44,39 @@ pub struct Replication {
 }
 
 impl Replication {
+    /// This node's view of the keyspace's group (a copy), once the group is open.
+    pub fn group(&self) -> Option<GroupStatus> {
+        self.node.status().borrow().groups.get(&GROUP).cloned()
+    }
+
     /// Where node `id` serves clients: from `--initial-cluster`, or for a member added later,
     /// from the bus address its conf change carried (by the same convention, port - 10000).
     pub fn client_addr(&self, id: u64) -> Option<SocketAddr> {
         if let Some(&a) = self.client_addrs.get(&id) {
             return Some(a);
         }
-        let status = self.node.status();
-        let status = status.borrow();
-        let bus: SocketAddr = status.groups.get(&GROUP)?.members.get(&id)?.parse().ok()?;
-        Some(SocketAddr::new(bus.ip(), bus.port().checked_sub(10000)?))
+        added_client_addr(&self.group()?, id)
     }
 
     /// Every known member's client address, by id.
     pub fn all_client_addrs(&self) -> std::collections::BTreeMap<u64, SocketAddr> {
         let mut all: std::collections::BTreeMap<u64, SocketAddr> =
             self.client_addrs.iter().map(|(&k, &v)| (k, v)).collect();
-        let added: Vec<u64> = self
-            .node
-            .status()
-            .borrow()
-            .groups
-            .get(&GROUP)
-            .map(|g| g.members.keys().copied().collect())
-            .unwrap_or_default();
-        for id in added {
-            if let Some(a) = self.client_addr(id) {
-                all.insert(id, a);
+        if let Some(g) = self.group() {
+            for &id in g.members.keys() {
+                if let Some(a) = added_client_addr(&g, id) {
+                    all.entry(id).or_insert(a);
+                }
             }
         }
         all
     }
+}
+
+/// The client address of a member added by a conf change (its bus address's port - 10000).
+fn added_client_addr(g: &GroupStatus, id: u64) -> Option<SocketAddr> {
+    let bus: SocketAddr = g.members.get(&id)?.parse().ok()?;
+    Some(SocketAddr::new(bus.ip(), bus.port().checked_sub(10000)?))
 }
 
 /// A client's connection to the leader, for relaying.
@@ -85,12 +87,10 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Whether the leader closed this idle connection (or sent something unasked, which
-    /// leaves it unusable too). Checked before reuse, so that a write is never sent on a
-    /// connection already known dead and then reported as possibly applied.
+    /// Whether the leader closed this idle connection, checked before reuse so that a write
+    /// is never sent on a connection already known dead and then reported as possibly applied.
     fn closed(&self) -> bool {
-        let mut probe = [0u8; 1];
-        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        cairn_replication::bus::peer_closed(&self.stream)
     }
 }
 
@@ -106,17 +106,20 @@ fn worth_waiting(e: &NodeError) -> bool {
     )
 }
 
-/// Proposes `entry`, waiting (until `WAIT` runs out) while no leader is known: the caller
-/// sees latency instead of an error during an election or a leadership transfer. Every retry
-/// is safe because `worth_waiting` errors mean the entry never reached raft.
-async fn propose(
-    repl: &Replication,
-    entry: &LogEntry,
-) -> Result<Result<Vec<u8>, NodeError>, tokio::time::error::Elapsed> {
+/// Runs `attempt` until it gives something other than a `worth_waiting` error, pausing
+/// `RETRY_PAUSE` between tries, for at most `WAIT`: the caller sees latency instead of an error
+/// during an election or a leadership transfer. Retrying is safe because those errors mean the
+/// request never reached raft.
+async fn while_leaderless<T, F, Fut>(
+    mut attempt: F,
+) -> Result<Result<T, NodeError>, tokio::time::error::Elapsed>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, NodeError>>,
+{
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let r = tokio::time::timeout_at(deadline, repl.node.propose(GROUP, entry.encode())).await;
-        match r {
+        match tokio::time::timeout_at(deadline, attempt()).await {
             Ok(Err(e))
                 if worth_waiting(&e) && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
             {
@@ -127,9 +130,17 @@ async fn propose(
     }
 }
 
+/// Proposes `entry`, waiting while no leader is known (see [`while_leaderless`]).
+async fn propose(
+    repl: &Replication,
+    entry: &LogEntry,
+) -> Result<Result<Vec<u8>, NodeError>, tokio::time::error::Elapsed> {
+    while_leaderless(|| repl.node.propose(GROUP, entry.encode())).await
+}
+
 /// Returns once reading the local store is linearizable: at once while this node holds a
-/// read lease whose index is applied here, else after a read barrier that waits like
-/// [`propose`] while no leader is known.
+/// read lease whose index is applied here, else after a read barrier (waiting while no leader
+/// is known, see [`while_leaderless`]).
 async fn barrier(
     shared: &Shared,
     repl: &Replication,
@@ -139,18 +150,7 @@ async fn barrier(
             return Ok(Ok(()));
         }
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let r = tokio::time::timeout_at(deadline, repl.node.read_barrier(GROUP)).await;
-        match r {
-            Ok(Err(e))
-                if worth_waiting(&e) && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
-            {
-                tokio::time::sleep(RETRY_PAUSE).await
-            }
-            other => return other,
-        }
-    }
+    while_leaderless(|| repl.node.read_barrier(GROUP)).await
 }
 
 fn tryagain(why: &str) -> Reply {
@@ -581,14 +581,7 @@ async fn connect_leader(repl: &Replication, leader: u64, proto: Protocol) -> Res
             return Err(tryagain("cannot reach the leader"));
         }
         tokio::time::sleep(RETRY_PAUSE).await;
-        let now = repl
-            .node
-            .status()
-            .borrow()
-            .groups
-            .get(&GROUP)
-            .and_then(|g| g.leader);
-        match now {
+        match repl.group().and_then(|g| g.leader) {
             Some(l) if l != repl.me => leader = l,
             // This node leads now, or nobody does: the caller starts over.
             _ => return Err(tryagain("the leader changed, retry")),

@@ -8,7 +8,8 @@
 //! cluster support disabled does. (The sharding issue brings many shards and slot moves.)
 
 use crate::dispatch::Call;
-use crate::replicated::{Replication, GROUP};
+use crate::replicated::Replication;
+use cairn_replication::GroupStatus;
 use cairn_resp::Reply;
 use cairn_store::slot::{key_slot, SLOTS};
 use std::net::SocketAddr;
@@ -29,10 +30,10 @@ struct Member {
     master: bool,
 }
 
-/// The shard's members, leader first; None while no leader is known.
-fn members(repl: &Replication) -> Option<Vec<Member>> {
-    let status = repl.node.status().borrow().clone();
-    let g = status.groups.get(&GROUP)?;
+/// The group as this node sees it, and the shard's members, leader first; None while no
+/// leader is known.
+fn members(repl: &Replication) -> Option<(GroupStatus, Vec<Member>)> {
+    let g = repl.group()?;
     let leader = g.leader?;
     let mut out = Vec::new();
     for &id in std::iter::once(&leader).chain(g.voters.iter().filter(|&&v| v != leader)) {
@@ -44,7 +45,7 @@ fn members(repl: &Replication) -> Option<Vec<Member>> {
             });
         }
     }
-    Some(out)
+    Some((g, out))
 }
 
 fn with_cluster(c: &mut Call, f: impl FnOnce(&Replication, &mut Call) -> Reply) -> Reply {
@@ -68,7 +69,7 @@ pub fn myid(c: &mut Call) -> Reply {
 
 pub fn slots(c: &mut Call) -> Reply {
     with_cluster(c, |repl, _| {
-        let Some(members) = members(repl) else {
+        let Some((_, members)) = members(repl) else {
             return down();
         };
         let mut entry = vec![Reply::Int(0), Reply::Int(SLOTS as i64 - 1)];
@@ -86,16 +87,10 @@ pub fn slots(c: &mut Call) -> Reply {
 
 pub fn shards(c: &mut Call) -> Reply {
     with_cluster(c, |repl, _| {
-        let Some(members) = members(repl) else {
+        let Some((g, members)) = members(repl) else {
             return down();
         };
-        let applied = repl
-            .node
-            .status()
-            .borrow()
-            .groups
-            .get(&GROUP)
-            .map_or(0, |g| g.applied);
+        let applied = g.applied;
         let bulk = |s: &str| Reply::Bulk(s.as_bytes().to_vec());
         let nodes = members
             .iter()
@@ -126,16 +121,10 @@ pub fn shards(c: &mut Call) -> Reply {
 
 pub fn nodes(c: &mut Call) -> Reply {
     with_cluster(c, |repl, _| {
-        let Some(members) = members(repl) else {
+        let Some((g, members)) = members(repl) else {
             return down();
         };
-        let term = repl
-            .node
-            .status()
-            .borrow()
-            .groups
-            .get(&GROUP)
-            .map_or(0, |g| g.term);
+        let term = g.term;
         let master = node_name(members[0].id);
         let mut text = String::new();
         for m in &members {
@@ -159,8 +148,7 @@ pub fn nodes(c: &mut Call) -> Reply {
 
 pub fn info(c: &mut Call) -> Reply {
     with_cluster(c, |repl, _| {
-        let status = repl.node.status().borrow().clone();
-        let g = status.groups.get(&GROUP).cloned().unwrap_or_default();
+        let g = repl.group().unwrap_or_default();
         let ok = g.leader.is_some();
         let slots = if ok { SLOTS } else { 0 };
         let text = format!(

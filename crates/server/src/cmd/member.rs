@@ -18,7 +18,7 @@ use crate::connection::Client;
 use crate::replicated::{self, Replication, GROUP};
 use crate::Shared;
 use cairn_replication::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-use cairn_replication::NodeError;
+use cairn_replication::{GroupStatus, NodeError};
 use cairn_resp::Reply;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -85,10 +85,15 @@ impl From<Reply> for NotHere {
     }
 }
 
+/// The group as this node sees it.
+fn group(repl: &Replication) -> Result<GroupStatus, NotHere> {
+    repl.group()
+        .ok_or_else(|| Fail(err("ERR this node holds no group yet")))
+}
+
 /// Listed by the leader, which alone knows how far each member's log matches.
 fn list(repl: &Replication) -> Result<Reply, NotHere> {
-    let status = repl.node.status().borrow().clone();
-    let Some(g) = status.groups.get(&GROUP) else {
+    let Some(g) = repl.group() else {
         return Ok(Reply::Array(Vec::new()));
     };
     match g.leader {
@@ -139,13 +144,7 @@ async fn add_learner(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotH
 
 async fn remove(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere> {
     let id = parse_id(&args[2])?;
-    let leads = repl
-        .node
-        .status()
-        .borrow()
-        .groups
-        .get(&GROUP)
-        .is_some_and(|g| g.is_leader);
+    let leads = repl.group().is_some_and(|g| g.is_leader);
     if id == repl.me && leads {
         let (_, still) = repl.node.hand_off(Duration::from_secs(3)).await;
         if still {
@@ -160,21 +159,13 @@ async fn remove(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere> 
 /// Hands leadership to voter `<id>` (or the most caught-up one) and waits until it leads.
 async fn transfer(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere> {
     let to = args.get(2).map(|a| parse_id(a)).transpose()?;
-    let (leader, voters) = {
-        let status = repl.node.status();
-        let status = status.borrow();
-        let g = status
-            .groups
-            .get(&GROUP)
-            .ok_or_else(|| err("ERR this node holds no group yet"))?;
-        (g.leader, g.voters.clone())
-    };
+    let g = group(repl)?;
     if let Some(t) = to {
-        if !voters.contains(&t) {
+        if !g.voters.contains(&t) {
             return Err(Fail(err(format!("ERR node {t} is not a voter"))));
         }
     }
-    match leader {
+    match g.leader {
         Some(l) if l == repl.me => {}
         Some(l) => return Err(Relay(l)),
         None => return Err(Fail(err("TRYAGAIN no leader elected yet"))),
@@ -199,15 +190,9 @@ async fn change(
     context: Vec<u8>,
 ) -> Result<Reply, NotHere> {
     let id = parse_id(&args[2])?;
-    let (voters, learners) = {
-        let status = repl.node.status();
-        let status = status.borrow();
-        let g = status
-            .groups
-            .get(&GROUP)
-            .ok_or_else(|| err("ERR this node holds no group yet"))?;
-        (g.voters.clone(), g.learners.clone())
-    };
+    let GroupStatus {
+        voters, learners, ..
+    } = group(repl)?;
     let known = voters.contains(&id) || learners.contains(&id);
     match kind {
         ConfChangeType::AddLearnerNode if known => {
