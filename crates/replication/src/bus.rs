@@ -416,8 +416,11 @@ async fn inbound_connection(mut socket: TcpStream, bus: Arc<Bus>) -> Result<(), 
     }
 }
 
-/// Whether the peer closed (or reset) an outbound connection.
-fn peer_closed(conn: &TcpStream) -> bool {
+/// Whether the other end closed (or reset) a connection it never writes on while idle:
+/// anything readable means closed, reset, or out of step, and the connection is unusable.
+/// Checked before reuse, since the kernel accepts a write into a connection the peer has
+/// already closed and the data is lost.
+pub fn peer_closed(conn: &TcpStream) -> bool {
     let mut probe = [0u8; 1];
     !matches!(conn.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }

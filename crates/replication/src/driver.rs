@@ -494,13 +494,8 @@ impl<S: StateMachine> MultiRaft<S> {
     /// lead the group or has no voter to hand to. While the transfer runs raft-rs drops
     /// proposals (the caller retries them on the new leader); it gives up after an election
     /// timeout.
-    pub fn hand_off(&mut self, group: u64) -> Option<u64> {
-        self.hand_off_to(group, None)
-    }
-
-    /// Like [`MultiRaft::hand_off`], to voter `to` when given (None if it is not another voter
-    /// of the group).
-    pub fn hand_off_to(&mut self, group: u64, to: Option<u64>) -> Option<u64> {
+    /// With `to`, hands to that voter only (None if it is not another voter of the group).
+    pub fn hand_off(&mut self, group: u64, to: Option<u64>) -> Option<u64> {
         let me = self.node_id;
         let g = self.groups.get_mut(&group)?;
         if g.raw.raft.state != StateRole::Leader {
@@ -860,13 +855,8 @@ fn maybe_snapshot<S: StateMachine>(
         .name(format!("snapshot-{}", storage.id()))
         .spawn(move || {
             let started = std::time::Instant::now();
-            let mut snap = Snapshot::default();
-            snap.set_data(members::frame_snapshot(&members, &job()).into());
+            let snap = snapshot_message(&members, &job(), index, term, conf_state);
             let bytes = snap.get_data().len() as u64;
-            let meta = snap.mut_metadata();
-            meta.index = index;
-            meta.term = term;
-            meta.set_conf_state(conf_state);
             let saved = storage.save_snapshot(snap, &engine).map(|()| bytes);
             tracing::info!(group = storage.id(), index, bytes, took = ?started.elapsed(), "snapshot taken in the background");
             let _ = tx.send(saved.map_err(|e| e.to_string()));
@@ -883,6 +873,23 @@ fn maybe_snapshot<S: StateMachine>(
     Ok(())
 }
 
+/// A snapshot message: the member record and the state machine's bytes, at `index`.
+fn snapshot_message(
+    members: &Members,
+    state: &[u8],
+    index: u64,
+    term: u64,
+    conf_state: raft::eraftpb::ConfState,
+) -> Snapshot {
+    let mut snap = Snapshot::default();
+    snap.set_data(members::frame_snapshot(members, state).into());
+    let meta = snap.mut_metadata();
+    meta.index = index;
+    meta.term = term;
+    meta.set_conf_state(conf_state);
+    snap
+}
+
 /// Takes a snapshot at the applied index and compacts the log behind it.
 fn snapshot_now<S: StateMachine>(g: &mut Group<S>, engine: &LogEngine) -> Result<(), DriverError> {
     if g.applied <= g.snapshot_index {
@@ -891,14 +898,11 @@ fn snapshot_now<S: StateMachine>(g: &mut Group<S>, engine: &LogEngine) -> Result
     let started = std::time::Instant::now();
     let storage = g.raw.store().clone();
     let term = raft::Storage::term(&storage, g.applied)?;
-    let mut snap = Snapshot::default();
-    snap.set_data(members::frame_snapshot(&g.members, &g.sm.snapshot()).into());
+    let state = g.sm.snapshot();
     let serialized = started.elapsed();
+    let conf_state = g.raw.raft.prs().conf().to_conf_state();
+    let snap = snapshot_message(&g.members, &state, g.applied, term, conf_state);
     let bytes = snap.get_data().len();
-    let meta = snap.mut_metadata();
-    meta.index = g.applied;
-    meta.term = term;
-    meta.set_conf_state(g.raw.raft.prs().conf().to_conf_state());
     storage.save_snapshot(snap, engine)?;
     storage.compact(g.applied, engine)?;
     g.snapshot_index = g.applied;
@@ -914,15 +918,6 @@ fn snapshot_now<S: StateMachine>(g: &mut Group<S>, engine: &LogEngine) -> Result
             ?serialized,
             ?took,
             "slow snapshot on the driver thread"
-        );
-    } else {
-        tracing::debug!(
-            group = storage.id(),
-            index = g.applied,
-            bytes,
-            ?serialized,
-            ?took,
-            "snapshot taken"
         );
     }
     Ok(())

@@ -358,14 +358,14 @@ impl Granting {
         let term = multi.progress(group).map_or(0, |p| p.0);
         let until = asked + self.length;
         let mut leases = self.leases.write().unwrap_or_else(|e| e.into_inner());
-        let l = leases.entry(group).or_insert(Lease { until, term, index });
-        if l.term != term || l.until < until {
-            *l = Lease {
-                until,
-                term,
-                index: index.max(if l.term == term { l.index } else { 0 }),
-            };
+        // A lease of an older term is replaced; one of this term only extended, and its index
+        // never moves back.
+        let same_term = leases.get(&group).filter(|l| l.term == term).copied();
+        if same_term.is_some_and(|l| l.until >= until) {
+            return;
         }
+        let index = same_term.map_or(index, |l| l.index.max(index));
+        leases.insert(group, Lease { until, term, index });
     }
 
     /// Drops the leases of groups this node no longer leads in the lease's term, or of
@@ -738,7 +738,7 @@ fn handle<S: StateMachine>(
             let moved = multi
                 .group_ids()
                 .into_iter()
-                .filter_map(|g| multi.hand_off_to(g, to).map(|t| (g, t)))
+                .filter_map(|g| multi.hand_off(g, to).map(|t| (g, t)))
                 .collect();
             let _ = done.send(moved);
         }
