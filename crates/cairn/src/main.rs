@@ -77,6 +77,10 @@ pub struct ServerArgs {
     /// Replicated mode: snapshot and compact the log every this many applied entries.
     #[arg(long, env = "CAIRN_SNAPSHOT_ENTRIES")]
     snapshot_entries: Option<u64>,
+    /// Replicated mode: how many shards the 16384 slots are divided into when the cluster is
+    /// created (default: one per node of --initial-cluster). Fixed once data exists.
+    #[arg(long, env = "CAIRN_SHARDS")]
+    shards: Option<usize>,
 }
 
 /// The same settings as read from a config file.
@@ -96,6 +100,7 @@ struct FileConfig {
     cluster_redirects: Option<String>,
     fault_hooks: Option<String>,
     snapshot_entries: Option<u64>,
+    shards: Option<usize>,
 }
 
 fn yes_no(v: &str) -> anyhow::Result<bool> {
@@ -150,6 +155,14 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<cairn_server::Config> {
     if let Some(v) = args.snapshot_entries.or(file.snapshot_entries) {
         anyhow::ensure!(v > 0, "--snapshot-entries must be at least 1");
         c.snapshot_entries = v;
+    }
+    if let Some(v) = args.shards.or(file.shards) {
+        anyhow::ensure!(
+            (1..=cairn_server::shards::MAX_SHARDS).contains(&v),
+            "--shards must be between 1 and {}",
+            cairn_server::shards::MAX_SHARDS
+        );
+        c.shards = v;
     }
     if let Some(v) = args.maxclients.or(file.maxclients) {
         c.maxclients = v;

@@ -24,7 +24,7 @@ use raft::eraftpb::{
 };
 use raft::{RawNode, StateRole, CAMPAIGN_TRANSFER};
 use raft_engine::LogBatch;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The index (and term) of the snapshot a new group starts from.
 const BOOTSTRAP_INDEX: u64 = 1;
@@ -141,6 +141,8 @@ pub struct GroupConfig {
     /// rewriting its AOF): a snapshot rewrites the whole state, so taking them by entry count
     /// alone would cost, for a large state, more than the writes themselves.
     pub snapshot_every: u64,
+    /// Spread leadership evenly over the nodes (see [`MultiRaft::balance_leaders`]).
+    pub balance_leaders: bool,
 }
 
 impl Default for GroupConfig {
@@ -152,9 +154,14 @@ impl Default for GroupConfig {
             max_inflight_msgs: 256,
             max_uncommitted_size: 64 * 1024 * 1024,
             snapshot_every: 10_000,
+            balance_leaders: true,
         }
     }
 }
+
+/// How far behind its leader's last index a voter may be and still be handed a leadership by
+/// [`MultiRaft::balance_leaders`] (raft-rs then sends it the rest before the transfer).
+const BALANCE_CAUGHT_UP: u64 = 1_000;
 
 struct Group<S> {
     raw: RawNode<GroupStorage>,
@@ -193,6 +200,10 @@ impl<S: StateMachine> MultiRaft<S> {
             config,
             logger,
         }
+    }
+
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
     }
 
     pub fn node_id(&self) -> u64 {
@@ -513,6 +524,51 @@ impl<S: StateMachine> MultiRaft<S> {
             .2;
         g.raw.transfer_leader(to);
         Some(to)
+    }
+
+    /// Evens out leadership over the nodes, one step: when this node leads at least two groups
+    /// more than another voter of one of them (counted over the groups this node holds, with
+    /// the leaders it knows), it hands that group to the voter that leads fewest, provided
+    /// that voter was heard from recently and its log is nearly caught up. Every node runs
+    /// this, so leadership spreads out after an election, and comes back to a node that was
+    /// down once it has caught up. A gap of two (not one) keeps two nodes from handing one
+    /// group back and forth. Returns the transfer started, as (group, new leader).
+    pub fn balance_leaders(&mut self) -> Option<(u64, u64)> {
+        let me = self.node_id;
+        let mut led: HashMap<u64, usize> = HashMap::new();
+        for g in self.groups.values() {
+            for id in g.raw.raft.prs().conf().voters().ids().iter() {
+                led.entry(id).or_insert(0);
+            }
+            if g.raw.raft.leader_id != 0 {
+                *led.entry(g.raw.raft.leader_id).or_insert(0) += 1;
+            }
+        }
+        let mine = *led.get(&me)?;
+        for (&id, g) in self.groups.iter_mut() {
+            let raft = &g.raw.raft;
+            if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+                continue;
+            }
+            let last = raft.raft_log.last_index();
+            let prs = raft.prs();
+            let to = prs
+                .conf()
+                .voters()
+                .ids()
+                .iter()
+                .filter(|&t| t != me && led.get(&t).copied().unwrap_or(0) + 2 <= mine)
+                .filter(|t| {
+                    prs.get(*t)
+                        .is_some_and(|p| p.recent_active && p.matched + BALANCE_CAUGHT_UP >= last)
+                })
+                .min_by_key(|&t| (led.get(&t).copied().unwrap_or(0), t));
+            if let Some(to) = to {
+                g.raw.transfer_leader(to);
+                return Some((id, to));
+            }
+        }
+        None
     }
 
     pub fn campaign(&mut self, group: u64) -> Result<(), DriverError> {

@@ -93,10 +93,14 @@ enum Input {
         change: raft::eraftpb::ConfChangeV2,
         done: oneshot::Sender<Result<Vec<u8>, NodeError>>,
     },
-    /// Hand every leadership here to another voter; answers (group, new leader) per transfer.
+    /// Hand leaderships here to another voter; answers (group, new leader) per transfer.
     HandOff {
+        /// These groups, or every one.
+        groups: Option<Vec<u64>>,
         /// A particular voter to hand to (only for groups it belongs to), or the best one.
         to: Option<u64>,
+        /// This node is going away: from now on it hands over any group it comes to lead.
+        leave: bool,
         done: oneshot::Sender<Vec<(u64, u64)>>,
     },
     Stop,
@@ -257,18 +261,34 @@ impl Node {
     /// it leads none (a transfer that stalls is started again). Used before a graceful exit so
     /// that the cluster needs no election timeout to replace this node. Returns the transfers
     /// started, as (group, new leader), and whether the node still leads some group.
+    ///
+    /// The node is taken to be leaving: until it stops, any group it comes to lead (an
+    /// election it won, or a transfer another node's balancing started) is handed on at once.
     pub async fn hand_off(&self, within: Duration) -> (Vec<(u64, u64)>, bool) {
-        self.hand_off_to(None, within).await
+        self.hand_off_groups(None, None, within).await
     }
 
-    /// Like [`Node::hand_off`], to voter `to` when given.
-    pub async fn hand_off_to(&self, to: Option<u64>, within: Duration) -> (Vec<(u64, u64)>, bool) {
+    /// Like [`Node::hand_off`], of `groups` (or every group) to voter `to` (or the best one),
+    /// without leaving: balancing may bring leaderships back later.
+    pub async fn hand_off_groups(
+        &self,
+        groups: Option<Vec<u64>>,
+        to: Option<u64>,
+        within: Duration,
+    ) -> (Vec<(u64, u64)>, bool) {
+        let leave = groups.is_none() && to.is_none();
         let deadline = tokio::time::Instant::now() + within;
         let mut started = Vec::new();
         let mut status = self.status.clone();
         loop {
             let (done, wait) = oneshot::channel();
-            if self.inputs.send(Input::HandOff { to, done }).await.is_err() {
+            let input = Input::HandOff {
+                groups: groups.clone(),
+                to,
+                leave,
+                done,
+            };
+            if self.inputs.send(input).await.is_err() {
                 return (started, false);
             }
             let Ok(moved) = wait.await else {
@@ -278,11 +298,10 @@ impl Node {
             // raft-rs gives a transfer an election timeout; look again a little before that.
             let retry = (tokio::time::Instant::now() + Duration::from_millis(400)).min(deadline);
             loop {
-                let leads = status
-                    .borrow_and_update()
-                    .groups
-                    .values()
-                    .any(|g| g.is_leader);
+                let leads =
+                    status.borrow_and_update().groups.iter().any(|(id, g)| {
+                        g.is_leader && groups.as_ref().is_none_or(|l| l.contains(id))
+                    });
                 if !leads {
                     return (started, false);
                 }
@@ -398,6 +417,42 @@ struct Waiters {
     unasked: BTreeMap<u64, Vec<ReadDone>>,
     /// Confirmed read points waiting for apply: (group, index, waiter).
     confirmed: Vec<(u64, u64, ReadDone)>,
+    /// The node is shutting down (or removing itself): it leads nothing it can hand over.
+    leaving: bool,
+}
+
+/// How often a leaving node looks for leaderships to hand over, and a node for leaderships to
+/// spread out (the latter every `BALANCE_EVERY`).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(200);
+const BALANCE_EVERY: Duration = Duration::from_secs(2);
+
+/// A leaving node hands on whatever it leads; any other node evens leadership out, one
+/// transfer at a time.
+fn housekeeping<S: StateMachine>(
+    multi: &mut MultiRaft<S>,
+    w: &Waiters,
+    lease: &Granting,
+    balance: bool,
+) {
+    if w.leaving {
+        for g in multi.group_ids() {
+            if multi.is_leader(g) {
+                lease.revoke(multi, true);
+                multi.hand_off(g, None);
+            }
+        }
+    } else if balance {
+        if let Some((group, to)) = multi.balance_leaders() {
+            // The target is elected by a transfer vote, which ignores leases: ours end before
+            // this round sends the message that starts its election.
+            lease.revoke(multi, true);
+            tracing::info!(
+                group,
+                to,
+                "handing leadership over to spread leaders evenly"
+            );
+        }
+    }
 }
 
 fn drive<S: StateMachine>(
@@ -418,7 +473,11 @@ fn drive<S: StateMachine>(
         reads: HashMap::new(),
         unasked: BTreeMap::new(),
         confirmed: Vec::new(),
+        leaving: false,
     };
+    let balance = multi.config().balance_leaders;
+    let mut last_housekeeping = Instant::now();
+    let mut last_balance = Instant::now();
     // The bus spawns a task per peer on first send: the driver thread runs inside the runtime.
     let _runtime = rt.enter();
     let mut last_tick = Instant::now();
@@ -445,6 +504,16 @@ fn drive<S: StateMachine>(
         if last_tick.elapsed() >= tick {
             multi.tick();
             last_tick = Instant::now();
+        }
+        if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+            last_housekeeping = Instant::now();
+            let balance_now = balance && last_balance.elapsed() >= BALANCE_EVERY;
+            if balance_now {
+                last_balance = Instant::now();
+            }
+            if w.leaving || balance_now {
+                housekeeping(&mut multi, &w, &lease, balance_now);
+            }
         }
         if last_purge.elapsed() >= PURGE_EVERY {
             last_purge = Instant::now();
@@ -732,12 +801,19 @@ fn handle<S: StateMachine>(
             |multi, ctx| multi.propose_conf_change(group, ctx, change),
             multi,
         ),
-        Input::HandOff { to, done } => {
+        Input::HandOff {
+            groups,
+            to,
+            leave,
+            done,
+        } => {
             // First: the transfer's vote is honoured at once, so the lease ends now.
             lease.revoke(multi, true);
+            w.leaving |= leave;
             let moved = multi
                 .group_ids()
                 .into_iter()
+                .filter(|g| groups.as_ref().is_none_or(|l| l.contains(g)))
                 .filter_map(|g| multi.hand_off(g, to).map(|t| (g, t)))
                 .collect();
             let _ = done.send(moved);

@@ -6,6 +6,8 @@
 //! announcing a huge array or bulk costs nothing until it actually sends the bytes, and the query
 //! buffer limit of the connection bounds that.
 
+use crate::reply::Reply;
+
 /// Limits on what one request may be. Defaults are Redis 7's.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -632,5 +634,90 @@ mod reply_frame_tests {
             }
         }
         assert!(reply_frame_len(b"?what\r\n", &l).is_err());
+    }
+}
+
+/// Parses one complete reply frame (from [`reply_frame_len`]) into a [`Reply`]: the kinds a
+/// node merges when it answers a keyless command from every shard (integers, bulk strings,
+/// arrays, statuses, errors, nils). Other RESP3 kinds give None.
+pub fn parse_reply(frame: &[u8]) -> Option<Reply> {
+    let (reply, used) = parse_reply_at(frame, 0, 0)?;
+    (used == frame.len()).then_some(reply)
+}
+
+/// Nesting deeper than this is refused (frames come from our own nodes; still bounded).
+const MAX_REPLY_DEPTH: usize = 8;
+
+fn parse_reply_at(buf: &[u8], pos: usize, depth: usize) -> Option<(Reply, usize)> {
+    if depth > MAX_REPLY_DEPTH {
+        return None;
+    }
+    let end = find_crlf(buf, pos)?;
+    let header = &buf[pos + 1..end];
+    let next = end + 2;
+    let text = || String::from_utf8_lossy(header).into_owned();
+    match *buf.get(pos)? {
+        b'+' => Some((Reply::Status(text().into()), next)),
+        b'-' => Some((Reply::Error(text().into()), next)),
+        b':' => Some((Reply::Int(parse_i64(header)?), next)),
+        b'_' => Some((Reply::Nil, next)),
+        b'$' => match parse_i64(header)? {
+            -1 => Some((Reply::Nil, next)),
+            n if n >= 0 => {
+                let n = n as usize;
+                let body = buf.get(next..next.checked_add(n)?)?;
+                (buf.get(next + n..next + n + 2)? == b"\r\n")
+                    .then(|| (Reply::Bulk(body.to_vec()), next + n + 2))
+            }
+            _ => None,
+        },
+        b'*' => match parse_i64(header)? {
+            -1 => Some((Reply::NilArray, next)),
+            n if n >= 0 => {
+                let mut items = Vec::new();
+                let mut at = next;
+                for _ in 0..n {
+                    let (item, after) = parse_reply_at(buf, at, depth + 1)?;
+                    items.push(item);
+                    at = after;
+                }
+                Some((Reply::Array(items), at))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod parse_reply_tests {
+    use super::*;
+    use crate::Protocol;
+
+    #[test]
+    fn replies_round_trip_through_encode_and_parse() {
+        let replies = [
+            Reply::OK,
+            Reply::error("ERR nope"),
+            Reply::Int(-42),
+            Reply::Bulk(b"a\r\nb".to_vec()),
+            Reply::Nil,
+            Reply::NilArray,
+            Reply::Array(vec![
+                Reply::Bulk(b"17".to_vec()),
+                Reply::Array(vec![Reply::Bulk(b"k1".to_vec()), Reply::Bulk(vec![])]),
+            ]),
+        ];
+        for r in replies {
+            let bytes = r.to_bytes(Protocol::Resp2);
+            assert_eq!(parse_reply(&bytes), Some(r.clone()), "{r:?}");
+        }
+        assert_eq!(parse_reply(b"_\r\n"), Some(Reply::Nil));
+        // Truncated, trailing bytes, unknown kinds and absurd nesting are refused.
+        assert_eq!(parse_reply(b"$5\r\nab\r\n"), None);
+        assert_eq!(parse_reply(b":1\r\n:2\r\n"), None);
+        assert_eq!(parse_reply(b"%1\r\n"), None);
+        let deep = "*1\r\n".repeat(20) + ":1\r\n";
+        assert_eq!(parse_reply(deep.as_bytes()), None);
     }
 }

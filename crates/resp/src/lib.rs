@@ -11,5 +11,7 @@
 pub mod decode;
 pub mod reply;
 
-pub use decode::{decode_request, reply_frame_len, Decoded, Decoder, Limits, ProtocolError, Step};
+pub use decode::{
+    decode_request, parse_reply, reply_frame_len, Decoded, Decoder, Limits, ProtocolError, Step,
+};
 pub use reply::{Protocol, Reply};

@@ -35,6 +35,9 @@ pub struct Config {
     /// Replicated mode: a shard snapshots its state and compacts its log every this many
     /// applied entries.
     pub snapshot_entries: u64,
+    /// Replicated mode: how many shards (Raft groups) the slots are divided into when the
+    /// cluster is created; 0 for one per initial node. Fixed afterwards.
+    pub shards: usize,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             join_existing: false,
             cluster_redirects: false,
             snapshot_entries: 10_000,
+            shards: 0,
         }
     }
 }

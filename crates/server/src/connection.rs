@@ -102,12 +102,13 @@ pub struct Client {
     pub close_after_reply: bool,
     /// DEBUG SLEEP: the connection pauses this long after replying.
     pub sleep: Option<Duration>,
-    /// Replicated mode: this client's connection to the leader, when it relays.
-    pub relay: Option<crate::replicated::Relay>,
+    /// Replicated mode: this client's connections to shard leaders, when it relays (at most
+    /// one per node).
+    pub relays: Vec<crate::replicated::Relay>,
     /// Replicated mode: keys watched on this node, each with the log index it was watched at.
     pub watched_at: Vec<(Vec<u8>, u64)>,
-    /// Replicated mode: the client's WATCH went to the leader over `relay`, so everything it
-    /// sends goes there until the transaction ends.
+    /// Replicated mode: the client's WATCH went to a shard leader over one of `relays`, so
+    /// everything it sends goes there until the transaction ends.
     pub watch_relay: Option<crate::replicated::WatchRelay>,
 }
 
@@ -160,7 +161,7 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr)
         watched: Vec::new(),
         close_after_reply: false,
         sleep: None,
-        relay: None,
+        relays: Vec::new(),
         watched_at: Vec::new(),
         watch_relay: None,
     };

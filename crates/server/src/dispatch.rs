@@ -14,13 +14,41 @@ use std::sync::Arc;
 /// A command that works on the connection or the server rather than only on data.
 pub type ConnHandler = fn(&mut Call) -> Reply;
 
-/// Everything a connection-level command may touch, with the store already locked.
+/// Everything a connection-level command may touch. A standalone server passes its store
+/// already locked; in replicated mode `store` is None and a command that looks at data locks
+/// each shard's store itself ([`Call::each_store`]).
 pub struct Call<'a> {
     pub shared: &'a Shared,
     pub client: &'a mut Client,
-    pub store: &'a mut Store,
+    pub store: Option<&'a mut Store>,
     pub args: &'a [Vec<u8>],
     pub env: Env,
+}
+
+impl Call<'_> {
+    /// Runs `f` on every shard's store: the locked one of a standalone server, or each shard's
+    /// in turn (one lock at a time).
+    pub fn each_store(&mut self, mut f: impl FnMut(&mut Store)) {
+        match self.store.as_deref_mut() {
+            Some(store) => f(store),
+            None => {
+                for (_, store) in self.shared.shards.stores() {
+                    f(&mut store.lock());
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on the store of the shard that owns `slot`.
+    pub fn slot_store<T>(&mut self, slot: usize, f: impl FnOnce(&mut Store) -> T) -> T {
+        match self.store.as_deref_mut() {
+            Some(store) => f(store),
+            None => {
+                let group = self.shared.shards.group_of_slot(slot);
+                f(&mut self.shared.shards.store(group).lock())
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -89,7 +117,7 @@ pub fn handle_batch(
     pending: &mut VecDeque<Vec<Vec<u8>>>,
     out: &mut Vec<u8>,
 ) {
-    let mut store = shared.store.lock();
+    let mut store = shared.shards.only().lock();
     while let Some(args) = pending.pop_front() {
         let reply = handle(shared, client, &mut store, args);
         reply.encode(client.proto, out);
@@ -134,7 +162,7 @@ pub fn handle(
             return Reply::Status("QUEUED".into());
         }
     }
-    let reply = call(shared, client, store, &spec, &args);
+    let reply = call(shared, client, Some(store), &spec, &args);
     if reply.is_error() {
         Stats::add(&shared.stats.error_replies, 1);
     }
@@ -146,7 +174,7 @@ pub fn handle(
 pub fn call(
     shared: &Shared,
     client: &mut Client,
-    store: &mut Store,
+    store: Option<&mut Store>,
     spec: &Arc<CommandSpec>,
     args: &[Vec<u8>],
 ) -> Reply {
@@ -157,7 +185,13 @@ pub fn call(
     };
     *client.info.last_command.lock() = Some(spec.clone());
     match shared.table.target_of(spec) {
-        Some(Target::Store(h)) => store.execute(h, args, &env),
+        Some(Target::Store(h)) => match store {
+            Some(store) => store.execute(h, args, &env),
+            None => {
+                // Replicated mode runs data commands through the log (crate::replicated).
+                Reply::error("ERR internal: a data command reached the server path")
+            }
+        },
         Some(Target::Conn(h)) => h(&mut Call {
             shared,
             client,
@@ -175,5 +209,10 @@ pub fn forget_watches(shared: &Shared, client: &mut Client) {
         return;
     }
     let keys: Vec<Vec<u8>> = client.watched.drain(..).map(|(k, _)| k).collect();
-    shared.store.lock().watches.unwatch(client.id(), &keys);
+    shared
+        .shards
+        .only()
+        .lock()
+        .watches
+        .unwatch(client.id(), &keys);
 }

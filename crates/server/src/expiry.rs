@@ -21,7 +21,8 @@ pub async fn run(shared: Arc<Shared>) {
         let removed = match &shared.replication {
             Some(repl) => crate::replicated::expire_due(&shared, repl).await,
             None => shared
-                .store
+                .shards
+                .only()
                 .lock()
                 .expire_due(crate::now_ms(), MAX_PER_CYCLE)
                 .len(),

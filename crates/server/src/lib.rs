@@ -16,11 +16,11 @@ pub mod dispatch;
 pub mod expiry;
 pub mod replicated;
 pub mod shard;
+pub mod shards;
 pub mod stats;
 
 pub use config::Config;
 
-use cairn_store::Store;
 use parking_lot::Mutex;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,8 +31,9 @@ use tokio::sync::watch;
 /// What every connection of a server shares.
 pub struct Shared {
     pub config: Mutex<Config>,
-    /// The keyspace. Shared with the replication state machine in replicated mode.
-    pub store: Arc<Mutex<Store>>,
+    /// The keyspace, shard by shard. Each shard's store is shared with its replication state
+    /// machine in replicated mode.
+    pub shards: shards::Shards,
     /// Set in replicated mode (`--initial-cluster`).
     pub replication: Option<replicated::Replication>,
     pub table: dispatch::Table,
@@ -62,10 +63,9 @@ pub fn now_ms() -> u64 {
 /// Starts this node's replication when `--initial-cluster` names voters.
 fn start_replication(
     config: &Config,
-    store: &Arc<Mutex<Store>>,
-) -> std::io::Result<Option<replicated::Replication>> {
+) -> std::io::Result<(shards::Shards, Option<replicated::Replication>)> {
     if config.initial_cluster.is_empty() {
-        return Ok(None);
+        return Ok((shards::Shards::single(), None));
     }
     let me = config.node_id;
     let peers: std::collections::HashMap<u64, std::net::SocketAddr> =
@@ -96,22 +96,35 @@ fn start_replication(
     } else {
         config.initial_cluster.iter().map(|(id, _)| *id).collect()
     };
-    let machine = shard::ShardMachine {
-        store: store.clone(),
+    let wanted = match config.shards {
+        0 => config.initial_cluster.len().min(shards::MAX_SHARDS),
+        n => n,
     };
-    let node = cairn_replication::Node::start(
-        node_config,
-        bus,
-        voters,
-        vec![(replicated::GROUP, machine)],
-    )
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
-    tracing::info!(node = me, bus_port = config.bus_port, "replication started");
-    Ok(Some(replicated::Replication {
+    let count = shards::settle_count(&config.data_dir, wanted)?;
+    let shards = shards::Shards::even(count);
+    let machines = shards
+        .stores()
+        .map(|(group, store)| {
+            let machine = shard::ShardMachine {
+                store: store.clone(),
+            };
+            (group, machine)
+        })
+        .collect();
+    let node = cairn_replication::Node::start(node_config, bus, voters, machines)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    tracing::info!(
+        node = me,
+        bus_port = config.bus_port,
+        shards = count,
+        "replication started"
+    );
+    let repl = replicated::Replication {
         node: Arc::new(node),
         me,
         client_addrs,
-    }))
+    };
+    Ok((shards, Some(repl)))
 }
 
 /// Serves clients on `listener` until `shutdown` completes.
@@ -121,11 +134,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let store = Arc::new(Mutex::new(Store::new()));
-    let replication = start_replication(&config, &store)?;
+    let (shards, replication) = start_replication(&config)?;
     let shared = Arc::new(Shared {
         config: Mutex::new(config),
-        store,
+        shards,
         replication,
         table: dispatch::Table::build(),
         clients: connection::Registry::default(),

@@ -1,27 +1,32 @@
-//! Replicated mode: the keyspace is one Raft group across the nodes of `--initial-cluster`.
+//! Replicated mode: the keyspace is divided into shards (`crate::shards`), each one Raft group
+//! across the nodes of `--initial-cluster`. A request runs on the shard that owns its keys;
+//! keys in different shards get `-CROSSSLOT` (as in Redis Cluster, though keys in different
+//! slots of one shard are fine), and the keyless commands that look at the whole keyspace
+//! (DBSIZE, KEYS, SCAN, RANDOMKEY, FLUSHALL, FLUSHDB) ask every shard and merge the answers.
 //!
 //! A write is proposed as a log entry (time, seed and protocol stamped here, on the node that
 //! received it) and answered with the reply every replica computed when applying it. A read
 //! waits for the leader's read barrier (ReadIndex: leadership confirmed by a quorum, everything
 //! committed before it applied) and then runs against the local store. A node that is not the
 //! leader relays the request to the leader's client port, so plain clients work against any
-//! node. Following Redis Cluster's convention, a node's client port is its bus port - 10000.
+//! node; the leaders of different shards may be different nodes. Following Redis Cluster's
+//! convention, a node's client port is its bus port - 10000.
 //!
 //! WATCH records each key with the log index it was watched at (after a read barrier); the EXEC
 //! entry carries them and every replica aborts it the same way if a key changed since
 //! (`cairn_store::watch`). A follower's client that WATCHes is relayed to the leader, whole
 //! transaction and all.
 //!
-//! Not yet here: connection commands inside MULTI, `-MOVED` for cluster-aware clients, many
-//! groups.
+//! Not yet here: connection commands inside MULTI, moving slots between shards.
 
 use crate::connection::Client;
 use crate::dispatch::{self, Target};
 use crate::Shared;
-use cairn_commands::{Flags, Lookup};
+use cairn_commands::{CommandSpec, Flags, Lookup};
 use cairn_replication::{GroupStatus, Node, NodeError};
 use cairn_resp::{Protocol, Reply};
 use cairn_store::entry::{LogEntry, Operation};
+use cairn_store::slot::SLOTS;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,8 +34,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The one Raft group holding the keyspace.
-pub const GROUP: u64 = 1;
 /// How long a client waits for the cluster before getting `-TRYAGAIN`.
 pub const WAIT: Duration = Duration::from_secs(5);
 /// The longest reply relayed from the leader.
@@ -44,9 +47,19 @@ pub struct Replication {
 }
 
 impl Replication {
-    /// This node's view of the keyspace's group (a copy), once the group is open.
-    pub fn group(&self) -> Option<GroupStatus> {
-        self.node.status().borrow().groups.get(&GROUP).cloned()
+    /// This node's view of shard `group` (a copy), once the group is open.
+    pub fn group(&self, group: u64) -> Option<GroupStatus> {
+        self.node.status().borrow().groups.get(&group).cloned()
+    }
+
+    /// This node's view of every group it holds, by id.
+    pub fn groups(&self) -> std::collections::BTreeMap<u64, GroupStatus> {
+        self.node.status().borrow().groups.clone()
+    }
+
+    /// The leader of shard `group` as this node knows it.
+    pub fn leader_of(&self, group: u64) -> Option<u64> {
+        self.node.status().borrow().groups.get(&group)?.leader
     }
 
     /// Where node `id` serves clients: from `--initial-cluster`, or for a member added later,
@@ -55,16 +68,18 @@ impl Replication {
         if let Some(&a) = self.client_addrs.get(&id) {
             return Some(a);
         }
-        added_client_addr(&self.group()?, id)
+        let status = self.node.status();
+        let groups = &status.borrow().groups;
+        groups.values().find_map(|g| added_client_addr(g, id))
     }
 
     /// Every known member's client address, by id.
     pub fn all_client_addrs(&self) -> std::collections::BTreeMap<u64, SocketAddr> {
         let mut all: std::collections::BTreeMap<u64, SocketAddr> =
             self.client_addrs.iter().map(|(&k, &v)| (k, v)).collect();
-        if let Some(g) = self.group() {
+        for g in self.groups().values() {
             for &id in g.members.keys() {
-                if let Some(a) = added_client_addr(&g, id) {
+                if let Some(a) = added_client_addr(g, id) {
                     all.entry(id).or_insert(a);
                 }
             }
@@ -130,12 +145,14 @@ where
     }
 }
 
-/// Proposes `entry`, waiting while no leader is known (see [`while_leaderless`]).
+/// Proposes `entry` to shard `group`, waiting while no leader is known (see
+/// [`while_leaderless`]).
 async fn propose(
     repl: &Replication,
+    group: u64,
     entry: &LogEntry,
 ) -> Result<Result<Vec<u8>, NodeError>, tokio::time::error::Elapsed> {
-    while_leaderless(|| repl.node.propose(GROUP, entry.encode())).await
+    while_leaderless(|| repl.node.propose(group, entry.encode())).await
 }
 
 /// Returns once reading the local store is linearizable: at once while this node holds a
@@ -144,17 +161,78 @@ async fn propose(
 async fn barrier(
     shared: &Shared,
     repl: &Replication,
+    group: u64,
 ) -> Result<Result<(), NodeError>, tokio::time::error::Elapsed> {
-    if let Some(index) = repl.node.lease_read_index(GROUP) {
-        if shared.store.lock().watches.log_index() >= index {
+    if let Some(index) = repl.node.lease_read_index(group) {
+        if shared.shards.store(group).lock().watches.log_index() >= index {
             return Ok(Ok(()));
         }
     }
-    while_leaderless(|| repl.node.read_barrier(GROUP)).await
+    while_leaderless(|| repl.node.read_barrier(group)).await
 }
 
 fn tryagain(why: &str) -> Reply {
     Reply::error(format!("TRYAGAIN {why}"))
+}
+
+fn crossslot() -> Reply {
+    Reply::error("CROSSSLOT Keys in request don't hash to the same slot")
+}
+
+/// Where a data command runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Route {
+    /// On this shard: it owns every key (or the command was sent to it with CAIRN.SHARD).
+    Shard(u64),
+    /// Its keys are in different shards.
+    CrossShard,
+    /// It names no key: it concerns the whole keyspace.
+    Keyless,
+}
+
+fn route(shared: &Shared, spec: &CommandSpec, args: &[Vec<u8>]) -> Route {
+    let keys = spec.key_positions(args);
+    match shared
+        .shards
+        .group_of_keys(keys.iter().map(|&i| args[i].as_slice()))
+    {
+        Ok(Some(group)) => Route::Shard(group),
+        Ok(None) => Route::Keyless,
+        Err(crate::shards::CrossShard) => Route::CrossShard,
+    }
+}
+
+/// The shard a keyless command runs on when there is only one; None when there are several
+/// (the command must ask each, see [`fan_out`]).
+fn sole_shard(shared: &Shared) -> Option<u64> {
+    let mut groups = shared.shards.stores().map(|(g, _)| g);
+    match (groups.next(), groups.next()) {
+        (Some(g), None) => Some(g),
+        _ => None,
+    }
+}
+
+/// `CAIRN.SHARD <group> <command> [args...]`: runs a data command on one shard, keys or no
+/// keys. Nodes send it to each other to ask every shard's leader for its part of a keyless
+/// command; it is not meant for clients (who never need it), but harmless.
+fn shard_override(shared: &Shared, args: &[Vec<u8>]) -> Result<(u64, Vec<Vec<u8>>), Reply> {
+    let group = args
+        .get(1)
+        .and_then(|g| std::str::from_utf8(g).ok())
+        .and_then(|g| g.parse::<u64>().ok())
+        .filter(|g| shared.shards.stores().any(|(s, _)| s == *g));
+    match (group, args.len() > 2) {
+        (Some(g), true) => Ok((g, args[2..].to_vec())),
+        _ => Err(Reply::error(
+            "ERR usage: CAIRN.SHARD <shard> <command> [arg ...] with an existing shard",
+        )),
+    }
+}
+
+fn with_shard_prefix(group: u64, args: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut out = vec![b"CAIRN.SHARD".to_vec(), group.to_string().into_bytes()];
+    out.extend_from_slice(args);
+    out
 }
 
 fn encode_request(args: &[Vec<u8>]) -> Vec<u8> {
@@ -170,8 +248,8 @@ fn encode_request(args: &[Vec<u8>]) -> Vec<u8> {
 /// A follower's client that WATCHed through the leader.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum WatchRelay {
-    /// Its requests go to the leader until EXEC, DISCARD, UNWATCH or RESET.
-    Live,
+    /// Its requests go to this leader until EXEC, DISCARD, UNWATCH or RESET.
+    Live(u64),
     /// The connection to the leader broke: the watch and any queued commands are gone, so every
     /// request fails until the transaction ends (none may run outside it by mistake).
     Broken,
@@ -183,8 +261,8 @@ const MAX_RUN_BYTES: usize = 1024 * 1024;
 /// A request that can share a log entry (writes) or a read barrier (reads) with its neighbours
 /// in a pipeline.
 enum Plain {
-    Write,
-    Read(cairn_store::Handler),
+    Write(u64),
+    Read(cairn_store::Handler, u64),
 }
 
 fn plain(shared: &Shared, client: &Client, args: &[Vec<u8>]) -> Option<Plain> {
@@ -194,16 +272,22 @@ fn plain(shared: &Shared, client: &Client, args: &[Vec<u8>]) -> Option<Plain> {
     let Lookup::Found(spec) = shared.table.commands.lookup(args) else {
         return None;
     };
+    let group = match route(shared, spec, args) {
+        Route::Shard(g) => g,
+        Route::Keyless => sole_shard(shared)?,
+        Route::CrossShard => return None,
+    };
     match shared.table.target_of(spec) {
-        Some(Target::Store(_)) if spec.is_write() => Some(Plain::Write),
-        Some(Target::Store(h)) => Some(Plain::Read(h)),
+        Some(Target::Store(_)) if spec.is_write() => Some(Plain::Write(group)),
+        Some(Target::Store(h)) => Some(Plain::Read(h, group)),
         _ => None,
     }
 }
 
 /// Handles the next requests of a connection's pipeline, appending their replies to `out`: a
-/// run of plain writes becomes one log entry (one proposal, applied atomically, one reply per
-/// command), a run of plain reads shares one read barrier; anything else runs alone.
+/// run of plain writes to one shard becomes one log entry (one proposal, applied atomically,
+/// one reply per command), a run of plain reads of one shard shares one read barrier; anything
+/// else runs alone.
 pub async fn handle_pending(
     shared: &Shared,
     client: &mut Client,
@@ -219,30 +303,32 @@ pub async fn handle_pending(
         return;
     }
     match plain(shared, client, first) {
-        Some(Plain::Write) => {
+        Some(Plain::Write(group)) => {
             let mut run = Vec::new();
             let mut bytes = 0;
             while let Some(args) = pending.front() {
                 if !run.is_empty()
                     && (bytes >= MAX_RUN_BYTES
-                        || !matches!(plain(shared, client, args), Some(Plain::Write)))
+                        || !matches!(plain(shared, client, args), Some(Plain::Write(g)) if g == group))
                 {
                     break;
                 }
                 bytes += args.iter().map(Vec::len).sum::<usize>();
                 run.push(pending.pop_front().expect("front"));
             }
-            out.extend_from_slice(&write(shared, client, run, None).await);
+            out.extend_from_slice(&write(shared, client, group, run, None, false).await);
         }
-        Some(Plain::Read(h)) => {
+        Some(Plain::Read(h, group)) => {
             let mut run = vec![(pending.pop_front().expect("front"), h)];
             while let Some(args) = pending.front() {
-                let Some(Plain::Read(h)) = plain(shared, client, args) else {
-                    break;
-                };
-                run.push((pending.pop_front().expect("front"), h));
+                match plain(shared, client, args) {
+                    Some(Plain::Read(h, g)) if g == group => {
+                        run.push((pending.pop_front().expect("front"), h))
+                    }
+                    _ => break,
+                }
             }
-            out.extend_from_slice(&read(shared, client, run).await);
+            out.extend_from_slice(&read(shared, client, group, run, false).await);
         }
         None => {
             let args = pending.pop_front().expect("front");
@@ -253,10 +339,26 @@ pub async fn handle_pending(
 
 /// Handles one request in replicated mode; returns the encoded reply.
 pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
-    let proto = client.proto;
     if args[0].eq_ignore_ascii_case(b"cairn.member") {
         return crate::cmd::member::member(shared, client, args).await;
     }
+    if args[0].eq_ignore_ascii_case(b"cairn.shard") {
+        return match shard_override(shared, &args) {
+            Ok((group, args)) => handle_on(shared, client, args, Some(group)).await,
+            Err(e) => e.to_bytes(client.proto),
+        };
+    }
+    handle_on(shared, client, args, None).await
+}
+
+/// Handles one request, on shard `forced` when given, else where its keys are.
+async fn handle_on(
+    shared: &Shared,
+    client: &mut Client,
+    args: Vec<Vec<u8>>,
+    forced: Option<u64>,
+) -> Vec<u8> {
+    let proto = client.proto;
     let spec = match shared.table.commands.lookup(&args) {
         Lookup::Found(spec) => spec.clone(),
         Lookup::Error(e) => {
@@ -267,38 +369,89 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
         }
     };
     let target = shared.table.target_of(&spec);
+    let place = forced.map_or_else(|| route(shared, &spec, &args), Route::Shard);
     if let Some(queue) = client.multi.as_mut() {
         if !matches!(
             spec.name.as_str(),
             "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
         ) {
-            if spec.flags.contains(Flags::NO_MULTI) || !matches!(target, Some(Target::Store(_))) {
-                client.multi_failed = true;
-                return Reply::error(
+            let refused = if spec.flags.contains(Flags::NO_MULTI)
+                || !matches!(target, Some(Target::Store(_)))
+            {
+                Some(Reply::error(
                     "ERR only data commands can be queued in MULTI in replicated mode",
-                )
-                .to_bytes(proto);
+                ))
+            } else if place == Route::CrossShard {
+                Some(crossslot())
+            } else if place == Route::Keyless && sole_shard(shared).is_none() {
+                Some(Reply::error(format!(
+                    "ERR {} concerns every shard and cannot be queued in MULTI on a sharded cluster",
+                    spec.name.to_ascii_uppercase()
+                )))
+            } else {
+                None
+            };
+            if let Some(e) = refused {
+                client.multi_failed = true;
+                return e.to_bytes(proto);
             }
             queue.push(args);
             return Reply::Status("QUEUED".into()).to_bytes(proto);
         }
     }
+    let group = match place {
+        Route::Shard(g) => Some(g),
+        Route::Keyless => sole_shard(shared),
+        Route::CrossShard => None,
+    };
     match (spec.name.as_str(), target) {
         ("watch", _) => watch(shared, client, args).await,
         ("exec", _) => exec(shared, client).await,
         ("unwatch" | "discard" | "reset", _) => {
             client.watched_at.clear();
-            let mut store = shared.store.lock();
-            dispatch::call(shared, client, &mut store, &spec, &args).to_bytes(proto)
+            dispatch::call(shared, client, None, &spec, &args).to_bytes(proto)
+        }
+        (_, Some(Target::Store(_))) if place == Route::CrossShard => crossslot().to_bytes(proto),
+        (_, Some(Target::Store(_))) if group.is_none() => {
+            fan_out(shared, client, &spec, args).await
         }
         (_, Some(Target::Store(_))) if spec.is_write() => {
-            write(shared, client, vec![args], None).await
+            let group = group.expect("checked above");
+            write(shared, client, group, vec![args], None, forced.is_some()).await
         }
-        (_, Some(Target::Store(handler))) => read(shared, client, vec![(args, handler)]).await,
-        _ => {
-            let mut store = shared.store.lock();
-            dispatch::call(shared, client, &mut store, &spec, &args).to_bytes(proto)
+        (_, Some(Target::Store(handler))) => {
+            let group = group.expect("checked above");
+            read(
+                shared,
+                client,
+                group,
+                vec![(args, handler)],
+                forced.is_some(),
+            )
+            .await
         }
+        _ => dispatch::call(shared, client, None, &spec, &args).to_bytes(proto),
+    }
+}
+
+/// The shard a transaction runs on: the one owning every key it queued and watched. None
+/// when they are in different shards (the transaction cannot run: `-CROSSSLOT`).
+fn transaction_shard(
+    shared: &Shared,
+    queue: &[Vec<Vec<u8>>],
+    watched: &[(Vec<u8>, u64)],
+) -> Option<u64> {
+    let mut keys: Vec<&[u8]> = watched.iter().map(|(k, _)| k.as_slice()).collect();
+    for args in queue {
+        if let Lookup::Found(spec) = shared.table.commands.lookup(args) {
+            keys.extend(spec.key_positions(args).iter().map(|&i| args[i].as_slice()));
+        }
+    }
+    match shared.shards.group_of_keys(keys) {
+        Ok(Some(g)) => Some(g),
+        // No key at all (only keyless commands, allowed on a one-shard cluster): any shard.
+        Ok(None) => shared.shards.stores().map(|(g, _)| g).next(),
+        Err(crate::shards::CrossShard) => None,
     }
 }
 
@@ -319,7 +472,10 @@ async fn exec(shared: &Shared, client: &mut Client) -> Vec<u8> {
     if queue.is_empty() && watched.is_empty() {
         return Reply::Array(vec![]).to_bytes(proto);
     }
-    write(shared, client, queue, Some(watched)).await
+    let Some(group) = transaction_shard(shared, &queue, &watched) else {
+        return crossslot().to_bytes(proto);
+    };
+    write(shared, client, group, queue, Some(watched), false).await
 }
 
 /// WATCH under replication: after a read barrier on the leader, each key is recorded with the
@@ -331,9 +487,23 @@ async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<
         return Reply::error("ERR WATCH inside MULTI is not allowed").to_bytes(proto);
     }
     let repl = shared.replication.as_ref().expect("replicated mode");
-    match barrier(shared, repl).await {
+    // Every watched key must be in the shard of those watched before: EXEC runs on one shard.
+    let keys = client
+        .watched_at
+        .iter()
+        .map(|(k, _)| k.as_slice())
+        .chain(args[1..].iter().map(Vec::as_slice));
+    let group = match shared.shards.group_of_keys(keys) {
+        Ok(Some(g)) => g,
+        Ok(None) => {
+            return Reply::error("ERR wrong number of arguments for 'watch' command")
+                .to_bytes(proto)
+        }
+        Err(crate::shards::CrossShard) => return crossslot().to_bytes(proto),
+    };
+    match barrier(shared, repl, group).await {
         Ok(Ok(())) => {
-            let index = shared.store.lock().watches.log_index();
+            let index = shared.shards.store(group).lock().watches.log_index();
             // A set, not a scan per key: WATCH with many keys stays linear.
             let mut seen: std::collections::HashSet<Vec<u8>> =
                 client.watched_at.iter().map(|(k, _)| k.clone()).collect();
@@ -347,10 +517,10 @@ async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<
         Ok(Err(NodeError::NotLeader {
             leader: Some(l), ..
         })) if l != repl.me && client.watched_at.is_empty() => {
-            match relay(shared, client, l, &[args], true, 1).await {
+            match relay(shared, client, group, l, &[args], true, 1).await {
                 Ok(reply) => {
                     if reply.starts_with(b"+") {
-                        client.watch_relay = Some(WatchRelay::Live);
+                        client.watch_relay = Some(WatchRelay::Live(l));
                     }
                     reply
                 }
@@ -376,10 +546,9 @@ async fn relay_watching(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>
         name.as_str(),
         "exec" | "discard" | "unwatch" | "reset" | "quit"
     );
-    let leader = client.relay.as_ref().map(|r| r.leader);
-    let reply = match (client.watch_relay, leader) {
-        (Some(WatchRelay::Live), Some(l)) => {
-            match relay(shared, client, l, std::slice::from_ref(&args), true, 1).await {
+    let reply = match client.watch_relay {
+        Some(WatchRelay::Live(l)) => {
+            match relay_to(shared, client, l, std::slice::from_ref(&args), true, 1).await {
                 Ok(reply) => reply,
                 Err(e) => {
                     client.watch_relay = Some(WatchRelay::Broken);
@@ -405,13 +574,17 @@ async fn relay_watching(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>
     reply
 }
 
-/// Proposes commands as one entry (a transaction when `block`), relaying to the leader when
-/// this node is not it. Returns one reply per command, or one for a transaction.
+/// Proposes commands to shard `group` as one entry (a transaction when `block`), relaying to
+/// the shard's leader when this node is not it (with CAIRN.SHARD when `forced`: the commands
+/// were sent to this shard whatever their keys). Returns one reply per command, or one for a
+/// transaction.
 async fn write(
     shared: &Shared,
     client: &mut Client,
+    group: u64,
     cmds: Vec<Vec<Vec<u8>>>,
     transaction: Option<Vec<(Vec<u8>, u64)>>,
+    forced: bool,
 ) -> Vec<u8> {
     let repl = shared.replication.as_ref().expect("replicated mode");
     let block = transaction.is_some();
@@ -430,7 +603,7 @@ async fn write(
         proto,
         op,
     };
-    match propose(repl, &entry).await {
+    match propose(repl, group, &entry).await {
         Ok(Ok(reply)) => reply,
         // The watch was taken here and cannot travel with a relayed EXEC: nothing ran, so the
         // transaction aborts as if a watched key had changed (clients retry that).
@@ -440,7 +613,7 @@ async fn write(
         })) if l != repl.me => {
             // The commands come back out of the entry only on this (rare) path: the common one
             // never copies them.
-            if !block {
+            if !block && !forced {
                 if let Operation::Commands(cmds) = &entry.op {
                     if let Some(moved) = redirects(shared, repl, l, cmds, proto) {
                         return moved;
@@ -452,6 +625,12 @@ async fn write(
                 Operation::WatchedTransaction { cmds, .. } => cmds,
                 Operation::Expire(_) => unreachable!("write() proposes commands"),
             };
+            if forced {
+                requests = requests
+                    .iter()
+                    .map(|r| with_shard_prefix(group, r))
+                    .collect();
+            }
             let keep = if block {
                 requests.insert(0, vec![b"MULTI".to_vec()]);
                 requests.push(vec![b"EXEC".to_vec()]);
@@ -459,7 +638,7 @@ async fn write(
             } else {
                 requests.len()
             };
-            match relay(shared, client, l, &requests, true, keep).await {
+            match relay(shared, client, group, l, &requests, true, keep).await {
                 Ok(reply) => reply,
                 Err(e) => fail(e),
             }
@@ -478,20 +657,22 @@ async fn write(
     }
 }
 
-/// Linearizable reads: one read barrier on the leader, then each command against the local
-/// store. A follower relays them to the leader.
+/// Linearizable reads of shard `group`: one read barrier on its leader, then each command
+/// against the local store. A follower relays them to the leader (see [`write`] for `forced`).
 async fn read(
     shared: &Shared,
     client: &mut Client,
+    group: u64,
     run: Vec<(Vec<Vec<u8>>, cairn_store::Handler)>,
+    forced: bool,
 ) -> Vec<u8> {
     let repl = shared.replication.as_ref().expect("replicated mode");
     let proto = client.proto;
     let fail = |reply: Reply| reply.to_bytes(proto).repeat(run.len());
-    match barrier(shared, repl).await {
+    match barrier(shared, repl, group).await {
         Ok(Ok(())) => {
             let mut out = Vec::new();
-            let mut store = shared.store.lock();
+            let mut store = shared.shards.store(group).lock();
             for (args, handler) in &run {
                 let env = cairn_store::Env {
                     now_ms: crate::now_ms(),
@@ -505,11 +686,22 @@ async fn read(
         Ok(Err(NodeError::NotLeader {
             leader: Some(l), ..
         })) if l != repl.me => {
-            let requests: Vec<_> = run.iter().map(|(a, _)| a.clone()).collect();
-            if let Some(moved) = redirects(shared, repl, l, &requests, proto) {
-                return moved;
+            let requests: Vec<_> = run
+                .iter()
+                .map(|(a, _)| {
+                    if forced {
+                        with_shard_prefix(group, a)
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect();
+            if !forced {
+                if let Some(moved) = redirects(shared, repl, l, &requests, proto) {
+                    return moved;
+                }
             }
-            match relay(shared, client, l, &requests, false, requests.len()).await {
+            match relay(shared, client, group, l, &requests, false, requests.len()).await {
                 Ok(reply) => reply,
                 Err(e) => fail(e),
             }
@@ -521,14 +713,51 @@ async fn read(
     }
 }
 
-/// Sends `requests` to the leader's client port and returns the last `keep` replies, or the
-/// error to answer each request with. A write is never sent twice: once it may have reached the
-/// leader, a failure is reported as indeterminate (the leader may have applied it). A read has
-/// no effect, so it is retried once on a fresh connection when a cached one turns out to be
-/// dead.
+/// The most relay connections one client keeps open (one per node it talked to).
+const MAX_RELAYS: usize = 16;
+
+/// Sends `requests` to the client port of `leader`, the leader of shard `group`, and returns the
+/// last `keep` replies, or the error to answer each request with. A write is never sent twice:
+/// once it may have reached the leader, a failure is reported as indeterminate (the leader may
+/// have applied it). A read has no effect, so it is retried once on a fresh connection when a
+/// cached one turns out to be dead.
 async fn relay(
     shared: &Shared,
     client: &mut Client,
+    group: u64,
+    leader: u64,
+    requests: &[Vec<Vec<u8>>],
+    is_write: bool,
+    keep: usize,
+) -> Result<Vec<u8>, Reply> {
+    relay_via(
+        shared,
+        client,
+        Some(group),
+        leader,
+        requests,
+        is_write,
+        keep,
+    )
+    .await
+}
+
+/// As [`relay`], to node `leader` whatever it leads (a transaction relayed since its WATCH).
+async fn relay_to(
+    shared: &Shared,
+    client: &mut Client,
+    leader: u64,
+    requests: &[Vec<Vec<u8>>],
+    is_write: bool,
+    keep: usize,
+) -> Result<Vec<u8>, Reply> {
+    relay_via(shared, client, None, leader, requests, is_write, keep).await
+}
+
+async fn relay_via(
+    shared: &Shared,
+    client: &mut Client,
+    group: Option<u64>,
     leader: u64,
     requests: &[Vec<Vec<u8>>],
     is_write: bool,
@@ -538,24 +767,30 @@ async fn relay(
     let repl = shared.replication.as_ref().expect("replicated mode");
     let attempts = if is_write { 1 } else { 2 };
     for _ in 0..attempts {
-        if client
-            .relay
-            .as_ref()
-            .is_some_and(|r| r.leader != leader || r.closed())
-        {
-            client.relay = None;
-        }
-        if client.relay.is_none() {
-            // Nothing was sent: the command definitely did not run.
-            client.relay = Some(connect_leader(repl, leader, proto).await?);
-        }
-        let r = client.relay.as_mut().expect("open");
-        match relay_on(r, requests).await {
+        client.relays.retain(|r| !r.closed());
+        let at = match client.relays.iter().position(|r| r.leader == leader) {
+            Some(at) => at,
+            None => {
+                // Nothing was sent: the command definitely did not run.
+                let r = connect_leader(repl, group, leader, proto).await?;
+                if let Some(old) = client.relays.iter().position(|o| o.leader == r.leader) {
+                    client.relays.remove(old);
+                }
+                if client.relays.len() >= MAX_RELAYS {
+                    client.relays.remove(0);
+                }
+                client.relays.push(r);
+                client.relays.len() - 1
+            }
+        };
+        match relay_on(&mut client.relays[at], requests).await {
             Some(replies) => {
                 let from = replies.len().saturating_sub(keep);
                 return Ok(replies[from..].concat());
             }
-            None => client.relay = None,
+            None => {
+                client.relays.remove(at);
+            }
         }
     }
     Err(if is_write {
@@ -567,8 +802,14 @@ async fn relay(
 
 /// Opens a relay connection to `leader`. A leader that cannot be reached may just have
 /// stepped down (a graceful shutdown hands leadership over, then exits): until `WAIT` runs
-/// out, keep trying whichever node this one now knows as leader.
-async fn connect_leader(repl: &Replication, leader: u64, proto: Protocol) -> Result<Relay, Reply> {
+/// out, keep trying whichever node this one now knows as the leader of `group` (when there is
+/// a group to follow).
+async fn connect_leader(
+    repl: &Replication,
+    group: Option<u64>,
+    leader: u64,
+    proto: Protocol,
+) -> Result<Relay, Reply> {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut leader = leader;
     loop {
@@ -581,7 +822,7 @@ async fn connect_leader(repl: &Replication, leader: u64, proto: Protocol) -> Res
             return Err(tryagain("cannot reach the leader"));
         }
         tokio::time::sleep(RETRY_PAUSE).await;
-        match repl.group().and_then(|g| g.leader) {
+        match group.and_then(|g| repl.leader_of(g)) {
             Some(l) if l != repl.me => leader = l,
             // This node leads now, or nobody does: the caller starts over.
             _ => return Err(tryagain("the leader changed, retry")),
@@ -615,14 +856,14 @@ fn redirects(
     Some(out)
 }
 
-/// Sends one command that changes state to the leader, once (see [`relay`]).
+/// Sends one command that changes state to node `leader`, once (see [`relay`]).
 pub async fn relay_once(
     shared: &Shared,
     client: &mut Client,
     leader: u64,
     args: Vec<Vec<u8>>,
 ) -> Result<Vec<u8>, Reply> {
-    relay(shared, client, leader, &[args], true, 1).await
+    relay_to(shared, client, leader, &[args], true, 1).await
 }
 
 async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Relay> {
@@ -677,22 +918,143 @@ async fn relay_on(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option<Vec<Vec<u8
     Some(replies)
 }
 
-/// Active expiry under replication: the leader proposes the removal of keys it finds due;
-/// followers leave expiry to the log.
-pub async fn expire_due(shared: &Shared, repl: &Replication) -> usize {
-    if !repl
-        .node
-        .status()
-        .borrow()
-        .groups
-        .get(&GROUP)
-        .is_some_and(|g| g.is_leader)
-    {
-        return 0;
+/// A keyless data command on a sharded cluster: asked of every shard (each on its leader, as
+/// CAIRN.SHARD when that is another node), the answers merged as one keyspace would give
+/// them. SCAN's cursor stays a slot number, as on one node: each shard owns a run of slots,
+/// so the cursor says which shard to continue in. FLUSHALL/FLUSHDB empty shard after shard
+/// (not atomically across shards).
+async fn fan_out(
+    shared: &Shared,
+    client: &mut Client,
+    spec: &CommandSpec,
+    args: Vec<Vec<u8>>,
+) -> Vec<u8> {
+    let proto = client.proto;
+    let groups: Vec<u64> = shared.shards.stores().map(|(g, _)| g).collect();
+    let name = spec.name.as_str();
+    if name == "scan" {
+        return scan(shared, client, spec, args).await.to_bytes(proto);
     }
+    let start = match name {
+        // A random shard first, then the next ones until one has a key.
+        "randomkey" => dispatch::next_seed() as usize % groups.len(),
+        _ => 0,
+    };
+    let mut total = 0i64;
+    let mut items = Vec::new();
+    for i in 0..groups.len() {
+        let group = groups[(start + i) % groups.len()];
+        let reply = match on_shard(shared, client, spec, group, &args).await {
+            Ok(r) => r,
+            Err(e) => return e.to_bytes(proto),
+        };
+        match (name, reply) {
+            ("dbsize", Reply::Int(n)) => total += n,
+            ("keys", Reply::Array(keys)) => items.extend(keys),
+            ("randomkey", Reply::Nil) => {}
+            ("randomkey", key @ Reply::Bulk(_)) => return key.to_bytes(proto),
+            ("flushall" | "flushdb", Reply::Status(_)) => {}
+            (_, e @ Reply::Error(_)) => return e.to_bytes(proto),
+            (_, other) if groups.len() == 1 => return other.to_bytes(proto),
+            (_, _) => {
+                return Reply::error(format!(
+                    "ERR {} is not supported on a sharded cluster",
+                    name.to_ascii_uppercase()
+                ))
+                .to_bytes(proto)
+            }
+        }
+    }
+    match name {
+        "dbsize" => Reply::Int(total),
+        "keys" => Reply::Array(items),
+        "randomkey" => Reply::Nil,
+        _ => Reply::OK,
+    }
+    .to_bytes(proto)
+}
+
+/// SCAN over the shards: the cursor is the slot to go on from (as on one node), its owner the
+/// shard asked. A shard that reaches the end of its slots hands the cursor to the next shard's
+/// first slot.
+async fn scan(
+    shared: &Shared,
+    client: &mut Client,
+    spec: &CommandSpec,
+    args: Vec<Vec<u8>>,
+) -> Reply {
+    let Ok(cursor) = cairn_store::cmd::keys::parse_scan_cursor(&args[1]) else {
+        return Reply::error("ERR invalid cursor");
+    };
+    let Some(slot) = usize::try_from(cursor).ok().filter(|&c| c < SLOTS) else {
+        // Past the last slot: a finished scan, as one node answers.
+        return Reply::Array(vec![Reply::bulk(b"0".to_vec()), Reply::Array(vec![])]);
+    };
+    let group = shared.shards.group_of_slot(slot);
+    let end = (slot..SLOTS)
+        .find(|&s| shared.shards.group_of_slot(s) != group)
+        .unwrap_or(SLOTS);
+    let reply = match on_shard(shared, client, spec, group, &args).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let Reply::Array(mut parts) = reply else {
+        return reply;
+    };
+    let next = match parts.first() {
+        Some(Reply::Bulk(c)) => std::str::from_utf8(c)
+            .ok()
+            .and_then(|c| c.parse::<usize>().ok()),
+        _ => None,
+    };
+    let next = match next {
+        Some(n) if n != 0 && n < end => n,
+        Some(_) if end < SLOTS => end,
+        Some(_) => 0,
+        None => return Reply::Array(parts),
+    };
+    parts[0] = Reply::bulk(next.to_string().into_bytes());
+    Reply::Array(parts)
+}
+
+/// Runs `args` on shard `group` (its leader, wherever it is) and returns the parsed reply, or
+/// the error reply to give.
+async fn on_shard(
+    shared: &Shared,
+    client: &mut Client,
+    spec: &CommandSpec,
+    group: u64,
+    args: &[Vec<u8>],
+) -> Result<Reply, Reply> {
+    let bytes = if spec.is_write() {
+        write(shared, client, group, vec![args.to_vec()], None, true).await
+    } else {
+        let Some(Target::Store(h)) = shared.table.target_of(spec) else {
+            return Err(Reply::error("ERR not a data command"));
+        };
+        read(shared, client, group, vec![(args.to_vec(), h)], true).await
+    };
+    cairn_resp::parse_reply(&bytes)
+        .ok_or_else(|| Reply::error("ERR a shard answered with a reply that could not be merged"))
+}
+
+/// Active expiry under replication: each shard's leader proposes the removal of keys it finds
+/// due; followers leave expiry to the log.
+pub async fn expire_due(shared: &Shared, repl: &Replication) -> usize {
+    let mut removed = 0;
+    for (group, g) in repl.groups() {
+        if g.is_leader {
+            removed += expire_due_in(shared, repl, group).await;
+        }
+    }
+    removed
+}
+
+async fn expire_due_in(shared: &Shared, repl: &Replication, group: u64) -> usize {
     let now = crate::now_ms();
     let due = shared
-        .store
+        .shards
+        .store(group)
         .lock()
         .due_keys(now, crate::expiry::MAX_PER_CYCLE);
     if due.is_empty() {
@@ -704,7 +1066,7 @@ pub async fn expire_due(shared: &Shared, repl: &Replication) -> usize {
         proto: Protocol::Resp2,
         op: Operation::Expire(due),
     };
-    match tokio::time::timeout(WAIT, repl.node.propose(GROUP, entry.encode())).await {
+    match tokio::time::timeout(WAIT, repl.node.propose(group, entry.encode())).await {
         Ok(Ok(reply)) => std::str::from_utf8(&reply)
             .ok()
             .and_then(|s| s.trim_start_matches(':').trim().parse().ok())

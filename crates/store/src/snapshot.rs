@@ -41,21 +41,42 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 /// values with their element order, deadlines) give equal digests however their maps are laid
 /// out. 40 hex digits, all zeros when empty, like Redis's `DEBUG DIGEST` (whose bytes differ).
 pub fn digest(ks: &Keyspace) -> String {
-    if ks.is_empty() {
-        return "0".repeat(40);
+    let mut d = Digest::default();
+    d.add(ks);
+    d.finish()
+}
+
+/// The digest of several keyspaces taken as one (a node's shards): the same as [`digest`] of
+/// one keyspace holding all their keys, since the per-key hashes are combined in an order-free
+/// way.
+#[derive(Default)]
+pub struct Digest {
+    sum: u64,
+    mix: u64,
+    len: usize,
+}
+
+impl Digest {
+    pub fn add(&mut self, ks: &Keyspace) {
+        let mut record = Vec::new();
+        for (key, entry) in ks.iter() {
+            record.clear();
+            put_bytes(&mut record, key);
+            put_value(&mut record, &entry.value);
+            record.extend_from_slice(&entry.expire_at_ms.to_le_bytes());
+            let h = fnv1a(&record);
+            self.sum = self.sum.wrapping_add(h);
+            self.mix ^= h.rotate_left(17).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+        self.len += ks.len();
     }
-    let (mut sum, mut mix) = (0u64, 0u64);
-    let mut record = Vec::new();
-    for (key, entry) in ks.iter() {
-        record.clear();
-        put_bytes(&mut record, key);
-        put_value(&mut record, &entry.value);
-        record.extend_from_slice(&entry.expire_at_ms.to_le_bytes());
-        let h = fnv1a(&record);
-        sum = sum.wrapping_add(h);
-        mix ^= h.rotate_left(17).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+
+    pub fn finish(&self) -> String {
+        if self.len == 0 {
+            return "0".repeat(40);
+        }
+        format!("{:016x}{:016x}{:08x}", self.sum, self.mix, self.len as u32)
     }
-    format!("{sum:016x}{mix:016x}{:08x}", ks.len() as u32)
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {

@@ -1,14 +1,18 @@
 //! CLUSTER: the Redis Cluster protocol's discovery commands, so cluster-aware clients (redis-py
-//! `RedisCluster`, the `redis` crate's cluster client, `redis-cli -c`) find the leader and send
-//! it their commands directly.
+//! `RedisCluster`, the `redis` crate's cluster client, `redis-cli -c`) find each shard's leader
+//! and send it their commands directly.
 //!
-//! Today the keyspace is one Raft group, so the cluster is one shard that owns all 16384
-//! slots: its master is the group's leader, its replicas the other voters. A node id is the
-//! Raft node id as 40 hex digits. On a standalone node these commands answer as a Redis with
-//! cluster support disabled does. (The sharding issue brings many shards and slot moves.)
+//! Each shard (`crate::shards`) is a Redis Cluster "shard": its slot ranges, its master (the
+//! group's leader) and its replicas (the other voters). A node leads some shards and follows
+//! others, so, unlike in Redis, one node appears as master of some slots and replica of others;
+//! CLUSTER NODES, whose format has one role per node, lists each node once, as master with the
+//! slots of the shards it leads, or as a replica of some shard's leader when it leads none. A
+//! node id is the Raft node id as 40 hex digits. On a standalone node these commands answer as
+//! a Redis with cluster support disabled does.
 
 use crate::dispatch::Call;
 use crate::replicated::Replication;
+use crate::Shared;
 use cairn_replication::GroupStatus;
 use cairn_resp::Reply;
 use cairn_store::slot::{key_slot, SLOTS};
@@ -30,22 +34,36 @@ struct Member {
     master: bool,
 }
 
-/// The group as this node sees it, and the shard's members, leader first; None while no
-/// leader is known.
-fn members(repl: &Replication) -> Option<(GroupStatus, Vec<Member>)> {
-    let g = repl.group()?;
-    let leader = g.leader?;
+/// One shard as this node sees it: its group, slot ranges and members, leader first.
+struct ShardView {
+    status: GroupStatus,
+    ranges: Vec<(usize, usize)>,
+    members: Vec<Member>,
+}
+
+/// Every shard as this node sees it; None while some shard has no known leader.
+fn shard_views(shared: &Shared, repl: &Replication) -> Option<Vec<ShardView>> {
     let mut out = Vec::new();
-    for &id in std::iter::once(&leader).chain(g.voters.iter().filter(|&&v| v != leader)) {
-        if let Some(addr) = repl.client_addr(id) {
-            out.push(Member {
-                id,
-                addr,
-                master: id == leader,
-            });
+    for (group, ranges) in shared.shards.ranges() {
+        let status = repl.group(group)?;
+        let leader = status.leader?;
+        let mut members = Vec::new();
+        for &id in std::iter::once(&leader).chain(status.voters.iter().filter(|&&v| v != leader)) {
+            if let Some(addr) = repl.client_addr(id) {
+                members.push(Member {
+                    id,
+                    addr,
+                    master: id == leader,
+                });
+            }
         }
+        out.push(ShardView {
+            status,
+            ranges,
+            members,
+        });
     }
-    Some((g, out))
+    Some(out)
 }
 
 fn with_cluster(c: &mut Call, f: impl FnOnce(&Replication, &mut Call) -> Reply) -> Reply {
@@ -56,7 +74,7 @@ fn with_cluster(c: &mut Call, f: impl FnOnce(&Replication, &mut Call) -> Reply) 
 }
 
 fn down() -> Reply {
-    Reply::error("CLUSTERDOWN The cluster is down: no leader elected yet")
+    Reply::error("CLUSTERDOWN The cluster is down: a shard has no leader elected yet")
 }
 
 pub fn keyslot(c: &mut Call) -> Reply {
@@ -68,71 +86,111 @@ pub fn myid(c: &mut Call) -> Reply {
 }
 
 pub fn slots(c: &mut Call) -> Reply {
-    with_cluster(c, |repl, _| {
-        let Some((_, members)) = members(repl) else {
+    with_cluster(c, |repl, c| {
+        let Some(views) = shard_views(c.shared, repl) else {
             return down();
         };
-        let mut entry = vec![Reply::Int(0), Reply::Int(SLOTS as i64 - 1)];
-        entry.extend(members.iter().map(|m| {
-            Reply::Array(vec![
-                Reply::Bulk(m.addr.ip().to_string().into_bytes()),
-                Reply::Int(i64::from(m.addr.port())),
-                Reply::Bulk(node_name(m.id).into_bytes()),
-                Reply::Map(Vec::new()),
-            ])
-        }));
-        Reply::Array(vec![Reply::Array(entry)])
+        let mut out = Vec::new();
+        for view in &views {
+            for &(a, b) in &view.ranges {
+                let mut entry = vec![Reply::Int(a as i64), Reply::Int(b as i64)];
+                entry.extend(view.members.iter().map(|m| {
+                    Reply::Array(vec![
+                        Reply::Bulk(m.addr.ip().to_string().into_bytes()),
+                        Reply::Int(i64::from(m.addr.port())),
+                        Reply::Bulk(node_name(m.id).into_bytes()),
+                        Reply::Map(Vec::new()),
+                    ])
+                }));
+                out.push(Reply::Array(entry));
+            }
+        }
+        Reply::Array(out)
     })
 }
 
 pub fn shards(c: &mut Call) -> Reply {
-    with_cluster(c, |repl, _| {
-        let Some((g, members)) = members(repl) else {
+    with_cluster(c, |repl, c| {
+        let Some(views) = shard_views(c.shared, repl) else {
             return down();
         };
-        let applied = g.applied;
         let bulk = |s: &str| Reply::Bulk(s.as_bytes().to_vec());
-        let nodes = members
+        let shards = views
             .iter()
-            .map(|m| {
+            .map(|view| {
+                let applied = view.status.applied;
+                let nodes = view
+                    .members
+                    .iter()
+                    .map(|m| {
+                        Reply::Map(vec![
+                            (bulk("id"), bulk(&node_name(m.id))),
+                            (bulk("port"), Reply::Int(i64::from(m.addr.port()))),
+                            (bulk("ip"), bulk(&m.addr.ip().to_string())),
+                            (bulk("endpoint"), bulk(&m.addr.ip().to_string())),
+                            (
+                                bulk("role"),
+                                bulk(if m.master { "master" } else { "replica" }),
+                            ),
+                            (bulk("replication-offset"), Reply::Int(applied as i64)),
+                            (bulk("health"), bulk("online")),
+                        ])
+                    })
+                    .collect();
+                let slots = view
+                    .ranges
+                    .iter()
+                    .flat_map(|&(a, b)| [Reply::Int(a as i64), Reply::Int(b as i64)])
+                    .collect();
                 Reply::Map(vec![
-                    (bulk("id"), bulk(&node_name(m.id))),
-                    (bulk("port"), Reply::Int(i64::from(m.addr.port()))),
-                    (bulk("ip"), bulk(&m.addr.ip().to_string())),
-                    (bulk("endpoint"), bulk(&m.addr.ip().to_string())),
-                    (
-                        bulk("role"),
-                        bulk(if m.master { "master" } else { "replica" }),
-                    ),
-                    (bulk("replication-offset"), Reply::Int(applied as i64)),
-                    (bulk("health"), bulk("online")),
+                    (bulk("slots"), Reply::Array(slots)),
+                    (bulk("nodes"), Reply::Array(nodes)),
                 ])
             })
             .collect();
-        Reply::Array(vec![Reply::Map(vec![
-            (
-                bulk("slots"),
-                Reply::Array(vec![Reply::Int(0), Reply::Int(SLOTS as i64 - 1)]),
-            ),
-            (bulk("nodes"), Reply::Array(nodes)),
-        ])])
+        Reply::Array(shards)
     })
 }
 
 pub fn nodes(c: &mut Call) -> Reply {
-    with_cluster(c, |repl, _| {
-        let Some((g, members)) = members(repl) else {
+    with_cluster(c, |repl, c| {
+        let Some(views) = shard_views(c.shared, repl) else {
             return down();
         };
-        let term = g.term;
-        let master = node_name(members[0].id);
+        let term = views.iter().map(|v| v.status.term).max().unwrap_or(0);
+        // Each node once: master of the shards it leads, else replica of a shard's leader.
         let mut text = String::new();
-        for m in &members {
+        let mut listed = std::collections::BTreeSet::new();
+        let all = views
+            .iter()
+            .flat_map(|v| v.members.iter().map(move |m| (v, m)));
+        for (_, m) in all.clone() {
+            if !listed.insert(m.id) {
+                continue;
+            }
             let myself = if m.id == repl.me { "myself," } else { "" };
-            let (flags, of, slots) = if m.master {
-                ("master", "-".to_string(), format!(" 0-{}", SLOTS - 1))
+            let led: Vec<&ShardView> = views.iter().filter(|v| v.members[0].id == m.id).collect();
+            let (flags, of, slots) = if led.is_empty() {
+                let of = all
+                    .clone()
+                    .find(|(v, n)| n.id == m.id && !n.master && !v.members.is_empty())
+                    .map_or_else(|| "-".to_string(), |(v, _)| node_name(v.members[0].id));
+                ("slave", of, String::new())
             } else {
-                ("slave", master.clone(), String::new())
+                let mut ranges: Vec<(usize, usize)> =
+                    led.iter().flat_map(|v| v.ranges.iter().copied()).collect();
+                ranges.sort_unstable();
+                let slots: String = ranges
+                    .iter()
+                    .map(|&(a, b)| {
+                        if a == b {
+                            format!(" {a}")
+                        } else {
+                            format!(" {a}-{b}")
+                        }
+                    })
+                    .collect();
+                ("master", "-".to_string(), slots)
             };
             text.push_str(&format!(
                 "{} {}:{}@{} {myself}{flags} {of} 0 0 {term} connected{slots}\n",
@@ -147,21 +205,30 @@ pub fn nodes(c: &mut Call) -> Reply {
 }
 
 pub fn info(c: &mut Call) -> Reply {
-    with_cluster(c, |repl, _| {
-        let g = repl.group().unwrap_or_default();
-        let ok = g.leader.is_some();
-        let slots = if ok { SLOTS } else { 0 };
+    with_cluster(c, |repl, c| {
+        let groups = repl.groups();
+        let mut ok_slots = 0;
+        for (group, ranges) in c.shared.shards.ranges() {
+            if groups.get(&group).is_some_and(|g| g.leader.is_some()) {
+                ok_slots += ranges.iter().map(|(a, b)| b - a + 1).sum::<usize>();
+            }
+        }
+        let known: std::collections::BTreeSet<u64> = groups
+            .values()
+            .flat_map(|g| g.voters.iter().chain(g.learners.iter()).copied())
+            .collect();
+        let term = groups.values().map(|g| g.term).max().unwrap_or(0);
+        let ok = ok_slots == SLOTS;
         let text = format!(
-            "cluster_state:{}\r\ncluster_slots_assigned:{SLOTS}\r\ncluster_slots_ok:{slots}\r\n\
+            "cluster_state:{}\r\ncluster_slots_assigned:{SLOTS}\r\ncluster_slots_ok:{ok_slots}\r\n\
              cluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{}\r\n\
-             cluster_size:1\r\ncluster_current_epoch:{}\r\ncluster_my_epoch:{}\r\n\
+             cluster_size:{}\r\ncluster_current_epoch:{term}\r\ncluster_my_epoch:{term}\r\n\
              cluster_stats_messages_sent:0\r\ncluster_stats_messages_received:0\r\n\
              total_cluster_links_buffer_limit_exceeded:0\r\n",
             if ok { "ok" } else { "fail" },
-            SLOTS - slots,
-            g.voters.len() + g.learners.len(),
-            g.term,
-            g.term,
+            SLOTS - ok_slots,
+            known.len(),
+            c.shared.shards.len(),
         );
         Reply::Verbatim("txt", text.into_bytes())
     })
@@ -180,7 +247,9 @@ pub fn countkeysinslot(c: &mut Call) -> Reply {
     with_cluster(c, |_, c| match parse_slot(&c.args[2]) {
         Some(slot) => {
             let now = c.env.now_ms;
-            Reply::Int(c.store.keyspace.slot_keys(slot, now).count() as i64)
+            c.slot_store(slot, |store| {
+                Reply::Int(store.keyspace.slot_keys(slot, now).count() as i64)
+            })
         }
         None => Reply::error("ERR Invalid slot"),
     })
@@ -198,13 +267,15 @@ pub fn getkeysinslot(c: &mut Call) -> Reply {
             return Reply::error("ERR Invalid slot or number of keys");
         }
         let now = c.env.now_ms;
-        Reply::Array(
-            c.store
-                .keyspace
-                .slot_keys(slot, now)
-                .take(count as usize)
-                .map(|k| Reply::Bulk(k.to_vec()))
-                .collect(),
-        )
+        c.slot_store(slot, |store| {
+            Reply::Array(
+                store
+                    .keyspace
+                    .slot_keys(slot, now)
+                    .take(count as usize)
+                    .map(|k| Reply::Bulk(k.to_vec()))
+                    .collect(),
+            )
+        })
     })
 }

@@ -94,7 +94,7 @@ pub fn reset(c: &mut Call) -> Reply {
     c.client.multi = None;
     c.client.multi_failed = false;
     c.client.info.in_multi.store(false, Ordering::Relaxed);
-    super::transactions::unwatch_locked(c.store, c.client);
+    super::transactions::unwatch_locked(c.store.as_deref_mut(), c.client);
     c.client.proto = Protocol::Resp2;
     c.client.info.resp.store(2, Ordering::Relaxed);
     c.client.info.name.lock().clear();

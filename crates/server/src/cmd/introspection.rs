@@ -181,10 +181,11 @@ pub fn info(c: &mut Call) -> Reply {
         "Persistence",
         vec![
             ("loading".into(), "0".into()),
-            (
-                "rdb_changes_since_last_save".into(),
-                c.store.dirty.to_string(),
-            ),
+            ("rdb_changes_since_last_save".into(), {
+                let mut dirty = 0;
+                c.each_store(|store| dirty += store.dirty);
+                dirty.to_string()
+            }),
         ],
     );
     let st = &sh.stats;
@@ -257,13 +258,17 @@ pub fn info(c: &mut Call) -> Reply {
     }
     let enabled = if sh.replication.is_some() { "1" } else { "0" };
     section("Cluster", vec![("cluster_enabled".into(), enabled.into())]);
-    let ks = &c.store.keyspace;
-    let keyspace = if ks.is_empty() {
+    let (mut keys, mut expires) = (0, 0);
+    c.each_store(|store| {
+        keys += store.keyspace.len();
+        expires += store.keyspace.volatile_len();
+    });
+    let keyspace = if keys == 0 {
         vec![]
     } else {
         vec![(
             "db0".into(),
-            format!("keys={},expires={},avg_ttl=0", ks.len(), ks.volatile_len()),
+            format!("keys={keys},expires={expires},avg_ttl=0"),
         )]
     };
     section("Keyspace", keyspace);
@@ -357,21 +362,26 @@ pub fn debug(c: &mut Call) -> Reply {
         return Reply::OK;
     }
     if args.len() == 3 && is(&args[1], "object") {
-        return match c.store.keyspace.value(&args[2], c.env.now_ms) {
-            None => Reply::error("ERR no such key"),
-            Some(v) => Reply::Status(
-                format!(
-                    "Value at:0x0 refcount:1 encoding:{} serializedlength:{} lru:0 lru_seconds_idle:0",
-                    v.encoding(),
-                    cairn_store::snapshot::dump_value(v).len()
-                )
-                .into(),
-            ),
-        };
+        let (key, now) = (&args[2], c.env.now_ms);
+        return c.slot_store(cairn_store::slot::key_slot(key), |store| {
+            match store.keyspace.value(key, now) {
+                None => Reply::error("ERR no such key"),
+                Some(v) => Reply::Status(
+                    format!(
+                        "Value at:0x0 refcount:1 encoding:{} serializedlength:{} lru:0 lru_seconds_idle:0",
+                        v.encoding(),
+                        cairn_store::snapshot::dump_value(v).len()
+                    )
+                    .into(),
+                ),
+            }
+        });
     }
     if args.len() == 2 && is(&args[1], "digest") {
         // This node's own state, never relayed: replicas are compared with it.
-        return Reply::Status(cairn_store::snapshot::digest(&c.store.keyspace).into());
+        let mut digest = cairn_store::snapshot::Digest::default();
+        c.each_store(|store| digest.add(&store.keyspace));
+        return Reply::Status(digest.finish().into());
     }
     if args.len() >= 2 && is(&args[1], "network") {
         return debug_network(c);

@@ -9,13 +9,18 @@
 //! CAIRN.MEMBER TRANSFER-LEADER [<id>]        hand leadership to <id> (or the most caught-up)
 //! ```
 //!
+//! Every node holds a replica of every shard, so a change applies to each shard's group in
+//! turn (skipping those where it already holds, so a change that failed half-way can simply be
+//! repeated); a trailing `SHARD <id>` limits it to one shard (nodes use that to ask each
+//! shard's leader). LIST shows the first shard's group unless one is named.
+//!
 //! Changes run on the leader (a follower relays them) and answer once the change is applied.
 //! Removing the leader itself first hands leadership to another voter (raft-rs leaves a
 //! removed leader in charge of a group it is no longer in). One change at a time: a second
 //! one while the first is pending gets `-TRYAGAIN`.
 
 use crate::connection::Client;
-use crate::replicated::{self, Replication, GROUP};
+use crate::replicated::{self, Replication};
 use crate::Shared;
 use cairn_replication::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use cairn_replication::{GroupStatus, NodeError};
@@ -51,24 +56,66 @@ pub async fn member(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
         .get(1)
         .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
         .unwrap_or_default();
-    let reply = match (sub.as_str(), args.len()) {
-        ("list", 2) => list(repl),
-        ("add-learner", 4) => add_learner(repl, &args).await,
-        ("promote", 3) => change(repl, &args, ConfChangeType::AddNode, Vec::new()).await,
-        ("remove", 3) => remove(repl, &args).await,
-        ("transfer-leader", 2 | 3) => transfer(repl, &args).await,
-        _ => Err(Fail(err(
-            "ERR usage: CAIRN.MEMBER LIST | ADD-LEARNER <id> <bus-host:port> | PROMOTE <id> | REMOVE <id> | TRANSFER-LEADER [<id>]",
-        ))),
+    let n = args.len();
+    let named = n >= 4 && args[n - 2].eq_ignore_ascii_case(b"shard");
+    let (args, groups): (&[Vec<u8>], Vec<u64>) = if named {
+        let g = std::str::from_utf8(&args[n - 1])
+            .ok()
+            .and_then(|g| g.parse::<u64>().ok())
+            .filter(|g| shared.shards.stores().any(|(s, _)| s == *g));
+        match g {
+            Some(g) => (&args[..n - 2], vec![g]),
+            None => return err("ERR no such shard").to_bytes(proto),
+        }
+    } else {
+        (&args[..], shared.shards.stores().map(|(g, _)| g).collect())
     };
-    match reply {
-        Ok(r) => r.to_bytes(proto),
-        Err(Relay(leader)) => match replicated::relay_once(shared, client, leader, args).await {
-            Ok(bytes) => bytes,
-            Err(e) => e.to_bytes(proto),
-        },
-        Err(Fail(e)) => e.to_bytes(proto),
+    // A change asked of every shard skips those where it already holds.
+    let lenient = !named;
+    if sub == "remove" && args.len() == 3 {
+        // Leaving: hand every leadership over first (raft-rs leaves a removed leader in
+        // charge of a group it is no longer in).
+        if let Err(e) = leave_if_self(repl, args).await {
+            return e.to_bytes(proto);
+        }
     }
+    let mut last = Reply::OK;
+    for group in groups {
+        let reply = match (sub.as_str(), args.len()) {
+            ("list", 2) => list(repl, group),
+            ("add-learner", 4) => add_learner(repl, group, args, lenient).await,
+            ("promote", 3) => {
+                change(repl, group, args, ConfChangeType::AddNode, Vec::new(), lenient).await
+            }
+            ("remove", 3) => {
+                change(repl, group, args, ConfChangeType::RemoveNode, Vec::new(), lenient).await
+            }
+            ("transfer-leader", 2 | 3) => transfer(repl, group, args).await,
+            _ => Err(Fail(err(
+                "ERR usage: CAIRN.MEMBER LIST | ADD-LEARNER <id> <bus-host:port> | PROMOTE <id> | REMOVE <id> | TRANSFER-LEADER [<id>] [SHARD <id>]",
+            ))),
+        };
+        let bytes = match reply {
+            Ok(r) => {
+                last = r;
+                continue;
+            }
+            Err(Relay(leader)) => {
+                let mut one = args.to_vec();
+                one.push(b"SHARD".to_vec());
+                one.push(group.to_string().into_bytes());
+                match replicated::relay_once(shared, client, leader, one).await {
+                    Ok(bytes) if bytes.starts_with(b"-") => bytes,
+                    Ok(bytes) if sub == "list" => return bytes,
+                    Ok(_) => continue,
+                    Err(e) => e.to_bytes(proto),
+                }
+            }
+            Err(Fail(e)) => e.to_bytes(proto),
+        };
+        return bytes;
+    }
+    last.to_bytes(proto)
 }
 
 /// Why a subcommand did not answer here.
@@ -86,14 +133,14 @@ impl From<Reply> for NotHere {
 }
 
 /// The group as this node sees it.
-fn group(repl: &Replication) -> Result<GroupStatus, NotHere> {
-    repl.group()
+fn group(repl: &Replication, group: u64) -> Result<GroupStatus, NotHere> {
+    repl.group(group)
         .ok_or_else(|| Fail(err("ERR this node holds no group yet")))
 }
 
 /// Listed by the leader, which alone knows how far each member's log matches.
-fn list(repl: &Replication) -> Result<Reply, NotHere> {
-    let Some(g) = repl.group() else {
+fn list(repl: &Replication, group: u64) -> Result<Reply, NotHere> {
+    let Some(g) = repl.group(group) else {
         return Ok(Reply::Array(Vec::new()));
     };
     match g.leader {
@@ -125,7 +172,12 @@ fn list(repl: &Replication) -> Result<Reply, NotHere> {
     Ok(Reply::Array(rows))
 }
 
-async fn add_learner(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere> {
+async fn add_learner(
+    repl: &Replication,
+    group: u64,
+    args: &[Vec<u8>],
+    lenient: bool,
+) -> Result<Reply, NotHere> {
     let bus: SocketAddr = std::str::from_utf8(&args[3])
         .ok()
         .and_then(|a| a.parse().ok())
@@ -135,31 +187,36 @@ async fn add_learner(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotH
         })?;
     change(
         repl,
+        group,
         args,
         ConfChangeType::AddLearnerNode,
         bus.to_string().into_bytes(),
+        lenient,
     )
     .await
 }
 
-async fn remove(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere> {
+/// Before this node removes itself: hands over every leadership it holds.
+async fn leave_if_self(repl: &Replication, args: &[Vec<u8>]) -> Result<(), Reply> {
     let id = parse_id(&args[2])?;
-    let leads = repl.group().is_some_and(|g| g.is_leader);
+    let leads = repl.groups().values().any(|g| g.is_leader);
     if id == repl.me && leads {
         let (_, still) = repl.node.hand_off(Duration::from_secs(3)).await;
         if still {
-            return Err(Fail(err(
+            return Err(err(
                 "TRYAGAIN could not hand leadership over before removing this node",
-            )));
+            ));
         }
     }
-    change(repl, args, ConfChangeType::RemoveNode, Vec::new()).await
+    Ok(())
 }
 
-/// Hands leadership to voter `<id>` (or the most caught-up one) and waits until it leads.
-async fn transfer(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere> {
+/// Hands leadership of `group` to voter `<id>` (or the most caught-up one) and waits until it
+/// leads.
+async fn transfer(repl: &Replication, group: u64, args: &[Vec<u8>]) -> Result<Reply, NotHere> {
     let to = args.get(2).map(|a| parse_id(a)).transpose()?;
-    let g = group(repl)?;
+    let id = group;
+    let g = self::group(repl, group)?;
     if let Some(t) = to {
         if !g.voters.contains(&t) {
             return Err(Fail(err(format!("ERR node {t} is not a voter"))));
@@ -173,7 +230,10 @@ async fn transfer(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere
     if to == Some(repl.me) {
         return Ok(Reply::OK);
     }
-    let (moved, still) = repl.node.hand_off_to(to, Duration::from_secs(3)).await;
+    let (moved, still) = repl
+        .node
+        .hand_off_groups(Some(vec![id]), to, Duration::from_secs(3))
+        .await;
     if still || moved.is_empty() {
         return Err(Fail(err(
             "TRYAGAIN the transfer did not complete (is the target caught up and reachable?)",
@@ -185,15 +245,25 @@ async fn transfer(repl: &Replication, args: &[Vec<u8>]) -> Result<Reply, NotHere
 /// Checks the change against the configuration this node sees, proposes it, and waits for it.
 async fn change(
     repl: &Replication,
+    group: u64,
     args: &[Vec<u8>],
     kind: ConfChangeType,
     context: Vec<u8>,
+    lenient: bool,
 ) -> Result<Reply, NotHere> {
     let id = parse_id(&args[2])?;
     let GroupStatus {
         voters, learners, ..
-    } = group(repl)?;
+    } = self::group(repl, group)?;
     let known = voters.contains(&id) || learners.contains(&id);
+    let done = match kind {
+        ConfChangeType::AddLearnerNode => known,
+        ConfChangeType::AddNode => voters.contains(&id),
+        _ => !known,
+    };
+    if lenient && done {
+        return Ok(Reply::OK);
+    }
     match kind {
         ConfChangeType::AddLearnerNode if known => {
             return Err(Fail(err(format!("ERR node {id} is already a member"))))
@@ -220,7 +290,7 @@ async fn change(
     let deadline = tokio::time::Instant::now() + CHANGE_WITHIN;
     let outcome = loop {
         let r =
-            tokio::time::timeout_at(deadline, repl.node.change_membership(GROUP, cc.clone())).await;
+            tokio::time::timeout_at(deadline, repl.node.change_membership(group, cc.clone())).await;
         match r {
             Ok(Err(NodeError::NotLeader { leader: None, .. }))
                 if tokio::time::Instant::now() + Duration::from_millis(20) < deadline =>

@@ -1,0 +1,217 @@
+//! The keyspace divided into shards: which shard owns each of the 16384 hash slots, and each
+//! shard's store.
+//!
+//! A shard is one Raft group (its id is the group's) with a store of its own: a snapshot, a
+//! WATCH stamp or a log index always belongs to exactly one shard. A standalone server is one
+//! shard owning every slot. In replicated mode the slots are split into contiguous ranges of
+//! equal size when the cluster is created (`--shards`, by default one shard per initial node so
+//! that every node can lead one); the count is recorded in the data directory and may not
+//! change afterwards. Moving slots between shards (and this map into the meta group) comes
+//! with online resharding.
+
+use cairn_store::slot::{key_slot, SLOTS};
+use cairn_store::Store;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The most shards a cluster may be created with: every shard costs each of its replicas a
+/// Raft group (ticks, heartbeats, a log) even when idle.
+pub const MAX_SHARDS: usize = 256;
+
+/// Keys that live in different shards (`-CROSSSLOT` for now).
+#[derive(Debug, PartialEq)]
+pub struct CrossShard;
+
+pub struct Shards {
+    /// Slot → shard (group id).
+    owner: Vec<u64>,
+    stores: BTreeMap<u64, Arc<Mutex<Store>>>,
+}
+
+impl Shards {
+    /// One shard, group 1, owning every slot.
+    pub fn single() -> Shards {
+        Shards::even(1)
+    }
+
+    /// `count` shards, groups `1..=count`, shard `i` owning the `i`-th of `count` equal runs of
+    /// slots (the split `redis-cli --cluster create` makes).
+    pub fn even(count: usize) -> Shards {
+        assert!(
+            (1..=MAX_SHARDS).contains(&count),
+            "shard count {count} out of range"
+        );
+        // As redis-cli --cluster create splits: shard i ends at round((i + 1) * SLOTS / count - 1).
+        let per = SLOTS as f64 / count as f64;
+        let mut owner = Vec::with_capacity(SLOTS);
+        for i in 0..count {
+            let last = if i + 1 == count {
+                SLOTS - 1
+            } else {
+                ((i as f64 + 1.0) * per - 1.0).round() as usize
+            };
+            owner.resize(last + 1, i as u64 + 1);
+        }
+        let stores = (1..=count as u64)
+            .map(|g| (g, Arc::new(Mutex::new(Store::new()))))
+            .collect();
+        Shards { owner, stores }
+    }
+
+    pub fn len(&self) -> usize {
+        self.stores.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stores.is_empty()
+    }
+
+    pub fn group_of_slot(&self, slot: usize) -> u64 {
+        self.owner[slot]
+    }
+
+    pub fn group_of_key(&self, key: &[u8]) -> u64 {
+        self.owner[key_slot(key)]
+    }
+
+    /// The shard that owns every one of `keys`, or `Err(CrossShard)` when they are in different shards
+    /// (`Ok(None)` for no keys). Keys in different slots of one shard are fine: one shard
+    /// applies them in one entry.
+    pub fn group_of_keys<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Option<u64>, CrossShard> {
+        let mut group = None;
+        for key in keys {
+            let g = self.group_of_key(key);
+            match group {
+                Some(seen) if seen != g => return Err(CrossShard),
+                _ => group = Some(g),
+            }
+        }
+        Ok(group)
+    }
+
+    /// The store of shard `group`. Panics for a group that is not a shard: group ids come from
+    /// this map.
+    pub fn store(&self, group: u64) -> &Arc<Mutex<Store>> {
+        &self.stores[&group]
+    }
+
+    /// Every shard's group id and store, in group order.
+    pub fn stores(&self) -> impl Iterator<Item = (u64, &Arc<Mutex<Store>>)> {
+        self.stores.iter().map(|(&g, s)| (g, s))
+    }
+
+    /// The store of a standalone server, its only shard.
+    pub fn only(&self) -> &Arc<Mutex<Store>> {
+        debug_assert_eq!(self.stores.len(), 1, "only() on a sharded keyspace");
+        self.stores.values().next().expect("one shard")
+    }
+
+    /// Each shard's slots as inclusive ranges, in slot order.
+    pub fn ranges(&self) -> Vec<(u64, Vec<(usize, usize)>)> {
+        let mut out: BTreeMap<u64, Vec<(usize, usize)>> = BTreeMap::new();
+        let mut start = 0;
+        for slot in 1..=SLOTS {
+            if slot == SLOTS || self.owner[slot] != self.owner[start] {
+                out.entry(self.owner[start])
+                    .or_default()
+                    .push((start, slot - 1));
+                start = slot;
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
+/// The shard count a node uses: the one recorded in its data directory when there is one
+/// (a different `--shards` is refused: slots would change owner with data in place), else
+/// `wanted`, recorded for the next start.
+pub fn settle_count(dir: &std::path::Path, wanted: usize) -> std::io::Result<usize> {
+    let path = dir.join("shards");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let recorded: usize = text.trim().parse().map_err(|_| {
+                std::io::Error::other(format!("{} is not a shard count", path.display()))
+            })?;
+            if recorded != wanted {
+                return Err(std::io::Error::other(format!(
+                    "this node's data was created with {recorded} shards, not {wanted}; \
+                     start it with --shards {recorded} (the shard count of a cluster is fixed)"
+                )));
+            }
+            Ok(recorded)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            let tmp = dir.join("shards.tmp");
+            std::fs::write(&tmp, format!("{wanted}\n"))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(wanted)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn even_split_covers_every_slot_once_in_contiguous_ranges() {
+        for count in [1, 2, 3, 5, 16, 256] {
+            let s = Shards::even(count);
+            let ranges = s.ranges();
+            assert_eq!(ranges.len(), count);
+            let mut covered = 0;
+            for (i, (group, runs)) in ranges.iter().enumerate() {
+                assert_eq!(*group, i as u64 + 1);
+                assert_eq!(runs.len(), 1, "one contiguous run per shard");
+                let (a, b) = runs[0];
+                assert_eq!(a, covered, "no gap, no overlap");
+                for slot in a..=b {
+                    assert_eq!(s.group_of_slot(slot), *group);
+                }
+                covered = b + 1;
+            }
+            assert_eq!(covered, SLOTS);
+        }
+        // redis-cli --cluster create's split for three masters.
+        let three = Shards::even(3).ranges();
+        assert_eq!(three[0].1, vec![(0, 5460)]);
+        assert_eq!(three[1].1, vec![(5461, 10922)]);
+        assert_eq!(three[2].1, vec![(10923, 16383)]);
+    }
+
+    #[test]
+    fn keys_of_one_shard_share_it_and_others_do_not() {
+        let s = Shards::even(3);
+        // Hash tags put keys in one slot; "a" (15495) and "b" (3300) are in shards 3 and 1.
+        let tagged: [&[u8]; 2] = [b"{user}:1", b"{user}:2"];
+        assert!(s.group_of_keys(tagged).unwrap().is_some());
+        let apart: [&[u8]; 2] = [b"a", b"b"];
+        assert_eq!(s.group_of_keys(apart), Err(CrossShard));
+        assert_eq!(s.group_of_keys(std::iter::empty()), Ok(None));
+        // Slots 3300 and 7365: different shards of three, one shard (slots 0-8191) of two.
+        let near: [&[u8]; 2] = [b"b", b"c"];
+        assert_eq!(key_slot(b"b"), 3300);
+        assert_eq!(key_slot(b"c"), 7365);
+        assert_eq!(s.group_of_keys(near), Err(CrossShard));
+        assert_eq!(Shards::even(2).group_of_keys(near), Ok(Some(1)));
+    }
+
+    #[test]
+    fn the_recorded_count_wins_and_a_different_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!("cairn-shards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(settle_count(&dir, 4).unwrap(), 4);
+        assert_eq!(settle_count(&dir, 4).unwrap(), 4);
+        let err = settle_count(&dir, 3).unwrap_err().to_string();
+        assert!(err.contains("created with 4 shards"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
