@@ -96,11 +96,22 @@ fn start_replication(
     } else {
         config.initial_cluster.iter().map(|(id, _)| *id).collect()
     };
-    let wanted = match config.shards {
-        0 => config.initial_cluster.len().min(shards::MAX_SHARDS),
-        n => n,
-    };
-    let count = shards::settle_count(&config.data_dir, wanted)?;
+    // A new cluster has one shard per initial node unless told otherwise; a node joining a
+    // running one asks it.
+    let explicit = (config.shards > 0).then_some(config.shards);
+    let count = shards::settle_count(&config.data_dir, explicit, || {
+        if config.join_existing {
+            let others: Vec<std::net::SocketAddr> = config
+                .initial_cluster
+                .iter()
+                .filter(|(id, _)| *id != me)
+                .map(|(_, a)| *a)
+                .collect();
+            shards::ask_cluster_size(&others, std::time::Duration::from_secs(30))
+        } else {
+            Ok(config.initial_cluster.len().min(shards::MAX_SHARDS))
+        }
+    })?;
     let shards = shards::Shards::even(count);
     let machines = shards
         .stores()

@@ -524,7 +524,7 @@ async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<
                     }
                     reply
                 }
-                Err(e) => e.to_bytes(proto),
+                Err(e) => e.into_reply().to_bytes(proto),
             }
         }
         Ok(Err(NodeError::NotLeader { .. })) => {
@@ -603,57 +603,68 @@ async fn write(
         proto,
         op,
     };
-    match propose(repl, group, &entry).await {
-        Ok(Ok(reply)) => reply,
-        // The watch was taken here and cannot travel with a relayed EXEC: nothing ran, so the
-        // transaction aborts as if a watched key had changed (clients retry that).
-        Ok(Err(NodeError::NotLeader { .. })) if watching => Reply::NilArray.to_bytes(proto),
-        Ok(Err(NodeError::NotLeader {
-            leader: Some(l), ..
-        })) if l != repl.me => {
-            // The commands come back out of the entry only on this (rare) path: the common one
-            // never copies them.
-            if !block && !forced {
-                if let Operation::Commands(cmds) = &entry.op {
-                    if let Some(moved) = redirects(shared, repl, l, cmds, proto) {
-                        return moved;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match propose(repl, group, &entry).await {
+            Ok(Ok(reply)) => return reply,
+            // The watch was taken here and cannot travel with a relayed EXEC: nothing ran, so the
+            // transaction aborts as if a watched key had changed (clients retry that).
+            Ok(Err(NodeError::NotLeader { .. })) if watching => {
+                return Reply::NilArray.to_bytes(proto)
+            }
+            Ok(Err(NodeError::NotLeader {
+                leader: Some(l), ..
+            })) if l != repl.me => {
+                // The commands come back out of the entry only on this (rare) path: the common one
+                // never copies them.
+                if !block && !forced {
+                    if let Operation::Commands(cmds) = &entry.op {
+                        if let Some(moved) = redirects(shared, repl, l, cmds, proto) {
+                            return moved;
+                        }
                     }
                 }
+                let mut requests = match &entry.op {
+                    Operation::Commands(c) | Operation::Transaction(c) => c.clone(),
+                    Operation::WatchedTransaction { cmds, .. } => cmds.clone(),
+                    Operation::Expire(_) => unreachable!("write() proposes commands"),
+                };
+                if forced {
+                    requests = requests
+                        .iter()
+                        .map(|r| with_shard_prefix(group, r))
+                        .collect();
+                }
+                let keep = if block {
+                    requests.insert(0, vec![b"MULTI".to_vec()]);
+                    requests.push(vec![b"EXEC".to_vec()]);
+                    1
+                } else {
+                    requests.len()
+                };
+                match relay(shared, client, group, l, &requests, true, keep).await {
+                    Ok(reply) => return reply,
+                    // This node took over meanwhile and nothing was sent: propose here.
+                    Err(RelayError::Retry) if tokio::time::Instant::now() < deadline => continue,
+                    Err(e) => return fail(e.into_reply()),
+                }
             }
-            let mut requests = match entry.op {
-                Operation::Commands(c) | Operation::Transaction(c) => c,
-                Operation::WatchedTransaction { cmds, .. } => cmds,
-                Operation::Expire(_) => unreachable!("write() proposes commands"),
-            };
-            if forced {
-                requests = requests
-                    .iter()
-                    .map(|r| with_shard_prefix(group, r))
-                    .collect();
+            Ok(Err(NodeError::NotLeader { .. })) => {
+                return fail(tryagain("no leader elected yet, retry"))
             }
-            let keep = if block {
-                requests.insert(0, vec![b"MULTI".to_vec()]);
-                requests.push(vec![b"EXEC".to_vec()]);
-                1
-            } else {
-                requests.len()
-            };
-            match relay(shared, client, group, l, &requests, true, keep).await {
-                Ok(reply) => reply,
-                Err(e) => fail(e),
+            Ok(Err(NodeError::Indeterminate { .. })) => {
+                return fail(tryagain(
+                    "leadership changed; the command may or may not have been applied",
+                ))
             }
+            Ok(Err(NodeError::Busy)) => return fail(tryagain("node busy")),
+            Ok(Err(NodeError::Stopped(why))) => {
+                return fail(Reply::error(format!("ERR replication stopped: {why}")))
+            }
+            Err(_) => return fail(tryagain(
+                "timed out waiting for the cluster; the command may or may not have been applied",
+            )),
         }
-        Ok(Err(NodeError::NotLeader { .. })) => fail(tryagain("no leader elected yet, retry")),
-        Ok(Err(NodeError::Indeterminate { .. })) => fail(tryagain(
-            "leadership changed; the command may or may not have been applied",
-        )),
-        Ok(Err(NodeError::Busy)) => fail(tryagain("node busy")),
-        Ok(Err(NodeError::Stopped(why))) => {
-            fail(Reply::error(format!("ERR replication stopped: {why}")))
-        }
-        Err(_) => fail(tryagain(
-            "timed out waiting for the cluster; the command may or may not have been applied",
-        )),
     }
 }
 
@@ -669,47 +680,69 @@ async fn read(
     let repl = shared.replication.as_ref().expect("replicated mode");
     let proto = client.proto;
     let fail = |reply: Reply| reply.to_bytes(proto).repeat(run.len());
-    match barrier(shared, repl, group).await {
-        Ok(Ok(())) => {
-            let mut out = Vec::new();
-            let mut store = shared.shards.store(group).lock();
-            for (args, handler) in &run {
-                let env = cairn_store::Env {
-                    now_ms: crate::now_ms(),
-                    seed: dispatch::next_seed(),
-                    proto,
-                };
-                store.execute(*handler, args, &env).encode(proto, &mut out);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match barrier(shared, repl, group).await {
+            Ok(Ok(())) => {
+                let mut out = Vec::new();
+                let mut store = shared.shards.store(group).lock();
+                for (args, handler) in &run {
+                    let env = cairn_store::Env {
+                        now_ms: crate::now_ms(),
+                        seed: dispatch::next_seed(),
+                        proto,
+                    };
+                    store.execute(*handler, args, &env).encode(proto, &mut out);
+                }
+                return out;
             }
-            out
-        }
-        Ok(Err(NodeError::NotLeader {
-            leader: Some(l), ..
-        })) if l != repl.me => {
-            let requests: Vec<_> = run
-                .iter()
-                .map(|(a, _)| {
-                    if forced {
-                        with_shard_prefix(group, a)
-                    } else {
-                        a.clone()
+            Ok(Err(NodeError::NotLeader {
+                leader: Some(l), ..
+            })) if l != repl.me => {
+                let requests: Vec<_> = run
+                    .iter()
+                    .map(|(a, _)| {
+                        if forced {
+                            with_shard_prefix(group, a)
+                        } else {
+                            a.clone()
+                        }
+                    })
+                    .collect();
+                if !forced {
+                    if let Some(moved) = redirects(shared, repl, l, &requests, proto) {
+                        return moved;
                     }
-                })
-                .collect();
-            if !forced {
-                if let Some(moved) = redirects(shared, repl, l, &requests, proto) {
-                    return moved;
+                }
+                match relay(shared, client, group, l, &requests, false, requests.len()).await {
+                    Ok(reply) => return reply,
+                    Err(RelayError::Retry) if tokio::time::Instant::now() < deadline => continue,
+                    Err(e) => return fail(e.into_reply()),
                 }
             }
-            match relay(shared, client, group, l, &requests, false, requests.len()).await {
-                Ok(reply) => reply,
-                Err(e) => fail(e),
+            Ok(Err(NodeError::Stopped(why))) => {
+                return fail(Reply::error(format!("ERR replication stopped: {why}")))
             }
+            Ok(Err(_)) | Err(_) => return fail(tryagain("no leader reachable, retry")),
         }
-        Ok(Err(NodeError::Stopped(why))) => {
-            fail(Reply::error(format!("ERR replication stopped: {why}")))
+    }
+}
+
+/// Why a relay gave no replies.
+enum RelayError {
+    /// Nothing was sent, and now this node leads the shard (or nobody does): the caller asks
+    /// again here.
+    Retry,
+    /// The error to answer each request with.
+    Reply(Reply),
+}
+
+impl RelayError {
+    fn into_reply(self) -> Reply {
+        match self {
+            RelayError::Retry => tryagain("the leader changed, retry"),
+            RelayError::Reply(r) => r,
         }
-        Ok(Err(_)) | Err(_) => fail(tryagain("no leader reachable, retry")),
     }
 }
 
@@ -729,7 +762,7 @@ async fn relay(
     requests: &[Vec<Vec<u8>>],
     is_write: bool,
     keep: usize,
-) -> Result<Vec<u8>, Reply> {
+) -> Result<Vec<u8>, RelayError> {
     relay_via(
         shared,
         client,
@@ -751,7 +784,9 @@ async fn relay_to(
     is_write: bool,
     keep: usize,
 ) -> Result<Vec<u8>, Reply> {
-    relay_via(shared, client, None, leader, requests, is_write, keep).await
+    relay_via(shared, client, None, leader, requests, is_write, keep)
+        .await
+        .map_err(RelayError::into_reply)
 }
 
 async fn relay_via(
@@ -762,7 +797,7 @@ async fn relay_via(
     requests: &[Vec<Vec<u8>>],
     is_write: bool,
     keep: usize,
-) -> Result<Vec<u8>, Reply> {
+) -> Result<Vec<u8>, RelayError> {
     let proto = client.proto;
     let repl = shared.replication.as_ref().expect("replicated mode");
     let attempts = if is_write { 1 } else { 2 };
@@ -793,11 +828,11 @@ async fn relay_via(
             }
         }
     }
-    Err(if is_write {
+    Err(RelayError::Reply(if is_write {
         tryagain("lost the connection to the leader; the command may or may not have been applied")
     } else {
         tryagain("lost the connection to the leader")
-    })
+    }))
 }
 
 /// Opens a relay connection to `leader`. A leader that cannot be reached may just have
@@ -809,7 +844,7 @@ async fn connect_leader(
     group: Option<u64>,
     leader: u64,
     proto: Protocol,
-) -> Result<Relay, Reply> {
+) -> Result<Relay, RelayError> {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut leader = leader;
     loop {
@@ -819,13 +854,13 @@ async fn connect_leader(
             }
         }
         if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
-            return Err(tryagain("cannot reach the leader"));
+            return Err(RelayError::Reply(tryagain("cannot reach the leader")));
         }
         tokio::time::sleep(RETRY_PAUSE).await;
         match group.and_then(|g| repl.leader_of(g)) {
             Some(l) if l != repl.me => leader = l,
             // This node leads now, or nobody does: the caller starts over.
-            _ => return Err(tryagain("the leader changed, retry")),
+            _ => return Err(RelayError::Retry),
         }
     }
 }

@@ -128,15 +128,19 @@ impl Shards {
 
 /// The shard count a node uses: the one recorded in its data directory when there is one
 /// (a different `--shards` is refused: slots would change owner with data in place), else
-/// `wanted`, recorded for the next start.
-pub fn settle_count(dir: &std::path::Path, wanted: usize) -> std::io::Result<usize> {
+/// `explicit` (`--shards`) or else `default()`, recorded for the next start.
+pub fn settle_count(
+    dir: &std::path::Path,
+    explicit: Option<usize>,
+    default: impl FnOnce() -> std::io::Result<usize>,
+) -> std::io::Result<usize> {
     let path = dir.join("shards");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let recorded: usize = text.trim().parse().map_err(|_| {
                 std::io::Error::other(format!("{} is not a shard count", path.display()))
             })?;
-            if recorded != wanted {
+            if let Some(wanted) = explicit.filter(|&w| w != recorded) {
                 return Err(std::io::Error::other(format!(
                     "this node's data was created with {recorded} shards, not {wanted}; \
                      start it with --shards {recorded} (the shard count of a cluster is fixed)"
@@ -145,6 +149,15 @@ pub fn settle_count(dir: &std::path::Path, wanted: usize) -> std::io::Result<usi
             Ok(recorded)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let wanted = match explicit {
+                Some(n) => n,
+                None => default()?,
+            };
+            if !(1..=MAX_SHARDS).contains(&wanted) {
+                return Err(std::io::Error::other(format!(
+                    "a cluster has 1 to {MAX_SHARDS} shards, not {wanted}"
+                )));
+            }
             std::fs::create_dir_all(dir)?;
             let tmp = dir.join("shards.tmp");
             std::fs::write(&tmp, format!("{wanted}\n"))?;
@@ -154,6 +167,51 @@ pub fn settle_count(dir: &std::path::Path, wanted: usize) -> std::io::Result<usi
             Ok(wanted)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// How many shards a running cluster has, asked of its members (CLUSTER INFO's
+/// `cluster_size` on their client ports, bus port - 10000): what a node joining with no
+/// `--shards` must use. Tries each member in turn for up to `within`.
+pub fn ask_cluster_size(
+    members: &[std::net::SocketAddr],
+    within: std::time::Duration,
+) -> std::io::Result<usize> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + within;
+    let ask = |bus: &std::net::SocketAddr| -> Option<usize> {
+        let client = std::net::SocketAddr::new(bus.ip(), bus.port().checked_sub(10000)?);
+        let timeout = std::time::Duration::from_secs(2);
+        let mut s = std::net::TcpStream::connect_timeout(&client, timeout).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        s.write_all(b"*2\r\n$7\r\nCLUSTER\r\n$4\r\nINFO\r\n").ok()?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while buf.len() < 64 * 1024 {
+            let n = s.read(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(rest) = text.split("cluster_size:").nth(1) {
+                if let Some(end) = rest.find("\r\n") {
+                    return rest[..end].trim().parse().ok();
+                }
+            }
+        }
+        None
+    };
+    loop {
+        if let Some(n) = members.iter().find_map(ask) {
+            return Ok(n);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(std::io::Error::other(
+                "no member of the cluster told its shard count; start this node with --shards",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
@@ -208,9 +266,11 @@ mod tests {
     fn the_recorded_count_wins_and_a_different_one_is_refused() {
         let dir = std::env::temp_dir().join(format!("cairn-shards-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(settle_count(&dir, 4).unwrap(), 4);
-        assert_eq!(settle_count(&dir, 4).unwrap(), 4);
-        let err = settle_count(&dir, 3).unwrap_err().to_string();
+        let never = || -> std::io::Result<usize> { panic!("the default is not needed") };
+        assert_eq!(settle_count(&dir, None, || Ok(4)).unwrap(), 4);
+        assert_eq!(settle_count(&dir, Some(4), never).unwrap(), 4);
+        assert_eq!(settle_count(&dir, None, never).unwrap(), 4);
+        let err = settle_count(&dir, Some(3), never).unwrap_err().to_string();
         assert!(err.contains("created with 4 shards"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
