@@ -3,6 +3,11 @@
 //! three systems can be driven by the same client in one benchmark run.
 //!
 //!   kvload --proto resp|etcd --port P --op set|get [--clients 50] [--secs 10] [--keys 100000]
+//!          [--cluster yes]
+//!
+//! With `--cluster yes` (RESP only) it is a cluster-aware client, as redis-py's RedisCluster
+//! is: it reads CLUSTER SLOTS from `--port`, sends each key straight to the node serving its
+//! slot (one connection per node per client), and follows `-MOVED` by updating its map.
 //!
 //! Each client is a thread with one connection sending one request at a time (pipeline 1) on a
 //! random key `key:N` with a 3-byte value (redis-benchmark's defaults). Prints one CSV line:
@@ -20,6 +25,7 @@ struct Args {
     clients: usize,
     secs: u64,
     keys: u64,
+    cluster: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -30,6 +36,7 @@ fn parse_args() -> Result<Args, String> {
         clients: 50,
         secs: 10,
         keys: 100_000,
+        cluster: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.chunks(2);
@@ -45,11 +52,12 @@ fn parse_args() -> Result<Args, String> {
             "--clients" => a.clients = value.parse().map_err(bad)?,
             "--secs" => a.secs = value.parse().map_err(bad)?,
             "--keys" => a.keys = value.parse().map_err(bad)?,
+            "--cluster" => a.cluster = value == "yes",
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
     if a.port == 0 || a.clients == 0 || a.clients > 1000 || a.secs == 0 || a.secs > 600 {
-        return Err("usage: kvload --proto resp|etcd --port P --op set|get [--clients 1..1000] [--secs 1..600] [--keys N]".into());
+        return Err("usage: kvload --proto resp|etcd --port P --op set|get [--clients 1..1000] [--secs 1..600] [--keys N] [--cluster yes]".into());
     }
     Ok(a)
 }
@@ -87,10 +95,108 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
+/// Redis Cluster's key slot: CRC16 (XMODEM) of the key, or of its first non-empty `{tag}`.
+fn key_slot(key: &[u8]) -> usize {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    let mut crc: u16 = 0;
+    for &b in hashed {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    usize::from(crc) & 16383
+}
+
+/// A RESP reply, as much of it as the cluster map needs.
+enum Value {
+    Int(i64),
+    Bulk(Vec<u8>),
+    Array(Vec<Value>),
+    Other,
+}
+
+fn read_value(r: &mut BufReader<TcpStream>, depth: usize) -> std::io::Result<Value> {
+    let bad = || std::io::Error::other("bad reply");
+    if depth > 8 {
+        return Err(bad());
+    }
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line)?;
+    let head = std::str::from_utf8(line.get(1..).unwrap_or_default())
+        .map_err(|_| bad())?
+        .trim()
+        .to_string();
+    match line.first() {
+        Some(b':') => Ok(Value::Int(head.parse().map_err(|_| bad())?)),
+        Some(b'$') => {
+            let n: i64 = head.parse().map_err(|_| bad())?;
+            if n < 0 {
+                return Ok(Value::Other);
+            }
+            let mut body = vec![0; n as usize + 2];
+            r.read_exact(&mut body)?;
+            body.truncate(n as usize);
+            Ok(Value::Bulk(body))
+        }
+        Some(b'*') => {
+            let n: i64 = head.parse().map_err(|_| bad())?;
+            let mut items = Vec::new();
+            for _ in 0..n.max(0) {
+                items.push(read_value(r, depth + 1)?);
+            }
+            Ok(Value::Array(items))
+        }
+        Some(b'+') | Some(b'-') => Ok(Value::Other),
+        _ => Err(bad()),
+    }
+}
+
+/// Slot → the client port of the node serving it, from CLUSTER SLOTS on `port`.
+fn slot_map(port: u16) -> std::io::Result<Vec<u16>> {
+    let mut c = Conn::open(port)?;
+    let req = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
+    c.writer.write_all(req)?;
+    let Value::Array(ranges) = read_value(&mut c.reader, 0)? else {
+        return Err(std::io::Error::other("CLUSTER SLOTS did not answer an array"));
+    };
+    let mut map = vec![0u16; 16384];
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        let (Some(Value::Int(a)), Some(Value::Int(b)), Some(Value::Array(master))) =
+            (parts.first(), parts.get(1), parts.get(2))
+        else {
+            continue;
+        };
+        let Some(Value::Int(p)) = master.get(1) else {
+            continue;
+        };
+        for slot in (*a).max(0) as usize..=((*b).min(16383) as usize) {
+            map[slot] = *p as u16;
+        }
+    }
+    if map.contains(&0) {
+        return Err(std::io::Error::other("CLUSTER SLOTS left slots unserved"));
+    }
+    Ok(map)
+}
+
 struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     port: u16,
+    /// The last error reply's text.
+    error: String,
 }
 
 impl Conn {
@@ -102,6 +208,7 @@ impl Conn {
             reader: BufReader::new(s.try_clone()?),
             writer: s,
             port,
+            error: String::new(),
         })
     }
 
@@ -129,7 +236,10 @@ impl Conn {
                 Ok(true)
             }
             Some(b'+') | Some(b':') => Ok(true),
-            Some(b'-') => Ok(false),
+            Some(b'-') => {
+                self.error = String::from_utf8_lossy(&line[1..]).trim().to_string();
+                Ok(false)
+            }
             _ => Err(std::io::Error::other("unexpected reply")),
         }
     }
@@ -184,8 +294,73 @@ impl Conn {
     }
 }
 
+/// A cluster-aware client (see the module comment) until `until`.
+fn cluster_client(a: &Args, seed: u64, until: Instant) -> (Vec<u32>, u64) {
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    let Ok(mut map) = slot_map(a.port) else {
+        return (lat, 1);
+    };
+    let mut conns: std::collections::HashMap<u16, Conn> = std::collections::HashMap::new();
+    let mut rng = Rng(seed | 1);
+    while Instant::now() < until {
+        let key = format!("key:{:012}", rng.next() % a.keys);
+        let slot = key_slot(key.as_bytes());
+        let t = Instant::now();
+        let mut done = false;
+        // The first try, and one more after a -MOVED.
+        for _ in 0..2 {
+            let port = map[slot];
+            let c = match conns.entry(port) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => match Conn::open(port) {
+                    Ok(c) => v.insert(c),
+                    Err(_) => break,
+                },
+            };
+            let r = if a.set {
+                c.resp(&[b"SET", key.as_bytes(), b"xxx"])
+            } else {
+                c.resp(&[b"GET", key.as_bytes()])
+            };
+            match r {
+                Ok(true) => {
+                    done = true;
+                    break;
+                }
+                Ok(false) => {
+                    let moved = c
+                        .error
+                        .strip_prefix("MOVED ")
+                        .and_then(|m| m.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok());
+                    match moved {
+                        Some(p) => map[slot] = p,
+                        None => break,
+                    }
+                }
+                Err(_) => {
+                    conns.remove(&port);
+                    if let Ok(fresh) = slot_map(port) {
+                        map = fresh;
+                    }
+                    break;
+                }
+            }
+        }
+        if done {
+            lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        } else {
+            errors += 1;
+        }
+    }
+    (lat, errors)
+}
+
 /// Runs one client until `until`; returns its latencies in microseconds and its error count.
 fn client(a: &Args, seed: u64, until: Instant) -> (Vec<u32>, u64) {
+    if a.cluster {
+        return cluster_client(a, seed, until);
+    }
     let mut lat = Vec::new();
     let mut errors = 0;
     let Ok(mut c) = Conn::open(a.port) else {

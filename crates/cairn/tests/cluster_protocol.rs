@@ -1,11 +1,12 @@
-//! The Redis Cluster protocol over real processes: discovery (CLUSTER SLOTS, SHARDS, NODES,
-//! MYID, KEYSLOT, INFO) names the leader as the master of the one shard that owns every slot;
-//! with `--cluster-redirects yes` a follower answers keyed commands with `-MOVED`; and the
-//! `redis` crate's cluster client reads and writes through it, also across a leadership change.
+//! The Redis Cluster protocol over real processes, with three shards on three nodes:
+//! discovery (CLUSTER SLOTS, SHARDS, NODES, MYID, KEYSLOT, INFO) names each shard's leader as
+//! the master of its slots; with `--cluster-redirects yes` a node answers keyed commands of a
+//! shard it does not lead with `-MOVED`; and the `redis` crate's cluster client reads and
+//! writes through the shard leaders, also across a leadership change.
 
 mod common;
 
-use common::{raft_field, wait_serving, Answer, Cluster, Conn};
+use common::{group_field, Answer, Cluster, Conn};
 use std::time::{Duration, Instant};
 
 fn bulk(a: &Answer) -> String {
@@ -15,44 +16,62 @@ fn bulk(a: &Answer) -> String {
     }
 }
 
+/// redis-cli --cluster create's split of the slots over three masters.
+const RANGES: [(i64, i64); 3] = [(0, 5460), (5461, 10922), (10923, 16383)];
+
+/// The node index leading shard `group`, as node `port` sees it.
+fn leader_of(port: u16, group: u64) -> Option<usize> {
+    let l: usize = group_field(port, group, "leader")?.parse().ok()?;
+    (l > 0).then(|| l - 1)
+}
+
 #[test]
-fn cluster_clients_discover_the_leader_and_follow_redirects() {
+fn cluster_clients_discover_the_leaders_and_follow_redirects() {
     let cluster = Cluster::new(&["--cluster-redirects", "yes"]);
     let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
-    // Followers redirect instead of relaying, so wait for the leader itself to take a write.
+    // Every shard has a leader that every node knows of.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let leader = loop {
-        let found = (0..3).find(|&i| raft_field(ports[i], "role").as_deref() == Some("leader"));
-        if let Some(l) = found {
-            wait_serving(&ports[l..=l], Duration::from_secs(10));
-            break l;
+    let leaders: Vec<usize> = loop {
+        let seen: Vec<Vec<Option<usize>>> = ports
+            .iter()
+            .map(|&p| (1..=3).map(|g| leader_of(p, g)).collect())
+            .collect();
+        if seen[0].iter().all(Option::is_some) && seen.iter().all(|s| *s == seen[0]) {
+            break seen[0].iter().map(|l| l.unwrap()).collect();
         }
-        assert!(Instant::now() < deadline, "no leader within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "no leaders within 30 s: {seen:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let follower = (leader + 1) % 3;
-    let mut conn = Conn::open(ports[follower]).unwrap();
+    let mut conn = Conn::open(ports[0]).unwrap();
 
-    // One shard owning every slot; its master is the leader.
+    // Three ranges, each served by its shard's leader with the two others as replicas.
     let Some(Answer::Array(shards)) = conn.call(&[b"CLUSTER", b"SLOTS"]) else {
         panic!("CLUSTER SLOTS is an array");
     };
-    assert_eq!(shards.len(), 1);
-    let Answer::Array(entry) = &shards[0] else {
-        panic!("a slot range is an array");
-    };
-    assert!(matches!(entry[0], Answer::Int(0)) && matches!(entry[1], Answer::Int(16383)));
-    assert_eq!(entry.len(), 5, "range, then the master and two replicas");
-    let Answer::Array(master) = &entry[2] else {
-        panic!("a node is an array")
-    };
-    assert_eq!(bulk(&master[0]), "127.0.0.1");
-    assert!(matches!(master[1], Answer::Int(p) if p == i64::from(ports[leader])));
-    assert_eq!(bulk(&master[2]), format!("{:040x}", leader + 1));
+    assert_eq!(shards.len(), 3);
+    for (i, shard) in shards.iter().enumerate() {
+        let Answer::Array(entry) = shard else {
+            panic!("a slot range is an array");
+        };
+        assert!(
+            matches!((&entry[0], &entry[1]), (Answer::Int(a), Answer::Int(b)) if (*a, *b) == RANGES[i]),
+            "range {i}: {entry:?}"
+        );
+        assert_eq!(entry.len(), 5, "range, then the master and two replicas");
+        let Answer::Array(master) = &entry[2] else {
+            panic!("a node is an array")
+        };
+        assert_eq!(bulk(&master[0]), "127.0.0.1");
+        assert!(matches!(master[1], Answer::Int(p) if p == i64::from(ports[leaders[i]])));
+        assert_eq!(bulk(&master[2]), format!("{:040x}", leaders[i] + 1));
+    }
 
     assert_eq!(
         bulk(&conn.call(&[b"CLUSTER", b"MYID"]).unwrap()),
-        format!("{:040x}", follower + 1)
+        format!("{:040x}", 1)
     );
     // Redis's own values: KEYSLOT hashes with CRC16 and honours hash tags.
     assert!(matches!(
@@ -63,35 +82,42 @@ fn cluster_clients_discover_the_leader_and_follow_redirects() {
         conn.call(&[b"CLUSTER", b"KEYSLOT", b"{user1}.following"]),
         Some(Answer::Int(8106))
     ));
+    // Every node once; the masters' slots together are all of them.
     let nodes = bulk(&conn.call(&[b"CLUSTER", b"NODES"]).unwrap());
-    let master_line = nodes
-        .lines()
-        .find(|l| l.contains("master"))
-        .expect("a master line");
+    assert_eq!(nodes.lines().count(), 3, "{nodes}");
+    let mut covered = 0;
+    for line in nodes.lines().filter(|l| l.contains("master")) {
+        for range in line.split(' ').skip(8) {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            covered += b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1;
+        }
+    }
+    assert_eq!(covered, 16384, "{nodes}");
+    let info = bulk(&conn.call(&[b"CLUSTER", b"INFO"]).unwrap());
     assert!(
-        master_line.contains(&format!(
-            "127.0.0.1:{}@{}",
-            ports[leader],
-            ports[leader] as u32 + 10000
-        )) && master_line.ends_with("connected 0-16383"),
-        "{nodes}"
+        info.contains("cluster_state:ok") && info.contains("cluster_size:3"),
+        "{info}"
     );
-    assert_eq!(
-        nodes.lines().filter(|l| l.contains("slave ")).count(),
-        2,
-        "{nodes}"
-    );
-    assert!(bulk(&conn.call(&[b"CLUSTER", b"INFO"]).unwrap()).contains("cluster_state:ok"));
 
-    // A keyed command on a follower is redirected, not relayed.
-    match conn.call(&[b"SET", b"foo", b"bar"]) {
+    // A keyed command on a node that does not lead its shard is redirected, not relayed.
+    let foo = leaders[2];
+    let other = (foo + 1) % 3;
+    match Conn::open(ports[other])
+        .unwrap()
+        .call(&[b"SET", b"foo", b"bar"])
+    {
         Some(Answer::Error(e)) => {
-            assert_eq!(e, format!("MOVED 12182 127.0.0.1:{}", ports[leader]))
+            assert_eq!(e, format!("MOVED 12182 127.0.0.1:{}", ports[foo]))
         }
         other => panic!("expected -MOVED, got {other:?}"),
     }
+    // Keys of different shards in one command: Redis Cluster's error.
+    match conn.call(&[b"MSET", b"a", b"1", b"b", b"2"]) {
+        Some(Answer::Error(e)) => assert!(e.starts_with("CROSSSLOT"), "{e}"),
+        other => panic!("expected -CROSSSLOT, got {other:?}"),
+    }
 
-    // A cluster client, started from every node, writes and reads through the leader.
+    // A cluster client, started from every node, writes and reads through the leaders.
     let urls: Vec<String> = ports
         .iter()
         .map(|p| format!("redis://127.0.0.1:{p}/"))
@@ -108,18 +134,20 @@ fn cluster_clients_discover_the_leader_and_follow_redirects() {
             .query(&mut c)
             .unwrap();
     }
-    // Leadership moves (the old leader stays up, now a follower): it redirects the client,
-    // which refreshes its slot map and goes on. (A master that dies outright is another
-    // story: this client version then retries the dead address until its retries run out,
-    // with real Redis Cluster as here.)
-    let Some(Answer::Ok) = Conn::open(ports[leader])
-        .unwrap()
-        .call(&[b"CAIRN.MEMBER", b"TRANSFER-LEADER"])
-    else {
+    // A shard's leadership moves (the old leader stays up, now a follower): it redirects the
+    // client, which refreshes its slot map and goes on. (A master that dies outright is
+    // another story: this client version then retries the dead address until its retries run
+    // out, with real Redis Cluster as here.)
+    let Some(Answer::Ok) = Conn::open(ports[foo]).unwrap().call(&[
+        b"CAIRN.MEMBER",
+        b"TRANSFER-LEADER",
+        b"SHARD",
+        b"3",
+    ]) else {
         panic!("the transfer completes");
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while raft_field(ports[leader], "role").as_deref() == Some("leader") {
+    while leader_of(ports[foo], 3) == Some(foo) {
         assert!(Instant::now() < deadline, "leadership moved");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -130,6 +158,9 @@ fn cluster_clients_discover_the_leader_and_follow_redirects() {
             .unwrap();
         assert_eq!(got, Some(i), "k{i}");
     }
-    let _: () = redis::cmd("SET").arg("after").arg(1).query(&mut c).unwrap();
+    let _: () = redis::cmd("SET").arg("foo").arg(1).query(&mut c).unwrap();
+    // Through a plain connection to any node, the keyless commands see every shard.
+    let mut plain = Conn::open(ports[0]).unwrap();
+    assert!(matches!(plain.call(&[b"DBSIZE"]), Some(Answer::Int(201))));
     drop(cluster);
 }

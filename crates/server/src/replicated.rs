@@ -294,14 +294,188 @@ pub async fn handle_pending(
     pending: &mut VecDeque<Vec<Vec<u8>>>,
     out: &mut Vec<u8>,
 ) {
-    let Some(first) = pending.front() else {
+    if pending.is_empty() {
         return;
-    };
+    }
     if client.watch_relay.is_some() {
         let args = pending.pop_front().expect("front");
         out.extend_from_slice(&relay_watching(shared, client, args).await);
         return;
     }
+    if let Some(n) = spread_prefix(shared, client, pending) {
+        let batch: Vec<_> = pending.drain(..n).collect();
+        out.extend_from_slice(&spread(shared, client, batch).await);
+        return;
+    }
+    handle_run(shared, client, pending, out).await
+}
+
+const INDETERMINATE_RELAY: &str =
+    "lost the connection to the leader; the command may or may not have been applied";
+
+/// The most requests of a pipeline handled together by [`spread`].
+const MAX_SPREAD: usize = 1024;
+
+/// How many requests at the front of `pending` are plain reads and writes that [`spread`]
+/// should handle: None unless some of them go to another node (then they are worth sending
+/// there together, while this node works on its own).
+fn spread_prefix(
+    shared: &Shared,
+    client: &Client,
+    pending: &VecDeque<Vec<Vec<u8>>>,
+) -> Option<usize> {
+    let repl = shared.replication.as_ref()?;
+    if shared.shards.len() < 2 || shared.config.lock().cluster_redirects {
+        return None;
+    }
+    let mut n = 0;
+    let mut elsewhere = false;
+    let mut bytes = 0;
+    for args in pending.iter().take(MAX_SPREAD) {
+        let group = match plain(shared, client, args) {
+            Some(Plain::Write(g)) | Some(Plain::Read(_, g)) => g,
+            None => break,
+        };
+        bytes += args.iter().map(Vec::len).sum::<usize>();
+        if bytes > MAX_RUN_BYTES && n > 0 {
+            break;
+        }
+        elsewhere |= repl.leader_of(group).is_some_and(|l| l != repl.me);
+        n += 1;
+    }
+    (elsewhere && n > 1).then_some(n)
+}
+
+/// A pipeline of plain reads and writes over several shards led by different nodes: the
+/// requests for each other node go there in one batch, all sent before this node handles its
+/// own (in order, as runs per shard), and the replies come back in request order. Requests
+/// for one shard run in their order; requests for different shards may run in any order
+/// relative to each other, as they would through a Redis Cluster client (no reply is sent
+/// before every request of the batch has been received, so no client can tell).
+async fn spread(shared: &Shared, client: &mut Client, batch: Vec<Vec<Vec<u8>>>) -> Vec<u8> {
+    let repl = shared.replication.as_ref().expect("replicated mode");
+    let proto = client.proto;
+    // Target node per request: None for this node.
+    let target: Vec<Option<u64>> = batch
+        .iter()
+        .map(|args| {
+            let group = match plain(shared, client, args) {
+                Some(Plain::Write(g)) | Some(Plain::Read(_, g)) => g,
+                None => unreachable!("spread_prefix checked every request"),
+            };
+            repl.leader_of(group).filter(|&l| l != repl.me)
+        })
+        .collect();
+    let mut replies: Vec<Option<Vec<u8>>> = vec![None; batch.len()];
+    // Send every other node its part first.
+    let mut sent: Vec<(Relay, Vec<usize>, bool)> = Vec::new();
+    let mut remotes: Vec<u64> = target.iter().flatten().copied().collect();
+    remotes.sort_unstable();
+    remotes.dedup();
+    for leader in remotes {
+        let idx: Vec<usize> = (0..batch.len())
+            .filter(|&i| target[i] == Some(leader))
+            .collect();
+        let writes = idx
+            .iter()
+            .any(|&i| matches!(plain(shared, client, &batch[i]), Some(Plain::Write(_))));
+        client.relays.retain(|r| !r.closed());
+        let relay = match client.relays.iter().position(|r| r.leader == leader) {
+            Some(at) => Some(client.relays.remove(at)),
+            None => match repl.client_addr(leader) {
+                Some(addr) => open_relay(addr, leader, proto).await,
+                None => None,
+            },
+        };
+        let requests: Vec<Vec<Vec<u8>>> = idx.iter().map(|&i| batch[i].clone()).collect();
+        if let Some(mut r) = relay {
+            if relay_send(&mut r, &requests).await.is_some() {
+                sent.push((r, idx, writes));
+            } else if writes {
+                // Some of it may have arrived: the writes may have run there.
+                for i in idx {
+                    replies[i] = Some(tryagain(INDETERMINATE_RELAY).to_bytes(proto));
+                }
+            }
+        }
+        // Otherwise nothing reached that node: these run here, through the usual path (which
+        // waits for, or relays to, their shards' leaders).
+    }
+    let relayed: std::collections::HashSet<usize> = sent
+        .iter()
+        .flat_map(|(_, idx, _)| idx.iter().copied())
+        .chain((0..batch.len()).filter(|&i| replies[i].is_some()))
+        .collect();
+    // This node's own part (and whatever could not be sent), in order.
+    let mut local: VecDeque<Vec<Vec<u8>>> = VecDeque::new();
+    let mut local_idx = Vec::new();
+    for (i, args) in batch.iter().enumerate() {
+        if !relayed.contains(&i) {
+            local.push_back(args.clone());
+            local_idx.push(i);
+        }
+    }
+    let mut at = 0;
+    while !local.is_empty() {
+        let before = local.len();
+        let mut out = Vec::new();
+        handle_run(shared, client, &mut local, &mut out).await;
+        // Split the run's replies back to their requests.
+        let done = before - local.len();
+        let limits = cairn_resp::Limits::default();
+        let mut rest = &out[..];
+        for &i in &local_idx[at..at + done] {
+            let n = cairn_resp::reply_frame_len(rest, &limits)
+                .ok()
+                .flatten()
+                .unwrap_or(rest.len());
+            replies[i] = Some(rest[..n].to_vec());
+            rest = &rest[n..];
+        }
+        at += done;
+    }
+    // Then the other nodes' replies.
+    for (mut r, idx, writes) in sent {
+        match relay_receive(&mut r, idx.len()).await {
+            Some(got) => {
+                for (i, reply) in idx.into_iter().zip(got) {
+                    replies[i] = Some(reply);
+                }
+                if client.relays.len() >= MAX_RELAYS {
+                    client.relays.remove(0);
+                }
+                client.relays.push(r);
+            }
+            None => {
+                let why = if writes {
+                    INDETERMINATE_RELAY
+                } else {
+                    "lost the connection to the leader"
+                };
+                for i in idx {
+                    replies[i] = Some(tryagain(why).to_bytes(proto));
+                }
+            }
+        }
+    }
+    replies
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| tryagain("internal: no reply").to_bytes(proto)))
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+/// Handles one run from the front of `pending` (a run of plain writes or reads of one shard,
+/// or one other request), appending its replies to `out`.
+async fn handle_run(
+    shared: &Shared,
+    client: &mut Client,
+    pending: &mut VecDeque<Vec<Vec<u8>>>,
+    out: &mut Vec<u8>,
+) {
+    let Some(first) = pending.front() else {
+        return;
+    };
     match plain(shared, client, first) {
         Some(Plain::Write(group)) => {
             let mut run = Vec::new();
@@ -920,17 +1094,27 @@ async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Re
 
 /// Writes the requests and reads one reply per request.
 async fn relay_on(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option<Vec<Vec<u8>>> {
+    relay_send(r, requests).await?;
+    relay_receive(r, requests.len()).await
+}
+
+/// Writes the requests (the first half of [`relay_on`]).
+async fn relay_send(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option<()> {
     let bytes: Vec<u8> = requests.iter().flat_map(|a| encode_request(a)).collect();
     tokio::time::timeout(WAIT, r.stream.write_all(&bytes))
         .await
         .ok()?
-        .ok()?;
+        .ok()
+}
+
+/// Reads `count` replies (the second half of [`relay_on`]).
+async fn relay_receive(r: &mut Relay, count: usize) -> Option<Vec<Vec<u8>>> {
     let limits = cairn_resp::Limits {
         max_bulk_len: MAX_RELAYED_REPLY,
         ..Default::default()
     };
-    let mut replies = Vec::with_capacity(requests.len());
-    for _ in requests {
+    let mut replies = Vec::with_capacity(count);
+    for _ in 0..count {
         loop {
             if let Some(n) = cairn_resp::reply_frame_len(&r.buf, &limits).ok()? {
                 replies.push(r.buf.drain(..n).collect());

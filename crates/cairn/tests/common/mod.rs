@@ -269,6 +269,11 @@ impl Conn {
 
 /// One INFO field of node `port`'s group 1 line (`group1:role=...,applied=...`).
 pub fn raft_field(port: u16, field: &str) -> Option<String> {
+    group_field(port, 1, field)
+}
+
+/// One INFO field of node `port`'s line for shard `group` (`groupN:role=...,applied=...`).
+pub fn group_field(port: u16, group: u64, field: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(b"INFO raft\r\n").ok()?;
@@ -279,8 +284,9 @@ pub fn raft_field(port: u16, field: &str) -> Option<String> {
     let mut body = vec![0; len + 2];
     std::io::Read::read_exact(&mut r, &mut body).ok()?;
     let body = String::from_utf8_lossy(&body).to_string();
-    let line = body.lines().find(|l| l.starts_with("group1:"))?;
-    line.trim_start_matches("group1:")
+    let prefix = format!("group{group}:");
+    let line = body.lines().find(|l| l.starts_with(&prefix))?;
+    line.trim_start_matches(&prefix)
         .split(',')
         .find_map(|kv| kv.strip_prefix(&format!("{field}=")).map(str::to_string))
 }
