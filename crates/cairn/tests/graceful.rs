@@ -1,11 +1,11 @@
-//! Graceful shutdown over real processes: SIGTERM to the leader under a read/write load. The
-//! leader hands leadership to a follower before it exits, so clients of the other nodes see no
+//! Graceful shutdown over real processes: SIGTERM to shard 1's leader under a read/write load
+//! (over all three shards). The leader hands leadership to a follower before it exits, so clients of the other nodes see no
 //! error at all (only a short pause), the process exits cleanly, and every acknowledged write is
 //! on the new leader.
 
 mod common;
 
-use common::{raft_field, wait_serving, Answer, Cluster, Conn};
+use common::{group_field, raft_field, wait_serving, Answer, Cluster, Conn};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -58,6 +58,23 @@ fn sigterm_to_the_leader_hands_leadership_over_without_client_errors() {
     let mut cluster = Cluster::new_logging(&[], "warn,cairn_server=info");
     let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
     wait_serving(&ports, Duration::from_secs(30));
+    // Three shards: wait until leadership is spread (each node leads one), so that balancing
+    // moves nothing while the test watches shard 1's leader hand over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leaders: Vec<String> = (1..=3)
+            .filter_map(|g| group_field(ports[0], g, "leader"))
+            .collect();
+        leaders.sort();
+        if leaders == ["1", "2", "3"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leadership did not spread: {leaders:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
     let leader = (0..3)
         .find(|&i| raft_field(ports[i], "role").as_deref() == Some("leader"))
         .expect("a leader");

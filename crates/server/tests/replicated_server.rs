@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{start_cluster, Cairn};
+use common::{start_cluster, start_cluster_with, Cairn};
 use redis::Commands;
 use std::time::{Duration, Instant};
 
@@ -139,6 +139,70 @@ fn pipelines_get_one_reply_per_command_in_order() {
             "pipeline through node {i}"
         );
     }
+}
+
+/// With the slots over three shards led by different nodes, a pipeline through one node whose
+/// commands touch every shard (each other node's part relayed in one batch) still gets one
+/// reply per command, in order, with each key's commands applied in order.
+#[test]
+fn a_pipeline_over_every_shard_answers_in_order() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_cluster_with(3, &dirs, 3);
+    // Every shard has a leader, and they are not all the same node.
+    let leaders = wait_for("a leader per shard", Duration::from_secs(30), || {
+        let text = info_raft(nodes[0].as_ref().unwrap());
+        let leaders: Vec<String> = (1..=3)
+            .map(|g| {
+                text.lines()
+                    .find(|l| l.starts_with(&format!("group{g}:")))
+                    .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix("leader=")))
+                    .unwrap_or("0")
+                    .to_string()
+            })
+            .collect();
+        (leaders.iter().all(|l| l != "0")
+            && leaders
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 1)
+        .then_some(leaders)
+    });
+    for i in 0..3 {
+        let mut c = nodes[i].as_ref().unwrap().raw();
+        let mut pipeline: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut expected: Vec<String> = Vec::new();
+        let mut counts = [0; 4];
+        for k in 0..40 {
+            let key = format!("n{i}:key{k}").into_bytes();
+            let counter = format!("n{i}:count{}", k % 4).into_bytes();
+            let value = format!("v{k}").into_bytes();
+            pipeline.push(vec![b"SET".to_vec(), key.clone(), value.clone()]);
+            expected.push("+OK\r\n".into());
+            pipeline.push(vec![b"GET".to_vec(), key]);
+            expected.push(format!("${}\r\nv{k}\r\n", value.len()));
+            pipeline.push(vec![b"INCR".to_vec(), counter]);
+            counts[k % 4] += 1;
+            expected.push(format!(":{}\r\n", counts[k % 4]));
+        }
+        for args in &pipeline {
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            c.send(&refs);
+        }
+        let replies: Vec<String> = pipeline
+            .iter()
+            .map(|_| String::from_utf8(c.read_reply()).unwrap())
+            .collect();
+        assert_eq!(
+            replies,
+            expected,
+            "pipeline through node {} (leaders {leaders:?})",
+            i + 1
+        );
+    }
+    // Every key is in its shard on every node.
+    let mut c = nodes[1].as_ref().unwrap().raw();
+    assert_eq!(c.cmd_str("DBSIZE"), b":132\r\n");
 }
 
 /// Cutting every link of the leader (the bus's fault hook) isolates it: the majority elects a

@@ -102,8 +102,19 @@ pub fn cluster_ports(n: usize) -> (Vec<std::net::TcpListener>, Vec<(u64, std::ne
     panic!("no free port pairs");
 }
 
-/// A replicated cluster of `n` in-process nodes, each with its own data directory.
+/// A replicated cluster of `n` in-process nodes, each with its own data directory, holding
+/// the keyspace in one shard: the tests that use it compare replicated behaviour with one
+/// Redis (multi-key commands on any keys) or follow "the" leader.
 pub fn start_cluster(n: usize, dirs: &[tempfile::TempDir]) -> Vec<Option<Cairn>> {
+    start_cluster_with(n, dirs, 1)
+}
+
+/// As [`start_cluster`], with the slots split over `shards` shards.
+pub fn start_cluster_with(
+    n: usize,
+    dirs: &[tempfile::TempDir],
+    shards: usize,
+) -> Vec<Option<Cairn>> {
     let (listeners, cluster) = cluster_ports(n);
     listeners
         .into_iter()
@@ -115,6 +126,7 @@ pub fn start_cluster(n: usize, dirs: &[tempfile::TempDir]) -> Vec<Option<Cairn>>
                 initial_cluster: cluster.clone(),
                 data_dir: dirs[i].path().to_path_buf(),
                 fault_hooks: true,
+                shards,
                 ..Default::default()
             };
             Some(Cairn::start_on(l, config))
