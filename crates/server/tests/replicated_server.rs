@@ -168,8 +168,8 @@ fn a_pipeline_over_every_shard_answers_in_order() {
                 > 1)
         .then_some(leaders)
     });
-    for i in 0..3 {
-        let mut c = nodes[i].as_ref().unwrap().raw();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = node.as_ref().unwrap().raw();
         let mut pipeline: Vec<Vec<Vec<u8>>> = Vec::new();
         let mut expected: Vec<String> = Vec::new();
         let mut counts = [0; 4];
