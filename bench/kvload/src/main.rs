@@ -121,8 +121,8 @@ fn key_slot(key: &[u8]) -> usize {
 /// A RESP reply, as much of it as the cluster map needs.
 enum Value {
     Int(i64),
-    Bulk(Vec<u8>),
     Array(Vec<Value>),
+    /// Bulk strings, statuses, errors, nils: the map needs none of their contents.
     Other,
 }
 
@@ -146,8 +146,7 @@ fn read_value(r: &mut BufReader<TcpStream>, depth: usize) -> std::io::Result<Val
             }
             let mut body = vec![0; n as usize + 2];
             r.read_exact(&mut body)?;
-            body.truncate(n as usize);
-            Ok(Value::Bulk(body))
+            Ok(Value::Other)
         }
         Some(b'*') => {
             let n: i64 = head.parse().map_err(|_| bad())?;
@@ -168,7 +167,9 @@ fn slot_map(port: u16) -> std::io::Result<Vec<u16>> {
     let req = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
     c.writer.write_all(req)?;
     let Value::Array(ranges) = read_value(&mut c.reader, 0)? else {
-        return Err(std::io::Error::other("CLUSTER SLOTS did not answer an array"));
+        return Err(std::io::Error::other(
+            "CLUSTER SLOTS did not answer an array",
+        ));
     };
     let mut map = vec![0u16; 16384];
     for range in ranges {
@@ -181,8 +182,9 @@ fn slot_map(port: u16) -> std::io::Result<Vec<u16>> {
         let Some(Value::Int(p)) = master.get(1) else {
             continue;
         };
-        for slot in (*a).max(0) as usize..=((*b).min(16383) as usize) {
-            map[slot] = *p as u16;
+        let (a, b) = ((*a).max(0) as usize, (*b).clamp(0, 16383) as usize);
+        if a <= b {
+            map[a..=b].fill(*p as u16);
         }
     }
     if map.contains(&0) {
