@@ -583,7 +583,7 @@ async fn handle_on(
         ("exec", _) => exec(shared, client).await,
         ("unwatch" | "discard" | "reset", _) => {
             client.watched_at.clear();
-            dispatch::call(shared, client, None, &spec, &args).to_bytes(proto)
+            dispatch::call(shared, client, None, &spec, &args).to_bytes(client.proto)
         }
         (_, Some(Target::Store(_))) if place == Route::CrossShard => crossslot().to_bytes(proto),
         (_, Some(Target::Store(_))) if group.is_none() => {
@@ -604,7 +604,11 @@ async fn handle_on(
             )
             .await
         }
-        _ => dispatch::call(shared, client, None, &spec, &args).to_bytes(proto),
+        _ => {
+            let reply = dispatch::call(shared, client, None, &spec, &args);
+            // In the protocol the command left the connection in: HELLO 3 answers in RESP3.
+            reply.to_bytes(client.proto)
+        }
     }
 }
 
@@ -1149,14 +1153,14 @@ async fn fan_out(
     args: Vec<Vec<u8>>,
 ) -> Vec<u8> {
     let proto = client.proto;
-    let groups: Vec<u64> = shared.shards.stores().map(|(g, _)| g).collect();
+    let groups = keyless_groups(shared);
     let name = spec.name.as_str();
     if name == "scan" {
         return scan(shared, client, spec, args).await.to_bytes(proto);
     }
     let start = match name {
         // A random shard first, then the next ones until one has a key.
-        "randomkey" => dispatch::next_seed() as usize % groups.len(),
+        "randomkey" => dispatch::next_seed() as usize % groups.len().max(1),
         _ => 0,
     };
     let mut total = 0i64;
@@ -1205,14 +1209,21 @@ async fn scan(
     let Ok(cursor) = cairn_store::cmd::keys::parse_scan_cursor(&args[1]) else {
         return Reply::error("ERR invalid cursor");
     };
-    let Some(slot) = usize::try_from(cursor).ok().filter(|&c| c < SLOTS) else {
-        // Past the last slot: a finished scan, as one node answers.
-        return Reply::Array(vec![Reply::bulk(b"0".to_vec()), Reply::Array(vec![])]);
+    let covered = keyless_groups(shared);
+    // The first slot at or after `from` in a shard this scan covers.
+    let next_covered =
+        |from: usize| (from..SLOTS).find(|&s| covered.contains(&shared.shards.group_of_slot(s)));
+    let finished = || Reply::Array(vec![Reply::bulk(b"0".to_vec()), Reply::Array(vec![])]);
+    // Past the last slot, or past the last covered one: a finished scan, as one node answers.
+    let Some(slot) = usize::try_from(cursor).ok().and_then(next_covered) else {
+        return finished();
     };
     let group = shared.shards.group_of_slot(slot);
     let end = (slot..SLOTS)
         .find(|&s| shared.shards.group_of_slot(s) != group)
         .unwrap_or(SLOTS);
+    let mut args = args;
+    args[1] = slot.to_string().into_bytes();
     let reply = match on_shard(shared, client, spec, group, &args).await {
         Ok(r) => r,
         Err(e) => return e,
@@ -1228,12 +1239,25 @@ async fn scan(
     };
     let next = match next {
         Some(n) if n != 0 && n < end => n,
-        Some(_) if end < SLOTS => end,
-        Some(_) => 0,
+        Some(_) => next_covered(end).unwrap_or(0),
         None => return Reply::Array(parts),
     };
     parts[0] = Reply::bulk(next.to_string().into_bytes());
     Reply::Array(parts)
+}
+
+/// The shards a keyless command covers: every shard for plain clients (any node stands for
+/// the whole keyspace), or, with `cluster-redirects` on, the shards this node leads, which is
+/// what a Redis Cluster node answers for: cluster clients send DBSIZE, KEYS, SCAN, FLUSHALL to
+/// every master and add the answers up.
+fn keyless_groups(shared: &Shared) -> Vec<u64> {
+    let all = shared.shards.stores().map(|(g, _)| g);
+    if !shared.config.lock().cluster_redirects {
+        return all.collect();
+    }
+    let repl = shared.replication.as_ref().expect("replicated mode");
+    all.filter(|&g| repl.leader_of(g) == Some(repl.me))
+        .collect()
 }
 
 /// Runs `args` on shard `group` (its leader, wherever it is) and returns the parsed reply, or

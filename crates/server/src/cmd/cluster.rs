@@ -3,7 +3,8 @@
 //! and send it their commands directly.
 //!
 //! Each shard (`crate::shards`) is a Redis Cluster "shard": its slot ranges, its master (the
-//! group's leader) and its replicas (the other voters). A node leads some shards and follows
+//! group's leader) and its replicas (the other voters; CLUSTER SLOTS leaves them out, see
+//! [`slots`]). A node leads some shards and follows
 //! others, so, unlike in Redis, one node appears as master of some slots and replica of others;
 //! CLUSTER NODES, whose format has one role per node, lists each node once, as master with the
 //! slots of the shards it leads, or as a replica of some shard's leader when it leads none. A
@@ -94,7 +95,12 @@ pub fn slots(c: &mut Call) -> Reply {
         for view in &views {
             for &(a, b) in &view.ranges {
                 let mut entry = vec![Reply::Int(a as i64), Reply::Int(b as i64)];
-                entry.extend(view.members.iter().map(|m| {
+                // The master only: a node is a replica of the shards it does not lead, and
+                // clients that keep one role per node (redis-py) would then take a node first
+                // listed as some shard's replica for a replica everywhere, and leave it out of
+                // the commands they send to every master (DBSIZE, SCAN, KEYS, FLUSHALL).
+                // Replicas serve no reads of their own yet; CLUSTER SHARDS lists them.
+                entry.extend(view.members.iter().take(1).map(|m| {
                     Reply::Array(vec![
                         Reply::Bulk(m.addr.ip().to_string().into_bytes()),
                         Reply::Int(i64::from(m.addr.port())),

@@ -1,0 +1,134 @@
+//! redis-py's `RedisCluster` against a three-shard cairn cluster with `--cluster-redirects yes`:
+//! it discovers the shard leaders from CLUSTER SLOTS, writes and reads keys of every shard,
+//! runs multi-key commands on hash-tagged keys, a cluster pipeline, and DBSIZE and SCAN over
+//! the whole cluster (it asks every master and adds up: each node answers for the shards it
+//! leads), keeps working after shard leaderships move (a transfer, then balancing), and gets Redis Cluster's errors for
+//! keys in different shards.
+//!
+//! Needs python3 with the `redis` package (`.ci/run` installs it); without them the test says
+//! SKIPPED loudly and passes, as the differential tests do without redis-server.
+
+mod common;
+
+use common::{group_field, Answer, Cluster, Conn};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SCRIPT: &str = r#"
+import sys
+from redis.cluster import RedisCluster, ClusterNode
+from redis.exceptions import ResponseError
+
+ports = [int(p) for p in sys.argv[2:]]
+phase = sys.argv[1]
+rc = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in ports],
+                  decode_responses=True)
+if phase == "write":
+    for i in range(300):
+        assert rc.set(f"k{i}", i)
+    assert rc.mset({"{user}name": "ada", "{user}lang": "rust"})
+    assert rc.mget("{user}name", "{user}lang") == ["ada", "rust"]
+    try:
+        # The client refuses keys of two slots itself; sent to a node, the server refuses too.
+        rc.execute_command("MSET", "a", "1", "b", "2", target_nodes=rc.get_random_node())
+        raise SystemExit("MSET over two shards was accepted")
+    except ResponseError as e:
+        # redis-py maps -CROSSSLOT to its own exception class.
+        assert type(e).__name__ == "ClusterCrossSlotError", repr(e)
+    p = rc.pipeline()
+    for i in range(70):
+        p.incr(f"counter{i % 7}")
+    results = p.execute()
+    assert results[-7:] == [10] * 7, results[-7:]
+    print("wrote", rc.dbsize(target_nodes=RedisCluster.PRIMARIES))
+else:
+    for i in range(300):
+        assert rc.get(f"k{i}") == str(i), i
+    keys = set(rc.scan_iter(count=50))
+    expected = {f"k{i}" for i in range(300)} | {"{user}name", "{user}lang"} | {f"counter{i}" for i in range(7)}
+    assert keys == expected, sorted(keys ^ expected)[:10]
+    # redis-py sends DBSIZE to one node unless told to ask every master (and add up).
+    total = rc.dbsize(target_nodes=RedisCluster.PRIMARIES)
+    assert total == len(expected), total
+    rc.set("after", "yes")
+    print("read", len(keys))
+"#;
+
+fn python_with_redis() -> bool {
+    Command::new("python3")
+        .args(["-c", "import redis.cluster"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run(phase: &str, ports: &[u16]) {
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT, phase])
+        .args(ports.iter().map(u16::to_string))
+        .output()
+        .expect("python3 runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "redis-py {phase} phase failed:\n{text}"
+    );
+    print!("{text}");
+}
+
+/// The node index leading shard `group`, as node `port` sees it.
+fn leader_of(port: u16, group: u64) -> Option<usize> {
+    let l: usize = group_field(port, group, "leader")?.parse().ok()?;
+    (l > 0).then(|| l - 1)
+}
+
+#[test]
+fn redis_py_cluster_client_works_across_shards_and_a_leader_change() {
+    if !python_with_redis() {
+        println!("SKIPPED redis_py_cluster: python3 with the redis package is not installed (pip install redis)");
+        return;
+    }
+    let cluster = Cluster::new(&["--cluster-redirects", "yes"]);
+    let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(1..=3).all(|g| ports.iter().all(|&p| leader_of(p, g).is_some())) {
+        assert!(Instant::now() < deadline, "every shard has a leader");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run("write", &ports);
+    // Shard 2's leader hands over; the client follows the -MOVED it then gets.
+    let old = leader_of(ports[0], 2).unwrap();
+    let reply = Conn::open(ports[old]).unwrap().call(&[
+        b"CAIRN.MEMBER",
+        b"TRANSFER-LEADER",
+        b"SHARD",
+        b"2",
+    ]);
+    assert!(matches!(reply, Some(Answer::Ok)), "{reply:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader_of(ports[old], 2) == Some(old) {
+        assert!(Instant::now() < deadline, "leadership of shard 2 moved");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // That leaves one node leading two shards and another none: balancing hands one back
+    // within seconds. Wait for it, so that leadership holds still while the client scans (a
+    // Redis Cluster SCAN across a failover can miss keys too).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut leaders: Vec<Option<usize>> = (1..=3).map(|g| leader_of(ports[0], g)).collect();
+        leaders.sort();
+        if leaders == [Some(0), Some(1), Some(2)] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leadership spread again: {leaders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run("read", &ports);
+    drop(cluster);
+}
