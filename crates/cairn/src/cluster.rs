@@ -264,8 +264,8 @@ fn render(infos: &[(u64, String, Option<Info>)]) -> String {
     ]
     .map(String::from)
     .to_vec()];
-    // group → (highest commit seen, leaders claimed, nodes up)
-    let mut groups: BTreeMap<String, (u64, Vec<u64>, usize)> = BTreeMap::new();
+    // group → (highest commit seen, leaders claimed, nodes up, slots)
+    let mut groups: BTreeMap<u64, (u64, Vec<u64>, usize, String)> = BTreeMap::new();
     let mut fields = Vec::new();
     for (id, addr, info) in infos {
         let Some(info) = info else {
@@ -280,9 +280,12 @@ fn render(infos: &[(u64, String, Option<Info>)]) -> String {
             let f: BTreeMap<&str, &str> =
                 v.split(',').filter_map(|kv| kv.split_once('=')).collect();
             let commit: u64 = f.get("commit").and_then(|c| c.parse().ok()).unwrap_or(0);
-            let g = groups.entry(group.to_string()).or_default();
+            let g = groups.entry(group.parse().unwrap_or(0)).or_default();
             g.0 = g.0.max(commit);
             g.2 += 1;
+            if let Some(slots) = f.get("slots").filter(|s| !s.is_empty()) {
+                g.3 = slots.replace(';', ",");
+            }
             if f.get("role") == Some(&"leader") {
                 g.1.push(*id);
             }
@@ -313,7 +316,7 @@ fn render(infos: &[(u64, String, Option<Info>)]) -> String {
         let kv: BTreeMap<&str, &str> = v.split(',').filter_map(|kv| kv.split_once('=')).collect();
         let get = |k: &str| kv.get(k).copied().unwrap_or("?").to_string();
         let applied: u64 = kv.get("applied").and_then(|a| a.parse().ok()).unwrap_or(0);
-        let top = groups.get(&group).map_or(0, |g| g.0);
+        let top = groups.get(&group.parse().unwrap_or(0)).map_or(0, |g| g.0);
         rows.push(vec![
             id.to_string(),
             addr,
@@ -342,14 +345,19 @@ fn render(infos: &[(u64, String, Option<Info>)]) -> String {
         out.push('\n');
     }
     let total = infos.len();
-    for (group, (commit, leaders, up)) in &groups {
+    for (group, (commit, leaders, up, slots)) in &groups {
         let leader = match leaders.as_slice() {
             [] => "no leader".to_string(),
             [l] => format!("leader node {l}"),
             many => format!("{} nodes claim leadership: {many:?}", many.len()),
         };
+        let slots = if slots.is_empty() {
+            String::new()
+        } else {
+            format!(" (slots {slots})")
+        };
         out.push_str(&format!(
-            "group {group}: {leader}, {up}/{total} nodes answering, commit index {commit}\n"
+            "group {group}{slots}: {leader}, {up}/{total} nodes answering, commit index {commit}\n"
         ));
     }
     if groups.is_empty() {
@@ -401,7 +409,7 @@ mod tests {
                 "127.0.0.1:7001".to_string(),
                 Some(info(&[(
                     "group1",
-                    "role=leader,leader=1,term=4,commit=120,applied=120,snapshot=100,snapshots_installed=0",
+                    "role=leader,leader=1,term=4,commit=120,applied=120,snapshot=100,snapshots_installed=0,slots=0-99;200-16383",
                 )])),
             ),
             (
@@ -442,7 +450,7 @@ mod tests {
         assert_eq!(cols(lines[3])[..3], ["3", "127.0.0.1:7003", "down"]);
         assert_eq!(
             lines[4],
-            "group 1: leader node 1, 2/3 nodes answering, commit index 120"
+            "group 1 (slots 0-99,200-16383): leader node 1, 2/3 nodes answering, commit index 120"
         );
     }
 }

@@ -330,6 +330,8 @@ fn spread_prefix(
     }
     let mut n = 0;
     let mut elsewhere = false;
+    let mut first_group = None;
+    let mut mixed = false;
     let mut bytes = 0;
     for args in pending.iter().take(MAX_SPREAD) {
         let group = match plain(shared, client, args) {
@@ -341,9 +343,10 @@ fn spread_prefix(
             break;
         }
         elsewhere |= repl.leader_of(group).is_some_and(|l| l != repl.me);
+        mixed |= *first_group.get_or_insert(group) != group;
         n += 1;
     }
-    (elsewhere && n > 1).then_some(n)
+    ((elsewhere || mixed) && n > 1).then_some(n)
 }
 
 /// A pipeline of plain reads and writes over several shards led by different nodes: the
@@ -406,15 +409,15 @@ async fn spread(shared: &Shared, client: &mut Client, batch: Vec<Vec<Vec<u8>>>) 
         .flat_map(|(_, idx, _)| idx.iter().copied())
         .chain((0..batch.len()).filter(|&i| replies[i].is_some()))
         .collect();
-    // This node's own part (and whatever could not be sent), in order.
-    let mut local: VecDeque<Vec<Vec<u8>>> = VecDeque::new();
-    let mut local_idx = Vec::new();
-    for (i, args) in batch.iter().enumerate() {
-        if !relayed.contains(&i) {
-            local.push_back(args.clone());
-            local_idx.push(i);
-        }
-    }
+    // This node's own part (and whatever could not be sent), shard after shard, in order
+    // within each shard: one run (one entry, or one read barrier) per shard instead of one per
+    // change of shard.
+    let mut local_idx: Vec<usize> = (0..batch.len()).filter(|i| !relayed.contains(i)).collect();
+    local_idx.sort_by_key(|&i| match plain(shared, client, &batch[i]) {
+        Some(Plain::Write(g)) | Some(Plain::Read(_, g)) => g,
+        None => 0,
+    });
+    let mut local: VecDeque<Vec<Vec<u8>>> = local_idx.iter().map(|&i| batch[i].clone()).collect();
     let mut at = 0;
     while !local.is_empty() {
         let before = local.len();

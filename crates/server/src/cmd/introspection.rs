@@ -238,10 +238,23 @@ pub fn info(c: &mut Call) -> Reply {
             };
             let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(";");
             let leader = g.leader.map_or("none".to_string(), |l| l.to_string());
+            // The shard's slots, `a-b` ranges joined by `;`.
+            let slots = sh
+                .shards
+                .ranges()
+                .into_iter()
+                .find(|(s, _)| s == group)
+                .map(|(_, r)| {
+                    r.iter()
+                        .map(|(a, b)| format!("{a}-{b}"))
+                        .collect::<Vec<_>>()
+                        .join(";")
+                })
+                .unwrap_or_default();
             lines.push((
                 format!("group{group}"),
                 format!(
-                    "role={role},leader={leader},term={},commit={},applied={},snapshot={},snapshots_installed={},voters={},learners={}",
+                    "role={role},leader={leader},term={},commit={},applied={},snapshot={},snapshots_installed={},voters={},learners={},slots={slots}",
                     g.term, g.commit, g.applied, g.snapshot_index, g.snapshots_installed,
                     ids(&g.voters), ids(&g.learners)
                 ),
