@@ -25,9 +25,19 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 cluster="1=127.0.0.1:$((BASE + 10000)),2=127.0.0.1:$((BASE + 10001)),3=127.0.0.1:$((BASE + 10002))"
+# The main comparison: one shard (one Raft group), clients at its leader, as measured for
+# the replication issue. A second cairn cluster with three shards (leaders spread) is driven
+# by a cluster-aware client in the same-client table below.
 for i in 1 2 3; do
   CAIRN_LOG=warn ./target/release/cairn server --port $((BASE + i - 1)) --node-id "$i" --bus-port $((BASE + 10000 + i - 1)) \
-    --initial-cluster "$cluster" --data-dir "$work/node$i" >"$work/node$i.log" 2>&1 &
+    --initial-cluster "$cluster" --shards 1 --data-dir "$work/node$i" >"$work/node$i.log" 2>&1 &
+  pids+=($!)
+done
+SHARDED=$((BASE + 50))
+sharded_cluster="1=127.0.0.1:$((SHARDED + 10000)),2=127.0.0.1:$((SHARDED + 10001)),3=127.0.0.1:$((SHARDED + 10002))"
+for i in 1 2 3; do
+  CAIRN_LOG=warn ./target/release/cairn server --port $((SHARDED + i - 1)) --node-id "$i" --bus-port $((SHARDED + 10000 + i - 1)) \
+    --initial-cluster "$sharded_cluster" --shards 3 --data-dir "$work/sharded$i" >"$work/sharded$i.log" 2>&1 &
   pids+=($!)
 done
 redis-server --port $REDIS_PORT --save "" --appendonly yes --appendfsync always --dir "$work" >"$work/redis.log" 2>&1 &
@@ -79,17 +89,17 @@ for e in json.load(sys.stdin):
   sleep 0.1
 done
 [ -n "$etcd_leader" ] || { echo "etcd elected no leader"; exit 1; }
-load() { ./target/release/kvload --proto "$1" --port "$2" --op "$3" --clients 50 --secs "$SECS"; }
+load() { ./target/release/kvload --proto "$1" --port "$2" --op "$3" --clients 50 --secs "$SECS" ${4:+--cluster yes}; }
 echo
 echo "### Same client (bench/kvload), 50 clients, pipeline 1, ${SECS} s per test, 100k random keys"
 echo
 echo "| system | SET ops/s | SET p50/p99 ms | GET ops/s | GET p50/p99 ms | errors |"
 echo "| --- | --- | --- | --- | --- | --- |"
 declare -A set_ops get_ops
-for sys in "cairn-3-leader resp $leader" "redis-always resp $REDIS_PORT" "redis-no-persistence resp $PLAIN_PORT" "etcd-3-leader etcd $etcd_leader"; do
-  read -r name proto port <<<"$sys"
-  IFS=, read -r _ so sp50 sp99 serr <<<"$(load "$proto" "$port" set)"
-  IFS=, read -r _ go gp50 gp99 gerr <<<"$(load "$proto" "$port" get)"
+for sys in "cairn-3-leader resp $leader" "cairn-3-shards-cluster-client resp $SHARDED cluster" "redis-always resp $REDIS_PORT" "redis-no-persistence resp $PLAIN_PORT" "etcd-3-leader etcd $etcd_leader"; do
+  read -r name proto port cluster_client <<<"$sys"
+  IFS=, read -r _ so sp50 sp99 serr <<<"$(load "$proto" "$port" set "$cluster_client")"
+  IFS=, read -r _ go gp50 gp99 gerr <<<"$(load "$proto" "$port" get "$cluster_client")"
   set_ops[$name]=$so
   get_ops[$name]=$go
   echo "| $name | $so | $sp50 / $sp99 | $go | $gp50 / $gp99 | $((serr + gerr)) |"
@@ -98,5 +108,6 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "cairn SET / redis appendfsync always: $(ratio "${set_ops[cairn-3-leader]}" "${set_ops[redis-always]}") (target >= 1.0)"
 echo "cairn GET / redis without persistence: $(ratio "${get_ops[cairn-3-leader]}" "${get_ops[redis-no-persistence]}") (target >= 0.8)"
+echo "cairn 3 shards (cluster client) SET / redis appendfsync always: $(ratio "${set_ops[cairn-3-shards-cluster-client]}" "${set_ops[redis-always]}")"
 echo "cairn SET / etcd put: $(ratio "${set_ops[cairn-3-leader]}" "${set_ops[etcd-3-leader]}")"
 echo "cairn GET / etcd linearizable range: $(ratio "${get_ops[cairn-3-leader]}" "${get_ops[etcd-3-leader]}")"
