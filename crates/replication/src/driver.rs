@@ -582,6 +582,15 @@ impl<S: StateMachine> MultiRaft<S> {
             .filter(|&l| l != 0)
     }
 
+    /// Whether this node, leading `group`, is handing leadership over (raft-rs's
+    /// `lead_transferee`): the transferee may be elected at any moment, by a vote that ignores
+    /// leases.
+    pub fn is_transferring(&self, group: u64) -> bool {
+        self.groups
+            .get(&group)
+            .is_some_and(|g| g.raw.raft.lead_transferee.is_some())
+    }
+
     pub fn is_leader(&self, group: u64) -> bool {
         self.groups
             .get(&group)

@@ -371,7 +371,10 @@ impl Granting {
     /// Grants (or extends) `group`'s lease after a quorum confirmed this node's leadership at
     /// read index `index`, asked at `asked`.
     fn grant<S: StateMachine>(&self, multi: &MultiRaft<S>, group: u64, index: u64, asked: Instant) {
-        if self.length.is_zero() || !multi.is_leader(group) {
+        // No lease while a transfer is under way: the transferee's election ignores leases, and
+        // a transfer waiting for the transferee to catch up sends it the go-ahead later, from a
+        // round after any revocation.
+        if self.length.is_zero() || !multi.is_leader(group) || multi.is_transferring(group) {
             return;
         }
         let term = multi.progress(group).map_or(0, |p| p.0);
@@ -391,7 +394,9 @@ impl Granting {
     /// `all` groups (before handing leadership over: the new leader may be elected at once).
     fn revoke<S: StateMachine>(&self, multi: &MultiRaft<S>, all: bool) {
         let keep = |g: u64, l: &Lease| {
-            !all && multi.is_leader(g) && multi.progress(g).is_some_and(|p| p.0 == l.term)
+            !all && multi.is_leader(g)
+                && !multi.is_transferring(g)
+                && multi.progress(g).is_some_and(|p| p.0 == l.term)
         };
         // Called every loop: look first, so that readers are not held up by a write lock
         // when there is nothing to revoke (the usual case).

@@ -674,3 +674,72 @@ fn a_background_snapshot_holds_applies_back_then_releases_them_in_order() {
         "the snapshot is in place"
     );
 }
+
+/// Runs until node `id` leads every one of `groups` (moving leaderships there by transfer).
+fn gather_leadership(c: &mut Cluster, id: u64, groups: &[u64]) {
+    for _ in 0..50 {
+        if groups.iter().all(|&g| c.is_leader(id, g)) {
+            return;
+        }
+        for &g in groups {
+            if let Some(l) = c.leader(g).filter(|&l| l != id) {
+                c.with(l, move |m| m.hand_off(g, Some(id)));
+            }
+        }
+        run(c, 20);
+    }
+    panic!("node {id} did not come to lead every group");
+}
+
+/// Leadership spreads one transfer at a time until no node leads two more than another, and a
+/// transfer in progress is visible (a read lease must not be granted meanwhile: the transferee's
+/// election ignores leases).
+#[test]
+fn balancing_spreads_leaders_and_a_pending_transfer_is_visible() {
+    let groups: Vec<u64> = (1..=3).collect();
+    let mut c = cluster(3, groups.clone(), fast());
+    for &g in &groups {
+        c.wait_leader(g, 400);
+    }
+    gather_leadership(&mut c, 1, &groups);
+    let mut moves = 0;
+    for _ in 0..10 {
+        match c.with(1, |m| m.balance_leaders()).unwrap() {
+            Some((g, to)) => {
+                assert_ne!(to, 1);
+                moves += 1;
+                run(&mut c, 30);
+                assert!(c.is_leader(to, g), "group {g} moved to node {to}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(moves, 2, "three groups on three nodes: two transfers");
+    let led: Vec<u64> = groups.iter().map(|&g| c.leader(g).unwrap()).collect();
+    let distinct: HashSet<u64> = led.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "one group per node: {led:?}");
+    for id in 1..=3 {
+        assert_eq!(c.with(id, |m| m.balance_leaders()).unwrap(), None);
+    }
+
+    // A transfer to a node that is cut off waits for it to catch up, and shows meanwhile.
+    let leader = c.leader(1).unwrap();
+    let target = (1..=3).find(|&id| id != leader).unwrap();
+    c.cut.insert((leader, target));
+    c.cut.insert((target, leader));
+    for i in 0..5 {
+        propose(&mut c, 1, &format!("while-cut{i}"));
+        step(&mut c, false);
+    }
+    assert_eq!(
+        c.with(leader, move |m| m.hand_off(1, Some(target)))
+            .unwrap(),
+        Some(target)
+    );
+    step(&mut c, false);
+    assert!(c.with(leader, |m| m.is_transferring(1)).unwrap());
+    c.cut.clear();
+    run(&mut c, 60);
+    assert!(c.is_leader(target, 1), "the transfer completed once healed");
+    assert!(!c.with(leader, |m| m.is_transferring(1)).unwrap());
+}
