@@ -27,7 +27,9 @@ fn row(table: &str, node: usize) -> Vec<String> {
 
 #[test]
 fn status_shows_every_node_and_the_leader_and_marks_a_dead_node_down() {
-    let mut cluster = Cluster::new(&[]);
+    // One shard: the test follows one group's leader through a transfer, which balancing
+    // (with several shards) could move again meanwhile.
+    let mut cluster = Cluster::new(&["--shards", "1"]);
     let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
     wait_serving(&ports, Duration::from_secs(30));
     let leader = (0..3)
@@ -52,7 +54,7 @@ fn status_shows_every_node_and_the_leader_and_marks_a_dead_node_down() {
     }
     assert!(
         table.contains(&format!(
-            "group 1: leader node {leader}, 3/3 nodes answering"
+            "group 1 (slots 0-16383): leader node {leader}, 3/3 nodes answering"
         )),
         "{table}"
     );
@@ -87,4 +89,40 @@ fn status_shows_every_node_and_the_leader_and_marks_a_dead_node_down() {
     println!("{table}");
     assert_eq!(row(&table, other)[2], "down", "{table}");
     assert!(table.contains("2/3 nodes answering"), "{table}");
+}
+
+/// With three shards, the status names each shard's slots and its leader, and every node shows
+/// a row per shard.
+#[test]
+fn status_shows_each_shard_with_its_slots_and_leader() {
+    let cluster = Cluster::new(&[]);
+    let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
+    wait_serving(&ports, Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let table = loop {
+        let table = status(ports[0]);
+        if table.matches(": leader node ").count() == 3 {
+            break table;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every shard has a leader:\n{table}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!("{table}");
+    for (g, slots) in [(1, "0-5460"), (2, "5461-10922"), (3, "10923-16383")] {
+        assert!(
+            table.contains(&format!("group {g} (slots {slots}): leader node ")),
+            "{table}"
+        );
+    }
+    for node in 1..=3 {
+        let rows = table
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(&node.to_string()))
+            .count();
+        assert_eq!(rows, 3, "node {node} has a row per shard:\n{table}");
+    }
+    drop(cluster);
 }
