@@ -7,6 +7,10 @@ use common::{raft_field, wait_serving, Cluster};
 use std::process::Command;
 use std::time::Duration;
 
+/// One cluster at a time: each test picks free ports and binds them later, so two tests
+/// running at once could pick the same ones.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn status(port: u16) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["cluster", "status", "--port", &port.to_string()])
@@ -29,6 +33,7 @@ fn row(table: &str, node: usize) -> Vec<String> {
 fn status_shows_every_node_and_the_leader_and_marks_a_dead_node_down() {
     // One shard: the test follows one group's leader through a transfer, which balancing
     // (with several shards) could move again meanwhile.
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let mut cluster = Cluster::new(&["--shards", "1"]);
     let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
     wait_serving(&ports, Duration::from_secs(30));
@@ -95,6 +100,7 @@ fn status_shows_every_node_and_the_leader_and_marks_a_dead_node_down() {
 /// a row per shard.
 #[test]
 fn status_shows_each_shard_with_its_slots_and_leader() {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::new(&[]);
     let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
     wait_serving(&ports, Duration::from_secs(30));
