@@ -63,6 +63,7 @@ pub fn now_ms() -> u64 {
 /// Starts this node's replication when `--initial-cluster` names voters.
 fn start_replication(
     config: &Config,
+    bus: Option<std::net::TcpListener>,
 ) -> std::io::Result<(shards::Shards, Option<replicated::Replication>)> {
     if config.initial_cluster.is_empty() {
         return Ok((shards::Shards::single(), None));
@@ -79,7 +80,10 @@ fn start_replication(
         .iter()
         .map(|(&id, a)| (id, std::net::SocketAddr::new(a.ip(), a.port() - 10000)))
         .collect();
-    let bus = std::net::TcpListener::bind((config.bind.as_str(), config.bus_port))?;
+    let bus = match bus {
+        Some(bus) => bus,
+        None => std::net::TcpListener::bind((config.bind.as_str(), config.bus_port))?,
+    };
     let node_config = cairn_replication::NodeConfig {
         id: me,
         data_dir: config.data_dir.join("raft"),
@@ -144,8 +148,20 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    run_with_bus(config, listener, None, shutdown).await
+}
+
+/// As [`run`], with the cluster bus on `bus` (already bound) instead of binding
+/// `config.bus_port`: tests that start many nodes hold their ports from the moment they pick
+/// them, so that nothing else can take one in between.
+pub async fn run_with_bus(
+    config: Config,
+    listener: TcpListener,
+    bus: Option<std::net::TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (shards, replication) = start_replication(&config)?;
+    let (shards, replication) = start_replication(&config, bus)?;
     let shared = Arc::new(Shared {
         config: Mutex::new(config),
         shards,

@@ -25,7 +25,16 @@ impl Cairn {
     }
 
     /// Starts on an already-bound client listener.
-    pub fn start_on(listener: std::net::TcpListener, mut config: cairn_server::Config) -> Cairn {
+    pub fn start_on(listener: std::net::TcpListener, config: cairn_server::Config) -> Cairn {
+        Self::start_on_with_bus(listener, None, config)
+    }
+
+    /// Starts on an already-bound client listener and, in replicated mode, bus listener.
+    pub fn start_on_with_bus(
+        listener: std::net::TcpListener,
+        bus: Option<std::net::TcpListener>,
+        mut config: cairn_server::Config,
+    ) -> Cairn {
         let port = listener.local_addr().unwrap().port();
         config.port = port;
         listener.set_nonblocking(true).unwrap();
@@ -38,7 +47,7 @@ impl Cairn {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                cairn_server::run(config, listener, async {
+                cairn_server::run_with_bus(config, listener, bus, async {
                     let _ = rx.await;
                 })
                 .await
@@ -79,23 +88,33 @@ impl Drop for Cairn {
     }
 }
 
-/// Client listeners for `n` nodes whose bus ports (client + 10000) are free too, and the
-/// matching `--initial-cluster`.
-pub fn cluster_ports(n: usize) -> (Vec<std::net::TcpListener>, Vec<(u64, std::net::SocketAddr)>) {
+/// Client and bus listeners (bus port = client + 10000) for `n` nodes, both held from the
+/// moment they are picked (a port checked free and bound later could be taken in between, by
+/// another test or an outgoing connection), and the matching `--initial-cluster`.
+#[allow(clippy::type_complexity)]
+pub fn cluster_ports(
+    n: usize,
+) -> (
+    Vec<(std::net::TcpListener, std::net::TcpListener)>,
+    Vec<(u64, std::net::SocketAddr)>,
+) {
     'retry: for _ in 0..100 {
         let mut listeners = Vec::new();
         let mut cluster = Vec::new();
         for i in 0..n {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let port = l.local_addr().unwrap().port();
-            if port > 55_000 || std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_err() {
+            if port > 55_000 {
                 continue 'retry;
             }
+            let Ok(bus) = std::net::TcpListener::bind(("127.0.0.1", port + 10000)) else {
+                continue 'retry;
+            };
             cluster.push((
                 i as u64 + 1,
                 std::net::SocketAddr::from(([127, 0, 0, 1], port + 10000)),
             ));
-            listeners.push(l);
+            listeners.push((l, bus));
         }
         return (listeners, cluster);
     }
@@ -119,7 +138,7 @@ pub fn start_cluster_with(
     listeners
         .into_iter()
         .enumerate()
-        .map(|(i, l)| {
+        .map(|(i, (l, bus))| {
             let config = cairn_server::Config {
                 node_id: i as u64 + 1,
                 bus_port: cluster[i].1.port(),
@@ -129,7 +148,7 @@ pub fn start_cluster_with(
                 shards,
                 ..Default::default()
             };
-            Some(Cairn::start_on(l, config))
+            Some(Cairn::start_on_with_bus(l, Some(bus), config))
         })
         .collect()
 }
