@@ -324,8 +324,12 @@ fn spread_prefix(
     client: &Client,
     pending: &VecDeque<Vec<Vec<u8>>>,
 ) -> Option<usize> {
+    // A lone request (the usual case) never spreads: decide that before any lookup or lock.
+    if pending.len() < 2 || shared.shards.len() < 2 {
+        return None;
+    }
     let repl = shared.replication.as_ref()?;
-    if shared.shards.len() < 2 || shared.config.lock().cluster_redirects {
+    if shared.config.lock().cluster_redirects {
         return None;
     }
     let mut n = 0;
@@ -358,16 +362,19 @@ fn spread_prefix(
 async fn spread(shared: &Shared, client: &mut Client, batch: Vec<Vec<Vec<u8>>>) -> Vec<u8> {
     let repl = shared.replication.as_ref().expect("replicated mode");
     let proto = client.proto;
-    // Target node per request: None for this node.
-    let target: Vec<Option<u64>> = batch
+    // Each request's shard and whether it writes, looked up once.
+    let kinds: Vec<(u64, bool)> = batch
         .iter()
-        .map(|args| {
-            let group = match plain(shared, client, args) {
-                Some(Plain::Write(g)) | Some(Plain::Read(_, g)) => g,
-                None => unreachable!("spread_prefix checked every request"),
-            };
-            repl.leader_of(group).filter(|&l| l != repl.me)
+        .map(|args| match plain(shared, client, args) {
+            Some(Plain::Write(g)) => (g, true),
+            Some(Plain::Read(_, g)) => (g, false),
+            None => unreachable!("spread_prefix checked every request"),
         })
+        .collect();
+    // Target node per request: None for this node.
+    let target: Vec<Option<u64>> = kinds
+        .iter()
+        .map(|&(group, _)| repl.leader_of(group).filter(|&l| l != repl.me))
         .collect();
     let mut replies: Vec<Option<Vec<u8>>> = vec![None; batch.len()];
     // Send every other node its part first.
@@ -379,9 +386,7 @@ async fn spread(shared: &Shared, client: &mut Client, batch: Vec<Vec<Vec<u8>>>) 
         let idx: Vec<usize> = (0..batch.len())
             .filter(|&i| target[i] == Some(leader))
             .collect();
-        let writes = idx
-            .iter()
-            .any(|&i| matches!(plain(shared, client, &batch[i]), Some(Plain::Write(_))));
+        let writes = idx.iter().any(|&i| kinds[i].1);
         client.relays.retain(|r| !r.closed());
         let relay = match client.relays.iter().position(|r| r.leader == leader) {
             Some(at) => Some(client.relays.remove(at)),
@@ -413,10 +418,7 @@ async fn spread(shared: &Shared, client: &mut Client, batch: Vec<Vec<Vec<u8>>>) 
     // within each shard: one run (one entry, or one read barrier) per shard instead of one per
     // change of shard.
     let mut local_idx: Vec<usize> = (0..batch.len()).filter(|i| !relayed.contains(i)).collect();
-    local_idx.sort_by_key(|&i| match plain(shared, client, &batch[i]) {
-        Some(Plain::Write(g)) | Some(Plain::Read(_, g)) => g,
-        None => 0,
-    });
+    local_idx.sort_by_key(|&i| kinds[i].0);
     let mut local: VecDeque<Vec<Vec<u8>>> = local_idx.iter().map(|&i| batch[i].clone()).collect();
     let mut at = 0;
     while !local.is_empty() {
