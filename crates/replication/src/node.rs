@@ -441,7 +441,9 @@ fn housekeeping<S: StateMachine>(
 ) {
     if w.leaving {
         for g in multi.group_ids() {
-            if multi.is_leader(g) {
+            // One transfer at a time: starting another would restart (or retarget) the
+            // pending one before it could finish.
+            if multi.is_leader(g) && !multi.is_transferring(g) {
                 lease.revoke(multi, true);
                 multi.hand_off(g, None);
             }
