@@ -228,6 +228,7 @@ pub fn info(c: &mut Call) -> Reply {
     if let Some(repl) = &sh.replication {
         let status = repl.node.status().borrow().clone();
         let mut lines = vec![("node_id".to_string(), repl.me.to_string())];
+        let ranges = sh.shards.ranges();
         for (group, g) in &status.groups {
             let role = if g.is_leader {
                 "leader"
@@ -239,10 +240,8 @@ pub fn info(c: &mut Call) -> Reply {
             let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(";");
             let leader = g.leader.map_or("none".to_string(), |l| l.to_string());
             // The shard's slots, `a-b` ranges joined by `;`.
-            let slots = sh
-                .shards
-                .ranges()
-                .into_iter()
+            let slots = ranges
+                .iter()
                 .find(|(s, _)| s == group)
                 .map(|(_, r)| {
                     r.iter()
