@@ -218,6 +218,7 @@ impl Store {
                     if self.keyspace.is_expired_in_place(key, entry.now_ms) {
                         self.keyspace.remove(key);
                         self.watches.touched(key);
+                        self.moves.modified(key);
                         self.dirty += 1;
                         removed += 1;
                     }
@@ -247,6 +248,9 @@ impl Store {
                     seed: entry.seed.wrapping_add(i as u64),
                     proto: entry.proto,
                 };
+                if name == crate::cmd::migrate::NAME {
+                    return self.migrate(argv, &env);
+                }
                 match crate::cmd::handler(&name) {
                     Some(h) => self.execute(h, argv, &env),
                     // The leader only proposes commands it knows; a newer leader's command

@@ -21,6 +21,7 @@ pub type Handler = fn(&mut Ctx, &[Vec<u8>]) -> Reply;
 pub struct Ctx<'a> {
     pub ks: &'a mut Keyspace,
     pub watches: &'a mut Watches,
+    pub moves: &'a mut crate::moves::Moves,
     pub now_ms: u64,
     pub rng: &'a mut Rng,
     pub proto: Protocol,
@@ -34,6 +35,7 @@ impl Ctx<'_> {
     pub fn modified(&mut self, key: &[u8]) {
         self.dirty += 1;
         self.watches.touched(key);
+        self.moves.modified(key);
     }
 
     pub fn resp3(&self) -> bool {

@@ -40,6 +40,10 @@ impl Entry {
 
 pub struct Keyspace {
     slots: Vec<SlotMap>,
+    /// The slots this shard serves: commands see only their keys. A slot's keys can be stored
+    /// without being served (copied in ahead of a move, or handed over and not yet dropped):
+    /// KEYS, SCAN, RANDOMKEY, DBSIZE and FLUSHALL leave those alone.
+    served: SlotSet,
     /// (deadline, key) for every key with a deadline.
     deadlines: BTreeSet<(u64, Key)>,
     len: usize,
@@ -49,16 +53,97 @@ impl Default for Keyspace {
     fn default() -> Self {
         Keyspace {
             slots: (0..SLOTS).map(|_| SlotMap::default()).collect(),
+            served: SlotSet::all(),
             deadlines: BTreeSet::new(),
             len: 0,
         }
     }
 }
 
+/// A set of hash slots, one bit each.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SlotSet(Box<[u64; SLOTS / 64]>);
+
+impl SlotSet {
+    pub fn all() -> SlotSet {
+        SlotSet(Box::new([u64::MAX; SLOTS / 64]))
+    }
+
+    pub fn none() -> SlotSet {
+        SlotSet(Box::new([0; SLOTS / 64]))
+    }
+
+    pub fn contains(&self, slot: usize) -> bool {
+        self.0[slot / 64] & (1 << (slot % 64)) != 0
+    }
+
+    pub fn set(&mut self, slot: usize, on: bool) {
+        if on {
+            self.0[slot / 64] |= 1 << (slot % 64);
+        } else {
+            self.0[slot / 64] &= !(1 << (slot % 64));
+        }
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.0.iter().all(|&w| w == u64::MAX)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..SLOTS).filter(|&s| self.contains(s))
+    }
+
+    /// The words, for snapshots.
+    pub fn words(&self) -> &[u64; SLOTS / 64] {
+        &self.0
+    }
+
+    pub fn from_words(words: [u64; SLOTS / 64]) -> SlotSet {
+        SlotSet(Box::new(words))
+    }
+}
+
 impl Keyspace {
-    /// Keys stored, including expired ones not yet removed (as Redis's DBSIZE counts).
+    /// Keys stored, served or not, including expired ones not yet removed.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Keys in served slots, including expired ones not yet removed (what DBSIZE counts).
+    pub fn served_len(&self) -> usize {
+        if self.served.is_all() {
+            return self.len;
+        }
+        self.served.iter().map(|s| self.slots[s].len()).sum()
+    }
+
+    pub fn serves(&self, slot: usize) -> bool {
+        self.served.contains(slot)
+    }
+
+    pub fn served(&self) -> &SlotSet {
+        &self.served
+    }
+
+    /// Starts or stops serving `slot`; its stored keys stay where they are either way.
+    pub fn set_served(&mut self, slot: usize, on: bool) {
+        self.served.set(slot, on);
+    }
+
+    pub fn set_served_slots(&mut self, served: SlotSet) {
+        self.served = served;
+    }
+
+    /// Drops every key of `slot`; returns how many there were.
+    pub fn clear_slot(&mut self, slot: usize) -> usize {
+        let map = std::mem::take(&mut self.slots[slot]);
+        for (key, e) in &map {
+            if e.expire_at_ms != 0 {
+                self.deadlines.remove(&(e.expire_at_ms, key.clone()));
+            }
+        }
+        self.len -= map.len();
+        map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -204,8 +289,16 @@ impl Keyspace {
         due
     }
 
-    /// Drops every key.
+    /// Drops every key of the served slots (FLUSHALL).
     pub fn clear(&mut self) {
+        if !self.served.is_all() {
+            for slot in 0..SLOTS {
+                if self.served.contains(slot) && !self.slots[slot].is_empty() {
+                    self.clear_slot(slot);
+                }
+            }
+            return;
+        }
         for m in self.slots.iter_mut() {
             if !m.is_empty() {
                 *m = SlotMap::default();
@@ -215,11 +308,13 @@ impl Keyspace {
         self.len = 0;
     }
 
-    /// Every stored entry, slot by slot (expired ones included).
+    /// Every stored entry of the served slots, slot by slot (expired ones included).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
         self.slots
             .iter()
-            .flat_map(|m| m.iter().map(|(k, e)| (&k[..], e)))
+            .enumerate()
+            .filter(|(slot, _)| self.served.contains(*slot))
+            .flat_map(|(_, m)| m.iter().map(|(k, e)| (&k[..], e)))
     }
 
     pub fn slot_len(&self, slot: usize) -> usize {
@@ -245,6 +340,10 @@ impl Keyspace {
         let mut out = Vec::new();
         let mut visited = 0;
         while slot < SLOTS && visited < count.max(1) {
+            if !self.served.contains(slot) {
+                slot += 1;
+                continue;
+            }
             visited += self.slots[slot].len();
             out.extend(
                 self.slots[slot]
@@ -266,7 +365,9 @@ impl Keyspace {
         for _ in 0..100 {
             let start = rng.below(SLOTS);
             let map = (0..SLOTS)
-                .map(|i| &self.slots[(start + i) % SLOTS])
+                .map(|i| (start + i) % SLOTS)
+                .filter(|&s| self.served.contains(s))
+                .map(|s| &self.slots[s])
                 .find(|m| !m.is_empty())?;
             let (k, e) = map
                 .iter()

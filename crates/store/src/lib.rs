@@ -16,6 +16,7 @@ pub mod entry;
 pub mod exec;
 pub mod glob;
 pub mod keyspace;
+pub mod moves;
 pub mod numbers;
 pub mod rng;
 pub mod slot;
@@ -34,6 +35,8 @@ use cairn_resp::Reply;
 pub struct Store {
     pub keyspace: Keyspace,
     pub watches: watch::Watches,
+    /// Slots moving in or out of this shard.
+    pub moves: moves::Moves,
     /// Modifications applied since start (Redis's `server.dirty`).
     pub dirty: u64,
 }
@@ -43,12 +46,27 @@ impl Store {
         Store::default()
     }
 
+    /// A store that serves only `served` (a shard's initial slots).
+    pub fn serving(served: keyspace::SlotSet) -> Store {
+        let mut store = Store::default();
+        store.keyspace.set_served_slots(served);
+        store
+    }
+
+    /// Whether this shard serves every slot that the keys at `positions` of `args` hash to.
+    pub fn serves_keys(&self, args: &[Vec<u8>], positions: &[usize]) -> bool {
+        positions
+            .iter()
+            .all(|&i| self.keyspace.serves(slot::key_slot(&args[i])))
+    }
+
     /// Runs one command. `args[0]` is the name; the caller has checked arity.
     pub fn execute(&mut self, handler: Handler, args: &[Vec<u8>], env: &Env) -> Reply {
         let mut rng = rng::Rng::new(env.seed);
         let mut ctx = Ctx {
             ks: &mut self.keyspace,
             watches: &mut self.watches,
+            moves: &mut self.moves,
             now_ms: env.now_ms,
             rng: &mut rng,
             proto: env.proto,
@@ -65,6 +83,7 @@ impl Store {
         let removed = self.keyspace.remove_expired(now_ms, max);
         for key in &removed {
             self.watches.touched(key);
+            self.moves.modified(key);
         }
         self.dirty += removed.len() as u64;
         removed

@@ -68,7 +68,7 @@ impl Digest {
             self.sum = self.sum.wrapping_add(h);
             self.mix ^= h.rotate_left(17).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
-        self.len += ks.len();
+        self.len += ks.served_len();
     }
 
     pub fn finish(&self) -> String {

@@ -6,6 +6,7 @@ pub mod hashes;
 pub mod hll;
 pub mod keys;
 pub mod lists;
+pub mod migrate;
 pub mod server;
 pub mod sets;
 pub mod sort;

@@ -7,7 +7,7 @@ pub const COMMANDS: &[(&str, Handler)] =
     &[("dbsize", dbsize), ("flushdb", flush), ("flushall", flush)];
 
 fn dbsize(ctx: &mut Ctx, _args: &[Vec<u8>]) -> Reply {
-    Reply::Int(ctx.ks.len() as i64)
+    Reply::Int(ctx.ks.served_len() as i64)
 }
 
 fn flush(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
@@ -16,8 +16,9 @@ fn flush(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         Some(a) if (is(a, "sync") || is(a, "async")) && args.len() == 2 => {}
         Some(_) => return syntax(),
     }
-    ctx.dirty += ctx.ks.len() as u64 + 1;
+    ctx.dirty += ctx.ks.served_len() as u64 + 1;
     ctx.ks.clear();
+    ctx.moves.flushed(ctx.ks);
     ctx.watches.signal_all();
     Reply::OK
 }

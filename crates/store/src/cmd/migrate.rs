@@ -1,0 +1,514 @@
+//! CAIRN.MIGRATE: the steps of moving a slot between shards, each applied as one log entry of
+//! the shard it concerns (see `moves.rs` for the protocol and why it never lets two shards
+//! serve a slot). Nodes propose these; clients cannot (the command is not in the table).
+//!
+//! Source shard: `OUT slot to` → `[attempt, epoch]`; `TAKE slot attempt count bytes` →
+//! `[reset, still-pending, [[key, expire-at-ms or -1, dump or nil]...]]`; `RELEASE slot attempt
+//! max-pending` → `[1, epoch]`, or `[0, pending]` while more than `max-pending` keys are
+//! pending; `DROP slot`; `CANCEL slot`.
+//! Target shard: `IN slot from attempt` → 1, or 0 when the slot is served here already;
+//! `LOAD slot attempt reset [key expire-at-ms dump]...` → keys loaded; `ACQUIRE slot attempt
+//! epoch`; `ABORT slot`.
+
+use crate::exec::{int_arg, is, Env};
+use crate::moves::{Incoming, Outgoing};
+use crate::slot::{key_slot, SLOTS};
+use crate::{snapshot, Store};
+use cairn_resp::Reply;
+
+pub const NAME: &str = "cairn.migrate";
+
+fn stale() -> Reply {
+    Reply::error("ERR this slot move attempt was superseded or cancelled")
+}
+
+fn number(arg: Option<&Vec<u8>>) -> Result<u64, Reply> {
+    let n = int_arg(arg.ok_or_else(usage)?)?;
+    u64::try_from(n).map_err(|_| usage())
+}
+
+fn usage() -> Reply {
+    Reply::error("ERR wrong arguments for CAIRN.MIGRATE")
+}
+
+impl Store {
+    /// Applies one CAIRN.MIGRATE step (`args[0]` is the name).
+    pub fn migrate(&mut self, args: &[Vec<u8>], env: &Env) -> Reply {
+        match self.migrate_step(args, env) {
+            Ok(r) | Err(r) => r,
+        }
+    }
+
+    fn migrate_step(&mut self, args: &[Vec<u8>], env: &Env) -> Result<Reply, Reply> {
+        let sub = args.get(1).ok_or_else(usage)?;
+        let slot = number(args.get(2))?;
+        if slot >= SLOTS as u64 {
+            return Err(usage());
+        }
+        let (slot, at) = (slot as u16, slot as usize);
+        let arg = |i: usize| number(args.get(i));
+        let index = self.watches.log_index();
+        if is(sub, "out") {
+            let to = arg(3)?;
+            let epoch = self.moves.epoch(slot);
+            let keys: std::collections::BTreeSet<Vec<u8>> = self
+                .keyspace
+                .iter_slot(at)
+                .map(|(k, _)| k.to_vec())
+                .collect();
+            match self.moves.outgoing.get_mut(&slot) {
+                Some(o) if o.to != to => {
+                    return Err(Reply::error(format!(
+                        "ERR slot {slot} is already moving to shard {}",
+                        o.to
+                    )))
+                }
+                // A new attempt: everything is sent again (the target drops what it has).
+                Some(o) => {
+                    o.attempt = index;
+                    o.pending = keys;
+                    o.reset = true;
+                }
+                None if !self.keyspace.serves(at) => {
+                    return Err(Reply::error(format!(
+                        "ERR slot {slot} is not served by this shard"
+                    )))
+                }
+                None => {
+                    let out = Outgoing {
+                        attempt: index,
+                        to,
+                        pending: keys,
+                        reset: true,
+                        released: false,
+                    };
+                    self.moves.outgoing.insert(slot, out);
+                }
+            }
+            return Ok(Reply::Array(vec![
+                Reply::Int(index as i64),
+                Reply::Int(epoch as i64),
+            ]));
+        }
+        if is(sub, "take") {
+            let (attempt, count, bytes) = (arg(3)?, arg(4)?.max(1), arg(5)?);
+            let out = match self.moves.outgoing.get_mut(&slot) {
+                Some(o) if o.attempt == attempt => o,
+                _ => return Err(stale()),
+            };
+            let mut records = Vec::new();
+            let mut size = 0u64;
+            while (records.len() as u64) < count && (records.is_empty() || size < bytes) {
+                let Some(key) = out.pending.pop_first() else {
+                    break;
+                };
+                size += key.len() as u64;
+                let record = match self.keyspace.get(&key, env.now_ms) {
+                    Some(e) => {
+                        let dump = snapshot::dump_value(&e.value);
+                        size += dump.len() as u64;
+                        vec![
+                            Reply::Bulk(key),
+                            Reply::Int(e.expire_at_ms as i64),
+                            Reply::Bulk(dump),
+                        ]
+                    }
+                    None => vec![Reply::Bulk(key), Reply::Int(-1), Reply::Nil],
+                };
+                records.push(Reply::Array(record));
+            }
+            let reset = std::mem::take(&mut out.reset);
+            return Ok(Reply::Array(vec![
+                Reply::Int(i64::from(reset)),
+                Reply::Int(out.pending.len() as i64),
+                Reply::Array(records),
+            ]));
+        }
+        if is(sub, "release") {
+            let (attempt, max) = (arg(3)?, arg(4)?);
+            let out = match self.moves.outgoing.get_mut(&slot) {
+                Some(o) if o.attempt == attempt => o,
+                _ => return Err(stale()),
+            };
+            if !out.released && out.pending.len() as u64 > max {
+                return Ok(Reply::Array(vec![
+                    Reply::Int(0),
+                    Reply::Int(out.pending.len() as i64),
+                ]));
+            }
+            out.released = true;
+            self.keyspace.set_served(at, false);
+            return Ok(Reply::Array(vec![
+                Reply::Int(1),
+                Reply::Int(self.moves.epoch(slot) as i64),
+            ]));
+        }
+        if is(sub, "drop") {
+            match self.moves.outgoing.get(&slot) {
+                Some(o) if o.released => {}
+                Some(_) => {
+                    return Err(Reply::error(
+                        "ERR the slot is not handed over yet; cancel the move instead",
+                    ))
+                }
+                None => return Ok(Reply::Int(0)),
+            }
+            self.moves.outgoing.remove(&slot);
+            self.moves.epochs.remove(&slot);
+            let n = self.keyspace.clear_slot(at);
+            return Ok(Reply::Int(n as i64));
+        }
+        if is(sub, "cancel") {
+            return match self.moves.outgoing.get(&slot) {
+                Some(o) if o.released => Err(Reply::error(
+                    "ERR the slot is handed over already; the move can only finish",
+                )),
+                Some(_) => {
+                    self.moves.outgoing.remove(&slot);
+                    Ok(Reply::OK)
+                }
+                None => Ok(Reply::OK),
+            };
+        }
+        if is(sub, "in") {
+            let (from, attempt) = (arg(3)?, arg(4)?);
+            if self.keyspace.serves(at) {
+                return Ok(Reply::Int(0));
+            }
+            match self.moves.incoming.get(&slot) {
+                Some(i) if i.attempt > attempt => return Err(stale()),
+                Some(i) if i.attempt == attempt => return Ok(Reply::Int(1)),
+                _ => {}
+            }
+            self.moves.incoming.insert(slot, Incoming { attempt, from });
+            self.drop_slot_keys(at);
+            return Ok(Reply::Int(1));
+        }
+        if is(sub, "load") {
+            let (attempt, reset) = (arg(3)?, arg(4)?);
+            if !matches!(self.moves.incoming.get(&slot), Some(i) if i.attempt == attempt) {
+                return Err(stale());
+            }
+            let records = &args[5..];
+            if !records.len().is_multiple_of(3) {
+                return Err(usage());
+            }
+            // Check everything before changing anything: a step applies whole or not at all.
+            let mut parsed = Vec::with_capacity(records.len() / 3);
+            for r in records.chunks(3) {
+                if key_slot(&r[0]) != at {
+                    return Err(usage());
+                }
+                let expire = int_arg(&r[1])?;
+                let value = if expire < 0 {
+                    None
+                } else {
+                    Some(snapshot::restore_value(&r[2]).ok_or_else(usage)?)
+                };
+                parsed.push((&r[0], expire, value));
+            }
+            if reset == 1 {
+                self.drop_slot_keys(at);
+            }
+            for (key, expire, value) in parsed {
+                self.keyspace.remove(key);
+                if let Some(value) = value {
+                    let entry = crate::keyspace::Entry {
+                        value,
+                        expire_at_ms: expire as u64,
+                    };
+                    self.keyspace.insert_entry(key, entry);
+                }
+                self.watches.touched(key);
+            }
+            return Ok(Reply::Int((records.len() / 3) as i64));
+        }
+        if is(sub, "acquire") {
+            let (attempt, epoch) = (arg(3)?, arg(4)?);
+            if self.keyspace.serves(at) {
+                return Ok(Reply::OK);
+            }
+            if !matches!(self.moves.incoming.get(&slot), Some(i) if i.attempt == attempt) {
+                return Err(stale());
+            }
+            self.moves.incoming.remove(&slot);
+            self.keyspace.set_served(at, true);
+            self.moves.epochs.insert(slot, epoch);
+            self.moves.acquired.push((slot, epoch));
+            // A WATCH taken here before the slot last left must not pass over the keys it got
+            // while away.
+            let keys: Vec<Vec<u8>> = self
+                .keyspace
+                .iter_slot(at)
+                .map(|(k, _)| k.to_vec())
+                .collect();
+            keys.iter().for_each(|k| self.watches.touched(k));
+            return Ok(Reply::OK);
+        }
+        if is(sub, "abort") {
+            if self.moves.incoming.remove(&slot).is_some() {
+                self.drop_slot_keys(at);
+            }
+            return Ok(Reply::OK);
+        }
+        Err(usage())
+    }
+
+    /// Deletes the keys of a slot this shard does not serve (stamping them for WATCH).
+    fn drop_slot_keys(&mut self, slot: usize) {
+        debug_assert!(!self.keyspace.serves(slot), "dropping a served slot's keys");
+        let keys: Vec<Vec<u8>> = self
+            .keyspace
+            .iter_slot(slot)
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        keys.iter().for_each(|k| self.watches.touched(k));
+        self.keyspace.clear_slot(slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_resp::Protocol;
+
+    fn env(now_ms: u64) -> Env {
+        Env {
+            now_ms,
+            seed: 1,
+            proto: Protocol::Resp2,
+        }
+    }
+
+    fn run(s: &mut Store, index: u64, args: &[&str]) -> Reply {
+        s.watches.set_log_index(index);
+        let argv: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        if argv[0] == b"cairn.migrate" {
+            return s.migrate(&argv, &env(1_000));
+        }
+        let h = crate::cmd::handler(&args[0].to_ascii_lowercase()).expect("known");
+        s.execute(h, &argv, &env(1_000))
+    }
+
+    fn ints(r: &Reply) -> Vec<i64> {
+        match r {
+            Reply::Array(items) => items
+                .iter()
+                .filter_map(|i| match i {
+                    Reply::Int(n) => Some(*n),
+                    _ => None,
+                })
+                .collect(),
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+
+    /// Moves every pending key from `a` to `b` as a coordinator would; returns how many.
+    fn copy(a: &mut Store, b: &mut Store, index: &mut u64, slot: u16, attempt: u64) -> usize {
+        let mut moved = 0;
+        loop {
+            *index += 1;
+            let r = run(
+                a,
+                *index,
+                &[
+                    "cairn.migrate",
+                    "take",
+                    &slot.to_string(),
+                    &attempt.to_string(),
+                    "2",
+                    "1000000",
+                ],
+            );
+            let Reply::Array(parts) = r else {
+                panic!("{r:?}")
+            };
+            let (Reply::Int(reset), Reply::Array(records)) = (&parts[0], &parts[2]) else {
+                panic!()
+            };
+            if records.is_empty() && *reset == 0 {
+                return moved;
+            }
+            let mut load: Vec<Vec<u8>> = [
+                "cairn.migrate",
+                "load",
+                &slot.to_string(),
+                &attempt.to_string(),
+                &reset.to_string(),
+            ]
+            .map(|s| s.as_bytes().to_vec())
+            .to_vec();
+            for rec in records {
+                let Reply::Array(f) = rec else { panic!() };
+                let (Reply::Bulk(k), Reply::Int(at)) = (&f[0], &f[1]) else {
+                    panic!()
+                };
+                load.push(k.clone());
+                load.push(at.to_string().into_bytes());
+                load.push(match &f[2] {
+                    Reply::Bulk(d) => d.clone(),
+                    _ => Vec::new(),
+                });
+                moved += 1;
+            }
+            *index += 1;
+            b.watches.set_log_index(*index);
+            assert!(matches!(b.migrate(&load, &env(1_000)), Reply::Int(_)));
+        }
+    }
+
+    #[test]
+    fn a_slot_moves_with_writes_during_the_copy_and_is_never_served_twice() {
+        let slot = key_slot(b"{t}a") as u16;
+        let s = slot.to_string();
+        let mut a = Store::new();
+        let mut b = Store::serving(crate::keyspace::SlotSet::none());
+        for (i, k) in (1..).zip(["{t}a", "{t}b", "{t}c", "other"]) {
+            run(&mut a, i, &["SET", k, "1"]);
+        }
+        let out = run(&mut a, 10, &["cairn.migrate", "out", &s, "2"]);
+        assert_eq!(ints(&out), vec![10, 0]);
+        assert_eq!(
+            run(&mut b, 11, &["cairn.migrate", "in", &s, "1", "10"]),
+            Reply::Int(1)
+        );
+        let mut index = 20;
+        assert_eq!(copy(&mut a, &mut b, &mut index, slot, 10), 3);
+        // Writes after the copy: a change, a delete and a new key become pending again.
+        run(&mut a, 100, &["INCR", "{t}a"]);
+        run(&mut a, 101, &["DEL", "{t}b"]);
+        run(&mut a, 102, &["SET", "{t}d", "new"]);
+        // B serves nothing of the slot yet.
+        assert_eq!(run(&mut b, 103, &["DBSIZE"]), Reply::Int(0));
+        assert!(!b.serves_keys(&[b"GET".to_vec(), b"{t}a".to_vec()], &[1]));
+        // Too many pending to hand over with at most one.
+        assert_eq!(
+            ints(&run(
+                &mut a,
+                104,
+                &["cairn.migrate", "release", &s, "10", "1"]
+            )),
+            vec![0, 3]
+        );
+        assert!(a.keyspace.serves(slot as usize));
+        let rel = run(&mut a, 105, &["cairn.migrate", "release", &s, "10", "5"]);
+        assert_eq!(ints(&rel), vec![1, 0]);
+        assert!(!a.keyspace.serves(slot as usize));
+        // Frozen: the pending keys are taken after the release.
+        let mut index = 200;
+        assert_eq!(copy(&mut a, &mut b, &mut index, slot, 10), 3);
+        assert_eq!(
+            run(&mut b, 300, &["cairn.migrate", "acquire", &s, "10", "1"]),
+            Reply::OK
+        );
+        assert_eq!(b.moves.acquired, vec![(slot, 1)]);
+        assert_eq!(
+            run(&mut b, 301, &["GET", "{t}a"]),
+            Reply::Bulk(b"2".to_vec())
+        );
+        assert_eq!(run(&mut b, 302, &["EXISTS", "{t}b"]), Reply::Int(0));
+        assert_eq!(
+            run(&mut b, 303, &["GET", "{t}d"]),
+            Reply::Bulk(b"new".to_vec())
+        );
+        assert_eq!(run(&mut b, 304, &["DBSIZE"]), Reply::Int(3));
+        // A still stores its frozen copy (not counted) until DROP.
+        assert_eq!(run(&mut a, 305, &["DBSIZE"]), Reply::Int(1));
+        assert_eq!(
+            run(&mut a, 306, &["cairn.migrate", "drop", &s]),
+            Reply::Int(3)
+        );
+        assert_eq!(a.keyspace.len(), 1);
+        assert!(a.moves.outgoing.is_empty() && b.moves.incoming.is_empty());
+    }
+
+    #[test]
+    fn a_superseded_attempt_is_refused_on_both_sides() {
+        let slot = key_slot(b"k");
+        let s = slot.to_string();
+        let mut a = Store::new();
+        let mut b = Store::serving(crate::keyspace::SlotSet::none());
+        run(&mut a, 1, &["SET", "k", "old"]);
+        run(&mut a, 2, &["cairn.migrate", "out", &s, "2"]);
+        run(&mut b, 3, &["cairn.migrate", "in", &s, "1", "2"]);
+        // A second coordinator starts over.
+        run(&mut a, 4, &["cairn.migrate", "out", &s, "2"]);
+        run(&mut b, 5, &["cairn.migrate", "in", &s, "1", "4"]);
+        let take = run(&mut a, 6, &["cairn.migrate", "take", &s, "2", "10", "1000"]);
+        assert_eq!(take, stale());
+        let load = run(
+            &mut b,
+            7,
+            &["cairn.migrate", "load", &s, "2", "0", "k", "-1", ""],
+        );
+        assert_eq!(load, stale());
+        assert_eq!(
+            run(&mut b, 8, &["cairn.migrate", "in", &s, "1", "2"]),
+            stale()
+        );
+        // Moving to another shard at the same time is refused; cancelling ends it.
+        assert!(matches!(
+            run(&mut a, 9, &["cairn.migrate", "out", &s, "3"]),
+            Reply::Error(_)
+        ));
+        assert_eq!(run(&mut a, 10, &["cairn.migrate", "cancel", &s]), Reply::OK);
+        assert_eq!(run(&mut b, 11, &["cairn.migrate", "abort", &s]), Reply::OK);
+        assert_eq!(run(&mut a, 12, &["GET", "k"]), Reply::Bulk(b"old".to_vec()));
+        // Once released, a move cannot be cancelled.
+        run(&mut a, 13, &["cairn.migrate", "out", &s, "2"]);
+        run(&mut a, 14, &["cairn.migrate", "release", &s, "13", "10"]);
+        assert!(matches!(
+            run(&mut a, 15, &["cairn.migrate", "cancel", &s]),
+            Reply::Error(_)
+        ));
+    }
+
+    #[test]
+    fn a_flush_during_the_copy_tells_the_target_to_start_over() {
+        let slot = key_slot(b"k");
+        let s = slot.to_string();
+        let mut a = Store::new();
+        let mut b = Store::serving(crate::keyspace::SlotSet::none());
+        run(&mut a, 1, &["SET", "k", "1"]);
+        run(&mut a, 2, &["cairn.migrate", "out", &s, "2"]);
+        run(&mut b, 3, &["cairn.migrate", "in", &s, "1", "2"]);
+        let mut index = 10;
+        copy(&mut a, &mut b, &mut index, slot as u16, 2);
+        assert_eq!(b.keyspace.len(), 1);
+        run(&mut a, 50, &["FLUSHALL"]);
+        // FLUSHALL on the target leaves the keys it is being sent alone.
+        run(&mut b, 51, &["FLUSHALL"]);
+        assert_eq!(b.keyspace.len(), 1);
+        let mut index = 60;
+        copy(&mut a, &mut b, &mut index, slot as u16, 2);
+        assert_eq!(b.keyspace.len(), 0, "the reset reached the target");
+    }
+
+    #[test]
+    fn moves_round_trip_through_their_encoding() {
+        let slot = key_slot(b"k");
+        let s = slot.to_string();
+        let mut a = Store::new();
+        run(&mut a, 1, &["SET", "k", "1"]);
+        run(&mut a, 2, &["cairn.migrate", "out", &s, "7"]);
+        a.moves.incoming.insert(
+            5,
+            Incoming {
+                attempt: 3,
+                from: 9,
+            },
+        );
+        a.moves.epochs.insert(5, 4);
+        let mut bytes = Vec::new();
+        a.moves.encode(&mut bytes);
+        let (back, used) = crate::moves::Moves::decode(&bytes).unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(back, a.moves);
+        for cut in 0..bytes.len() {
+            assert!(
+                crate::moves::Moves::decode(&bytes[..cut]).is_none(),
+                "cut at {cut}"
+            );
+        }
+    }
+}
