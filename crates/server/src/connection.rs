@@ -107,6 +107,8 @@ pub struct Client {
     pub relays: Vec<crate::replicated::Relay>,
     /// Replicated mode: keys watched on this node, each with the log index it was watched at.
     pub watched_at: Vec<(Vec<u8>, u64)>,
+    /// Replicated mode: the shard `watched_at`'s indexes belong to.
+    pub watched_group: Option<u64>,
     /// Replicated mode: the client's WATCH went to a shard leader over one of `relays`, so
     /// everything it sends goes there until the transaction ends.
     pub watch_relay: Option<crate::replicated::WatchRelay>,
@@ -115,6 +117,41 @@ pub struct Client {
 impl Client {
     pub fn id(&self) -> u64 {
         self.info.id
+    }
+
+    /// A client of the node's own making (a slot move's coordinator), with no connection: it
+    /// is not listed by CLIENT LIST.
+    pub fn internal(shared: &Shared) -> Client {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let now = crate::now_ms();
+        let info = Arc::new(ClientInfo {
+            id: shared.next_client_id(),
+            addr: loopback,
+            laddr: loopback,
+            created_ms: now,
+            name: Mutex::default(),
+            lib_name: Mutex::default(),
+            lib_ver: Mutex::default(),
+            last_active_ms: AtomicU64::new(now),
+            last_command: Mutex::new(None),
+            resp: AtomicU8::new(2),
+            in_multi: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            kill: Notify::new(),
+        });
+        Client {
+            info,
+            proto: Protocol::Resp2,
+            multi: None,
+            multi_failed: false,
+            watched: Vec::new(),
+            close_after_reply: false,
+            sleep: None,
+            relays: Vec::new(),
+            watched_at: Vec::new(),
+            watched_group: None,
+            watch_relay: None,
+        }
     }
 }
 
@@ -163,6 +200,7 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr)
         sleep: None,
         relays: Vec::new(),
         watched_at: Vec::new(),
+        watched_group: None,
         watch_relay: None,
     };
     if let Err(e) = serve_loop(&shared, &mut socket, &mut client).await {

@@ -39,6 +39,8 @@ pub struct Shared {
     pub table: dispatch::Table,
     pub clients: connection::Registry,
     pub stats: stats::Stats,
+    /// The slot moves this node coordinates.
+    pub reshard: cmd::reshard::Jobs,
     pub started_ms: u64,
     next_client_id: AtomicU64,
     /// Flips to true when the server shuts down.
@@ -122,6 +124,7 @@ fn start_replication(
         .map(|(group, store)| {
             let machine = shard::ShardMachine {
                 store: store.clone(),
+                routes: Some((group, shards.owners().clone())),
             };
             (group, machine)
         })
@@ -169,11 +172,13 @@ pub async fn run_with_bus(
         table: dispatch::Table::build(),
         clients: connection::Registry::default(),
         stats: stats::Stats::default(),
+        reshard: Default::default(),
         started_ms: now_ms(),
         next_client_id: AtomicU64::new(1),
         shutdown: stop_rx,
     });
     let expiry = tokio::spawn(expiry::run(shared.clone()));
+    let watchdog = tokio::spawn(cmd::reshard::watchdog(shared.clone()));
     tracing::info!(addr = %listener.local_addr()?, commands = shared.table.len(), "cairn is serving clients");
     tokio::pin!(shutdown);
     loop {
@@ -220,6 +225,7 @@ pub async fn run_with_bus(
     // Connections finish the request they are running and close.
     let _ = stop_tx.send(true);
     expiry.abort();
+    watchdog.abort();
     let deadline = tokio::time::Instant::now() + DRAIN_WITHIN;
     while !shared.clients.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

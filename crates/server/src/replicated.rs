@@ -521,8 +521,17 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
     if args[0].eq_ignore_ascii_case(b"cairn.member") {
         return crate::cmd::member::member(shared, client, args).await;
     }
+    if args[0].eq_ignore_ascii_case(b"cairn.reshard") {
+        return crate::cmd::reshard::command(shared, client, args).await;
+    }
     if args[0].eq_ignore_ascii_case(b"cairn.shard") {
         return match shard_override(shared, &args) {
+            // A slot move's step (see `cmd/reshard.rs`): not in the command table.
+            Ok((group, args))
+                if args[0].eq_ignore_ascii_case(cairn_store::cmd::migrate::NAME.as_bytes()) =>
+            {
+                propose_to(shared, client, group, args).await
+            }
             Ok((group, args)) => handle_on(shared, client, args, Some(group)).await,
             Err(e) => e.to_bytes(client.proto),
         };
@@ -658,6 +667,12 @@ async fn exec(shared: &Shared, client: &mut Client) -> Vec<u8> {
     let Some(group) = transaction_shard(shared, &queue, &watched) else {
         return crossslot().to_bytes(proto);
     };
+    // Watch indexes are positions in one shard's log: if the keys' slots moved to another
+    // shard since WATCH, whether they changed cannot be told, so the transaction aborts as
+    // if they had (clients retry that).
+    if !watched.is_empty() && client.watched_group.take() != Some(group) {
+        return Reply::NilArray.to_bytes(proto);
+    }
     write(shared, client, group, queue, Some(watched), false).await
 }
 
@@ -695,6 +710,7 @@ async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<
                     client.watched_at.push((key.clone(), index));
                 }
             }
+            client.watched_group = Some(group);
             Reply::OK.to_bytes(proto)
         }
         Ok(Err(NodeError::NotLeader {
@@ -755,6 +771,17 @@ async fn relay_watching(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>
         }
     }
     reply
+}
+
+/// Proposes one command to shard `group` whatever its keys, through the shard's leader:
+/// the reply, or the error to give.
+pub async fn propose_to(
+    shared: &Shared,
+    client: &mut Client,
+    group: u64,
+    cmd: Vec<Vec<u8>>,
+) -> Vec<u8> {
+    write(shared, client, group, vec![cmd], None, true).await
 }
 
 /// Proposes commands to shard `group` as one entry (a transaction when `block`), relaying to
@@ -870,6 +897,12 @@ async fn read(
                 let mut out = Vec::new();
                 let mut store = shared.shards.store(group).lock();
                 for (args, handler) in &run {
+                    // The barrier put this replica past any hand-over of the slot that came
+                    // before the read: a slot it no longer serves may have changed elsewhere.
+                    if let Some(slot) = crate::shard::unserved_slot(&store, args) {
+                        crate::shard::not_served(slot).encode(proto, &mut out);
+                        continue;
+                    }
                     let env = cairn_store::Env {
                         now_ms: crate::now_ms(),
                         seed: dispatch::next_seed(),

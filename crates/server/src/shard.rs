@@ -4,24 +4,76 @@
 //! protocol (carried in the entry). Every replica computes the same bytes, so whichever node
 //! answers, the answer is the same. The store is shared with readers: a linearizable read runs
 //! against it after the node's read barrier.
+//!
+//! Whether the shard serves a key's slot is decided here, at apply, in log order: a command
+//! whose keys are in a slot this shard does not serve at that point of its log (the slot is
+//! moving, or has moved) answers `-TRYAGAIN` on every replica and changes nothing. That check,
+//! not the routing map, is what keeps two shards from ever accepting writes for one slot.
 
+use crate::shards::SlotOwners;
+use cairn_commands::{CommandTable, Lookup};
 use cairn_replication::StateMachine;
 use cairn_resp::{Protocol, Reply};
 use cairn_store::entry::{LogEntry, Operation};
+use cairn_store::keyspace::SlotSet;
+use cairn_store::moves::Moves;
 use cairn_store::{snapshot, Store};
 use parking_lot::Mutex;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 #[derive(Default, Clone)]
 pub struct ShardMachine {
     pub store: Arc<Mutex<Store>>,
+    /// This shard's group id and the node's slot → shard map, told of every slot this shard
+    /// comes to serve (None in tests of the machine alone).
+    pub routes: Option<(u64, Arc<SlotOwners>)>,
+}
+
+/// Key positions of any Redis command, for the apply-time slot check.
+fn key_table() -> &'static CommandTable {
+    static TABLE: OnceLock<CommandTable> = OnceLock::new();
+    TABLE.get_or_init(|| CommandTable::load(|_| true))
+}
+
+/// The first slot of `args`'s keys that `store` does not serve, if any.
+pub fn unserved_slot(store: &Store, args: &[Vec<u8>]) -> Option<usize> {
+    let Lookup::Found(spec) = key_table().lookup(args) else {
+        return None;
+    };
+    spec.key_positions(args)
+        .into_iter()
+        .map(|i| cairn_store::slot::key_slot(&args[i]))
+        .find(|&slot| !store.keyspace.serves(slot))
+}
+
+/// The answer to a command for a slot this shard does not serve (any more, or yet).
+pub fn not_served(slot: usize) -> Reply {
+    Reply::error(format!(
+        "TRYAGAIN Slot {slot} is moving between shards or has moved, retry"
+    ))
 }
 
 /// A shard snapshot: the keyspace plus the WATCH stamps, which are replicated state too.
 /// Layout: `MAGIC | version u8 | index u64 | keyspace len u64 | keyspace | flushed_at u64 |
-/// count u32 | (bucket u32, stamp u64)...`. A snapshot without the magic is a bare keyspace.
+/// count u32 | (bucket u32, stamp u64)... | served slots (256 × u64) | moves` (the last two
+/// since version 2, see `Moves::encode`). A snapshot without the magic is a bare keyspace.
 const MAGIC: &[u8; 4] = b"CRSM";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+
+impl ShardMachine {
+    /// Tells the node's slot map of the slots this shard just came to serve.
+    fn publish_acquired(&self, store: &mut Store) {
+        if store.moves.acquired.is_empty() {
+            return;
+        }
+        let acquired = std::mem::take(&mut store.moves.acquired);
+        if let Some((group, owners)) = &self.routes {
+            for (slot, epoch) in acquired {
+                owners.claim(slot as usize, *group, epoch);
+            }
+        }
+    }
+}
 
 impl StateMachine for ShardMachine {
     fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
@@ -37,7 +89,59 @@ impl StateMachine for ShardMachine {
                 return Reply::NilArray.to_bytes(entry.proto);
             }
         }
+        // Commands for slots this shard does not serve are refused here, in log order.
+        let refused: Vec<Option<usize>> = match &entry.op {
+            Operation::Commands(cmds) => cmds.iter().map(|c| unserved_slot(&store, c)).collect(),
+            Operation::Transaction(cmds) | Operation::WatchedTransaction { cmds, .. } => {
+                let watched = match &entry.op {
+                    Operation::WatchedTransaction { watched, .. } => watched.as_slice(),
+                    _ => &[],
+                };
+                let slot = cmds
+                    .iter()
+                    .find_map(|c| unserved_slot(&store, c))
+                    .or_else(|| {
+                        watched
+                            .iter()
+                            .map(|(k, _)| cairn_store::slot::key_slot(k))
+                            .find(|&s| !store.keyspace.serves(s))
+                    });
+                if let Some(slot) = slot {
+                    return not_served(slot).to_bytes(entry.proto);
+                }
+                Vec::new()
+            }
+            Operation::Expire(_) => Vec::new(),
+        };
+        if refused.iter().any(Option::is_some) {
+            let Operation::Commands(cmds) = &entry.op else {
+                unreachable!("only command runs are refused per command")
+            };
+            let served: Vec<Vec<Vec<u8>>> = cmds
+                .iter()
+                .zip(&refused)
+                .filter(|(_, r)| r.is_none())
+                .map(|(c, _)| c.clone())
+                .collect();
+            let ran = LogEntry {
+                op: Operation::Commands(served),
+                ..entry.clone()
+            };
+            let mut replies = store.apply_entry(&ran).into_iter();
+            let mut out = Vec::new();
+            for r in &refused {
+                match r {
+                    Some(slot) => not_served(*slot).encode(entry.proto, &mut out),
+                    None => replies
+                        .next()
+                        .expect("one reply per command")
+                        .encode(entry.proto, &mut out),
+                }
+            }
+            return out;
+        }
         let replies = store.apply_entry(&entry);
+        self.publish_acquired(&mut store);
         drop(store);
         match &entry.op {
             // A pipeline's commands: one reply each, back to back, as the client expects them.
@@ -78,6 +182,10 @@ impl StateMachine for ShardMachine {
             out.extend_from_slice(&bucket.to_le_bytes());
             out.extend_from_slice(&stamp.to_le_bytes());
         }
+        for w in store.keyspace.served().words() {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        store.moves.encode(&mut out);
         out
     }
 
@@ -86,6 +194,7 @@ impl StateMachine for ShardMachine {
     fn snapshot_job(&self) -> Option<cairn_replication::driver::SnapshotJob> {
         let me = ShardMachine {
             store: self.store.clone(),
+            routes: None,
         };
         Some(Box::new(move || me.snapshot()))
     }
@@ -105,7 +214,7 @@ impl StateMachine for ShardMachine {
             Ok(s)
         };
         let version = take(1)?[0];
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(format!("shard snapshot version {version} is unknown"));
         }
         let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
@@ -119,12 +228,40 @@ impl StateMachine for ShardMachine {
             let bucket = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
             stamps.push((bucket, u64_at(take(8)?)));
         }
+        // Version 1 predates moves: the shard keeps the slots it was created with.
+        let mut slots = None;
+        if version >= 2 {
+            let mut words = [0u64; cairn_store::slot::SLOTS / 64];
+            for w in words.iter_mut() {
+                *w = u64_at(take(8)?);
+            }
+            let (moves, used) = Moves::decode(&rest[pos..]).ok_or_else(bad)?;
+            pos += used;
+            slots = Some((SlotSet::from_words(words), moves));
+        }
         if pos != rest.len() {
             return Err(bad());
         }
         let mut store = self.store.lock();
+        let served = match slots {
+            Some((served, moves)) => {
+                store.moves = moves;
+                served
+            }
+            None => store.keyspace.served().clone(),
+        };
         store.keyspace = keyspace;
+        store.keyspace.set_served_slots(served);
         store.watches.restore_stamps(index, flushed_at, &stamps);
+        // The map learns every slot this shard serves since it last moved.
+        let claims: Vec<(u16, u64)> = store.moves.epochs.iter().map(|(&s, &e)| (s, e)).collect();
+        if let Some((group, owners)) = &self.routes {
+            for (slot, epoch) in claims {
+                if store.keyspace.serves(slot as usize) {
+                    owners.claim(slot as usize, *group, epoch);
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -6,13 +6,18 @@
 //! shard owning every slot. In replicated mode the slots are split into contiguous ranges of
 //! equal size when the cluster is created (`--shards`, by default one shard per initial node so
 //! that every node can lead one); the count is recorded in the data directory and may not
-//! change afterwards. Moving slots between shards (and this map into the meta group) comes
-//! with online resharding.
+//! change afterwards. Slots then move between shards online (`cmd/reshard.rs`): which shard
+//! serves a slot is decided in the shards' own logs (`cairn_store::moves`), and this map
+//! follows them: it is where requests are sent, kept current by every apply that makes a
+//! shard serve a slot, each with the slot's ownership epoch so that the newest claim wins
+//! whatever order the shards replay in.
 
+use cairn_store::keyspace::SlotSet;
 use cairn_store::slot::{key_slot, SLOTS};
 use cairn_store::Store;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The most shards a cluster may be created with: every shard costs each of its replicas a
@@ -23,9 +28,32 @@ pub const MAX_SHARDS: usize = 256;
 #[derive(Debug, PartialEq)]
 pub struct CrossShard;
 
+/// Slot → the shard that serves it, as far as this node has applied: `epoch << 16 | group`
+/// per slot.
+pub struct SlotOwners(Vec<AtomicU64>);
+
+impl SlotOwners {
+    pub fn group(&self, slot: usize) -> u64 {
+        self.0[slot].load(Ordering::Relaxed) & 0xffff
+    }
+
+    pub fn epoch(&self, slot: usize) -> u64 {
+        self.0[slot].load(Ordering::Relaxed) >> 16
+    }
+
+    /// Records that `group` serves `slot` from ownership `epoch` on, unless a newer epoch is
+    /// known already.
+    pub fn claim(&self, slot: usize, group: u64, epoch: u64) {
+        debug_assert!(group <= 0xffff && epoch < 1 << 48);
+        let new = epoch << 16 | group;
+        let _ = self.0[slot].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            (epoch > old >> 16).then_some(new)
+        });
+    }
+}
+
 pub struct Shards {
-    /// Slot → shard (group id).
-    owner: Vec<u64>,
+    owner: Arc<SlotOwners>,
     stores: BTreeMap<u64, Arc<Mutex<Store>>>,
 }
 
@@ -54,9 +82,29 @@ impl Shards {
             owner.resize(last + 1, i as u64 + 1);
         }
         let stores = (1..=count as u64)
-            .map(|g| (g, Arc::new(Mutex::new(Store::new()))))
+            .map(|g| {
+                let mut served = SlotSet::none();
+                (0..SLOTS)
+                    .filter(|&s| owner[s] == g)
+                    .for_each(|s| served.set(s, true));
+                (g, Arc::new(Mutex::new(Store::serving(served))))
+            })
             .collect();
-        Shards { owner, stores }
+        let owner = SlotOwners(owner.into_iter().map(AtomicU64::new).collect());
+        Shards {
+            owner: Arc::new(owner),
+            stores,
+        }
+    }
+
+    /// The slot → shard map, for the state machines to keep current.
+    pub fn owners(&self) -> &Arc<SlotOwners> {
+        &self.owner
+    }
+
+    /// The ownership epoch of `slot` (0 until it first moves).
+    pub fn epoch_of_slot(&self, slot: usize) -> u64 {
+        self.owner.epoch(slot)
     }
 
     pub fn len(&self) -> usize {
@@ -68,11 +116,11 @@ impl Shards {
     }
 
     pub fn group_of_slot(&self, slot: usize) -> u64 {
-        self.owner[slot]
+        self.owner.group(slot)
     }
 
     pub fn group_of_key(&self, key: &[u8]) -> u64 {
-        self.owner[key_slot(key)]
+        self.owner.group(key_slot(key))
     }
 
     /// The shard that owns every one of `keys`, or `Err(CrossShard)` when they are in different shards
@@ -115,8 +163,8 @@ impl Shards {
         let mut out: BTreeMap<u64, Vec<(usize, usize)>> = BTreeMap::new();
         let mut start = 0;
         for slot in 1..=SLOTS {
-            if slot == SLOTS || self.owner[slot] != self.owner[start] {
-                out.entry(self.owner[start])
+            if slot == SLOTS || self.group_of_slot(slot) != self.group_of_slot(start) {
+                out.entry(self.group_of_slot(start))
                     .or_default()
                     .push((start, slot - 1));
                 start = slot;

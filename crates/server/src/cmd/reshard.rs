@@ -1,0 +1,410 @@
+//! CAIRN.RESHARD: moving slots between shards while both keep serving.
+//!
+//! `CAIRN.RESHARD MOVE <first-slot> <last-slot> <to-shard>` moves each slot of the range that
+//! another shard serves, one slot at a time, and answers the number moved once all are done.
+//! `CAIRN.RESHARD CANCEL` stops the moves this node coordinates (a slot already handed over
+//! still finishes); `CAIRN.RESHARD STATUS` lists the moves in progress.
+//!
+//! A node coordinates a move by proposing the `CAIRN.MIGRATE` steps of `cairn_store::moves`
+//! to each shard's leader (`CAIRN.SHARD <shard> CAIRN.MIGRATE ...` when that is another node).
+//! The steps are replicated state, so a move outlives its coordinator: on every node a
+//! watchdog looks, for each shard the node leads, at the slots moving out; one that has not
+//! progressed for [`STALLED`] is taken over with a new attempt, which fences off the old
+//! coordinator's steps. A slot handed over (`RELEASE`) is always taken to the end.
+
+use crate::connection::Client;
+use crate::{replicated, Shared};
+use cairn_resp::Reply;
+use cairn_store::slot::SLOTS;
+use parking_lot::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Keys (and bytes) one TAKE hands out: one LOAD entry stays at most about this large.
+const TAKE_KEYS: u64 = 512;
+const TAKE_BYTES: u64 = 1024 * 1024;
+/// RELEASE waits until at most this many keys are pending: they are what is copied while
+/// neither shard serves the slot.
+const RELEASE_AT: u64 = 128;
+/// Copy rounds of one attempt before it gives up on catching up with the writes.
+const MAX_ROUNDS: usize = 10_000;
+/// Attempts at one slot before the move fails.
+const MAX_ATTEMPTS: usize = 30;
+/// A move that shows no progress this long is taken over by the source shard's leader.
+pub const STALLED: Duration = Duration::from_secs(5);
+
+/// The moves this node coordinates.
+#[derive(Default)]
+pub struct Jobs {
+    /// Slots being moved by a coordinator on this node.
+    active: Mutex<BTreeSet<u16>>,
+    cancel: AtomicBool,
+    /// What the watchdog saw of each outgoing slot, and when it last changed.
+    seen: Mutex<HashMap<u16, (Progress, Instant)>>,
+}
+
+/// A slot move's progress as its source shard records it: (shard, attempt, keys pending,
+/// handed over).
+type Progress = (u64, u64, usize, bool);
+
+fn err(msg: impl Into<String>) -> Reply {
+    Reply::error(format!("ERR {}", msg.into()))
+}
+
+fn number(arg: &[u8]) -> Option<u64> {
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
+pub async fn command(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
+    let proto = client.proto;
+    let sub = args
+        .get(1)
+        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase());
+    let reply = match (sub.as_deref(), args.len()) {
+        (Some("move"), 5) => match (number(&args[2]), number(&args[3]), number(&args[4])) {
+            (Some(first), Some(last), Some(to))
+                if first <= last
+                    && last < SLOTS as u64
+                    && shared.shards.stores().any(|(g, _)| g == to) =>
+            {
+                move_range(shared, first as usize, last as usize, to).await
+            }
+            _ => err("usage: CAIRN.RESHARD MOVE <first-slot> <last-slot> <to-shard>"),
+        },
+        (Some("cancel"), 2) => {
+            shared.reshard.cancel.store(true, Ordering::SeqCst);
+            Reply::OK
+        }
+        (Some("status"), 2) => status(shared),
+        _ => err("usage: CAIRN.RESHARD MOVE <first> <last> <to-shard> | CANCEL | STATUS"),
+    };
+    reply.to_bytes(proto)
+}
+
+async fn move_range(shared: &Shared, first: usize, last: usize, to: u64) -> Reply {
+    shared.reshard.cancel.store(false, Ordering::SeqCst);
+    let mut moved = 0;
+    for slot in first..=last {
+        let from = shared.shards.group_of_slot(slot);
+        if from == to {
+            continue;
+        }
+        if shared.reshard.cancel.load(Ordering::SeqCst) {
+            return err(format!("cancelled after moving {moved} slots"));
+        }
+        match move_slot(shared, slot as u16, from, to).await {
+            Ok(true) => moved += 1,
+            Ok(false) => return err(format!("cancelled after moving {moved} slots")),
+            Err(e) => {
+                return err(format!(
+                    "moving slot {slot} failed after {moved} slots: {e}"
+                ))
+            }
+        }
+    }
+    Reply::Int(moved)
+}
+
+/// The moves in progress that this node's replicas know of, one line each, plus the slots
+/// this node coordinates.
+fn status(shared: &Shared) -> Reply {
+    let mut lines = Vec::new();
+    for (group, store) in shared.shards.stores() {
+        let store = store.lock();
+        for (slot, o) in &store.moves.outgoing {
+            lines.push(format!(
+                "slot {slot}: shard {group} -> shard {} attempt {} pending {}{}",
+                o.to,
+                o.attempt,
+                o.pending.len(),
+                if o.released { " handed-over" } else { "" }
+            ));
+        }
+    }
+    let active = shared.reshard.active.lock();
+    if !active.is_empty() {
+        let list: Vec<String> = active.iter().map(u16::to_string).collect();
+        lines.push(format!("coordinating here: {}", list.join(" ")));
+    }
+    Reply::Array(lines.into_iter().map(Reply::bulk).collect())
+}
+
+/// Marks `slot` as coordinated here until dropped.
+struct Active<'a>(&'a Jobs, u16);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.lock().remove(&self.1);
+    }
+}
+
+/// Moves one slot from shard `from` to shard `to`. Ok(false) when it was cancelled before the
+/// hand-over (nothing changed owner).
+pub async fn move_slot(shared: &Shared, slot: u16, from: u64, to: u64) -> Result<bool, String> {
+    if !shared.reshard.active.lock().insert(slot) {
+        return Err(format!("slot {slot} is being moved by this node already"));
+    }
+    let _active = Active(&shared.reshard, slot);
+    let mut client = Client::internal(shared);
+    let mut last_error = String::new();
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match try_move(shared, &mut client, slot, from, to).await {
+            Ok(done) => return Ok(done),
+            Err(Failure::Final(e)) => return Err(e),
+            Err(Failure::Again(e)) => {
+                tracing::info!(slot, from, to, error = %e, "slot move attempt failed; retrying");
+                last_error = e;
+            }
+        }
+    }
+    Err(last_error)
+}
+
+enum Failure {
+    /// Worth a new attempt (a leader changed, a step's outcome is unknown, an attempt was
+    /// superseded).
+    Again(String),
+    /// Not: the slot is not where it was said to be.
+    Final(String),
+}
+
+/// Proposes one CAIRN.MIGRATE step to shard `group`; its reply, or the error it gave.
+async fn step(
+    shared: &Shared,
+    client: &mut Client,
+    group: u64,
+    args: Vec<Vec<u8>>,
+) -> Result<Reply, String> {
+    let mut cmd = vec![cairn_store::cmd::migrate::NAME.as_bytes().to_vec()];
+    cmd.extend(args);
+    let bytes = replicated::propose_to(shared, client, group, cmd).await;
+    match cairn_resp::parse_reply(&bytes) {
+        Some(Reply::Error(e)) => Err(e.to_string()),
+        Some(r) => Ok(r),
+        None => Err("a shard answered with a reply that could not be read".into()),
+    }
+}
+
+fn args(parts: &[&(dyn ToString + Sync)]) -> Vec<Vec<u8>> {
+    parts.iter().map(|p| p.to_string().into_bytes()).collect()
+}
+
+fn ints(r: &Reply) -> Vec<i64> {
+    match r {
+        Reply::Array(items) => items
+            .iter()
+            .filter_map(|i| match i {
+                Reply::Int(n) => Some(*n),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Copies pending keys from the source to the target until a TAKE hands out nothing.
+/// Returns how many are still pending after the last round.
+async fn copy_round(
+    shared: &Shared,
+    client: &mut Client,
+    slot: u16,
+    from: u64,
+    to: u64,
+    attempt: u64,
+) -> Result<i64, Failure> {
+    let again = Failure::Again;
+    let take = step(
+        shared,
+        client,
+        from,
+        args(&[&"TAKE", &slot, &attempt, &TAKE_KEYS, &TAKE_BYTES]),
+    )
+    .await
+    .map_err(again)?;
+    let Reply::Array(parts) = take else {
+        return Err(Failure::Again("TAKE gave no array".into()));
+    };
+    let (Some(Reply::Int(reset)), Some(Reply::Int(pending)), Some(Reply::Array(records))) =
+        (parts.first(), parts.get(1), parts.get(2))
+    else {
+        return Err(Failure::Again("TAKE gave an unexpected reply".into()));
+    };
+    if records.is_empty() && *reset == 0 {
+        return Ok(*pending);
+    }
+    let mut load = args(&[&"LOAD", &slot, &attempt, reset]);
+    for record in records {
+        let Reply::Array(f) = record else {
+            return Err(Failure::Again("TAKE gave a malformed record".into()));
+        };
+        let (Some(Reply::Bulk(key)), Some(Reply::Int(at))) = (f.first(), f.get(1)) else {
+            return Err(Failure::Again("TAKE gave a malformed record".into()));
+        };
+        load.push(key.clone());
+        load.push(at.to_string().into_bytes());
+        load.push(match f.get(2) {
+            Some(Reply::Bulk(dump)) => dump.clone(),
+            _ => Vec::new(),
+        });
+    }
+    step(shared, client, to, load).await.map_err(again)?;
+    Ok(*pending)
+}
+
+async fn try_move(
+    shared: &Shared,
+    client: &mut Client,
+    slot: u16,
+    from: u64,
+    to: u64,
+) -> Result<bool, Failure> {
+    let again = Failure::Again;
+    let out = step(shared, client, from, args(&[&"OUT", &slot, &to]))
+        .await
+        .map_err(|e| {
+            if e.contains("not served") || e.contains("already moving") {
+                Failure::Final(e)
+            } else {
+                Failure::Again(e)
+            }
+        })?;
+    let (attempt, epoch) = match ints(&out)[..] {
+        [a, e] => (a as u64, e as u64),
+        _ => return Err(Failure::Again("OUT gave an unexpected reply".into())),
+    };
+    let set_up = step(shared, client, to, args(&[&"IN", &slot, &from, &attempt]))
+        .await
+        .map_err(again)?;
+    if set_up == Reply::Int(0) {
+        // The target serves the slot already: an earlier attempt finished all but the drop.
+        drop_source(shared, client, slot, from).await;
+        return Ok(true);
+    }
+    // Copy while the source serves writes, until few keys are left pending.
+    let mut released = None;
+    for _ in 0..MAX_ROUNDS {
+        let pending = copy_round(shared, client, slot, from, to, attempt).await?;
+        if pending as u64 > RELEASE_AT {
+            continue;
+        }
+        if shared.reshard.cancel.load(Ordering::SeqCst) {
+            let _ = step(shared, client, from, args(&[&"CANCEL", &slot])).await;
+            let _ = step(shared, client, to, args(&[&"ABORT", &slot])).await;
+            return Ok(false);
+        }
+        let r = step(
+            shared,
+            client,
+            from,
+            args(&[&"RELEASE", &slot, &attempt, &RELEASE_AT]),
+        )
+        .await
+        .map_err(again)?;
+        if let [1, epoch] = ints(&r)[..] {
+            released = Some(epoch as u64);
+            break;
+        }
+    }
+    let Some(released_epoch) = released else {
+        return Err(Failure::Again(
+            "the writes to the slot kept ahead of the copy".into(),
+        ));
+    };
+    debug_assert!(
+        released_epoch == epoch,
+        "a slot's epoch changed during its move"
+    );
+    // The source serves the slot no longer and its keys are frozen: take the rest.
+    loop {
+        if copy_round(shared, client, slot, from, to, attempt).await? == 0 {
+            // One more round confirms nothing is left (the last one may have taken the last).
+            if copy_round(shared, client, slot, from, to, attempt).await? == 0 {
+                break;
+            }
+        }
+    }
+    step(
+        shared,
+        client,
+        to,
+        args(&[&"ACQUIRE", &slot, &attempt, &(epoch + 1)]),
+    )
+    .await
+    .map_err(again)?;
+    drop_source(shared, client, slot, from).await;
+    Ok(true)
+}
+
+/// Deletes the source's frozen copy, retrying for a while: the move is complete whether or not
+/// this succeeds (a copy left behind is not served; the watchdog drops it later).
+async fn drop_source(shared: &Shared, client: &mut Client, slot: u16, from: u64) {
+    for _ in 0..10 {
+        if step(shared, client, from, args(&[&"DROP", &slot]))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs until shutdown: every second, takes over the stalled moves out of shards this node
+/// leads (see the module documentation).
+pub async fn watchdog(shared: Arc<Shared>) {
+    let Some(repl) = shared.replication.as_ref() else {
+        return;
+    };
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = Instant::now();
+        let mut stalled = Vec::new();
+        {
+            let mut seen = shared.reshard.seen.lock();
+            let mut present = BTreeSet::new();
+            for (group, g) in repl.groups() {
+                if !g.is_leader {
+                    continue;
+                }
+                let store = shared.shards.store(group).lock();
+                for (&slot, o) in &store.moves.outgoing {
+                    present.insert(slot);
+                    let state = (group, o.attempt, o.pending.len(), o.released);
+                    match seen.get(&slot) {
+                        Some((s, since)) if *s == state => {
+                            if now.duration_since(*since) >= STALLED {
+                                stalled.push((slot, group, o.to));
+                            }
+                        }
+                        _ => {
+                            seen.insert(slot, (state, now));
+                        }
+                    }
+                }
+            }
+            seen.retain(|slot, _| present.contains(slot));
+        }
+        for (slot, from, to) in stalled {
+            if shared.reshard.active.lock().contains(&slot) {
+                continue;
+            }
+            shared.reshard.seen.lock().remove(&slot);
+            tracing::info!(slot, from, to, "taking over a stalled slot move");
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Err(e) = move_slot(&shared, slot, from, to).await {
+                    tracing::warn!(slot, from, to, error = %e, "a taken-over slot move failed");
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Online slot moves between shards (CAIRN.RESHARD): writes keep flowing during a move, none
+//! acknowledged is lost, the slot is served by exactly one shard before and after, and a move
+//! whose coordinator dies is finished by the source shard's leader.
+
+mod common;
+
+use common::{start_cluster_with, Cairn};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn slot_of(key: &str) -> u16 {
+    cairn_store::slot::key_slot(key.as_bytes()) as u16
+}
+
+/// Hash tags whose slots are in `[lo, hi]`, `n` of them in distinct slots.
+fn tags_in(lo: u16, hi: u16, n: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in 0.. {
+        let tag = format!("t{i}");
+        let slot = slot_of(&tag);
+        if (lo..=hi).contains(&slot) && out.iter().all(|t| slot_of(t) != slot) {
+            out.push(tag);
+            if out.len() == n {
+                return out;
+            }
+        }
+    }
+    unreachable!()
+}
+
+fn all_leaders(node: &Cairn, shards: u64) -> bool {
+    let text: String = redis::cmd("INFO")
+        .arg("raft")
+        .query(&mut node.client())
+        .unwrap_or_default();
+    (1..=shards).all(|g| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("group{g}:")))
+            .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix("leader=")))
+            .is_some_and(|l| l != "0")
+    })
+}
+
+fn reshard(node: &Cairn, first: u16, last: u16, to: u64) -> redis::RedisResult<i64> {
+    redis::cmd("CAIRN.RESHARD")
+        .arg("MOVE")
+        .arg(first)
+        .arg(last)
+        .arg(to)
+        .query(&mut node.client())
+}
+
+/// What a writer saw of one counter: increments acknowledged, and those whose outcome it
+/// cannot know (the connection or leadership changed under them).
+#[derive(Default, Clone, Copy, Debug)]
+struct Tally {
+    acked: i64,
+    unknown: i64,
+    refused: i64,
+}
+
+#[test]
+fn slots_move_back_and_forth_under_writes_and_no_increment_is_lost() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_cluster_with(3, &dirs, 2);
+    let node = |i: usize| nodes[i].as_ref().unwrap();
+    wait_for("a leader per shard", Duration::from_secs(30), || {
+        all_leaders(node(0), 2).then_some(())
+    });
+    // Shard 1 serves slots 0-8191, shard 2 8192-16383. Three tags of shard 1 will move.
+    let tags = tags_in(0, 8191, 3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let port = node(w).port;
+        let tags = tags.clone();
+        let stop = stop.clone();
+        writers.push(std::thread::spawn(move || {
+            let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let mut tallies = vec![Tally::default(); tags.len()];
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let t = i % tags.len();
+                i += 1;
+                let key = format!("{{{}}}:count", tags[t]);
+                match redis::cmd("INCR").arg(&key).query::<i64>(&mut c) {
+                    Ok(_) => tallies[t].acked += 1,
+                    // Refused at apply: the slot was between shards. Nothing changed.
+                    Err(e) if e.to_string().contains("moving between shards") => {
+                        tallies[t].refused += 1
+                    }
+                    Err(e) => {
+                        eprintln!("writer {w}: {e}");
+                        tallies[t].unknown += 1
+                    }
+                }
+            }
+            tallies
+        }));
+    }
+    // Some keys that do not change, many per slot, so each move copies in several rounds.
+    let mut c = node(1).client();
+    for tag in &tags {
+        let mut pipe = redis::pipe();
+        for k in 0..1500 {
+            pipe.cmd("SET")
+                .arg(format!("{{{tag}}}:k{k}"))
+                .arg(format!("v{k}"))
+                .ignore();
+        }
+        let _: () = pipe.query(&mut c).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for tag in &tags {
+        let s = slot_of(tag);
+        assert_eq!(reshard(node(0), s, s, 2).unwrap(), 1, "slot {s} moved");
+    }
+    // Moved: shard 2 serves them, shard 1 refuses them.
+    for tag in &tags {
+        let key = format!("{{{tag}}}:k7");
+        let on2: String = redis::cmd("CAIRN.SHARD")
+            .arg(2)
+            .arg("GET")
+            .arg(&key)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(on2, "v7");
+        let on1: redis::RedisResult<String> = redis::cmd("CAIRN.SHARD")
+            .arg(1)
+            .arg("GET")
+            .arg(&key)
+            .query(&mut c);
+        assert!(
+            on1.as_ref()
+                .is_err_and(|e| e.to_string().contains("moving between shards")),
+            "shard 1 still answers for {key}: {on1:?}"
+        );
+    }
+    // And back again through another node, with the writes still going.
+    std::thread::sleep(Duration::from_millis(300));
+    let first = tags.iter().map(|t| slot_of(t)).min().unwrap();
+    let last = tags.iter().map(|t| slot_of(t)).max().unwrap();
+    assert_eq!(reshard(node(2), first, last, 1).unwrap(), 3);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = vec![Tally::default(); tags.len()];
+    for w in writers {
+        for (t, tally) in w.join().unwrap().into_iter().enumerate() {
+            total[t].acked += tally.acked;
+            total[t].unknown += tally.unknown;
+            total[t].refused += tally.refused;
+        }
+    }
+    eprintln!("tallies per tag: {total:?}");
+    for (i, tag) in tags.iter().enumerate() {
+        let key = format!("{{{tag}}}:count");
+        for n in 0..3 {
+            let v: i64 = redis::cmd("GET")
+                .arg(&key)
+                .query(&mut node(n).client())
+                .unwrap();
+            let t = total[i];
+            assert!(
+                v >= t.acked && v <= t.acked + t.unknown,
+                "{key} through node {n} is {v}, but {} increments were acknowledged and {} \
+                 are unknown",
+                t.acked,
+                t.unknown
+            );
+        }
+        assert!(total[i].acked > 0, "writes went through during the moves");
+    }
+    // Every key is where it belongs, once: 3 tags × 1501 keys, all in shard 1 again.
+    let dbsize: i64 = redis::cmd("DBSIZE").query(&mut node(0).client()).unwrap();
+    assert_eq!(dbsize, 3 * 1501);
+    let on1: i64 = redis::cmd("CAIRN.SHARD")
+        .arg(1)
+        .arg("DBSIZE")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(on1, 3 * 1501);
+    for tag in &tags {
+        let v: String = redis::cmd("GET")
+            .arg(format!("{{{tag}}}:k1499"))
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(v, "v1499");
+    }
+    let status: Vec<String> = redis::cmd("CAIRN.RESHARD")
+        .arg("STATUS")
+        .query(&mut c)
+        .unwrap();
+    assert!(status.is_empty(), "moves left over: {status:?}");
+}
+
+#[test]
+fn a_move_whose_coordinator_dies_is_finished_by_the_source_leader() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster_with(3, &dirs, 2);
+    wait_for("a leader per shard", Duration::from_secs(30), || {
+        all_leaders(nodes[0].as_ref().unwrap(), 2).then_some(())
+    });
+    let tag = &tags_in(0, 8191, 1)[0];
+    let slot = slot_of(tag);
+    // Enough data that the move takes many copy rounds.
+    let mut c = nodes[1].as_ref().unwrap().client();
+    let value = "x".repeat(1000);
+    for chunk in 0..20 {
+        let mut pipe = redis::pipe();
+        for k in 0..1000 {
+            pipe.cmd("SET")
+                .arg(format!("{{{tag}}}:k{}", chunk * 1000 + k))
+                .arg(&value)
+                .ignore();
+        }
+        let _: () = pipe.query(&mut c).unwrap();
+    }
+    // Node 3 coordinates, and goes away in the middle.
+    let port = nodes[2].as_ref().unwrap().port;
+    let mover = std::thread::spawn(move || {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        redis::cmd("CAIRN.RESHARD")
+            .arg("MOVE")
+            .arg(slot)
+            .arg(slot)
+            .arg(2)
+            .query::<i64>(&mut c)
+    });
+    wait_for("the move to start", Duration::from_secs(20), || {
+        let status: Vec<String> = redis::cmd("CAIRN.RESHARD")
+            .arg("STATUS")
+            .query(&mut c)
+            .unwrap_or_default();
+        status
+            .iter()
+            .any(|l| l.starts_with(&format!("slot {slot}:")))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    drop(nodes[2].take());
+    let outcome = mover.join().unwrap();
+    assert!(
+        outcome.is_err(),
+        "the move finished before its coordinator went away ({outcome:?}): nothing was taken over"
+    );
+    // The watchdog on shard 1's leader notices the stalled move and finishes it.
+    wait_for("the move to finish", Duration::from_secs(60), || {
+        let status: Vec<String> = redis::cmd("CAIRN.RESHARD")
+            .arg("STATUS")
+            .query(&mut c)
+            .ok()?;
+        let on2: i64 = redis::cmd("CAIRN.SHARD")
+            .arg(2)
+            .arg("DBSIZE")
+            .query(&mut c)
+            .ok()?;
+        (status.is_empty() && on2 == 20_000).then_some(())
+    });
+    let on1: i64 = redis::cmd("CAIRN.SHARD")
+        .arg(1)
+        .arg("DBSIZE")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(on1, 0);
+    for k in [0, 9_999, 19_999] {
+        let v: String = redis::cmd("GET")
+            .arg(format!("{{{tag}}}:k{k}"))
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(v, value);
+    }
+}
