@@ -4,6 +4,8 @@
 //! `kill -9`s nodes (restarting them from their disks), freezes them (SIGSTOP/SIGCONT), and cuts
 //! links between them (`DEBUG NETWORK CUT`, a fault hook in the cluster bus): one link, or every
 //! link of one node (isolating it, often the leader, from the majority).
+//! Meanwhile a mover keeps moving the keys' slots between the three shards
+//! (`CAIRN.RESHARD MOVE`) through random nodes.
 //! At the end every node is killed at once and restarted, and final reads join the history.
 //! The whole history must be linearizable: no acknowledged write lost, no stale read.
 //!
@@ -118,7 +120,8 @@ fn client(
                 Some(Answer::Error(e))
                     if e.contains("no leader elected")
                         || e.contains("cannot reach the leader")
-                        || e.contains("node busy") =>
+                        || e.contains("node busy")
+                        || e.contains("moving between shards") =>
                 {
                     continue
                 }
@@ -157,6 +160,34 @@ fn client(
     }
 }
 
+/// Moves the slots of k0, k1 and k2 to random shards through random nodes until `stop`;
+/// returns (slots moved, moves that failed or timed out).
+fn mover(ports: Vec<u16>, stop: Arc<AtomicBool>, seed: u64) -> (i64, u64) {
+    let mut choices = cairn_check::seeded::XorShift::new(seed);
+    let (mut moved, mut failed) = (0, 0);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100 + choices.next_u64() % 400));
+        let rng = choices.next_u64();
+        let slot = cairn_store::slot::key_slot(format!("k{}", rng % 3).as_bytes()).to_string();
+        let to = ((rng >> 8) % 3 + 1).to_string();
+        let Some(mut c) = Conn::open(ports[((rng >> 16) % 3) as usize]) else {
+            continue;
+        };
+        let args: [&[u8]; 5] = [
+            b"CAIRN.RESHARD",
+            b"MOVE",
+            slot.as_bytes(),
+            slot.as_bytes(),
+            to.as_bytes(),
+        ];
+        match c.call(&args) {
+            Some(Answer::Int(n)) => moved += n,
+            _ => failed += 1,
+        }
+    }
+    (moved, failed)
+}
+
 #[test]
 fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
     let seed = cairn_check::seeded::seed_from_env("CAIRN_FAULT_SEED");
@@ -186,6 +217,10 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
             })
         })
         .collect();
+    let moves = {
+        let (ports, stop) = (ports.clone(), stop.clone());
+        std::thread::spawn(move || mover(ports, stop, seed ^ 0x5EED_0F_5107))
+    };
     let mut rng_gen = cairn_check::seeded::XorShift::new(seed);
     let mut next = move || rng_gen.next_u64();
     let (mut kills, mut pauses, mut cuts) = (0, 0, 0);
@@ -235,6 +270,7 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
     for c in clients {
         c.join().unwrap();
     }
+    let (moved, move_failures) = moves.join().unwrap();
     // Durability: every node dies at once, comes back, and the final reads join the history.
     for i in 0..3 {
         cluster.kill9(i);
@@ -286,7 +322,8 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
         digests.iter().all(|x| x.is_some() && *x == digests[0]),
         "seed {seed}: replicas hold different data: {digests:?}"
     );
-    println!("fault test seed {seed}: {ops} ops ({acknowledged} acknowledged writes of which {cas_ok} compare-and-set, {indeterminate} indeterminate), {kills} kill -9, {pauses} pauses, {cuts} link cuts, then kill -9 of all nodes");
+    println!("fault test seed {seed}: {ops} ops ({acknowledged} acknowledged writes of which {cas_ok} compare-and-set, {indeterminate} indeterminate), {kills} kill -9, {pauses} pauses, {cuts} link cuts, {moved} slot moves ({move_failures} failed or unknown), then kill -9 of all nodes");
+    assert!(moved > 0, "no slot moved: resharding went untested");
     assert!(ops > 200, "too little traffic ({ops} ops) to mean anything");
     assert!(kills + pauses + cuts >= 3, "the nemesis must have struck");
     assert!(
