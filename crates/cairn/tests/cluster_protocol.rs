@@ -2,7 +2,9 @@
 //! discovery (CLUSTER SLOTS, SHARDS, NODES, MYID, KEYSLOT, INFO) names each shard's leader as
 //! the master of its slots; with `--cluster-redirects yes` a node answers keyed commands of a
 //! shard it does not lead with `-MOVED`; and the `redis` crate's cluster client reads and
-//! writes through the shard leaders, also across a leadership change.
+//! writes through the shard leaders, also across a leadership change and while slots move
+//! between shards under its writes (it follows the `-MOVED` and retries the `-TRYAGAIN` it
+//! gets), and the old owner's leader then redirects to the new one.
 
 mod common;
 
@@ -173,5 +175,81 @@ fn cluster_clients_discover_the_leaders_and_follow_redirects() {
         })
         .sum();
     assert_eq!(total, 201);
+
+    // Slots move between shards while the client keeps incrementing keys in them.
+    let keys: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    let moves: Vec<(u16, u64)> = keys
+        .iter()
+        .map(|k| {
+            let slot = cairn_store::slot::key_slot(k.as_bytes());
+            let owner = RANGES
+                .iter()
+                .position(|&(a, b)| (a..=b).contains(&(slot as i64)));
+            (slot as u16, (owner.unwrap() as u64 + 1) % 3 + 1)
+        })
+        .collect();
+    let mover = {
+        let (port, moves) = (ports[1], moves.clone());
+        std::thread::spawn(move || {
+            let mut conn = Conn::open(port).unwrap();
+            // To the next shard, back, and to the next again.
+            let there_and_back = moves
+                .iter()
+                .map(|&(slot, to)| (slot, to))
+                .chain(moves.iter().map(|&(slot, to)| (slot, (to + 1) % 3 + 1)))
+                .chain(moves.iter().copied());
+            for (slot, to) in there_and_back {
+                let slot = slot.to_string();
+                let to = to.to_string();
+                let args: [&[u8]; 5] = [
+                    b"CAIRN.RESHARD",
+                    b"MOVE",
+                    slot.as_bytes(),
+                    slot.as_bytes(),
+                    to.as_bytes(),
+                ];
+                match conn.call(&args) {
+                    Some(Answer::Int(1)) => {}
+                    other => panic!("moving slot {slot} to shard {to}: {other:?}"),
+                }
+            }
+        })
+    };
+    let (mut rounds, mut during) = (0, 0);
+    while !mover.is_finished() || rounds < 20 {
+        if !mover.is_finished() {
+            during += 1;
+        }
+        for k in &keys {
+            let _: i64 = redis::cmd("INCR").arg(k).query(&mut c).unwrap();
+        }
+        rounds += 1;
+        assert!(rounds < 100_000, "the moves finish");
+    }
+    mover.join().unwrap();
+    println!("{rounds} rounds of INCR, {during} of them while slots moved 30 times");
+    assert!(during > 0, "the moves went on under the client's writes");
+    for k in &keys {
+        let n: i64 = redis::cmd("GET").arg(k).query(&mut c).unwrap();
+        assert_eq!(n, rounds, "{k}: every acknowledged increment is there once");
+    }
+    // The map changed: each moved slot is served by its new shard, and a node that leads the
+    // old shard only redirects to the new shard's leader.
+    for (k, (slot, to)) in keys.iter().zip(&moves) {
+        let new = leader_of(ports[0], *to).unwrap();
+        let old = leader_of(ports[0], (*to + 1) % 3 + 1).unwrap();
+        if old == new {
+            continue;
+        }
+        match Conn::open(ports[old])
+            .unwrap()
+            .call(&[b"GET", k.as_bytes()])
+        {
+            Some(Answer::Error(e)) => {
+                assert_eq!(e, format!("MOVED {slot} 127.0.0.1:{}", ports[new]))
+            }
+            other => panic!("expected -MOVED for {k}, got {other:?}"),
+        }
+    }
     drop(cluster);
 }

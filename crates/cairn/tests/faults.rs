@@ -219,7 +219,7 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
         .collect();
     let moves = {
         let (ports, stop) = (ports.clone(), stop.clone());
-        std::thread::spawn(move || mover(ports, stop, seed ^ 0x5EED_0F_5107))
+        std::thread::spawn(move || mover(ports, stop, seed ^ 0x005E_ED0F_5107))
     };
     let mut rng_gen = cairn_check::seeded::XorShift::new(seed);
     let mut next = move || rng_gen.next_u64();

@@ -2,8 +2,9 @@
 //! it discovers the shard leaders from CLUSTER SLOTS, writes and reads keys of every shard,
 //! runs multi-key commands on hash-tagged keys, a cluster pipeline, and DBSIZE and SCAN over
 //! the whole cluster (it asks every master and adds up: each node answers for the shards it
-//! leads), keeps working after shard leaderships move (a transfer, then balancing), and gets Redis Cluster's errors for
-//! keys in different shards.
+//! leads), keeps working after shard leaderships move (a transfer, then balancing) and while
+//! slots move between shards under its writes, and gets Redis Cluster's errors for keys in
+//! different shards.
 //!
 //! Needs python3 with the `redis` package (`.ci/run` installs it); without them the test says
 //! SKIPPED loudly and passes, as the differential tests do without redis-server.
@@ -19,8 +20,9 @@ import sys
 from redis.cluster import RedisCluster, ClusterNode
 from redis.exceptions import ResponseError
 
-ports = [int(p) for p in sys.argv[2:]]
 phase = sys.argv[1]
+done_flag = sys.argv[2]
+ports = [int(p) for p in sys.argv[3:]]
 rc = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in ports],
                   decode_responses=True)
 if phase == "write":
@@ -41,11 +43,24 @@ if phase == "write":
     results = p.execute()
     assert results[-7:] == [10] * 7, results[-7:]
     print("wrote", rc.dbsize(target_nodes=RedisCluster.PRIMARIES))
+elif phase == "churn":
+    # Increments keys whose slots are moving, until the moves are done (and 50 rounds at least).
+    import os, time
+    rounds = 0
+    deadline = time.time() + 120
+    while rounds < 50 or not os.path.exists(done_flag):
+        assert time.time() < deadline, "the moves finish"
+        for i in range(10):
+            rc.incr(f"m{i}")
+        rounds += 1
+    for i in range(10):
+        assert rc.get(f"m{i}") == str(rounds), (i, rc.get(f"m{i}"), rounds)
+    print("churned", rounds, "rounds while slots moved")
 else:
     for i in range(300):
         assert rc.get(f"k{i}") == str(i), i
     keys = set(rc.scan_iter(count=50))
-    expected = {f"k{i}" for i in range(300)} | {"{user}name", "{user}lang"} | {f"counter{i}" for i in range(7)}
+    expected = {f"k{i}" for i in range(300)} | {"{user}name", "{user}lang"} | {f"counter{i}" for i in range(7)} | {f"m{i}" for i in range(10)}
     assert keys == expected, sorted(keys ^ expected)[:10]
     # redis-py sends DBSIZE to one node unless told to ask every master (and add up).
     total = rc.dbsize(target_nodes=RedisCluster.PRIMARIES)
@@ -61,9 +76,10 @@ fn python_with_redis() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn run(phase: &str, ports: &[u16]) {
+fn run(phase: &str, done_flag: &std::path::Path, ports: &[u16]) {
     let out = Command::new("python3")
         .args(["-c", SCRIPT, phase])
+        .arg(done_flag)
         .args(ports.iter().map(u16::to_string))
         .output()
         .expect("python3 runs");
@@ -98,7 +114,45 @@ fn redis_py_cluster_client_works_across_shards_and_a_leader_change() {
         assert!(Instant::now() < deadline, "every shard has a leader");
         std::thread::sleep(Duration::from_millis(50));
     }
-    run("write", &ports);
+    let flag_dir = tempfile::tempdir().unwrap();
+    let done_flag = flag_dir.path().join("moves-done");
+    run("write", &done_flag, &ports);
+    // The slots of m0..m9 move to the next shard while redis-py increments them.
+    let mover = {
+        let (port, flag) = (ports[1], done_flag.clone());
+        std::thread::spawn(move || {
+            let mut conn = Conn::open(port).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            // Each slot to the next shard and back, then to the next again.
+            for (pass, i) in (0..3).flat_map(|p| (0..10).map(move |i| (p, i))) {
+                let slot = cairn_store::slot::key_slot(format!("m{i}").as_bytes());
+                // Shards 1-3 serve 0-5460, 5461-10922, 10923-16383; each slot goes to the next.
+                let home = match slot {
+                    0..=5460 => 1,
+                    5461..=10922 => 2,
+                    _ => 3,
+                };
+                let there = home % 3 + 1;
+                let to = if pass == 1 { home } else { there };
+                let (slot, to) = (slot.to_string(), to.to_string());
+                let args: [&[u8]; 5] = [
+                    b"CAIRN.RESHARD",
+                    b"MOVE",
+                    slot.as_bytes(),
+                    slot.as_bytes(),
+                    to.as_bytes(),
+                ];
+                let reply = conn.call(&args);
+                assert!(
+                    matches!(reply, Some(Answer::Int(1))),
+                    "moving slot {slot} to shard {to}: {reply:?}"
+                );
+            }
+            std::fs::write(flag, b"done").unwrap();
+        })
+    };
+    run("churn", &done_flag, &ports);
+    mover.join().unwrap();
     // Shard 2's leader hands over; the client follows the -MOVED it then gets.
     let old = leader_of(ports[0], 2).unwrap();
     let reply = Conn::open(ports[old]).unwrap().call(&[
@@ -129,6 +183,6 @@ fn redis_py_cluster_client_works_across_shards_and_a_leader_change() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    run("read", &ports);
+    run("read", &done_flag, &ports);
     drop(cluster);
 }

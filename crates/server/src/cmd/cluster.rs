@@ -78,6 +78,14 @@ fn down() -> Reply {
     Reply::error("CLUSTERDOWN The cluster is down: a shard has no leader elected yet")
 }
 
+/// ASKING, READONLY and READWRITE: accepted, as a Redis Cluster node accepts them, and
+/// nothing changes. cairn never answers `-ASK` (a slot moves whole, see docs/sharding.md), and
+/// its reads are linearizable whichever node a client reads through, which is at least what
+/// READONLY asks for.
+pub fn accepted(c: &mut Call) -> Reply {
+    with_cluster(c, |_, _| Reply::OK)
+}
+
 pub fn keyslot(c: &mut Call) -> Reply {
     with_cluster(c, |_, c| Reply::Int(key_slot(&c.args[2]) as i64))
 }
