@@ -292,6 +292,75 @@ mod tests {
         })
     }
 
+    fn migrate(args: &[&str]) -> Vec<u8> {
+        let mut argv = vec![cairn_store::cmd::migrate::NAME.as_bytes().to_vec()];
+        argv.extend(args.iter().map(|a| a.as_bytes().to_vec()));
+        entry(Operation::Commands(vec![argv]))
+    }
+
+    /// Once a slot is handed over, every replica refuses its commands at apply (others in the
+    /// same entry still run); a replica restored from a snapshot taken mid-move refuses the
+    /// same and goes on with the move; and the routing map learns the new owner from the
+    /// target's ACQUIRE, newest epoch first.
+    #[test]
+    fn slot_ownership_is_decided_at_apply_and_travels_in_snapshots() {
+        let owners = crate::shards::Shards::even(2).owners().clone();
+        let slot = cairn_store::slot::key_slot(b"k");
+        assert_eq!(owners.group(slot), 1, "k is in shard 1 of two");
+        let mut source = ShardMachine {
+            store: Arc::new(Mutex::new(Store::new())),
+            routes: Some((1, owners.clone())),
+        };
+        source.apply(1, &set("k", "v"));
+        let s = slot.to_string();
+        assert_eq!(
+            source.apply(2, &migrate(&["OUT", &s, "2"])),
+            b"*2\r\n:2\r\n:0\r\n"
+        );
+        assert_eq!(
+            source.apply(3, &migrate(&["RELEASE", &s, "2", "5"])),
+            b"*2\r\n:1\r\n:0\r\n"
+        );
+        let both = entry(Operation::Commands(vec![
+            ["SET", "k", "new"].map(|a| a.as_bytes().to_vec()).to_vec(),
+            ["SET", "other", "1"]
+                .map(|a| a.as_bytes().to_vec())
+                .to_vec(),
+        ]));
+        let refused =
+            format!("-TRYAGAIN Slot {slot} is moving between shards or has moved, retry\r\n");
+        let mut restored = ShardMachine::default();
+        restored.restore(&source.snapshot()).unwrap();
+        for m in [&mut source, &mut restored] {
+            let reply = m.apply(4, &both);
+            assert_eq!(reply, format!("{refused}+OK\r\n").into_bytes());
+            let tx = entry(Operation::Transaction(vec![["GET", "k"]
+                .map(|a| a.as_bytes().to_vec())
+                .to_vec()]));
+            assert_eq!(m.apply(5, &tx), refused.as_bytes());
+            // The move goes on from the snapshot: the key is still pending, frozen at "v".
+            let take = m.apply(6, &migrate(&["TAKE", &s, "2", "10", "1000"]));
+            assert!(
+                String::from_utf8_lossy(&take).contains("$1\r\nk\r\n"),
+                "{take:?}"
+            );
+        }
+        // The target acquires with epoch 1: the map follows; an older claim does not undo it.
+        let mut target = ShardMachine {
+            store: Arc::new(Mutex::new(Store::serving(SlotSet::none()))),
+            routes: Some((2, owners.clone())),
+        };
+        target.apply(1, &migrate(&["IN", &s, "1", "2"]));
+        assert_eq!(
+            target.apply(2, &migrate(&["ACQUIRE", &s, "2", "1"])),
+            b"+OK\r\n"
+        );
+        assert_eq!((owners.group(slot), owners.epoch(slot)), (2, 1));
+        owners.claim(slot, 1, 0);
+        assert_eq!(owners.group(slot), 2);
+        assert_eq!(target.apply(3, &set("k", "there")), b"+OK\r\n");
+    }
+
     /// A replica restored from a snapshot decides every watched transaction exactly as one that
     /// applied the whole log: the stamps travel in the snapshot.
     #[test]
