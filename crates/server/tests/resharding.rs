@@ -207,6 +207,40 @@ fn slots_move_back_and_forth_under_writes_and_no_increment_is_lost() {
         .query(&mut c)
         .unwrap();
     assert!(status.is_empty(), "moves left over: {status:?}");
+
+    // A copy made for a move its source never started (as after a lost ABORT) is dropped by
+    // the target's leader once it has been orphaned for a while.
+    let slot = slot_of(&tags[0]).to_string();
+    let _: i64 = redis::cmd("CAIRN.SHARD")
+        .arg(2)
+        .arg("CAIRN.MIGRATE")
+        .arg("IN")
+        .arg(&slot)
+        .arg(1)
+        .arg(999_999)
+        .query(&mut c)
+        .unwrap();
+    let status: Vec<String> = redis::cmd("CAIRN.RESHARD")
+        .arg("STATUS")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        status,
+        vec![format!(
+            "slot {slot}: shard 2 <- shard 1 attempt 999999 copying"
+        )]
+    );
+    wait_for(
+        "the orphaned copy to be dropped",
+        Duration::from_secs(20),
+        || {
+            let status: Vec<String> = redis::cmd("CAIRN.RESHARD")
+                .arg("STATUS")
+                .query(&mut c)
+                .ok()?;
+            status.is_empty().then_some(())
+        },
+    );
 }
 
 #[test]

@@ -10,7 +10,9 @@
 //! The steps are replicated state, so a move outlives its coordinator: on every node a
 //! watchdog looks, for each shard the node leads, at the slots moving out; one that has not
 //! progressed for [`STALLED`] is taken over with a new attempt, which fences off the old
-//! coordinator's steps. A slot handed over (`RELEASE`) is always taken to the end.
+//! coordinator's steps. A slot handed over (`RELEASE`) is always taken to the end. A target
+//! left holding a copy for an attempt its source no longer has (a cancel whose `ABORT` was
+//! lost) drops it the same way, after [`STALLED`].
 
 use crate::connection::Client;
 use crate::{replicated, Shared};
@@ -43,6 +45,8 @@ pub struct Jobs {
     cancel: AtomicBool,
     /// What the watchdog saw of each outgoing slot, and when it last changed.
     seen: Mutex<HashMap<u16, (Progress, Instant)>>,
+    /// Incoming slots (target shard, attempt) whose source has no such attempt, since when.
+    orphans: Mutex<HashMap<(u64, u16, u64), Instant>>,
 }
 
 /// A slot move's progress as its source shard records it: (shard, attempt, keys pending,
@@ -120,6 +124,12 @@ fn status(shared: &Shared) -> Reply {
                 o.attempt,
                 o.pending.len(),
                 if o.released { " handed-over" } else { "" }
+            ));
+        }
+        for (slot, i) in &store.moves.incoming {
+            lines.push(format!(
+                "slot {slot}: shard {group} <- shard {} attempt {} copying",
+                i.from, i.attempt
             ));
         }
     }
@@ -393,6 +403,7 @@ pub async fn watchdog(shared: Arc<Shared>) {
             }
             seen.retain(|slot, _| present.contains(slot));
         }
+        abort_orphans(&shared, repl, now).await;
         for (slot, from, to) in stalled {
             if shared.reshard.active.lock().contains(&slot) {
                 continue;
@@ -406,5 +417,72 @@ pub async fn watchdog(shared: Arc<Shared>) {
                 }
             });
         }
+    }
+}
+
+/// Drops the copies held by shards this node leads for move attempts that their source shard
+/// (as this node's replica of it has applied) no longer runs, once that has held for
+/// [`STALLED`].
+async fn abort_orphans(shared: &Shared, repl: &replicated::Replication, now: Instant) {
+    let mut found = Vec::new();
+    for (group, g) in repl.groups() {
+        if !g.is_leader {
+            continue;
+        }
+        let incoming: Vec<(u16, u64, u64)> = {
+            let store = shared.shards.store(group).lock();
+            store
+                .moves
+                .incoming
+                .iter()
+                .map(|(&slot, i)| (slot, i.attempt, i.from))
+                .collect()
+        };
+        for (slot, attempt, from) in incoming {
+            let running = shared.shards.stores().any(|(g, s)| {
+                g == from
+                    && s.lock()
+                        .moves
+                        .outgoing
+                        .get(&slot)
+                        .is_some_and(|o| o.attempt == attempt && o.to == group)
+            });
+            if !running {
+                found.push((group, slot, attempt));
+            }
+        }
+    }
+    let due: Vec<(u64, u16, u64)> = {
+        let mut orphans = shared.reshard.orphans.lock();
+        orphans.retain(|k, _| found.contains(k));
+        for k in &found {
+            orphans.entry(*k).or_insert(now);
+        }
+        orphans
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= STALLED)
+            .map(|(k, _)| *k)
+            .collect()
+    };
+    let mut client = Client::internal(shared);
+    for (group, slot, attempt) in due {
+        tracing::info!(
+            slot,
+            group,
+            attempt,
+            "dropping the copy of an abandoned slot move"
+        );
+        let _ = step(
+            shared,
+            &mut client,
+            group,
+            args(&[&"ABORT", &slot, &attempt]),
+        )
+        .await;
+        shared
+            .reshard
+            .orphans
+            .lock()
+            .remove(&(group, slot, attempt));
     }
 }

@@ -8,7 +8,7 @@
 //! pending; `DROP slot`; `CANCEL slot`.
 //! Target shard: `IN slot from attempt` → 1, or 0 when the slot is served here already;
 //! `LOAD slot attempt reset [key expire-at-ms dump]...` → keys loaded; `ACQUIRE slot attempt
-//! epoch`; `ABORT slot`.
+//! epoch`; `ABORT slot [attempt]` (only that attempt, when given).
 
 use crate::exec::{int_arg, is, Env};
 use crate::moves::{Incoming, Outgoing};
@@ -246,8 +246,13 @@ impl Store {
             return Ok(Reply::OK);
         }
         if is(sub, "abort") {
-            if self.moves.incoming.remove(&slot).is_some() {
-                self.drop_slot_keys(at);
+            let only = args.get(3).map(|a| number(Some(a))).transpose()?;
+            match self.moves.incoming.get(&slot) {
+                Some(i) if only.is_none_or(|a| a == i.attempt) => {
+                    self.moves.incoming.remove(&slot);
+                    self.drop_slot_keys(at);
+                }
+                _ => {}
             }
             return Ok(Reply::OK);
         }
@@ -452,7 +457,14 @@ mod tests {
             Reply::Error(_)
         ));
         assert_eq!(run(&mut a, 10, &["cairn.migrate", "cancel", &s]), Reply::OK);
+        // An abort of another attempt leaves the target's copy alone.
+        assert_eq!(
+            run(&mut b, 11, &["cairn.migrate", "abort", &s, "2"]),
+            Reply::OK
+        );
+        assert!(b.moves.incoming.contains_key(&(slot as u16)));
         assert_eq!(run(&mut b, 11, &["cairn.migrate", "abort", &s]), Reply::OK);
+        assert!(b.moves.incoming.is_empty());
         assert_eq!(run(&mut a, 12, &["GET", "k"]), Reply::Bulk(b"old".to_vec()));
         // Once released, a move cannot be cancelled.
         run(&mut a, 13, &["cairn.migrate", "out", &s, "2"]);
