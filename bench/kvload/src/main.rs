@@ -296,6 +296,9 @@ impl Conn {
     }
 }
 
+/// How often the cluster client retries a request answered `-TRYAGAIN` (2 ms apart).
+const TRYAGAIN_RETRIES: usize = 200;
+
 /// A cluster-aware client (see the module comment) until `until`.
 fn cluster_client(a: &Args, seed: u64, until: Instant) -> (Vec<u32>, u64) {
     let (mut lat, mut errors) = (Vec::new(), 0);
@@ -309,8 +312,9 @@ fn cluster_client(a: &Args, seed: u64, until: Instant) -> (Vec<u32>, u64) {
         let slot = key_slot(key.as_bytes());
         let t = Instant::now();
         let mut done = false;
-        // The first try, and one more after a -MOVED.
-        for _ in 0..2 {
+        let mut tries = 0;
+        // The first try, one more after a -MOVED, and retries after -TRYAGAIN.
+        for _ in 0..2 + TRYAGAIN_RETRIES {
             let port = map[slot];
             let c = match conns.entry(port) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -337,6 +341,12 @@ fn cluster_client(a: &Args, seed: u64, until: Instant) -> (Vec<u32>, u64) {
                         .and_then(|p| p.parse::<u16>().ok());
                     match moved {
                         Some(p) => map[slot] = p,
+                        // A slot being handed over between shards: wait a little and retry,
+                        // as cluster clients do (bounded, counted in the latency).
+                        None if c.error.starts_with("TRYAGAIN") && tries < TRYAGAIN_RETRIES => {
+                            tries += 1;
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
                         None => break,
                     }
                 }
