@@ -103,6 +103,14 @@ enum Input {
         leave: bool,
         done: oneshot::Sender<Vec<(u64, u64)>>,
     },
+    /// Opens a group at runtime (see [`Node::open_group`]); `sm` is the driver's state
+    /// machine type, boxed because inputs are not generic.
+    OpenGroup {
+        group: u64,
+        voters: Vec<u64>,
+        sm: Box<dyn std::any::Any + Send>,
+        done: oneshot::Sender<Result<(), NodeError>>,
+    },
     Stop,
 }
 
@@ -244,6 +252,31 @@ impl Node {
                 done,
             })
             .map_err(|_| NodeError::Busy)?;
+        wait.await
+            .unwrap_or_else(|_| Err(NodeError::Stopped("driver gone".into())))
+    }
+
+    /// Opens group `group` on this node while it runs: resumes it from disk if it has state
+    /// there, else bootstraps it with `voters` (every voter must open it with the same list).
+    /// Opening a group that is open already does nothing. `sm` must be the state machine
+    /// type the node was started with.
+    pub async fn open_group<S: StateMachine + Send + 'static>(
+        &self,
+        group: u64,
+        voters: Vec<u64>,
+        sm: S,
+    ) -> Result<(), NodeError> {
+        let (done, wait) = oneshot::channel();
+        let input = Input::OpenGroup {
+            group,
+            voters,
+            sm: Box::new(sm),
+            done,
+        };
+        self.inputs
+            .send(input)
+            .await
+            .map_err(|_| NodeError::Stopped("driver gone".into()))?;
         wait.await
             .unwrap_or_else(|_| Err(NodeError::Stopped("driver gone".into())))
     }
@@ -462,7 +495,7 @@ fn housekeeping<S: StateMachine>(
     }
 }
 
-fn drive<S: StateMachine>(
+fn drive<S: StateMachine + 'static>(
     mut multi: MultiRaft<S>,
     bus: Arc<Bus>,
     mut rx: mpsc::Receiver<Input>,
@@ -771,7 +804,7 @@ fn proposed<S: StateMachine>(
 }
 
 /// Handles one input; returns true to stop.
-fn handle<S: StateMachine>(
+fn handle<S: StateMachine + 'static>(
     multi: &mut MultiRaft<S>,
     w: &mut Waiters,
     lease: &Granting,
@@ -824,6 +857,26 @@ fn handle<S: StateMachine>(
                 .filter_map(|g| multi.hand_off(g, to).map(|t| (g, t)))
                 .collect();
             let _ = done.send(moved);
+        }
+        Input::OpenGroup {
+            group,
+            voters,
+            sm,
+            done,
+        } => {
+            let result = if multi.group_ids().contains(&group) {
+                Ok(())
+            } else {
+                match sm.downcast::<S>() {
+                    Ok(sm) => multi
+                        .open_group(group, &voters, *sm)
+                        .map_err(|e| NodeError::Stopped(format!("cannot open group {group}: {e}"))),
+                    Err(_) => Err(NodeError::Stopped(
+                        "open_group was given another state machine type".into(),
+                    )),
+                }
+            };
+            let _ = done.send(result);
         }
         Input::Stop => return true,
     }

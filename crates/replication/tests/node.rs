@@ -201,3 +201,72 @@ async fn futures_join(node: &Node, n: usize) -> Vec<Result<Vec<u8>, NodeError>> 
     }
     out
 }
+
+/// Another state machine type, which the nodes were not started with.
+struct Other;
+
+impl StateMachine for Other {
+    fn apply(&mut self, _index: u64, _data: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(&mut self, _data: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A group opened while the nodes run (as a shard created at runtime is) elects a leader
+/// among the voters it was opened with and replicates to all of them; opening it again is
+/// harmless, and a node given the wrong state machine type is refused, not crashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_opened_at_runtime_elects_and_replicates() {
+    let members = start_cluster();
+    wait_leader(&members, None, Duration::from_secs(10)).await;
+    let journals: HashMap<u64, Shared> =
+        members.keys().map(|&id| (id, Shared::default())).collect();
+    for (id, m) in &members {
+        let node = m.node.as_ref().unwrap();
+        node.open_group(7, vec![1, 2, 3], journals[id].clone())
+            .await
+            .unwrap();
+        // Again: nothing happens, the journal given first stays the group's.
+        node.open_group(7, vec![1, 2, 3], Shared::default())
+            .await
+            .unwrap();
+        assert!(node.open_group(8, vec![1, 2, 3], Other).await.is_err());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        let leader = members.iter().find(|(_, m)| {
+            m.node
+                .as_ref()
+                .unwrap()
+                .status()
+                .borrow()
+                .groups
+                .get(&7)
+                .is_some_and(|g| g.is_leader)
+        });
+        if let Some((&id, _)) = leader {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "group 7 elected a leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let node = members[&leader].node.as_ref().unwrap();
+    node.propose(7, b"in seven".to_vec()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !journals
+        .values()
+        .all(|j| j.0.lock().iter().any(|e| e == b"in seven"))
+    {
+        assert!(Instant::now() < deadline, "every voter applied the entry");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Group 1 did not see it.
+    assert!(members
+        .values()
+        .all(|m| !m.journal.0.lock().iter().any(|e| e == b"in seven")));
+}
