@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod expiry;
+pub mod meta;
 pub mod replicated;
 pub mod shard;
 pub mod shards;
@@ -63,12 +64,18 @@ pub fn now_ms() -> u64 {
 }
 
 /// Starts this node's replication when `--initial-cluster` names voters.
+type Started = (
+    shards::Shards,
+    Option<replicated::Replication>,
+    Option<tokio::sync::mpsc::UnboundedReceiver<meta::Created>>,
+);
+
 fn start_replication(
     config: &Config,
     bus: Option<std::net::TcpListener>,
-) -> std::io::Result<(shards::Shards, Option<replicated::Replication>)> {
+) -> std::io::Result<Started> {
     if config.initial_cluster.is_empty() {
-        return Ok((shards::Shards::single(), None));
+        return Ok((shards::Shards::single(), None, None));
     }
     let me = config.node_id;
     let peers: std::collections::HashMap<u64, std::net::SocketAddr> =
@@ -119,15 +126,20 @@ fn start_replication(
         }
     })?;
     let shards = shards::Shards::even(count);
-    let machines = shards
-        .stores()
-        .map(|(group, store)| {
+    let (created_tx, created_rx) = tokio::sync::mpsc::unbounded_channel();
+    let meta = meta::MetaMachine {
+        state: Default::default(),
+        first_free: count as u64 + 1,
+        created_tx,
+    };
+    let machines = std::iter::once((meta::GROUP, meta::GroupMachine::Meta(meta)))
+        .chain(shards.stores().map(|(group, store)| {
             let machine = shard::ShardMachine {
                 store: store.clone(),
                 routes: Some((group, shards.owners().clone())),
             };
-            (group, machine)
-        })
+            (group, meta::GroupMachine::Shard(machine))
+        }))
         .collect();
     let node = cairn_replication::Node::start(node_config, bus, voters, machines)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -142,7 +154,7 @@ fn start_replication(
         me,
         client_addrs,
     };
-    Ok((shards, Some(repl)))
+    Ok((shards, Some(repl), Some(created_rx)))
 }
 
 /// Serves clients on `listener` until `shutdown` completes.
@@ -164,7 +176,7 @@ pub async fn run_with_bus(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (shards, replication) = start_replication(&config, bus)?;
+    let (shards, replication, created) = start_replication(&config, bus)?;
     let shared = Arc::new(Shared {
         config: Mutex::new(config),
         shards,
@@ -179,6 +191,7 @@ pub async fn run_with_bus(
     });
     let expiry = tokio::spawn(expiry::run(shared.clone()));
     let watchdog = tokio::spawn(cmd::reshard::watchdog(shared.clone()));
+    let opener = created.map(|rx| tokio::spawn(meta::open_created(shared.clone(), rx)));
     tracing::info!(addr = %listener.local_addr()?, commands = shared.table.len(), "cairn is serving clients");
     tokio::pin!(shutdown);
     loop {
@@ -226,6 +239,9 @@ pub async fn run_with_bus(
     let _ = stop_tx.send(true);
     expiry.abort();
     watchdog.abort();
+    if let Some(opener) = opener {
+        opener.abort();
+    }
     let deadline = tokio::time::Instant::now() + DRAIN_WITHIN;
     while !shared.clients.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -52,8 +52,15 @@ impl Replication {
         self.node.status().borrow().groups.get(&group).cloned()
     }
 
-    /// This node's view of every group it holds, by id.
+    /// This node's view of every shard's group it holds, by id (the meta group left out).
     pub fn groups(&self) -> std::collections::BTreeMap<u64, GroupStatus> {
+        let mut groups = self.all_groups();
+        groups.remove(&crate::meta::GROUP);
+        groups
+    }
+
+    /// This node's view of every group it holds, the meta group's included.
+    pub fn all_groups(&self) -> std::collections::BTreeMap<u64, GroupStatus> {
         self.node.status().borrow().groups.clone()
     }
 
@@ -77,7 +84,7 @@ impl Replication {
     pub fn all_client_addrs(&self) -> std::collections::BTreeMap<u64, SocketAddr> {
         let mut all: std::collections::BTreeMap<u64, SocketAddr> =
             self.client_addrs.iter().map(|(&k, &v)| (k, v)).collect();
-        for g in self.groups().values() {
+        for g in self.all_groups().values() {
             for &id in g.members.keys() {
                 if let Some(a) = added_client_addr(g, id) {
                     all.entry(id).or_insert(a);
@@ -525,6 +532,13 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
         return crate::cmd::reshard::command(shared, client, args).await;
     }
     if args[0].eq_ignore_ascii_case(b"cairn.shard") {
+        // A meta group step (see `meta.rs`): group 0 is no shard.
+        if args.len() > 3
+            && args[1] == b"0"
+            && args[2].eq_ignore_ascii_case(crate::meta::NAME.as_bytes())
+        {
+            return propose_to(shared, client, crate::meta::GROUP, args[2..].to_vec()).await;
+        }
         return match shard_override(shared, &args) {
             // A slot move's step (see `cmd/reshard.rs`): not in the command table.
             Ok((group, args))

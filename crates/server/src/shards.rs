@@ -18,7 +18,7 @@ use cairn_store::Store;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The most shards a cluster may be created with: every shard costs each of its replicas a
 /// Raft group (ticks, heartbeats, a log) even when idle.
@@ -54,7 +54,11 @@ impl SlotOwners {
 
 pub struct Shards {
     owner: Arc<SlotOwners>,
-    stores: BTreeMap<u64, Arc<Mutex<Store>>>,
+    /// Indexed by group id (0, the meta group, has none). Shards are only ever added (a split
+    /// creates one at runtime), so a store once there stays, and lookups need no lock.
+    stores: Vec<OnceLock<Arc<Mutex<Store>>>>,
+    /// The shards the cluster was created with (the even split of the slots among them).
+    initial: usize,
 }
 
 impl Shards {
@@ -81,20 +85,40 @@ impl Shards {
             };
             owner.resize(last + 1, i as u64 + 1);
         }
-        let stores = (1..=count as u64)
-            .map(|g| {
-                let mut served = SlotSet::none();
-                (0..SLOTS)
-                    .filter(|&s| owner[s] == g)
-                    .for_each(|s| served.set(s, true));
-                (g, Arc::new(Mutex::new(Store::serving(served))))
-            })
-            .collect();
+        let stores: Vec<OnceLock<Arc<Mutex<Store>>>> =
+            (0..=MAX_SHARDS).map(|_| OnceLock::new()).collect();
+        for g in 1..=count as u64 {
+            let mut served = SlotSet::none();
+            (0..SLOTS)
+                .filter(|&s| owner[s] == g)
+                .for_each(|s| served.set(s, true));
+            let _ = stores[g as usize].set(Arc::new(Mutex::new(Store::serving(served))));
+        }
         let owner = SlotOwners(owner.into_iter().map(AtomicU64::new).collect());
         Shards {
             owner: Arc::new(owner),
             stores,
+            initial: count,
         }
+    }
+
+    /// How many shards the cluster was created with.
+    pub fn initial(&self) -> usize {
+        self.initial
+    }
+
+    /// Adds shard `group`, serving no slot yet (slots are moved into it), unless it exists;
+    /// returns its store either way. None for an id out of range.
+    pub fn add(&self, group: u64) -> Option<&Arc<Mutex<Store>>> {
+        let cell = self.stores.get(group as usize).filter(|_| group > 0)?;
+        Some(cell.get_or_init(|| Arc::new(Mutex::new(Store::serving(SlotSet::none())))))
+    }
+
+    /// Whether shard `group` exists.
+    pub fn has(&self, group: u64) -> bool {
+        self.stores
+            .get(group as usize)
+            .is_some_and(|c| c.get().is_some())
     }
 
     /// The slot → shard map, for the state machines to keep current.
@@ -108,11 +132,11 @@ impl Shards {
     }
 
     pub fn len(&self) -> usize {
-        self.stores.len()
+        self.stores().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.stores.is_empty()
+        self.stores().next().is_none()
     }
 
     pub fn group_of_slot(&self, slot: usize) -> u64 {
@@ -144,18 +168,23 @@ impl Shards {
     /// The store of shard `group`. Panics for a group that is not a shard: group ids come from
     /// this map.
     pub fn store(&self, group: u64) -> &Arc<Mutex<Store>> {
-        &self.stores[&group]
+        self.stores[group as usize]
+            .get()
+            .unwrap_or_else(|| panic!("shard {group} does not exist"))
     }
 
     /// Every shard's group id and store, in group order.
     pub fn stores(&self) -> impl Iterator<Item = (u64, &Arc<Mutex<Store>>)> {
-        self.stores.iter().map(|(&g, s)| (g, s))
+        self.stores
+            .iter()
+            .enumerate()
+            .filter_map(|(g, s)| Some((g as u64, s.get()?)))
     }
 
     /// The store of a standalone server, its only shard.
     pub fn only(&self) -> &Arc<Mutex<Store>> {
-        debug_assert_eq!(self.stores.len(), 1, "only() on a sharded keyspace");
-        self.stores.values().next().expect("one shard")
+        debug_assert_eq!(self.len(), 1, "only() on a sharded keyspace");
+        self.store(1)
     }
 
     /// Each shard's slots as inclusive ranges, in slot order.
@@ -218,9 +247,9 @@ pub fn settle_count(
     }
 }
 
-/// How many shards a running cluster has, asked of its members (CLUSTER INFO's
-/// `cluster_size` on their client ports, bus port - 10000): what a node joining with no
-/// `--shards` must use. Tries each member in turn for up to `within`.
+/// How many shards a running cluster was created with, asked of its members (CLUSTER INFO's
+/// `cairn_initial_shards` on their client ports, bus port - 10000): what a node joining with
+/// no `--shards` must use. Tries each member in turn for up to `within`.
 pub fn ask_cluster_size(
     members: &[std::net::SocketAddr],
     within: std::time::Duration,
@@ -242,7 +271,9 @@ pub fn ask_cluster_size(
             }
             buf.extend_from_slice(&chunk[..n]);
             let text = String::from_utf8_lossy(&buf);
-            if let Some(rest) = text.split("cluster_size:").nth(1) {
+            // The count the cluster was created with (shards split off later are created
+            // from the meta group's log, not from this count).
+            if let Some(rest) = text.split("cairn_initial_shards:").nth(1) {
                 if let Some(end) = rest.find("\r\n") {
                     return rest[..end].trim().parse().ok();
                 }

@@ -238,11 +238,13 @@ pub fn info(c: &mut Call) -> Reply {
              cluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{}\r\n\
              cluster_size:{}\r\ncluster_current_epoch:{term}\r\ncluster_my_epoch:{term}\r\n\
              cluster_stats_messages_sent:0\r\ncluster_stats_messages_received:0\r\n\
-             total_cluster_links_buffer_limit_exceeded:0\r\n",
+             total_cluster_links_buffer_limit_exceeded:0\r\ncairn_initial_shards:{}\r\n",
             if ok { "ok" } else { "fail" },
             SLOTS - ok_slots,
             known.len(),
-            c.shared.shards.len(),
+            // As Redis counts: shards serving at least one slot.
+            c.shared.shards.ranges().len(),
+            c.shared.shards.initial(),
         );
         Reply::Verbatim("txt", text.into_bytes())
     })

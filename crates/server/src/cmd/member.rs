@@ -9,10 +9,11 @@
 //! CAIRN.MEMBER TRANSFER-LEADER [<id>]        hand leadership to <id> (or the most caught-up)
 //! ```
 //!
-//! Every node holds a replica of every shard, so a change applies to each shard's group in
-//! turn (skipping those where it already holds, so a change that failed half-way can simply be
-//! repeated); a trailing `SHARD <id>` limits it to one shard (nodes use that to ask each
-//! shard's leader). LIST shows the first shard's group unless one is named.
+//! Every node holds a replica of every group, so a change applies to the meta group's (group
+//! 0) and then each shard's group in turn (skipping those where it already holds, so a change
+//! that failed half-way can simply be repeated); a trailing `SHARD <id>` limits it to one
+//! group (nodes use that to ask each group's leader). LIST shows the meta group's members
+//! unless a shard is named.
 //!
 //! Changes run on the leader (a follower relays them) and answer once the change is applied.
 //! Removing the leader itself first hands leadership to another voter (raft-rs leaves a
@@ -62,13 +63,15 @@ pub async fn member(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
         let g = std::str::from_utf8(&args[n - 1])
             .ok()
             .and_then(|g| g.parse::<u64>().ok())
-            .filter(|g| shared.shards.stores().any(|(s, _)| s == *g));
+            .filter(|&g| g == crate::meta::GROUP || shared.shards.has(g));
         match g {
             Some(g) => (&args[..n - 2], vec![g]),
             None => return err("ERR no such shard").to_bytes(proto),
         }
     } else {
-        (&args[..], shared.shards.stores().map(|(g, _)| g).collect())
+        // The meta group first: a node joins it before it joins the shards.
+        let all = std::iter::once(crate::meta::GROUP).chain(shared.shards.stores().map(|(g, _)| g));
+        (&args[..], all.collect())
     };
     // A change asked of every shard skips those where it already holds.
     let lenient = !named;

@@ -2,6 +2,9 @@
 //!
 //! `CAIRN.RESHARD MOVE <first-slot> <last-slot> <to-shard>` moves each slot of the range that
 //! another shard serves, one slot at a time, and answers the number moved once all are done.
+//! `CAIRN.RESHARD SPLIT <shard>` creates a new shard (a committed entry in the meta group,
+//! see `meta.rs`: every node opens its Raft group, with the voters of the shard split) and
+//! moves the upper half of the shard's slots to it; it answers `[new shard, slots moved]`.
 //! `CAIRN.RESHARD CANCEL` stops the moves this node coordinates (a slot already handed over
 //! still finishes); `CAIRN.RESHARD STATUS` lists the moves in progress.
 //!
@@ -77,12 +80,18 @@ pub async fn command(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -
             }
             _ => err("usage: CAIRN.RESHARD MOVE <first-slot> <last-slot> <to-shard>"),
         },
+        (Some("split"), 3) => match number(&args[2]) {
+            Some(g) if shared.shards.has(g) => split(shared, client, g).await,
+            _ => err("usage: CAIRN.RESHARD SPLIT <shard>"),
+        },
         (Some("cancel"), 2) => {
             shared.reshard.cancel.store(true, Ordering::SeqCst);
             Reply::OK
         }
         (Some("status"), 2) => status(shared),
-        _ => err("usage: CAIRN.RESHARD MOVE <first> <last> <to-shard> | CANCEL | STATUS"),
+        _ => err(
+            "usage: CAIRN.RESHARD MOVE <first> <last> <to-shard> | SPLIT <shard> | CANCEL | STATUS",
+        ),
     };
     reply.to_bytes(proto)
 }
@@ -109,6 +118,66 @@ async fn move_range(shared: &Shared, first: usize, last: usize, to: u64) -> Repl
         }
     }
     Reply::Int(moved)
+}
+
+/// Splits shard `group`: a new shard with the same voters takes the upper half of its slots.
+async fn split(shared: &Shared, client: &mut Client, group: u64) -> Reply {
+    let Some(repl) = shared.replication.as_ref() else {
+        return err("splitting needs a cluster");
+    };
+    let slots: Vec<usize> = (0..SLOTS)
+        .filter(|&s| shared.shards.group_of_slot(s) == group)
+        .collect();
+    if slots.len() < 2 {
+        return err(format!("shard {group} has fewer than two slots to split"));
+    }
+    let Some(status) = repl.group(group) else {
+        return err(format!("shard {group} is not open on this node"));
+    };
+    let mut cmd = vec![
+        crate::meta::NAME.as_bytes().to_vec(),
+        b"CREATE-SHARD".to_vec(),
+    ];
+    cmd.extend(status.voters.iter().map(|v| v.to_string().into_bytes()));
+    let created = replicated::propose_to(shared, client, crate::meta::GROUP, cmd).await;
+    let id = match cairn_resp::parse_reply(&created) {
+        Some(Reply::Int(id)) if id > 0 => id as u64,
+        Some(e @ Reply::Error(_)) => return e,
+        _ => return err("the meta group gave an unexpected answer"),
+    };
+    // Every voter opens the new group as it applies that entry; wait for it here.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(shared.shards.has(id) && repl.leader_of(id).is_some()) {
+        if Instant::now() > deadline {
+            return err(format!(
+                "shard {id} was created but has no leader yet; move slots to it with MOVE"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shared.reshard.cancel.store(false, Ordering::SeqCst);
+    let mut moved = 0;
+    for &slot in &slots[slots.len() / 2..] {
+        if shared.reshard.cancel.load(Ordering::SeqCst) {
+            return err(format!(
+                "cancelled after moving {moved} slots to shard {id}"
+            ));
+        }
+        match move_slot(shared, slot as u16, group, id).await {
+            Ok(true) => moved += 1,
+            Ok(false) => {
+                return err(format!(
+                    "cancelled after moving {moved} slots to shard {id}"
+                ))
+            }
+            Err(e) => {
+                return err(format!(
+                    "moving slot {slot} to shard {id} failed after {moved} slots: {e}"
+                ))
+            }
+        }
+    }
+    Reply::Array(vec![Reply::Int(id as i64), Reply::Int(moved)])
 }
 
 /// The moves in progress that this node's replicas know of, one line each, plus the slots

@@ -1,0 +1,271 @@
+//! The meta group: Raft group 0, on every node, holding the cluster's own state. For now
+//! that is the shards created after the cluster was (by splits): each is a committed entry
+//! here, so every node opens the same groups with the same voters, and opens them again after
+//! a restart when it replays this log.
+//!
+//! Which shard serves which slot is not kept here: each shard's own log decides that
+//! (`cairn_store::moves`), and the routing map follows the shards. What this group will
+//! also hold (node registry, replica placement, ACL users) comes with the features that need
+//! it.
+//!
+//! Entries are [`LogEntry`] command runs, like a shard's, of one command:
+//! `CAIRN.META CREATE-SHARD <voter>...` → the new shard's id (the next free one).
+
+use crate::shard::ShardMachine;
+use crate::shards::MAX_SHARDS;
+use cairn_replication::StateMachine;
+use cairn_resp::{Protocol, Reply};
+use cairn_store::entry::{LogEntry, Operation};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The meta group's id.
+pub const GROUP: u64 = 0;
+
+/// The command name of meta entries.
+pub const NAME: &str = "cairn.meta";
+
+/// The replicated state of the meta group.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetaState {
+    /// The shards created since the cluster was, with the voters each was created with.
+    pub created: BTreeMap<u64, Vec<u64>>,
+}
+
+/// A shard the meta group created: every node opens its group.
+pub type Created = (u64, Vec<u64>);
+
+#[derive(Clone)]
+pub struct MetaMachine {
+    pub state: Arc<Mutex<MetaState>>,
+    /// The shard ids below this one existed when the cluster was created.
+    pub first_free: u64,
+    /// Told of every shard created (again after a restart), to open its group.
+    pub created_tx: tokio::sync::mpsc::UnboundedSender<Created>,
+}
+
+const MAGIC: &[u8; 4] = b"CRMT";
+const VERSION: u8 = 1;
+
+impl MetaMachine {
+    fn run(&mut self, args: &[Vec<u8>]) -> Reply {
+        let sub = args
+            .get(1)
+            .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase());
+        match sub.as_deref() {
+            Some("create-shard") if args.len() > 2 => {
+                let voters: Option<Vec<u64>> = args[2..]
+                    .iter()
+                    .map(|a| std::str::from_utf8(a).ok()?.parse().ok())
+                    .collect();
+                let Some(voters) = voters.filter(|v| !v.contains(&0)) else {
+                    return Reply::error("ERR voters are node ids");
+                };
+                let mut state = self.state.lock();
+                let id = state
+                    .created
+                    .keys()
+                    .next_back()
+                    .map_or(self.first_free, |&last| last + 1)
+                    .max(self.first_free);
+                if id as usize > MAX_SHARDS {
+                    return Reply::error(format!("ERR a cluster has at most {MAX_SHARDS} shards"));
+                }
+                state.created.insert(id, voters.clone());
+                let _ = self.created_tx.send((id, voters));
+                Reply::Int(id as i64)
+            }
+            _ => Reply::error("ERR unknown CAIRN.META command"),
+        }
+    }
+}
+
+impl StateMachine for MetaMachine {
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
+        let entry = match LogEntry::decode(data) {
+            Ok(e) => e,
+            Err(e) => return Reply::error(format!("ERR {e}")).to_bytes(Protocol::Resp2),
+        };
+        let Operation::Commands(cmds) = &entry.op else {
+            return Reply::error("ERR the meta group takes commands only").to_bytes(entry.proto);
+        };
+        let mut out = Vec::new();
+        for cmd in cmds {
+            let reply = if cmd[0].eq_ignore_ascii_case(NAME.as_bytes()) {
+                self.run(cmd)
+            } else {
+                Reply::error("ERR the meta group takes CAIRN.META commands only")
+            };
+            reply.encode(entry.proto, &mut out);
+        }
+        out
+    }
+
+    /// `MAGIC | version u8 | count u32 | (id u64, voters u32, voter u64...)...`
+    fn snapshot(&self) -> Vec<u8> {
+        let state = self.state.lock();
+        let mut out = MAGIC.to_vec();
+        out.push(VERSION);
+        out.extend_from_slice(&(state.created.len() as u32).to_le_bytes());
+        for (id, voters) in &state.created {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&(voters.len() as u32).to_le_bytes());
+            for v in voters {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        let bad = || "meta snapshot is truncated or malformed".to_string();
+        let rest = data.strip_prefix(MAGIC).ok_or_else(bad)?;
+        let mut pos = 0usize;
+        let mut take = |n: usize| -> Result<&[u8], String> {
+            let s = rest
+                .get(pos..pos.checked_add(n).ok_or_else(bad)?)
+                .ok_or_else(bad)?;
+            pos += n;
+            Ok(s)
+        };
+        if take(1)?[0] != VERSION {
+            return Err("meta snapshot version is unknown".into());
+        }
+        let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+        let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        let mut created = BTreeMap::new();
+        for _ in 0..u32_at(take(4)?) {
+            let id = u64_at(take(8)?);
+            let n = u32_at(take(4)?) as usize;
+            let mut voters = Vec::with_capacity(n.min(64));
+            for _ in 0..n {
+                voters.push(u64_at(take(8)?));
+            }
+            created.insert(id, voters);
+        }
+        if pos != rest.len() {
+            return Err(bad());
+        }
+        for (id, voters) in &created {
+            let _ = self.created_tx.send((*id, voters.clone()));
+        }
+        self.state.lock().created = created;
+        Ok(())
+    }
+}
+
+/// Every group's state machine: a shard's, or the meta group's.
+#[derive(Clone)]
+pub enum GroupMachine {
+    Shard(ShardMachine),
+    Meta(MetaMachine),
+}
+
+impl StateMachine for GroupMachine {
+    fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
+        match self {
+            GroupMachine::Shard(m) => m.apply(index, data),
+            GroupMachine::Meta(m) => m.apply(index, data),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        match self {
+            GroupMachine::Shard(m) => m.snapshot(),
+            GroupMachine::Meta(m) => m.snapshot(),
+        }
+    }
+
+    fn snapshot_job(&self) -> Option<cairn_replication::driver::SnapshotJob> {
+        match self {
+            GroupMachine::Shard(m) => m.snapshot_job(),
+            GroupMachine::Meta(m) => m.snapshot_job(),
+        }
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        match self {
+            GroupMachine::Shard(m) => m.restore(data),
+            GroupMachine::Meta(m) => m.restore(data),
+        }
+    }
+}
+
+/// Runs until the node stops: opens the group of every shard the meta group created (and
+/// adds its store), as this node applies the entries that created them.
+pub async fn open_created(
+    shared: Arc<crate::Shared>,
+    mut created: tokio::sync::mpsc::UnboundedReceiver<Created>,
+) {
+    let Some(repl) = shared.replication.as_ref() else {
+        return;
+    };
+    while let Some((id, voters)) = created.recv().await {
+        let Some(store) = shared.shards.add(id) else {
+            tracing::error!(shard = id, "the meta group created a shard out of range");
+            continue;
+        };
+        let machine = ShardMachine {
+            store: store.clone(),
+            routes: Some((id, shared.shards.owners().clone())),
+        };
+        match repl
+            .node
+            .open_group(id, voters, GroupMachine::Shard(machine))
+            .await
+        {
+            Ok(()) => tracing::info!(shard = id, "opened a shard created at runtime"),
+            Err(e) => tracing::error!(shard = id, error = %e, "cannot open a created shard"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(voters: &[&str]) -> Vec<u8> {
+        let mut cmd = vec![NAME.as_bytes().to_vec(), b"CREATE-SHARD".to_vec()];
+        cmd.extend(voters.iter().map(|v| v.as_bytes().to_vec()));
+        LogEntry {
+            now_ms: 1,
+            seed: 1,
+            proto: Protocol::Resp2,
+            op: Operation::Commands(vec![cmd]),
+        }
+        .encode()
+    }
+
+    #[test]
+    fn shards_get_the_next_free_id_and_survive_a_snapshot() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut m = MetaMachine {
+            state: Arc::default(),
+            first_free: 4,
+            created_tx: tx,
+        };
+        assert_eq!(m.apply(2, &create(&["1", "2", "3"])), b":4\r\n");
+        assert_eq!(m.apply(3, &create(&["1", "2"])), b":5\r\n");
+        assert_eq!(m.apply(4, &create(&["x"])), b"-ERR voters are node ids\r\n");
+        assert_eq!(rx.try_recv().unwrap(), (4, vec![1, 2, 3]));
+        assert_eq!(rx.try_recv().unwrap(), (5, vec![1, 2]));
+        assert!(rx.try_recv().is_err());
+        // A replica restored from the snapshot knows both, and is told to open them.
+        let (tx2, mut rx2) = tokio::sync::mpsc::unbounded_channel();
+        let mut b = MetaMachine {
+            state: Arc::default(),
+            first_free: 4,
+            created_tx: tx2,
+        };
+        let snap = m.snapshot();
+        b.restore(&snap).unwrap();
+        assert_eq!(*b.state.lock(), *m.state.lock());
+        assert_eq!(rx2.try_recv().unwrap().0, 4);
+        assert_eq!(rx2.try_recv().unwrap().0, 5);
+        assert_eq!(b.apply(5, &create(&["1"])), b":6\r\n");
+        for cut in 0..snap.len() {
+            assert!(b.restore(&snap[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}
