@@ -143,6 +143,9 @@ pub struct GroupConfig {
     pub snapshot_every: u64,
     /// Spread leadership evenly over the nodes (see [`MultiRaft::balance_leaders`]).
     pub balance_leaders: bool,
+    /// Groups left out of that: neither counted nor moved (a server's meta group does little
+    /// work, and counting it would let one node lead two shards while another leads it).
+    pub unbalanced: Vec<u64>,
 }
 
 impl Default for GroupConfig {
@@ -155,6 +158,7 @@ impl Default for GroupConfig {
             max_uncommitted_size: 64 * 1024 * 1024,
             snapshot_every: 10_000,
             balance_leaders: true,
+            unbalanced: Vec::new(),
         }
     }
 }
@@ -472,6 +476,17 @@ impl<S: StateMachine> MultiRaft<S> {
 
     /// Asks the leader to confirm it still leads (ReadIndex); the answer arrives in a later
     /// round's `read_points` with the same context. Only a leader gets an answer.
+    /// Whether this node leads `group` and has committed an entry of its term: until then
+    /// raft-rs drops a ReadIndex request without a word (its commit index may still be behind
+    /// the previous leader's), so reads must wait for that first.
+    pub fn read_index_ready(&self, group: u64) -> bool {
+        self.groups.get(&group).is_some_and(|g| {
+            let raft = &g.raw.raft;
+            raft.state == StateRole::Leader
+                && raft.raft_log.term(raft.raft_log.committed).ok() == Some(raft.term)
+        })
+    }
+
     pub fn read_index(&mut self, group: u64, context: Vec<u8>) -> Result<(), DriverError> {
         let g = self.led_group(group)?;
         g.raw.read_index(context);
@@ -536,7 +551,11 @@ impl<S: StateMachine> MultiRaft<S> {
     pub fn balance_leaders(&mut self) -> Option<(u64, u64)> {
         let me = self.node_id;
         let mut led: HashMap<u64, usize> = HashMap::new();
-        for g in self.groups.values() {
+        let skip = self.config.unbalanced.clone();
+        for (gid, g) in self.groups.iter() {
+            if skip.contains(gid) {
+                continue;
+            }
             for id in g.raw.raft.prs().conf().voters().ids().iter() {
                 led.entry(id).or_insert(0);
             }
@@ -547,7 +566,10 @@ impl<S: StateMachine> MultiRaft<S> {
         let mine = *led.get(&me)?;
         for (&id, g) in self.groups.iter_mut() {
             let raft = &g.raw.raft;
-            if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+            if skip.contains(&id)
+                || raft.state != StateRole::Leader
+                || raft.lead_transferee.is_some()
+            {
                 continue;
             }
             let last = raft.raft_log.last_index();
@@ -898,9 +920,11 @@ fn maybe_snapshot<S: StateMachine>(
     config: &GroupConfig,
     engine: &LogEngine,
 ) -> Result<(), DriverError> {
+    let wanted = g.raw.store().take_snapshot_wanted() && g.applied > g.snapshot_index;
     if g.pending.is_some()
-        || g.applied < g.snapshot_index + config.snapshot_every
-        || g.log_bytes < g.snapshot_bytes
+        || (!wanted
+            && (g.applied < g.snapshot_index + config.snapshot_every
+                || g.log_bytes < g.snapshot_bytes))
     {
         return Ok(());
     }

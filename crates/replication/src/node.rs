@@ -642,6 +642,12 @@ fn answer<S: StateMachine>(
 /// last round: one heartbeat to a quorum serves them all.
 fn ask_reads<S: StateMachine>(multi: &mut MultiRaft<S>, w: &mut Waiters) {
     for (group, dones) in std::mem::take(&mut w.unasked) {
+        // A leader just elected confirms reads only once its first entry is committed (a
+        // round or two): the reads wait here until then, instead of being dropped by raft.
+        if multi.is_leader(group) && !multi.read_index_ready(group) {
+            w.unasked.insert(group, dones);
+            continue;
+        }
         w.next = w.next.wrapping_add(1);
         let id = w.next;
         let asked = Instant::now();

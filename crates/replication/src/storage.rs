@@ -133,6 +133,7 @@ impl LogEngine {
             truncated_term: truncated.term,
             last_index,
             snapshot,
+            snapshot_wanted: false,
         };
         Ok(GroupStorage {
             id,
@@ -151,6 +152,8 @@ struct Core {
     last_index: u64,
     /// The newest state-machine snapshot this node can send to a lagging peer.
     snapshot: Option<Snapshot>,
+    /// A peer needed a snapshot that `snapshot` cannot be: the driver takes a fresh one.
+    snapshot_wanted: bool,
 }
 
 impl Core {
@@ -191,6 +194,11 @@ pub struct GroupStorage {
 impl GroupStorage {
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether a peer asked for a snapshot newer than the one there is (and forgets it).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        std::mem::take(&mut self.core.write().snapshot_wanted)
     }
 
     /// Stages a Ready's persistent parts: an incoming snapshot (which replaces the whole log),
@@ -424,12 +432,27 @@ impl raft::Storage for GroupStorage {
         Ok(self.core.read().last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        match &self.core.read().snapshot {
-            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
-            _ => Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            )),
+    /// The newest snapshot, unless it is older than `request_index` or its configuration
+    /// does not name `to` (a member added since, which would refuse it): then raft is told to
+    /// ask again later, and the driver takes a fresh snapshot (see [`Self::take_snapshot_wanted`]),
+    /// whatever its usual schedule. Without that, a member added to an idle group would wait
+    /// for a snapshot that never comes.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let mut core = self.core.write();
+        if let Some(s) = &core.snapshot {
+            let cs = s.get_metadata().get_conf_state();
+            let names = |ids: &[u64]| ids.contains(&to);
+            let knows_to = names(&cs.voters)
+                || names(&cs.learners)
+                || names(&cs.voters_outgoing)
+                || names(&cs.learners_next);
+            if s.get_metadata().index >= request_index && knows_to {
+                return Ok(s.clone());
+            }
         }
+        core.snapshot_wanted = true;
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
