@@ -321,7 +321,7 @@ fn render(infos: &[(u64, String, Option<Info>)]) -> String {
             id.to_string(),
             addr,
             if stopped.is_some() { "stopped" } else { "up" }.into(),
-            group,
+            if group == "0" { "meta".into() } else { group },
             get("role"),
             get("leader"),
             get("term"),
@@ -356,8 +356,13 @@ fn render(infos: &[(u64, String, Option<Info>)]) -> String {
         } else {
             format!(" (slots {slots})")
         };
+        let name = if *group == 0 {
+            "meta group".to_string()
+        } else {
+            format!("group {group}{slots}")
+        };
         out.push_str(&format!(
-            "group {group}{slots}: {leader}, {up}/{total} nodes answering, commit index {commit}\n"
+            "{name}: {leader}, {up}/{total} nodes answering, commit index {commit}\n"
         ));
     }
     if groups.is_empty() {

@@ -20,12 +20,15 @@ fn status(port: u16) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The whitespace-separated cells of the row for `node` in group 1.
+/// The whitespace-separated cells of the row for `node` in group 1 (or its one row when down).
 fn row(table: &str, node: usize) -> Vec<String> {
     table
         .lines()
         .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
-        .find(|cells| cells.first().map(String::as_str) == Some(&node.to_string()))
+        .find(|cells| {
+            cells.first().map(String::as_str) == Some(&node.to_string())
+                && matches!(cells.get(3).map(String::as_str), Some("1" | "-"))
+        })
         .unwrap_or_else(|| panic!("no row for node {node}:\n{table}"))
 }
 
@@ -107,7 +110,8 @@ fn status_shows_each_shard_with_its_slots_and_leader() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let table = loop {
         let table = status(ports[0]);
-        if table.matches(": leader node ").count() == 3 {
+        // Three shards and the meta group.
+        if table.matches(": leader node ").count() == 4 {
             break table;
         }
         assert!(
@@ -128,7 +132,10 @@ fn status_shows_each_shard_with_its_slots_and_leader() {
             .lines()
             .filter(|l| l.split_whitespace().next() == Some(&node.to_string()))
             .count();
-        assert_eq!(rows, 3, "node {node} has a row per shard:\n{table}");
+        assert_eq!(
+            rows, 4,
+            "node {node} has a row per shard and one for the meta group:\n{table}"
+        );
     }
     drop(cluster);
 }

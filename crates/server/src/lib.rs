@@ -100,6 +100,7 @@ fn start_replication(
         tick: std::time::Duration::from_millis(50),
         group: cairn_replication::GroupConfig {
             snapshot_every: config.snapshot_entries.max(1),
+            unbalanced: vec![meta::GROUP],
             ..Default::default()
         },
     };

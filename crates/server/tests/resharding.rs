@@ -227,7 +227,7 @@ fn slots_move_back_and_forth_under_writes_and_no_increment_is_lost() {
     assert_eq!(
         status,
         vec![format!(
-            "slot {slot}: shard 2 <- shard 1 attempt 999999 copying"
+            "slots {slot}-{slot}: shard 2 <- shard 1 attempt 999999 copying"
         )]
     );
     wait_for(
@@ -286,7 +286,7 @@ fn a_move_whose_coordinator_dies_is_finished_by_the_source_leader() {
             .unwrap_or_default();
         status
             .iter()
-            .any(|l| l.starts_with(&format!("slot {slot}:")))
+            .any(|l| l.starts_with(&format!("slots {slot}-{slot}: shard 1 -> shard 2")))
             .then_some(())
     });
     std::thread::sleep(Duration::from_millis(100));
@@ -322,4 +322,118 @@ fn a_move_whose_coordinator_dies_is_finished_by_the_source_leader() {
             .unwrap();
         assert_eq!(v, value);
     }
+}
+
+/// SPLIT creates a shard through the meta group and moves half the slots to it while writes
+/// go on; after every node restarts, the new shard is opened again from the meta log and
+/// serves its keys.
+#[test]
+fn a_split_shard_takes_half_the_slots_and_comes_back_after_a_restart() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster_with(3, &dirs, 2);
+    wait_for("a leader per shard", Duration::from_secs(30), || {
+        all_leaders(nodes[0].as_ref().unwrap(), 2).then_some(())
+    });
+    let mut c = nodes[0].as_ref().unwrap().client();
+    let mut pipe = redis::pipe();
+    for k in 0..2000 {
+        pipe.cmd("SET").arg(format!("k{k}")).arg(k).ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+    // A writer increments keys all over the keyspace during the split.
+    let port = nodes[1].as_ref().unwrap().port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let mut tally = [Tally::default(); 20];
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let t = i % 20;
+                i += 1;
+                match redis::cmd("INCR").arg(format!("c{t}")).query::<i64>(&mut c) {
+                    Ok(_) => tally[t].acked += 1,
+                    Err(e) if e.to_string().contains("moving between shards") => {
+                        tally[t].refused += 1
+                    }
+                    Err(_) => tally[t].unknown += 1,
+                }
+            }
+            tally
+        })
+    };
+    let started = Instant::now();
+    let (id, moved): (u64, i64) = redis::cmd("CAIRN.RESHARD")
+        .arg("SPLIT")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    eprintln!(
+        "split of shard 1 moved {moved} slots in {:?}",
+        started.elapsed()
+    );
+    assert_eq!((id, moved), (3, 4096));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let tally = writer.join().unwrap();
+    let size = |c: &mut redis::Connection, g: u64| -> i64 {
+        redis::cmd("CAIRN.SHARD")
+            .arg(g)
+            .arg("DBSIZE")
+            .query(c)
+            .unwrap()
+    };
+    let sizes: Vec<i64> = (1..=3).map(|g| size(&mut c, g)).collect();
+    assert_eq!(sizes.iter().sum::<i64>(), 2020, "{sizes:?}");
+    assert!(
+        sizes[2] > 300 && sizes[0] > 300,
+        "the split divided shard 1: {sizes:?}"
+    );
+    let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).unwrap();
+    assert!(info.contains("cluster_size:3"), "{info}");
+    let check = |c: &mut redis::Connection| {
+        for k in (0..2000).step_by(7) {
+            let v: i64 = redis::cmd("GET").arg(format!("k{k}")).query(c).unwrap();
+            assert_eq!(v, k);
+        }
+        for (t, tally) in tally.iter().enumerate() {
+            let v: i64 = redis::cmd("GET").arg(format!("c{t}")).query(c).unwrap();
+            assert!(
+                v >= tally.acked && v <= tally.acked + tally.unknown,
+                "c{t} is {v}: {tally:?}"
+            );
+        }
+    };
+    check(&mut c);
+    // Every node restarts; shard 3 is opened again from the meta group's log.
+    drop(c);
+    for n in nodes.iter_mut() {
+        drop(n.take());
+    }
+    let nodes = start_cluster_with(3, &dirs, 2);
+    let node = nodes[2].as_ref().unwrap();
+    wait_for(
+        "every shard back with a leader",
+        Duration::from_secs(60),
+        || all_leaders(node, 3).then_some(()),
+    );
+    let mut c = node.client();
+    wait_for(
+        "shard 3 serving its keys again",
+        Duration::from_secs(30),
+        || {
+            let n: i64 = redis::cmd("CAIRN.SHARD")
+                .arg(3)
+                .arg("DBSIZE")
+                .query(&mut c)
+                .ok()?;
+            (n == sizes[2]).then_some(())
+        },
+    );
+    check(&mut c);
 }

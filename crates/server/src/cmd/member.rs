@@ -219,7 +219,13 @@ async fn leave_if_self(repl: &Replication, args: &[Vec<u8>]) -> Result<(), Reply
 async fn transfer(repl: &Replication, group: u64, args: &[Vec<u8>]) -> Result<Reply, NotHere> {
     let to = args.get(2).map(|a| parse_id(a)).transpose()?;
     let id = group;
-    let g = self::group(repl, group)?;
+    // Right after a start or a failover the group may still be electing: wait for it.
+    let deadline = tokio::time::Instant::now() + replicated::WAIT;
+    let mut g = self::group(repl, group)?;
+    while g.leader.is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        g = self::group(repl, group)?;
+    }
     if let Some(t) = to {
         if !g.voters.contains(&t) {
             return Err(Fail(err(format!("ERR node {t} is not a voter"))));

@@ -96,28 +96,95 @@ pub async fn command(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -
     reply.to_bytes(proto)
 }
 
-async fn move_range(shared: &Shared, first: usize, last: usize, to: u64) -> Reply {
+/// The most slots one move takes at once (one attempt, one hand-over).
+const MAX_RUN: usize = 1024;
+
+/// A run of contiguous slots that move together.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlotRun {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl SlotRun {
+    fn slots(self) -> impl Iterator<Item = u16> {
+        self.first..=self.last
+    }
+
+    fn len(self) -> i64 {
+        i64::from(self.last - self.first) + 1
+    }
+}
+
+impl std::fmt::Display for SlotRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// Sorted slots as runs of contiguous ones, at most `max` slots each.
+fn runs(slots: impl IntoIterator<Item = u16>, max: usize) -> Vec<SlotRun> {
+    let mut out: Vec<SlotRun> = Vec::new();
+    for slot in slots {
+        match out.last_mut() {
+            Some(r) if r.last + 1 == slot && (r.len() as usize) < max => r.last = slot,
+            _ => out.push(SlotRun {
+                first: slot,
+                last: slot,
+            }),
+        }
+    }
+    out
+}
+
+/// Moves `runs` (each served by the shard given with it, never `to`) to shard `to`, one
+/// after the other; the number of slots moved.
+async fn move_runs(shared: &Shared, runs: Vec<(SlotRun, u64)>, to: u64) -> Result<i64, Reply> {
     shared.reshard.cancel.store(false, Ordering::SeqCst);
     let mut moved = 0;
+    for (run, from) in runs {
+        if shared.reshard.cancel.load(Ordering::SeqCst) {
+            return Err(err(format!("cancelled after moving {moved} slots")));
+        }
+        match move_slots(shared, run, from, to).await {
+            Ok(true) => moved += run.len(),
+            Ok(false) => return Err(err(format!("cancelled after moving {moved} slots"))),
+            Err(e) => {
+                return Err(err(format!(
+                    "moving slots {run} failed after {moved} slots: {e}"
+                )))
+            }
+        }
+    }
+    Ok(moved)
+}
+
+async fn move_range(shared: &Shared, first: usize, last: usize, to: u64) -> Reply {
+    // Runs of contiguous slots with one source each.
+    let mut by_source: Vec<(SlotRun, u64)> = Vec::new();
     for slot in first..=last {
         let from = shared.shards.group_of_slot(slot);
         if from == to {
             continue;
         }
-        if shared.reshard.cancel.load(Ordering::SeqCst) {
-            return err(format!("cancelled after moving {moved} slots"));
-        }
-        match move_slot(shared, slot as u16, from, to).await {
-            Ok(true) => moved += 1,
-            Ok(false) => return err(format!("cancelled after moving {moved} slots")),
-            Err(e) => {
-                return err(format!(
-                    "moving slot {slot} failed after {moved} slots: {e}"
-                ))
+        let slot = slot as u16;
+        match by_source.last_mut() {
+            Some((r, f)) if *f == from && r.last + 1 == slot && (r.len() as usize) < MAX_RUN => {
+                r.last = slot
             }
+            _ => by_source.push((
+                SlotRun {
+                    first: slot,
+                    last: slot,
+                },
+                from,
+            )),
         }
     }
-    Reply::Int(moved)
+    match move_runs(shared, by_source, to).await {
+        Ok(n) => Reply::Int(n),
+        Err(e) => e,
+    }
 }
 
 /// Splits shard `group`: a new shard with the same voters takes the upper half of its slots.
@@ -155,88 +222,113 @@ async fn split(shared: &Shared, client: &mut Client, group: u64) -> Reply {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    shared.reshard.cancel.store(false, Ordering::SeqCst);
-    let mut moved = 0;
-    for &slot in &slots[slots.len() / 2..] {
-        if shared.reshard.cancel.load(Ordering::SeqCst) {
-            return err(format!(
-                "cancelled after moving {moved} slots to shard {id}"
-            ));
-        }
-        match move_slot(shared, slot as u16, group, id).await {
-            Ok(true) => moved += 1,
-            Ok(false) => {
-                return err(format!(
-                    "cancelled after moving {moved} slots to shard {id}"
-                ))
-            }
-            Err(e) => {
-                return err(format!(
-                    "moving slot {slot} to shard {id} failed after {moved} slots: {e}"
-                ))
-            }
-        }
+    let upper = slots[slots.len() / 2..].iter().map(|&s| s as u16);
+    let todo = runs(upper, MAX_RUN)
+        .into_iter()
+        .map(|r| (r, group))
+        .collect();
+    match move_runs(shared, todo, id).await {
+        Ok(moved) => Reply::Array(vec![Reply::Int(id as i64), Reply::Int(moved)]),
+        Err(e) => e,
     }
-    Reply::Array(vec![Reply::Int(id as i64), Reply::Int(moved)])
 }
 
 /// The moves in progress that this node's replicas know of, one line each, plus the slots
 /// this node coordinates.
 fn status(shared: &Shared) -> Reply {
+    /// Runs of contiguous slots that share a description, as `slots a-b: description`.
+    fn lines_of(items: Vec<(u16, String)>, out: &mut Vec<String>) {
+        let mut i = 0;
+        while i < items.len() {
+            let mut j = i + 1;
+            while j < items.len() && items[j].0 == items[j - 1].0 + 1 && items[j].1 == items[i].1 {
+                j += 1;
+            }
+            out.push(format!(
+                "slots {}-{}: {}",
+                items[i].0,
+                items[j - 1].0,
+                items[i].1
+            ));
+            i = j;
+        }
+    }
     let mut lines = Vec::new();
     for (group, store) in shared.shards.stores() {
         let store = store.lock();
-        for (slot, o) in &store.moves.outgoing {
-            lines.push(format!(
-                "slot {slot}: shard {group} -> shard {} attempt {} pending {}{}",
-                o.to,
-                o.attempt,
-                o.pending.len(),
-                if o.released { " handed-over" } else { "" }
-            ));
+        let mut out: Vec<(u16, String)> = Vec::new();
+        let mut pending: HashMap<u64, usize> = HashMap::new();
+        for (&slot, o) in &store.moves.outgoing {
+            *pending.entry(o.attempt).or_default() += o.pending.len();
+            let state = if o.released { "handed over" } else { "copying" };
+            let text = format!(
+                "shard {group} -> shard {} attempt {} {state}",
+                o.to, o.attempt
+            );
+            out.push((slot, text));
         }
-        for (slot, i) in &store.moves.incoming {
-            lines.push(format!(
-                "slot {slot}: shard {group} <- shard {} attempt {} copying",
-                i.from, i.attempt
-            ));
+        let incoming = store.moves.incoming.iter().map(|(&slot, i)| {
+            (
+                slot,
+                format!(
+                    "shard {group} <- shard {} attempt {} copying",
+                    i.from, i.attempt
+                ),
+            )
+        });
+        lines_of(out, &mut lines);
+        lines_of(incoming.collect(), &mut lines);
+        for (attempt, n) in pending {
+            lines.push(format!("shard {group} attempt {attempt}: {n} keys pending"));
         }
     }
-    let active = shared.reshard.active.lock();
-    if !active.is_empty() {
-        let list: Vec<String> = active.iter().map(u16::to_string).collect();
-        lines.push(format!("coordinating here: {}", list.join(" ")));
-    }
+    let active: Vec<u16> = shared.reshard.active.lock().iter().copied().collect();
+    let mut coordinated = Vec::new();
+    lines_of(
+        active
+            .into_iter()
+            .map(|s| (s, "coordinated here".to_string()))
+            .collect(),
+        &mut coordinated,
+    );
+    lines.extend(coordinated);
     Reply::Array(lines.into_iter().map(Reply::bulk).collect())
 }
 
-/// Marks `slot` as coordinated here until dropped.
-struct Active<'a>(&'a Jobs, u16);
+/// Marks a run as coordinated here until dropped.
+struct Active<'a>(&'a Jobs, SlotRun);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.0.active.lock().remove(&self.1);
+        let mut active = self.0.active.lock();
+        self.1.slots().for_each(|s| {
+            active.remove(&s);
+        });
     }
 }
 
-/// Moves one slot from shard `from` to shard `to`. Ok(false) when it was cancelled before the
-/// hand-over (nothing changed owner).
-pub async fn move_slot(shared: &Shared, slot: u16, from: u64, to: u64) -> Result<bool, String> {
-    if !shared.reshard.active.lock().insert(slot) {
-        return Err(format!("slot {slot} is being moved by this node already"));
+/// Moves a run of slots from shard `from` to shard `to`. Ok(false) when it was cancelled
+/// before the hand-over (nothing changed owner).
+pub async fn move_slots(shared: &Shared, run: SlotRun, from: u64, to: u64) -> Result<bool, String> {
+    {
+        let mut active = shared.reshard.active.lock();
+        if run.slots().any(|s| active.contains(&s)) {
+            return Err(format!("slots {run} are being moved by this node already"));
+        }
+        active.extend(run.slots());
     }
-    let _active = Active(&shared.reshard, slot);
+    let _active = Active(&shared.reshard, run);
     let mut client = Client::internal(shared);
     let mut last_error = String::new();
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        match try_move(shared, &mut client, slot, from, to).await {
+        match try_move(shared, &mut client, run, from, to).await {
             Ok(done) => return Ok(done),
             Err(Failure::Final(e)) => return Err(e),
             Err(Failure::Again(e)) => {
-                tracing::info!(slot, from, to, error = %e, "slot move attempt failed; retrying");
+                tracing::info!(slots = %run, from, to, error = %e, "slot move attempt failed; retrying");
                 last_error = e;
             }
         }
@@ -291,7 +383,7 @@ fn ints(r: &Reply) -> Vec<i64> {
 async fn copy_round(
     shared: &Shared,
     client: &mut Client,
-    slot: u16,
+    slot: SlotRun,
     from: u64,
     to: u64,
     attempt: u64,
@@ -338,7 +430,7 @@ async fn copy_round(
 async fn try_move(
     shared: &Shared,
     client: &mut Client,
-    slot: u16,
+    slot: SlotRun,
     from: u64,
     to: u64,
 ) -> Result<bool, Failure> {
@@ -421,7 +513,7 @@ async fn try_move(
 
 /// Deletes the source's frozen copy, retrying for a while: the move is complete whether or not
 /// this succeeds (a copy left behind is not served; the watchdog drops it later).
-async fn drop_source(shared: &Shared, client: &mut Client, slot: u16, from: u64) {
+async fn drop_source(shared: &Shared, client: &mut Client, slot: SlotRun, from: u64) {
     for _ in 0..10 {
         if step(shared, client, from, args(&[&"DROP", &slot]))
             .await
@@ -446,7 +538,8 @@ pub async fn watchdog(shared: Arc<Shared>) {
             _ = shutdown.changed() => return,
         }
         let now = Instant::now();
-        let mut stalled = Vec::new();
+        // (source, attempt, target, slot)
+        let mut stalled: Vec<(u64, u64, u64, u16)> = Vec::new();
         {
             let mut seen = shared.reshard.seen.lock();
             let mut present = BTreeSet::new();
@@ -461,7 +554,7 @@ pub async fn watchdog(shared: Arc<Shared>) {
                     match seen.get(&slot) {
                         Some((s, since)) if *s == state => {
                             if now.duration_since(*since) >= STALLED {
-                                stalled.push((slot, group, o.to));
+                                stalled.push((group, o.attempt, o.to, slot));
                             }
                         }
                         _ => {
@@ -473,18 +566,35 @@ pub async fn watchdog(shared: Arc<Shared>) {
             seen.retain(|slot, _| present.contains(slot));
         }
         abort_orphans(&shared, repl, now).await;
-        for (slot, from, to) in stalled {
-            if shared.reshard.active.lock().contains(&slot) {
-                continue;
+        // The slots of one attempt move on together, as they began.
+        stalled.sort_unstable();
+        stalled.retain(|s| !shared.reshard.active.lock().contains(&s.3));
+        let mut i = 0;
+        while i < stalled.len() {
+            let (from, attempt, to, _) = stalled[i];
+            let mut j = i;
+            while j < stalled.len()
+                && (stalled[j].0, stalled[j].1, stalled[j].2) == (from, attempt, to)
+            {
+                j += 1;
             }
-            shared.reshard.seen.lock().remove(&slot);
-            tracing::info!(slot, from, to, "taking over a stalled slot move");
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                if let Err(e) = move_slot(&shared, slot, from, to).await {
-                    tracing::warn!(slot, from, to, error = %e, "a taken-over slot move failed");
+            let slots: Vec<u16> = stalled[i..j].iter().map(|s| s.3).collect();
+            i = j;
+            for run in runs(slots, MAX_RUN) {
+                {
+                    let mut seen = shared.reshard.seen.lock();
+                    run.slots().for_each(|s| {
+                        seen.remove(&s);
+                    });
                 }
-            });
+                tracing::info!(slots = %run, from, to, "taking over a stalled slot move");
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = move_slots(&shared, run, from, to).await {
+                        tracing::warn!(slots = %run, from, to, error = %e, "a taken-over slot move failed");
+                    }
+                });
+            }
         }
     }
 }

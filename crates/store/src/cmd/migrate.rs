@@ -2,19 +2,25 @@
 //! the shard it concerns (see `moves.rs` for the protocol and why it never lets two shards
 //! serve a slot). Nodes propose these; clients cannot (the command is not in the table).
 //!
-//! Source shard: `OUT slot to` → `[attempt, epoch]`; `TAKE slot attempt count bytes` →
-//! `[reset, still-pending, [[key, expire-at-ms or -1, dump or nil]...]]`; `RELEASE slot attempt
+//! `slots` is one slot (`5`) or a range (`5-9`): a range moves as one, with one attempt, one
+//! hand-over and one epoch (above every epoch its slots had).
+//!
+//! Source shard: `OUT slots to` → `[attempt, epoch]`; `TAKE slots attempt count bytes` →
+//! `[reset, still-pending, [[key, expire-at-ms or -1, dump or nil]...]]`; `RELEASE slots attempt
 //! max-pending` → `[1, epoch]`, or `[0, pending]` while more than `max-pending` keys are
-//! pending; `DROP slot`; `CANCEL slot`.
-//! Target shard: `IN slot from attempt` → 1, or 0 when the slot is served here already;
-//! `LOAD slot attempt reset [key expire-at-ms dump]...` → keys loaded; `ACQUIRE slot attempt
-//! epoch`; `ABORT slot [attempt]` (only that attempt, when given).
+//! pending; `DROP slots`; `CANCEL slots`.
+//! Target shard: `IN slots from attempt` → 1, or 0 when the slots are served here already;
+//! `LOAD slots attempt reset [key expire-at-ms dump]...` → keys loaded (a reset first drops
+//! every key of the slots); `ACQUIRE slots attempt epoch`; `ABORT slots [attempt]` (only that
+//! attempt, when given).
 
 use crate::exec::{int_arg, is, Env};
 use crate::moves::{Incoming, Outgoing};
 use crate::slot::{key_slot, SLOTS};
 use crate::{snapshot, Store};
 use cairn_resp::Reply;
+use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
 
 pub const NAME: &str = "cairn.migrate";
 
@@ -31,6 +37,20 @@ fn usage() -> Reply {
     Reply::error("ERR wrong arguments for CAIRN.MIGRATE")
 }
 
+/// A slot (`5`) or an inclusive range of slots (`5-9`).
+fn slot_range(arg: &[u8]) -> Result<RangeInclusive<usize>, Reply> {
+    let text = std::str::from_utf8(arg).map_err(|_| usage())?;
+    let (a, b) = text.split_once('-').unwrap_or((text, text));
+    let (a, b): (usize, usize) = (
+        a.parse().map_err(|_| usage())?,
+        b.parse().map_err(|_| usage())?,
+    );
+    if a > b || b >= SLOTS {
+        return Err(usage());
+    }
+    Ok(a..=b)
+}
+
 impl Store {
     /// Applies one CAIRN.MIGRATE step (`args[0]` is the name).
     pub fn migrate(&mut self, args: &[Vec<u8>], env: &Env) -> Reply {
@@ -41,49 +61,49 @@ impl Store {
 
     fn migrate_step(&mut self, args: &[Vec<u8>], env: &Env) -> Result<Reply, Reply> {
         let sub = args.get(1).ok_or_else(usage)?;
-        let slot = number(args.get(2))?;
-        if slot >= SLOTS as u64 {
-            return Err(usage());
-        }
-        let (slot, at) = (slot as u16, slot as usize);
+        let range = slot_range(args.get(2).ok_or_else(usage)?)?;
+        let slots = || range.clone().map(|s| s as u16);
         let arg = |i: usize| number(args.get(i));
         let index = self.watches.log_index();
         if is(sub, "out") {
             let to = arg(3)?;
-            let epoch = self.moves.epoch(slot);
-            let keys: std::collections::BTreeSet<Vec<u8>> = self
-                .keyspace
-                .iter_slot(at)
-                .map(|(k, _)| k.to_vec())
-                .collect();
-            match self.moves.outgoing.get_mut(&slot) {
-                Some(o) if o.to != to => {
-                    return Err(Reply::error(format!(
-                        "ERR slot {slot} is already moving to shard {}",
-                        o.to
-                    )))
+            // All or nothing: every slot served here (or already moving to `to`).
+            for slot in slots() {
+                match self.moves.outgoing.get(&slot) {
+                    Some(o) if o.to != to => {
+                        return Err(Reply::error(format!(
+                            "ERR slot {slot} is already moving to shard {}",
+                            o.to
+                        )))
+                    }
+                    Some(_) => {}
+                    None if !self.keyspace.serves(slot as usize) => {
+                        return Err(Reply::error(format!(
+                            "ERR slot {slot} is not served by this shard"
+                        )))
+                    }
+                    None => {}
                 }
+            }
+            let mut epoch = 0;
+            for slot in slots() {
+                epoch = epoch.max(self.moves.epoch(slot));
+                let keys: BTreeSet<Vec<u8>> = self
+                    .keyspace
+                    .iter_slot(slot as usize)
+                    .map(|(k, _)| k.to_vec())
+                    .collect();
                 // A new attempt: everything is sent again (the target drops what it has).
-                Some(o) => {
-                    o.attempt = index;
-                    o.pending = keys;
-                    o.reset = true;
-                }
-                None if !self.keyspace.serves(at) => {
-                    return Err(Reply::error(format!(
-                        "ERR slot {slot} is not served by this shard"
-                    )))
-                }
-                None => {
-                    let out = Outgoing {
-                        attempt: index,
-                        to,
-                        pending: keys,
-                        reset: true,
-                        released: false,
-                    };
-                    self.moves.outgoing.insert(slot, out);
-                }
+                let out = self.moves.outgoing.entry(slot).or_insert(Outgoing {
+                    attempt: index,
+                    to,
+                    pending: BTreeSet::new(),
+                    reset: true,
+                    released: false,
+                });
+                out.attempt = index;
+                out.pending = keys;
+                out.reset = true;
             }
             return Ok(Reply::Array(vec![
                 Reply::Int(index as i64),
@@ -92,103 +112,123 @@ impl Store {
         }
         if is(sub, "take") {
             let (attempt, count, bytes) = (arg(3)?, arg(4)?.max(1), arg(5)?);
-            let out = match self.moves.outgoing.get_mut(&slot) {
-                Some(o) if o.attempt == attempt => o,
-                _ => return Err(stale()),
-            };
+            self.check_outgoing(&range, attempt)?;
             let mut records = Vec::new();
             let mut size = 0u64;
-            while (records.len() as u64) < count && (records.is_empty() || size < bytes) {
-                let Some(key) = out.pending.pop_first() else {
-                    break;
-                };
-                size += key.len() as u64;
-                let record = match self.keyspace.get(&key, env.now_ms) {
-                    Some(e) => {
-                        let dump = snapshot::dump_value(&e.value);
-                        size += dump.len() as u64;
-                        vec![
-                            Reply::Bulk(key),
-                            Reply::Int(e.expire_at_ms as i64),
-                            Reply::Bulk(dump),
-                        ]
-                    }
-                    None => vec![Reply::Bulk(key), Reply::Int(-1), Reply::Nil],
-                };
-                records.push(Reply::Array(record));
+            let mut reset = false;
+            let mut pending = 0;
+            for slot in slots() {
+                let out = self.moves.outgoing.get_mut(&slot).expect("checked");
+                reset |= std::mem::take(&mut out.reset);
+                while (records.len() as u64) < count && (records.is_empty() || size < bytes) {
+                    let Some(key) = out.pending.pop_first() else {
+                        break;
+                    };
+                    size += key.len() as u64;
+                    let record = match self.keyspace.get(&key, env.now_ms) {
+                        Some(e) => {
+                            let dump = snapshot::dump_value(&e.value);
+                            size += dump.len() as u64;
+                            vec![
+                                Reply::Bulk(key),
+                                Reply::Int(e.expire_at_ms as i64),
+                                Reply::Bulk(dump),
+                            ]
+                        }
+                        None => vec![Reply::Bulk(key), Reply::Int(-1), Reply::Nil],
+                    };
+                    records.push(Reply::Array(record));
+                }
+                pending += out.pending.len();
             }
-            let reset = std::mem::take(&mut out.reset);
             return Ok(Reply::Array(vec![
                 Reply::Int(i64::from(reset)),
-                Reply::Int(out.pending.len() as i64),
+                Reply::Int(pending as i64),
                 Reply::Array(records),
             ]));
         }
         if is(sub, "release") {
             let (attempt, max) = (arg(3)?, arg(4)?);
-            let out = match self.moves.outgoing.get_mut(&slot) {
-                Some(o) if o.attempt == attempt => o,
-                _ => return Err(stale()),
-            };
-            if !out.released && out.pending.len() as u64 > max {
+            self.check_outgoing(&range, attempt)?;
+            let pending: usize = slots()
+                .map(|s| &self.moves.outgoing[&s])
+                .filter(|o| !o.released)
+                .map(|o| o.pending.len())
+                .sum();
+            if pending as u64 > max {
                 return Ok(Reply::Array(vec![
                     Reply::Int(0),
-                    Reply::Int(out.pending.len() as i64),
+                    Reply::Int(pending as i64),
                 ]));
             }
-            out.released = true;
-            self.keyspace.set_served(at, false);
-            return Ok(Reply::Array(vec![
-                Reply::Int(1),
-                Reply::Int(self.moves.epoch(slot) as i64),
-            ]));
+            let mut epoch = 0;
+            for slot in slots() {
+                self.moves
+                    .outgoing
+                    .get_mut(&slot)
+                    .expect("checked")
+                    .released = true;
+                self.keyspace.set_served(slot as usize, false);
+                epoch = epoch.max(self.moves.epoch(slot));
+            }
+            return Ok(Reply::Array(vec![Reply::Int(1), Reply::Int(epoch as i64)]));
         }
         if is(sub, "drop") {
-            match self.moves.outgoing.get(&slot) {
-                Some(o) if o.released => {}
-                Some(_) => {
-                    return Err(Reply::error(
-                        "ERR the slot is not handed over yet; cancel the move instead",
-                    ))
-                }
-                None => return Ok(Reply::Int(0)),
+            if slots().any(|s| self.moves.outgoing.get(&s).is_some_and(|o| !o.released)) {
+                return Err(Reply::error(
+                    "ERR the slot is not handed over yet; cancel the move instead",
+                ));
             }
-            self.moves.outgoing.remove(&slot);
-            self.moves.epochs.remove(&slot);
-            let n = self.keyspace.clear_slot(at);
+            let mut n = 0;
+            for slot in slots() {
+                if self.moves.outgoing.remove(&slot).is_some() {
+                    self.moves.epochs.remove(&slot);
+                    n += self.keyspace.clear_slot(slot as usize);
+                }
+            }
             return Ok(Reply::Int(n as i64));
         }
         if is(sub, "cancel") {
-            return match self.moves.outgoing.get(&slot) {
-                Some(o) if o.released => Err(Reply::error(
+            if slots().any(|s| self.moves.outgoing.get(&s).is_some_and(|o| o.released)) {
+                return Err(Reply::error(
                     "ERR the slot is handed over already; the move can only finish",
-                )),
-                Some(_) => {
-                    self.moves.outgoing.remove(&slot);
-                    Ok(Reply::OK)
-                }
-                None => Ok(Reply::OK),
-            };
+                ));
+            }
+            slots().for_each(|s| {
+                self.moves.outgoing.remove(&s);
+            });
+            return Ok(Reply::OK);
         }
         if is(sub, "in") {
             let (from, attempt) = (arg(3)?, arg(4)?);
-            if self.keyspace.serves(at) {
+            let served = slots()
+                .filter(|&s| self.keyspace.serves(s as usize))
+                .count();
+            if served == range.clone().count() {
                 return Ok(Reply::Int(0));
             }
-            match self.moves.incoming.get(&slot) {
-                Some(i) if i.attempt > attempt => return Err(stale()),
-                Some(i) if i.attempt == attempt => return Ok(Reply::Int(1)),
-                _ => {}
+            if served > 0 {
+                return Err(Reply::error(
+                    "ERR some of these slots are served here already",
+                ));
             }
-            self.moves.incoming.insert(slot, Incoming { attempt, from });
-            self.drop_slot_keys(at);
+            for slot in slots() {
+                if matches!(self.moves.incoming.get(&slot), Some(i) if i.attempt > attempt) {
+                    return Err(stale());
+                }
+            }
+            for slot in slots() {
+                if matches!(self.moves.incoming.get(&slot), Some(i) if i.attempt == attempt) {
+                    continue;
+                }
+                self.moves.incoming.insert(slot, Incoming { attempt, from });
+                self.drop_slot_keys(slot as usize);
+            }
             return Ok(Reply::Int(1));
         }
         if is(sub, "load") {
             let (attempt, reset) = (arg(3)?, arg(4)?);
-            if !matches!(self.moves.incoming.get(&slot), Some(i) if i.attempt == attempt) {
-                return Err(stale());
-            }
+            self.check_incoming(&range, attempt)?;
             let records = &args[5..];
             if !records.len().is_multiple_of(3) {
                 return Err(usage());
@@ -196,7 +236,7 @@ impl Store {
             // Check everything before changing anything: a step applies whole or not at all.
             let mut parsed = Vec::with_capacity(records.len() / 3);
             for r in records.chunks(3) {
-                if key_slot(&r[0]) != at {
+                if !range.contains(&key_slot(&r[0])) {
                     return Err(usage());
                 }
                 let expire = int_arg(&r[1])?;
@@ -208,7 +248,7 @@ impl Store {
                 parsed.push((&r[0], expire, value));
             }
             if reset == 1 {
-                self.drop_slot_keys(at);
+                range.clone().for_each(|s| self.drop_slot_keys(s));
             }
             for (key, expire, value) in parsed {
                 self.keyspace.remove(key);
@@ -225,38 +265,56 @@ impl Store {
         }
         if is(sub, "acquire") {
             let (attempt, epoch) = (arg(3)?, arg(4)?);
-            if self.keyspace.serves(at) {
+            if slots().all(|s| self.keyspace.serves(s as usize)) {
                 return Ok(Reply::OK);
             }
-            if !matches!(self.moves.incoming.get(&slot), Some(i) if i.attempt == attempt) {
-                return Err(stale());
+            self.check_incoming(&range, attempt)?;
+            for slot in slots() {
+                self.moves.incoming.remove(&slot);
+                self.keyspace.set_served(slot as usize, true);
+                self.moves.epochs.insert(slot, epoch);
+                self.moves.acquired.push((slot, epoch));
+                // A WATCH taken here before the slot last left must not pass over the keys it
+                // got while away.
+                let keys: Vec<Vec<u8>> = self
+                    .keyspace
+                    .iter_slot(slot as usize)
+                    .map(|(k, _)| k.to_vec())
+                    .collect();
+                keys.iter().for_each(|k| self.watches.touched(k));
             }
-            self.moves.incoming.remove(&slot);
-            self.keyspace.set_served(at, true);
-            self.moves.epochs.insert(slot, epoch);
-            self.moves.acquired.push((slot, epoch));
-            // A WATCH taken here before the slot last left must not pass over the keys it got
-            // while away.
-            let keys: Vec<Vec<u8>> = self
-                .keyspace
-                .iter_slot(at)
-                .map(|(k, _)| k.to_vec())
-                .collect();
-            keys.iter().for_each(|k| self.watches.touched(k));
             return Ok(Reply::OK);
         }
         if is(sub, "abort") {
             let only = args.get(3).map(|a| number(Some(a))).transpose()?;
-            match self.moves.incoming.get(&slot) {
-                Some(i) if only.is_none_or(|a| a == i.attempt) => {
-                    self.moves.incoming.remove(&slot);
-                    self.drop_slot_keys(at);
+            for slot in slots() {
+                match self.moves.incoming.get(&slot) {
+                    Some(i) if only.is_none_or(|a| a == i.attempt) => {
+                        self.moves.incoming.remove(&slot);
+                        self.drop_slot_keys(slot as usize);
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
             return Ok(Reply::OK);
         }
         Err(usage())
+    }
+
+    /// Every slot of `range` is moving out in attempt `attempt`.
+    fn check_outgoing(&self, range: &RangeInclusive<usize>, attempt: u64) -> Result<(), Reply> {
+        let ok = range.clone().all(
+            |s| matches!(self.moves.outgoing.get(&(s as u16)), Some(o) if o.attempt == attempt),
+        );
+        ok.then_some(()).ok_or_else(stale)
+    }
+
+    /// Every slot of `range` is moving in, in attempt `attempt`.
+    fn check_incoming(&self, range: &RangeInclusive<usize>, attempt: u64) -> Result<(), Reply> {
+        let ok = range.clone().all(
+            |s| matches!(self.moves.incoming.get(&(s as u16)), Some(i) if i.attempt == attempt),
+        );
+        ok.then_some(()).ok_or_else(stale)
     }
 
     /// Deletes the keys of a slot this shard does not serve (stamping them for WATCH).
@@ -309,7 +367,7 @@ mod tests {
     }
 
     /// Moves every pending key from `a` to `b` as a coordinator would; returns how many.
-    fn copy(a: &mut Store, b: &mut Store, index: &mut u64, slot: u16, attempt: u64) -> usize {
+    fn copy(a: &mut Store, b: &mut Store, index: &mut u64, slots: &str, attempt: u64) -> usize {
         let mut moved = 0;
         loop {
             *index += 1;
@@ -319,7 +377,7 @@ mod tests {
                 &[
                     "cairn.migrate",
                     "take",
-                    &slot.to_string(),
+                    slots,
                     &attempt.to_string(),
                     "2",
                     "1000000",
@@ -337,7 +395,7 @@ mod tests {
             let mut load: Vec<Vec<u8>> = [
                 "cairn.migrate",
                 "load",
-                &slot.to_string(),
+                slots,
                 &attempt.to_string(),
                 &reset.to_string(),
             ]
@@ -378,7 +436,7 @@ mod tests {
             Reply::Int(1)
         );
         let mut index = 20;
-        assert_eq!(copy(&mut a, &mut b, &mut index, slot, 10), 3);
+        assert_eq!(copy(&mut a, &mut b, &mut index, &s, 10), 3);
         // Writes after the copy: a change, a delete and a new key become pending again.
         run(&mut a, 100, &["INCR", "{t}a"]);
         run(&mut a, 101, &["DEL", "{t}b"]);
@@ -401,7 +459,7 @@ mod tests {
         assert!(!a.keyspace.serves(slot as usize));
         // Frozen: the pending keys are taken after the release.
         let mut index = 200;
-        assert_eq!(copy(&mut a, &mut b, &mut index, slot, 10), 3);
+        assert_eq!(copy(&mut a, &mut b, &mut index, &s, 10), 3);
         assert_eq!(
             run(&mut b, 300, &["cairn.migrate", "acquire", &s, "10", "1"]),
             Reply::OK
@@ -485,15 +543,68 @@ mod tests {
         run(&mut a, 2, &["cairn.migrate", "out", &s, "2"]);
         run(&mut b, 3, &["cairn.migrate", "in", &s, "1", "2"]);
         let mut index = 10;
-        copy(&mut a, &mut b, &mut index, slot as u16, 2);
+        copy(&mut a, &mut b, &mut index, &s, 2);
         assert_eq!(b.keyspace.len(), 1);
         run(&mut a, 50, &["FLUSHALL"]);
         // FLUSHALL on the target leaves the keys it is being sent alone.
         run(&mut b, 51, &["FLUSHALL"]);
         assert_eq!(b.keyspace.len(), 1);
         let mut index = 60;
-        copy(&mut a, &mut b, &mut index, slot as u16, 2);
+        copy(&mut a, &mut b, &mut index, &s, 2);
         assert_eq!(b.keyspace.len(), 0, "the reset reached the target");
+    }
+
+    /// A range moves as one: one attempt, one hand-over, an epoch above all its slots had.
+    #[test]
+    fn a_range_of_slots_moves_as_one() {
+        let mut a = Store::new();
+        let mut b = Store::serving(crate::keyspace::SlotSet::none());
+        let keys = ["a", "b", "c", "d", "e"];
+        for (i, k) in (1..).zip(keys) {
+            run(&mut a, i, &["SET", k, k]);
+        }
+        a.moves.epochs.insert(key_slot(b"a") as u16, 4);
+        let out = run(&mut a, 10, &["cairn.migrate", "out", "0-16383", "2"]);
+        assert_eq!(ints(&out), vec![10, 4]);
+        run(&mut b, 11, &["cairn.migrate", "in", "0-16383", "1", "10"]);
+        let mut index = 20;
+        assert_eq!(copy(&mut a, &mut b, &mut index, "0-16383", 10), 5);
+        run(&mut a, 50, &["SET", "f", "new"]);
+        run(&mut a, 51, &["DEL", "a"]);
+        let rel = run(
+            &mut a,
+            52,
+            &["cairn.migrate", "release", "0-16383", "10", "5"],
+        );
+        assert_eq!(ints(&rel), vec![1, 4]);
+        assert_eq!(run(&mut a, 53, &["DBSIZE"]), Reply::Int(0));
+        let mut index = 60;
+        assert_eq!(copy(&mut a, &mut b, &mut index, "0-16383", 10), 2);
+        run(
+            &mut b,
+            70,
+            &["cairn.migrate", "acquire", "0-16383", "10", "5"],
+        );
+        assert_eq!(run(&mut b, 71, &["DBSIZE"]), Reply::Int(5));
+        assert_eq!(b.moves.epochs.len(), SLOTS);
+        assert_eq!(b.moves.acquired.len(), SLOTS);
+        assert_eq!(run(&mut b, 72, &["GET", "f"]), Reply::Bulk(b"new".to_vec()));
+        // Part of a range that is not moving is refused whole.
+        let partly = run(&mut b, 73, &["cairn.migrate", "out", "0-16383", "3"]);
+        assert_eq!(
+            ints(&partly).len(),
+            2,
+            "b serves every slot now: {partly:?}"
+        );
+        let mut c = Store::serving(crate::keyspace::SlotSet::none());
+        c.keyspace.set_served(7, true);
+        let refused = run(&mut c, 1, &["cairn.migrate", "out", "5-9", "2"]);
+        assert!(matches!(refused, Reply::Error(_)), "{refused:?}");
+        assert!(c.moves.outgoing.is_empty());
+        assert_eq!(
+            run(&mut a, 80, &["cairn.migrate", "drop", "0-16383"]),
+            Reply::Int(5)
+        );
     }
 
     #[test]
