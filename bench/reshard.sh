@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Slots moving under load: a 3-node, 3-shard cairn cluster (release build, cluster redirects
-# on) is filled with keys by the cluster-aware bench/kvload, then 1024 slots move from shard 1
-# to shard 2 (CAIRN.RESHARD MOVE) while kvload writes (and, for a second range, reads) with 50
-# clients. Prints the time each move took, slots and keys per second, and the throughput and
-# p99 latency during the move against the same load without one. kvload retries -TRYAGAIN
-# (2 ms apart), so the hand-over windows show up as latency; "errors" are requests that failed
-# even so.
+# on) is filled with keys by the cluster-aware bench/kvload, then all of shard 1's slots
+# (0-5460) move to shard 2 (CAIRN.RESHARD MOVE) while kvload writes with 50 clients, and back
+# to shard 1 while it reads. Prints the time each move took, slots and keys per second, and
+# the throughput and p99 latency of a load of MOVE_SECS (about as long as a move takes) that
+# starts with the move, against the same load just before without one. kvload retries
+# -TRYAGAIN (2 ms apart), so the hand-over windows show up as latency; "errors" are requests
+# that failed even so.
 #
-#   bash bench/reshard.sh            # SECS=10 per load phase
+#   bash bench/reshard.sh            # SECS=10 to fill, MOVE_SECS=2 per load
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE=${BASE:-17601}
 SECS=${SECS:-10}
+MOVE_SECS=${MOVE_SECS:-2}
 command -v redis-cli >/dev/null || { echo "bench: redis-cli is needed (apt-get install redis-tools)"; exit 1; }
 cargo build --release -q -p cairn
 cargo build --release -q --manifest-path bench/kvload/Cargo.toml --target-dir target
@@ -39,16 +41,16 @@ count_keys() { # keys stored in slots $1..$2
 now() { date +%s.%N; }
 calc() { awk "BEGIN {print $1}"; }
 # One phase: a load with no move, then the same load while a range moves.
-phase() { # op first last
-  local op=$1 first=$2 last=$3
+phase() { # op first last to
+  local op=$1 first=$2 last=$3 to=$4
   local base moving moved_keys t0 t1 took
-  base=$(kv --op "$op" --secs "$SECS")
   moved_keys=$(count_keys "$first" "$last")
-  kv --op "$op" --secs "$SECS" >"$work/during" &
+  base=$(kv --op "$op" --secs "$MOVE_SECS")
+  kv --op "$op" --secs "$MOVE_SECS" >"$work/during" &
   local load=$!
-  sleep 1
+  sleep 0.2
   t0=$(now)
-  redis-cli -p "$((BASE + 1))" CAIRN.RESHARD MOVE "$first" "$last" 2 >"$work/moved"
+  redis-cli -p "$((BASE + 1))" CAIRN.RESHARD MOVE "$first" "$last" "$to" >"$work/moved"
   t1=$(now)
   wait $load
   moving=$(cat "$work/during")
@@ -57,8 +59,8 @@ phase() { # op first last
 }
 echo
 echo "op,slots,moved,keys,seconds,without move (op,ops/s,p50 ms,p99 ms,errors),during the move (op,ops/s,p50 ms,p99 ms,errors)"
-set_row=$(phase set 0 1023)
-get_row=$(phase get 1024 2047)
+set_row=$(phase set 0 5460 2)
+get_row=$(phase get 0 5460 1)
 echo "$set_row"
 echo "$get_row"
 echo

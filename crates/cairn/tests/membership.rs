@@ -4,7 +4,7 @@
 //! without a configuration) and promotes it; then `cairn cluster remove-node` removes the
 //! leader, which hands leadership over first. Afterwards the new node votes (the group keeps
 //! serving with one of the others killed), every replica holds the same data, and every
-//! acknowledged write is there.
+//! acknowledged write is there. Throughout, slots 0-999 keep moving between shards 1 and 2.
 
 mod common;
 
@@ -66,12 +66,46 @@ fn a_node_joins_catches_up_votes_and_the_old_leader_leaves_under_load() {
                     break;
                 }
                 let key = format!("m:{i}");
-                match conn.call(&[b"SET", key.as_bytes(), key.as_bytes()]) {
+                // A slot between shards refuses the write at apply (nothing happened): again.
+                let mut answer = None;
+                for _ in 0..100 {
+                    answer = conn.call(&[b"SET", key.as_bytes(), key.as_bytes()]);
+                    match &answer {
+                        Some(Answer::Error(e)) if e.contains("moving between shards") => {
+                            std::thread::sleep(Duration::from_millis(5))
+                        }
+                        _ => break,
+                    }
+                }
+                match answer {
                     Some(Answer::Ok) => acked.push(key),
                     other => errors.push(format!("{key}: {other:?}")),
                 }
             }
             (acked, errors)
+        })
+    };
+    // Slots 0-999 go back and forth between shards 1 and 2 the whole time.
+    let mover = {
+        let (port, stop) = (ports[via], stop.clone());
+        std::thread::spawn(move || {
+            let mut moves = 0;
+            let mut to = 2;
+            while !stop.load(Ordering::Relaxed) {
+                let Some(mut conn) = Conn::open(port) else {
+                    break;
+                };
+                let to_s = to.to_string();
+                match conn.call(&[b"CAIRN.RESHARD", b"MOVE", b"0", b"999", to_s.as_bytes()]) {
+                    Some(Answer::Int(1000)) => {
+                        moves += 1;
+                        to = 3 - to;
+                    }
+                    other => panic!("moving slots 0-999 to shard {to}: {other:?}"),
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            moves
         })
     };
     std::thread::sleep(Duration::from_millis(1500));
@@ -125,14 +159,17 @@ fn a_node_joins_catches_up_votes_and_the_old_leader_leaves_under_load() {
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
     let (acked, errors) = writer.join().unwrap();
+    let moves = mover.join().unwrap();
     println!(
-        "{} writes acknowledged, {} errors, while node {} joined and node {} left",
+        "{} writes acknowledged, {} errors, while node {} joined and node {} left and slots \
+         0-999 moved {moves} times",
         acked.len(),
         errors.len(),
         new + 1,
         old + 1
     );
     assert!(errors.is_empty(), "writes failed: {errors:?}");
+    assert!(moves >= 2, "the slots moved under the membership changes");
 
     let remaining: Vec<usize> = (0..4).filter(|&i| i != old).collect();
     let expected: Vec<String> = (1..=4)
