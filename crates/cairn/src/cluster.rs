@@ -54,6 +54,23 @@ enum ClusterCommand {
         #[arg(long)]
         id: Option<u64>,
     },
+    /// Move the slots FIRST..=LAST to shard --to, online (CAIRN.RESHARD MOVE).
+    MoveSlots {
+        #[command(flatten)]
+        target: Target,
+        first: u16,
+        last: u16,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Create a shard and move half of shard SHARD's slots to it (CAIRN.RESHARD SPLIT).
+    Split {
+        #[command(flatten)]
+        target: Target,
+        shard: u64,
+    },
+    /// List the slot moves in progress (CAIRN.RESHARD STATUS).
+    Moves(Target),
 }
 
 #[derive(Args, Debug)]
@@ -95,6 +112,52 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
             args.extend(id.as_deref());
             expect_ok(call(target.addr()?, &args)?)?;
             println!("leadership moved");
+            Ok(())
+        }
+        ClusterCommand::MoveSlots {
+            target,
+            first,
+            last,
+            to,
+        } => {
+            let args = [
+                "CAIRN.RESHARD",
+                "MOVE",
+                &first.to_string(),
+                &last.to_string(),
+                &to.to_string(),
+            ];
+            match call_within(target.addr()?, &args, MOVE_WITHIN)? {
+                Value::Int(n) => println!("moved {n} slots to shard {to}"),
+                other => anyhow::bail!("{}", describe(other)),
+            }
+            Ok(())
+        }
+        ClusterCommand::Split { target, shard } => {
+            let args = ["CAIRN.RESHARD", "SPLIT", &shard.to_string()];
+            match call_within(target.addr()?, &args, MOVE_WITHIN)? {
+                Value::Array(v) => match v.as_slice() {
+                    [Value::Int(id), Value::Int(n)] => {
+                        println!("created shard {id} and moved {n} slots of shard {shard} to it")
+                    }
+                    _ => anyhow::bail!("unexpected answer to SPLIT"),
+                },
+                other => anyhow::bail!("{}", describe(other)),
+            }
+            Ok(())
+        }
+        ClusterCommand::Moves(t) => {
+            match call(t.addr()?, &["CAIRN.RESHARD", "STATUS"])? {
+                Value::Array(lines) if lines.is_empty() => println!("no slot moves in progress"),
+                Value::Array(lines) => {
+                    for l in lines {
+                        if let Value::Bulk(b) = l {
+                            println!("{}", String::from_utf8_lossy(&b));
+                        }
+                    }
+                }
+                other => anyhow::bail!("{}", describe(other)),
+            }
             Ok(())
         }
         ClusterCommand::RemoveNode { target, id } => {
@@ -180,10 +243,26 @@ fn expect_ok(v: Value) -> anyhow::Result<()> {
 }
 
 /// Sends one command (RESP2) and reads its reply.
+/// How long a slot move or a split may take before the CLI stops waiting for its answer (the
+/// move goes on in the cluster either way; `cairn cluster moves` shows it).
+const MOVE_WITHIN: Duration = Duration::from_secs(3600);
+
 fn call(addr: SocketAddr, args: &[&str]) -> anyhow::Result<Value> {
+    call_within(addr, args, Duration::from_secs(20))
+}
+
+/// An error reply's text, or what else came instead of the expected answer.
+fn describe(v: Value) -> String {
+    match v {
+        Value::Error(e) => e,
+        other => format!("unexpected answer: {other:?}"),
+    }
+}
+
+fn call_within(addr: SocketAddr, args: &[&str], within: Duration) -> anyhow::Result<Value> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.set_read_timeout(Some(within))?;
     let mut req = format!("*{}\r\n", args.len());
     for a in args {
         req.push_str(&format!("${}\r\n{a}\r\n", a.len()));

@@ -137,5 +137,30 @@ fn status_shows_each_shard_with_its_slots_and_leader() {
             "node {node} has a row per shard and one for the meta group:\n{table}"
         );
     }
+    // Slots move from the CLI; the status then shows the new split.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["cluster"])
+            .args(args)
+            .args(["--port", &ports[1].to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        cli(&["move-slots", "0", "9", "--to", "2"]),
+        "moved 10 slots to shard 2\n"
+    );
+    assert_eq!(cli(&["moves"]), "no slot moves in progress\n");
+    let table = status(ports[0]);
+    assert!(
+        table.contains("group 1 (slots 10-5460): leader node "),
+        "{table}"
+    );
+    assert!(
+        table.contains("group 2 (slots 0-9,5461-10922): leader node "),
+        "{table}"
+    );
     drop(cluster);
 }
