@@ -39,7 +39,9 @@ impl Entry {
 }
 
 pub struct Keyspace {
-    slots: Vec<SlotMap>,
+    /// One map per slot, allocated when the slot gets its first key: an empty map still
+    /// costs 48 bytes, and a shard that serves a few slots should not pay for all 16384.
+    slots: Vec<Option<Box<SlotMap>>>,
     /// The slots this shard serves: commands see only their keys. A slot's keys can be stored
     /// without being served (copied in ahead of a move, or handed over and not yet dropped):
     /// KEYS, SCAN, RANDOMKEY, DBSIZE and FLUSHALL leave those alone.
@@ -52,7 +54,7 @@ pub struct Keyspace {
 impl Default for Keyspace {
     fn default() -> Self {
         Keyspace {
-            slots: (0..SLOTS).map(|_| SlotMap::default()).collect(),
+            slots: (0..SLOTS).map(|_| None).collect(),
             served: SlotSet::all(),
             deadlines: BTreeSet::new(),
             len: 0,
@@ -114,7 +116,7 @@ impl Keyspace {
         if self.served.is_all() {
             return self.len;
         }
-        self.served.iter().map(|s| self.slots[s].len()).sum()
+        self.served.iter().map(|s| self.slot_len(s)).sum()
     }
 
     pub fn serves(&self, slot: usize) -> bool {
@@ -136,8 +138,10 @@ impl Keyspace {
 
     /// Drops every key of `slot`; returns how many there were.
     pub fn clear_slot(&mut self, slot: usize) -> usize {
-        let map = std::mem::take(&mut self.slots[slot]);
-        for (key, e) in &map {
+        let Some(map) = self.slots[slot].take() else {
+            return 0;
+        };
+        for (key, e) in map.iter() {
             if e.expire_at_ms != 0 {
                 self.deadlines.remove(&(e.expire_at_ms, key.clone()));
             }
@@ -155,17 +159,22 @@ impl Keyspace {
         self.deadlines.len()
     }
 
+    /// The stored entry of `key`, live or expired.
+    fn stored(&self, key: &[u8]) -> Option<&Entry> {
+        self.slots[key_slot(key)].as_ref()?.get(key)
+    }
+
+    fn stored_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        self.slots[key_slot(key)].as_mut()?.get_mut(key)
+    }
+
     pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
-        self.slots[key_slot(key)]
-            .get(key)
-            .filter(|e| !e.is_expired(now_ms))
+        self.stored(key).filter(|e| !e.is_expired(now_ms))
     }
 
     /// Whether `key` is stored but past its deadline (expired, not yet removed).
     pub fn is_expired_in_place(&self, key: &[u8], now_ms: u64) -> bool {
-        self.slots[key_slot(key)]
-            .get(key)
-            .is_some_and(|e| e.is_expired(now_ms))
+        self.stored(key).is_some_and(|e| e.is_expired(now_ms))
     }
 
     pub fn value(&self, key: &[u8], now_ms: u64) -> Option<&Value> {
@@ -178,15 +187,11 @@ impl Keyspace {
 
     /// The entry for writing; an expired entry is removed first and `None` returned.
     pub fn get_mut(&mut self, key: &[u8], now_ms: u64) -> Option<&mut Entry> {
-        let slot = key_slot(key);
-        if self.slots[slot]
-            .get(key)
-            .is_some_and(|e| e.is_expired(now_ms))
-        {
+        if self.stored(key).is_some_and(|e| e.is_expired(now_ms)) {
             self.remove(key);
             return None;
         }
-        self.slots[slot].get_mut(key)
+        self.stored_mut(key)
     }
 
     /// Sets `key` to `value` with no deadline (as SET does), replacing whatever was there.
@@ -196,7 +201,7 @@ impl Keyspace {
 
     pub fn insert_entry(&mut self, key: &[u8], entry: Entry) {
         let at = entry.expire_at_ms;
-        let map = &mut self.slots[key_slot(key)];
+        let map = self.slots[key_slot(key)].get_or_insert_with(Box::default);
         // Overwriting is the common case (SET on a live key): reuse the stored key, allocate nothing.
         if let Some(existing) = map.get_mut(key) {
             let old_at = std::mem::replace(existing, entry).expire_at_ms;
@@ -230,13 +235,11 @@ impl Keyspace {
         if self.get_mut(key, now_ms).is_none() {
             self.insert(key, make());
         }
-        self.slots[key_slot(key)]
-            .get_mut(key)
-            .expect("just inserted")
+        self.stored_mut(key).expect("just inserted")
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
-        let e = self.slots[key_slot(key)].remove(key)?;
+        let e = self.slots[key_slot(key)].as_mut()?.remove(key)?;
         self.len -= 1;
         if e.expire_at_ms != 0 {
             self.deadlines.remove(&(e.expire_at_ms, key.into()));
@@ -251,7 +254,7 @@ impl Keyspace {
 
     /// Sets or clears (0) the deadline of an existing key. Returns false when the key is absent.
     pub fn set_expire(&mut self, key: &[u8], at_ms: u64) -> bool {
-        let Some(e) = self.slots[key_slot(key)].get_mut(key) else {
+        let Some(e) = self.stored_mut(key) else {
             return false;
         };
         let old = std::mem::replace(&mut e.expire_at_ms, at_ms);
@@ -293,16 +296,14 @@ impl Keyspace {
     pub fn clear(&mut self) {
         if !self.served.is_all() {
             for slot in 0..SLOTS {
-                if self.served.contains(slot) && !self.slots[slot].is_empty() {
+                if self.served.contains(slot) && self.slot_len(slot) > 0 {
                     self.clear_slot(slot);
                 }
             }
             return;
         }
         for m in self.slots.iter_mut() {
-            if !m.is_empty() {
-                *m = SlotMap::default();
-            }
+            *m = None;
         }
         self.deadlines.clear();
         self.len = 0;
@@ -314,23 +315,29 @@ impl Keyspace {
             .iter()
             .enumerate()
             .filter(|(slot, _)| self.served.contains(*slot))
-            .flat_map(|(_, m)| m.iter().map(|(k, e)| (&k[..], e)))
+            .filter_map(|(_, m)| m.as_deref())
+            .flat_map(|m| m.iter().map(|(k, e)| (&k[..], e)))
     }
 
     pub fn slot_len(&self, slot: usize) -> usize {
-        self.slots.get(slot).map_or(0, HashMap::len)
+        self.slots
+            .get(slot)
+            .and_then(|m| m.as_deref())
+            .map_or(0, HashMap::len)
     }
 
     /// Every stored entry of one slot (expired ones included).
     pub fn iter_slot(&self, slot: usize) -> impl Iterator<Item = (&[u8], &Entry)> {
-        self.slots[slot].iter().map(|(k, e)| (&k[..], e))
+        self.slots[slot]
+            .iter()
+            .flat_map(|m| m.iter())
+            .map(|(k, e)| (&k[..], e))
     }
 
     pub fn slot_keys(&self, slot: usize, now_ms: u64) -> impl Iterator<Item = &[u8]> {
-        self.slots[slot]
-            .iter()
+        self.iter_slot(slot)
             .filter(move |(_, e)| !e.is_expired(now_ms))
-            .map(|(k, _)| &k[..])
+            .map(|(k, _)| k)
     }
 
     /// One SCAN step from `cursor` (a slot number): whole slots until at least `count` keys were
@@ -344,13 +351,8 @@ impl Keyspace {
                 slot += 1;
                 continue;
             }
-            visited += self.slots[slot].len();
-            out.extend(
-                self.slots[slot]
-                    .iter()
-                    .filter(|(_, e)| !e.is_expired(now_ms))
-                    .map(|(k, e)| (&k[..], e)),
-            );
+            visited += self.slot_len(slot);
+            out.extend(self.iter_slot(slot).filter(|(_, e)| !e.is_expired(now_ms)));
             slot += 1;
         }
         let next = if slot >= SLOTS { 0 } else { slot as u64 };
@@ -367,7 +369,7 @@ impl Keyspace {
             let map = (0..SLOTS)
                 .map(|i| (start + i) % SLOTS)
                 .filter(|&s| self.served.contains(s))
-                .map(|s| &self.slots[s])
+                .filter_map(|s| self.slots[s].as_deref())
                 .find(|m| !m.is_empty())?;
             let (k, e) = map
                 .iter()
