@@ -5,7 +5,9 @@
 //! links between them (`DEBUG NETWORK CUT`, a fault hook in the cluster bus): one link, or every
 //! link of one node (isolating it, often the leader, from the majority).
 //! Meanwhile a mover keeps moving the keys' slots between the three shards
-//! (`CAIRN.RESHARD MOVE`) through random nodes.
+//! (`CAIRN.RESHARD MOVE`) through random nodes, and the nemesis's first act is to add a fourth
+//! node (`cairn cluster add-node`: it joins every group), which it removes again three faults
+//! later (`remove-node`); every eight faults another node joins and leaves the same way.
 //! At the end every node is killed at once and restarted, and final reads join the history.
 //! The whole history must be linearizable: no acknowledged write lost, no stale read.
 //!
@@ -160,6 +162,21 @@ fn client(
     }
 }
 
+/// Runs `cairn cluster <args>`; whether it succeeded, and what it printed.
+fn cluster_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("cluster")
+        .args(args)
+        .output()
+        .expect("run cairn");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Moves the slots of k0, k1 and k2 to random shards through random nodes until `stop`;
 /// returns (slots moved, moves that failed or timed out).
 fn mover(ports: Vec<u16>, stop: Arc<AtomicBool>, seed: u64) -> (i64, u64) {
@@ -224,9 +241,47 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
     let mut rng_gen = cairn_check::seeded::XorShift::new(seed);
     let mut next = move || rng_gen.next_u64();
     let (mut kills, mut pauses, mut cuts) = (0, 0, 0);
+    // A fourth node joins first (under load) and leaves after a few other faults; then
+    // another, and so on (a removed node's id is never reused).
+    let (mut joined, mut left) = (0, 0);
+    let mut member: Option<usize> = None;
     let end = start + Duration::from_secs(secs);
+    let mut round = 0;
     while Instant::now() + Duration::from_millis(1500) < end {
         std::thread::sleep(Duration::from_millis(400 + next() % 600));
+        round += 1;
+        let via = ports[(next() % 3) as usize].to_string();
+        // Every eight rounds a node joins (rounds 1, 9, ...) and leaves three rounds later.
+        if round % 8 == 1 {
+            let new = cluster.add_joining_node();
+            let id = (new + 1).to_string();
+            let bus = format!("127.0.0.1:{}", cluster.procs[new].port + 10000);
+            let (ok, out) = cluster_cli(&[
+                "add-node",
+                "--port",
+                &via,
+                "--id",
+                &id,
+                "--bus",
+                &bus,
+                "--wait-secs",
+                "30",
+            ]);
+            assert!(ok, "seed {seed}: node {id} could not join: {out}");
+            joined += 1;
+            member = Some(new);
+            continue;
+        }
+        if round % 8 == 4 {
+            if let Some(m) = member.take() {
+                let id = (m + 1).to_string();
+                let (ok, out) = cluster_cli(&["remove-node", "--port", &via, "--id", &id]);
+                assert!(ok, "seed {seed}: node {id} could not leave: {out}");
+                left += 1;
+                cluster.kill9(m);
+            }
+            continue;
+        }
         let victim = (next() % 3) as usize;
         match next() % 4 {
             0 => {
@@ -272,10 +327,12 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
     }
     let (moved, move_failures) = moves.join().unwrap();
     // Durability: every node dies at once, comes back, and the final reads join the history.
-    for i in 0..3 {
+    // (A fourth node still a member goes down and comes back with the others.)
+    let all: Vec<usize> = (0..3).chain(member).collect();
+    for &i in &all {
         cluster.kill9(i);
     }
-    for i in 0..3 {
+    for &i in &all {
         cluster.start(i);
     }
     wait_serving(&ports, Duration::from_secs(30));
@@ -322,10 +379,17 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
         digests.iter().all(|x| x.is_some() && *x == digests[0]),
         "seed {seed}: replicas hold different data: {digests:?}"
     );
-    println!("fault test seed {seed}: {ops} ops ({acknowledged} acknowledged writes of which {cas_ok} compare-and-set, {indeterminate} indeterminate), {kills} kill -9, {pauses} pauses, {cuts} link cuts, {moved} slot moves ({move_failures} failed or unknown), then kill -9 of all nodes");
+    println!("fault test seed {seed}: {ops} ops ({acknowledged} acknowledged writes of which {cas_ok} compare-and-set, {indeterminate} indeterminate), {kills} kill -9, {pauses} pauses, {cuts} link cuts, {moved} slot moves ({move_failures} failed or unknown), {joined} nodes joined and {left} left, then kill -9 of all nodes");
+    assert!(
+        joined > 0,
+        "no node joined: membership changes went untested"
+    );
     assert!(moved > 0, "no slot moved: resharding went untested");
     assert!(ops > 200, "too little traffic ({ops} ops) to mean anything");
-    assert!(kills + pauses + cuts >= 3, "the nemesis must have struck");
+    assert!(
+        kills + pauses + cuts + joined + left >= 3,
+        "the nemesis must have struck"
+    );
     assert!(
         cas_ok > 0,
         "no compare-and-set succeeded: WATCH/MULTI/EXEC went untested"
