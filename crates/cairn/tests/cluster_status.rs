@@ -152,7 +152,12 @@ fn status_shows_each_shard_with_its_slots_and_leader() {
         cli(&["move-slots", "0", "9", "--to", "2"]),
         "moved 10 slots to shard 2\n"
     );
-    assert_eq!(cli(&["moves"]), "no slot moves in progress\n");
+    // `moves` shows what the node's replicas have applied: the last steps may take a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cli(&["moves"]) != "no slot moves in progress\n" {
+        assert!(std::time::Instant::now() < deadline, "moves left over");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let table = status(ports[0]);
     assert!(
         table.contains("group 1 (slots 10-5460): leader node "),
