@@ -171,7 +171,9 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
     }
 }
 
-fn add_node(
+/// Adds node `id` (bus address `bus`) through the member at `addr`: as a learner of every
+/// group, then, once its log has caught up in every group, as a voter (unless `learner_only`).
+pub fn add_node(
     addr: SocketAddr,
     id: u64,
     bus: &str,
@@ -185,42 +187,72 @@ fn add_node(
         return Ok(());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(wait);
-    loop {
-        // [id, role, address, matched] per member, from the leader.
-        let rows = match call(addr, &["CAIRN.MEMBER", "LIST"])? {
-            Value::Array(rows) => rows,
-            other => anyhow::bail!("unexpected CAIRN.MEMBER LIST reply: {other:?}"),
-        };
-        let mut voters_min = u64::MAX;
-        let mut mine = None;
-        for row in rows {
-            if let Value::Array(cells) = row {
-                if let [Value::Int(m), Value::Bulk(role), _, Value::Int(matched)] = cells.as_slice()
-                {
-                    let matched = (*matched).max(0) as u64;
-                    if *m as u64 == id {
-                        mine = Some(matched);
-                    } else if role == b"voter" {
-                        voters_min = voters_min.min(matched);
+    // Every group the member holds: the meta group and each shard.
+    let groups: Vec<String> = info_raft(addr)?
+        .keys()
+        .filter_map(|k| k.strip_prefix("group").map(str::to_string))
+        .collect();
+    for group in &groups {
+        loop {
+            // [id, role, address, matched] per member, from the group's leader.
+            let rows = match call(addr, &["CAIRN.MEMBER", "LIST", "SHARD", group])? {
+                Value::Array(rows) => rows,
+                other => anyhow::bail!("unexpected CAIRN.MEMBER LIST reply: {other:?}"),
+            };
+            let mut voters_min = u64::MAX;
+            let mut mine = None;
+            for row in rows {
+                if let Value::Array(cells) = row {
+                    if let [Value::Int(m), Value::Bulk(role), _, Value::Int(matched)] =
+                        cells.as_slice()
+                    {
+                        let matched = (*matched).max(0) as u64;
+                        if *m as u64 == id {
+                            mine = Some(matched);
+                        } else if role == b"voter" {
+                            voters_min = voters_min.min(matched);
+                        }
                     }
                 }
             }
+            let mine = mine.with_context(|| format!("node {id} is no longer a member"))?;
+            if mine >= voters_min {
+                break;
+            }
+            eprint!("\r  group {group}: node {id} at index {mine} of {voters_min}   ");
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "node {id} did not catch up within {wait} s; it stays a learner (is it running with --initial-cluster-state existing?)"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        let mine = mine.with_context(|| format!("node {id} is no longer a member"))?;
-        if mine >= voters_min {
-            eprintln!();
-            break;
-        }
-        eprint!("\r  node {id} at index {mine} of {voters_min}   ");
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "node {id} did not catch up within {wait} s; it stays a learner (is it running with --initial-cluster-state existing?)"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
+    eprintln!();
     expect_ok(call(addr, &["CAIRN.MEMBER", "PROMOTE", &ids])?)?;
     println!("node {id} caught up and is now a voter");
     Ok(())
+}
+
+/// The members of the cluster that `addr` belongs to, as its meta group lists them: (id,
+/// whether it votes, client address).
+pub fn members(addr: SocketAddr) -> anyhow::Result<Vec<(u64, bool, SocketAddr)>> {
+    let rows = match call(addr, &["CAIRN.MEMBER", "LIST"])? {
+        Value::Array(rows) => rows,
+        other => anyhow::bail!("{}", describe(other)),
+    };
+    let mut out = Vec::new();
+    for row in rows {
+        if let Value::Array(cells) = row {
+            if let [Value::Int(id), Value::Bulk(role), Value::Bulk(client), _] = cells.as_slice() {
+                let client: SocketAddr = String::from_utf8_lossy(client)
+                    .parse()
+                    .with_context(|| format!("member {id} has no client address"))?;
+                out.push((*id as u64, role == b"voter", client));
+            }
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "{addr} listed no members");
+    Ok(out)
 }
 
 /// A RESP reply, as far as the admin commands need.
@@ -242,11 +274,11 @@ fn expect_ok(v: Value) -> anyhow::Result<()> {
     }
 }
 
-/// Sends one command (RESP2) and reads its reply.
 /// How long a slot move or a split may take before the CLI stops waiting for its answer (the
 /// move goes on in the cluster either way; `cairn cluster moves` shows it).
 const MOVE_WITHIN: Duration = Duration::from_secs(3600);
 
+/// Sends one command (RESP2) and reads its reply.
 fn call(addr: SocketAddr, args: &[&str]) -> anyhow::Result<Value> {
     call_within(addr, args, Duration::from_secs(20))
 }

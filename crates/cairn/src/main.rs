@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one cairn node.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a local development cluster on this machine.
     Dev(dev::DevArgs),
     /// Inspect a running cluster.
@@ -81,6 +81,12 @@ pub struct ServerArgs {
     /// created (default: one per node of --initial-cluster). Fixed once data exists.
     #[arg(long, env = "CAIRN_SHARDS")]
     shards: Option<usize>,
+    /// Join the running cluster that the member at this bus address belongs to: this node
+    /// learns the members from it, starts as a new member (needs a --node-id no member has),
+    /// and has itself added to every group, as a voter once caught up. Instead of
+    /// --initial-cluster.
+    #[arg(long, env = "CAIRN_JOIN", value_name = "HOST:BUSPORT")]
+    join: Option<String>,
 }
 
 /// The same settings as read from a config file.
@@ -101,6 +107,7 @@ struct FileConfig {
     fault_hooks: Option<String>,
     snapshot_entries: Option<u64>,
     shards: Option<usize>,
+    join: Option<String>,
 }
 
 fn yes_no(v: &str) -> anyhow::Result<bool> {
@@ -111,7 +118,8 @@ fn yes_no(v: &str) -> anyhow::Result<bool> {
     }
 }
 
-fn server_config(args: &ServerArgs) -> anyhow::Result<cairn_server::Config> {
+/// The node's settings, and the `--join` address when it has one.
+fn server_config(args: &ServerArgs) -> anyhow::Result<(cairn_server::Config, Option<String>)> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -181,7 +189,70 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<cairn_server::Config> {
         c.initial_cluster = cairn_server::config::parse_initial_cluster(&v)
             .map_err(|e| anyhow::anyhow!("--initial-cluster {e}"))?;
     }
-    Ok(c)
+    let join = args.join.clone().or(file.join);
+    if join.is_some() {
+        anyhow::ensure!(
+            c.initial_cluster.is_empty(),
+            "--join and --initial-cluster exclude each other"
+        );
+        anyhow::ensure!(
+            args.node_id.or(file.node_id).is_some(),
+            "--join needs a --node-id that no member of the cluster has"
+        );
+    }
+    Ok((c, join))
+}
+
+/// `--join`: asks the member at bus address `join` for the cluster's members and sets this
+/// node up to start as one of them (`--initial-cluster-state existing` with every member in
+/// `--initial-cluster`). Returns the member's client address when this node still has to be
+/// added (it is not a voter yet), with the bus address to add it under.
+fn plan_join(
+    config: &mut cairn_server::Config,
+    join: &str,
+) -> anyhow::Result<Option<(std::net::SocketAddr, std::net::SocketAddr)>> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let bus: SocketAddr = join
+        .to_socket_addrs()
+        .with_context(|| format!("resolving --join {join}"))?
+        .next()
+        .context("--join resolves to no address")?;
+    let member = SocketAddr::new(
+        bus.ip(),
+        bus.port()
+            .checked_sub(10000)
+            .context("--join names a bus port (a client port + 10000)")?,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let members = loop {
+        match cluster::members(member) {
+            Ok(m) => break m,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "waiting for the member to join through");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.context(format!("asking {member} for the cluster's members"))),
+        }
+    };
+    let me = config.node_id;
+    let voter = members.iter().any(|(id, v, _)| *id == me && *v);
+    anyhow::ensure!(
+        !voter || config.data_dir.join("raft").exists(),
+        "node {me} is already a member of that cluster; a new node needs an id of its own"
+    );
+    // The address the member reaches this node at: the interface that reaches the member.
+    let ip = std::net::TcpStream::connect_timeout(&member, std::time::Duration::from_secs(2))?
+        .local_addr()?
+        .ip();
+    let my_bus = SocketAddr::new(ip, config.bus_port);
+    config.initial_cluster = members
+        .iter()
+        .filter(|(id, _, _)| *id != me)
+        .map(|(id, _, c)| (*id, SocketAddr::new(c.ip(), c.port() + 10000)))
+        .chain(std::iter::once((me, my_bus)))
+        .collect();
+    config.join_existing = true;
+    Ok((!voter).then_some((member, my_bus)))
 }
 
 async fn shutdown_signal() {
@@ -200,13 +271,28 @@ async fn shutdown_signal() {
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
-    let config = server_config(&args)?;
+    let (mut config, join) = server_config(&args)?;
+    let to_add = match &join {
+        Some(j) => plan_join(&mut config, j)?,
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let addr = format!("{}:{}", config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
+    if let Some((member, my_bus)) = to_add {
+        // Once this node serves, the member adds it to every group (see `cluster::add_node`).
+        let me = config.node_id;
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            match cluster::add_node(member, me, &my_bus.to_string(), false, 600) {
+                Ok(()) => tracing::info!(node = me, "joined the cluster as a voter"),
+                Err(e) => tracing::error!(node = me, error = %e, "joining the cluster failed"),
+            }
+        });
+    }
     cairn_server::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }
@@ -230,7 +316,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match command {
-        Command::Server(args) => runtime.block_on(run_server(args)),
+        Command::Server(args) => runtime.block_on(run_server(*args)),
         Command::Dev(args) => runtime.block_on(dev::run(args)),
         Command::Cluster(_) => unreachable!("handled above"),
     }
