@@ -71,6 +71,8 @@ enum ClusterCommand {
     },
     /// List the slot moves in progress (CAIRN.RESHARD STATUS).
     Moves(Target),
+    /// Even out the number of slots per shard (CAIRN.RESHARD REBALANCE).
+    Rebalance(Target),
 }
 
 #[derive(Args, Debug)]
@@ -142,6 +144,13 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
                     }
                     _ => anyhow::bail!("unexpected answer to SPLIT"),
                 },
+                other => anyhow::bail!("{}", describe(other)),
+            }
+            Ok(())
+        }
+        ClusterCommand::Rebalance(t) => {
+            match call_within(t.addr()?, &["CAIRN.RESHARD", "REBALANCE"], MOVE_WITHIN)? {
+                Value::Int(n) => println!("moved {n} slots; every shard has its share"),
                 other => anyhow::bail!("{}", describe(other)),
             }
             Ok(())

@@ -440,4 +440,31 @@ fn a_split_shard_takes_half_the_slots_and_comes_back_after_a_restart() {
         },
     );
     check(&mut c);
+    // Shard 2 holds half the slots, 1 and 3 a quarter each: a rebalance evens them out.
+    let moved: i64 = redis::cmd("CAIRN.RESHARD")
+        .arg("REBALANCE")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(moved, 8192 - 5461, "shard 2 gives away its surplus");
+    let info: String = redis::cmd("INFO").arg("raft").query(&mut c).unwrap();
+    let slots_of = |g: u64| -> usize {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with(&format!("group{g}:")))
+            .unwrap();
+        let ranges = line.split("slots=").nth(1).unwrap();
+        ranges
+            .split(';')
+            .map(|r| {
+                let (a, b) = r.split_once('-').unwrap();
+                b.trim().parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1
+            })
+            .sum()
+    };
+    let mut counts: Vec<usize> = (1..=3).map(slots_of).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, vec![5461, 5461, 5462], "{info}");
+    let total: i64 = (1..=3).map(|g| size(&mut c, g)).sum();
+    assert_eq!(total, 2020);
+    check(&mut c);
 }

@@ -5,6 +5,9 @@
 //! `CAIRN.RESHARD SPLIT <shard>` creates a new shard (a committed entry in the meta group,
 //! see `meta.rs`: every node opens its Raft group, with the voters of the shard split) and
 //! moves the upper half of the shard's slots to it; it answers `[new shard, slots moved]`.
+//! `CAIRN.RESHARD REBALANCE` evens out the number of slots per shard (after a split, say),
+//! moving slots from the shards with more than their share to those with less, and answers
+//! the number moved.
 //! `CAIRN.RESHARD CANCEL` stops the moves this node coordinates (a slot already handed over
 //! still finishes); `CAIRN.RESHARD STATUS` lists the moves in progress.
 //!
@@ -84,6 +87,7 @@ pub async fn command(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -
             Some(g) if shared.shards.has(g) => split(shared, client, g).await,
             _ => err("usage: CAIRN.RESHARD SPLIT <shard>"),
         },
+        (Some("rebalance"), 2) => rebalance(shared).await,
         (Some("cancel"), 2) => {
             shared.reshard.cancel.store(true, Ordering::SeqCst);
             Reply::OK
@@ -185,6 +189,65 @@ async fn move_range(shared: &Shared, first: usize, last: usize, to: u64) -> Repl
         Ok(n) => Reply::Int(n),
         Err(e) => e,
     }
+}
+
+/// The moves that leave every shard with its share of the slots: `SLOTS / n`, one more for
+/// the first `SLOTS % n` shards in id order. Each shard with too many gives its highest slots
+/// to the shards with too few, in order. (slot, from, to) per slot moved.
+fn rebalance_plan(owner: &[u64], shards: &[u64]) -> Vec<(u16, u64, u64)> {
+    let n = shards.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let share = |i: usize| SLOTS / n + usize::from(i < SLOTS % n);
+    let mut have: Vec<Vec<u16>> = shards
+        .iter()
+        .map(|&g| {
+            (0..owner.len())
+                .filter(|&s| owner[s] == g)
+                .map(|s| s as u16)
+                .collect()
+        })
+        .collect();
+    let mut plan = Vec::new();
+    for to in 0..n {
+        while have[to].len() < share(to) {
+            let Some(from) = (0..n).find(|&f| have[f].len() > share(f)) else {
+                break;
+            };
+            let slot = have[from].pop().expect("more than its share");
+            plan.push((slot, shards[from], shards[to]));
+            have[to].push(slot);
+        }
+    }
+    plan.sort_unstable_by_key(|&(slot, from, to)| (to, from, slot));
+    plan
+}
+
+async fn rebalance(shared: &Shared) -> Reply {
+    let owner: Vec<u64> = (0..SLOTS).map(|s| shared.shards.group_of_slot(s)).collect();
+    let shards: Vec<u64> = shared.shards.stores().map(|(g, _)| g).collect();
+    let plan = rebalance_plan(&owner, &shards);
+    let mut moved = 0;
+    let mut i = 0;
+    while i < plan.len() {
+        let (_, from, to) = plan[i];
+        let mut j = i;
+        while j < plan.len() && (plan[j].1, plan[j].2) == (from, to) {
+            j += 1;
+        }
+        let slots = plan[i..j].iter().map(|p| p.0);
+        i = j;
+        let todo = runs(slots, MAX_RUN)
+            .into_iter()
+            .map(|r| (r, from))
+            .collect();
+        match move_runs(shared, todo, to).await {
+            Ok(n) => moved += n,
+            Err(e) => return e,
+        }
+    }
+    Reply::Int(moved)
 }
 
 /// Splits shard `group`: a new shard with the same voters takes the upper half of its slots.
@@ -663,5 +726,35 @@ async fn abort_orphans(shared: &Shared, repl: &replicated::Replication, now: Ins
             .orphans
             .lock()
             .remove(&(group, slot, attempt));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebalance_gives_every_shard_its_share_and_moves_no_more_than_needed() {
+        // After a split of shard 2 of two: 1 has 8192, 2 has 4096, 3 has 4096.
+        let mut owner = vec![1u64; SLOTS];
+        owner[8192..12288].fill(2);
+        owner[12288..].fill(3);
+        let plan = rebalance_plan(&owner, &[1, 2, 3]);
+        for (slot, from, _) in &plan {
+            assert_eq!(owner[*slot as usize], *from);
+        }
+        for (slot, _, to) in &plan {
+            owner[*slot as usize] = *to;
+        }
+        let count = |g: u64| owner.iter().filter(|&&o| o == g).count();
+        assert_eq!((count(1), count(2), count(3)), (5462, 5461, 5461));
+        // Only shard 1's surplus moved, and a balanced map needs nothing.
+        assert_eq!(plan.len(), 8192 - 5462);
+        assert!(rebalance_plan(&owner, &[1, 2, 3]).is_empty());
+        // An empty shard (just created) gets its share too.
+        let owner = vec![1u64; SLOTS];
+        let plan = rebalance_plan(&owner, &[1, 2]);
+        assert_eq!(plan.len(), 8192);
+        assert!(plan.iter().all(|&(_, from, to)| (from, to) == (1, 2)));
     }
 }
