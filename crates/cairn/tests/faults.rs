@@ -4,7 +4,8 @@
 //! `kill -9`s nodes (restarting them from their disks), freezes them (SIGSTOP/SIGCONT), and cuts
 //! links between them (`DEBUG NETWORK CUT`, a fault hook in the cluster bus): one link, or every
 //! link of one node (isolating it, often the leader, from the majority).
-//! Meanwhile a mover keeps moving the keys' slots between the three shards
+//! First, shard 1 is split (a fourth shard, created through the meta group, takes half its
+//! slots). Meanwhile a mover keeps moving the keys' slots between the four shards
 //! (`CAIRN.RESHARD MOVE`) through random nodes, and the nemesis's first act is to add a fourth
 //! node (`cairn cluster add-node`: it joins every group), which it removes again three faults
 //! later (`remove-node`); every eight faults another node joins and leaves the same way.
@@ -177,16 +178,16 @@ fn cluster_cli(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Moves the slots of k0, k1 and k2 to random shards through random nodes until `stop`;
+/// Moves the slots of k0, k1 and k2 to random shards of `shards` through random nodes until `stop`;
 /// returns (slots moved, moves that failed or timed out).
-fn mover(ports: Vec<u16>, stop: Arc<AtomicBool>, seed: u64) -> (i64, u64) {
+fn mover(ports: Vec<u16>, shards: u64, stop: Arc<AtomicBool>, seed: u64) -> (i64, u64) {
     let mut choices = cairn_check::seeded::XorShift::new(seed);
     let (mut moved, mut failed) = (0, 0);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100 + choices.next_u64() % 400));
         let rng = choices.next_u64();
         let slot = cairn_store::slot::key_slot(format!("k{}", rng % 3).as_bytes()).to_string();
-        let to = ((rng >> 8) % 3 + 1).to_string();
+        let to = ((rng >> 8) % shards + 1).to_string();
         let Some(mut c) = Conn::open(ports[((rng >> 16) % 3) as usize]) else {
             continue;
         };
@@ -216,6 +217,16 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
     let mut cluster = Cluster::new(&[]);
     let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
     wait_serving(&ports, Duration::from_secs(30));
+    // A fourth shard, created at runtime through the meta group, takes half of shard 1's
+    // slots: the faults then also hit a group that every node must reopen from the meta log.
+    let split =
+        Conn::open(ports[0])
+            .expect("a node answers")
+            .call(&[b"CAIRN.RESHARD", b"SPLIT", b"1"]);
+    assert!(
+        matches!(&split, Some(Answer::Array(a)) if matches!(a.first(), Some(Answer::Int(4)))),
+        "seed {seed}: the split failed: {split:?}"
+    );
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let history: History = Arc::new(Mutex::new(Vec::new()));
@@ -236,7 +247,7 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
         .collect();
     let moves = {
         let (ports, stop) = (ports.clone(), stop.clone());
-        std::thread::spawn(move || mover(ports, stop, seed ^ 0x005E_ED0F_5107))
+        std::thread::spawn(move || mover(ports, 4, stop, seed ^ 0x005E_ED0F_5107))
     };
     let mut rng_gen = cairn_check::seeded::XorShift::new(seed);
     let mut next = move || rng_gen.next_u64();
