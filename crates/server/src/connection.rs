@@ -123,22 +123,10 @@ impl Client {
     /// is not listed by CLIENT LIST.
     pub fn internal(shared: &Shared) -> Client {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let now = crate::now_ms();
-        let info = Arc::new(ClientInfo {
-            id: shared.next_client_id(),
-            addr: loopback,
-            laddr: loopback,
-            created_ms: now,
-            name: Mutex::default(),
-            lib_name: Mutex::default(),
-            lib_ver: Mutex::default(),
-            last_active_ms: AtomicU64::new(now),
-            last_command: Mutex::new(None),
-            resp: AtomicU8::new(2),
-            in_multi: AtomicBool::new(false),
-            killed: AtomicBool::new(false),
-            kill: Notify::new(),
-        });
+        Client::new(ClientInfo::new(shared, loopback, loopback))
+    }
+
+    fn new(info: Arc<ClientInfo>) -> Client {
         Client {
             info,
             proto: Protocol::Resp2,
@@ -152,6 +140,27 @@ impl Client {
             watched_group: None,
             watch_relay: None,
         }
+    }
+}
+
+impl ClientInfo {
+    fn new(shared: &Shared, addr: SocketAddr, laddr: SocketAddr) -> Arc<ClientInfo> {
+        let now = crate::now_ms();
+        Arc::new(ClientInfo {
+            id: shared.next_client_id(),
+            addr,
+            laddr,
+            created_ms: now,
+            name: Mutex::default(),
+            lib_name: Mutex::default(),
+            lib_ver: Mutex::default(),
+            last_active_ms: AtomicU64::new(now),
+            last_command: Mutex::new(None),
+            resp: AtomicU8::new(2),
+            in_multi: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            kill: Notify::new(),
+        })
     }
 }
 
@@ -173,36 +182,9 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr)
         return;
     }
     let _ = socket.set_nodelay(true);
-    let now = crate::now_ms();
-    let info = Arc::new(ClientInfo {
-        id: shared.next_client_id(),
-        addr: peer,
-        laddr: socket.local_addr().unwrap_or(peer),
-        created_ms: now,
-        name: Mutex::default(),
-        lib_name: Mutex::default(),
-        lib_ver: Mutex::default(),
-        last_active_ms: AtomicU64::new(now),
-        last_command: Mutex::new(None),
-        resp: AtomicU8::new(2),
-        in_multi: AtomicBool::new(false),
-        killed: AtomicBool::new(false),
-        kill: Notify::new(),
-    });
+    let info = ClientInfo::new(&shared, peer, socket.local_addr().unwrap_or(peer));
     shared.clients.clients.lock().insert(info.id, info.clone());
-    let mut client = Client {
-        info: info.clone(),
-        proto: Protocol::Resp2,
-        multi: None,
-        multi_failed: false,
-        watched: Vec::new(),
-        close_after_reply: false,
-        sleep: None,
-        relays: Vec::new(),
-        watched_at: Vec::new(),
-        watched_group: None,
-        watch_relay: None,
-    };
+    let mut client = Client::new(info.clone());
     if let Err(e) = serve_loop(&shared, &mut socket, &mut client).await {
         tracing::debug!(client = info.id, error = %e, "connection closed with an error");
     }
