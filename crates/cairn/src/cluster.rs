@@ -196,49 +196,81 @@ pub fn add_node(
         return Ok(());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(wait);
-    // Every group the member holds: the meta group and each shard.
-    let groups: Vec<String> = info_raft(addr)?
-        .keys()
-        .filter_map(|k| k.strip_prefix("group").map(str::to_string))
-        .collect();
-    for group in &groups {
-        loop {
-            // [id, role, address, matched] per member, from the group's leader.
-            let rows = match call(addr, &["CAIRN.MEMBER", "LIST", "SHARD", group])? {
-                Value::Array(rows) => rows,
-                other => anyhow::bail!("unexpected CAIRN.MEMBER LIST reply: {other:?}"),
-            };
-            let mut voters_min = u64::MAX;
-            let mut mine = None;
-            for row in rows {
-                if let Value::Array(cells) = row {
-                    if let [Value::Int(m), Value::Bulk(role), _, Value::Int(matched)] =
-                        cells.as_slice()
-                    {
-                        let matched = (*matched).max(0) as u64;
-                        if *m as u64 == id {
-                            mine = Some(matched);
-                        } else if role == b"voter" {
-                            voters_min = voters_min.min(matched);
-                        }
-                    }
-                }
-            }
-            let mine = mine.with_context(|| format!("node {id} is no longer a member"))?;
-            if mine >= voters_min {
-                break;
-            }
-            eprint!("\r  group {group}: node {id} at index {mine} of {voters_min}   ");
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "node {id} did not catch up within {wait} s; it stays a learner (is it running with --initial-cluster-state existing?)"
-            );
-            std::thread::sleep(Duration::from_millis(200));
+    // Every group the member holds (the meta group and each shard), again until a pass finds
+    // none new: a split may create a shard meanwhile.
+    let mut done: Vec<String> = Vec::new();
+    loop {
+        let groups: Vec<String> = info_raft(addr)?
+            .keys()
+            .filter_map(|k| k.strip_prefix("group").map(str::to_string))
+            .filter(|g| !done.contains(g))
+            .collect();
+        if groups.is_empty() {
+            break;
         }
+        for group in &groups {
+            wait_caught_up(addr, id, bus, group, deadline, wait)?;
+        }
+        done.extend(groups);
     }
     eprintln!();
     expect_ok(call(addr, &["CAIRN.MEMBER", "PROMOTE", &ids])?)?;
     println!("node {id} caught up and is now a voter");
+    Ok(())
+}
+
+/// Waits until node `id` has caught up in `group` (adding it there first if it is not a
+/// member yet).
+fn wait_caught_up(
+    addr: SocketAddr,
+    id: u64,
+    bus: &str,
+    group: &str,
+    deadline: std::time::Instant,
+    wait: u64,
+) -> anyhow::Result<()> {
+    let ids = id.to_string();
+    loop {
+        // [id, role, address, matched] per member, from the group's leader.
+        let rows = match call(addr, &["CAIRN.MEMBER", "LIST", "SHARD", group])? {
+            Value::Array(rows) => rows,
+            other => anyhow::bail!("unexpected CAIRN.MEMBER LIST reply: {other:?}"),
+        };
+        let mut voters_min = u64::MAX;
+        let mut mine = None;
+        for row in rows {
+            if let Value::Array(cells) = row {
+                if let [Value::Int(m), Value::Bulk(role), _, Value::Int(matched)] = cells.as_slice()
+                {
+                    let matched = (*matched).max(0) as u64;
+                    if *m as u64 == id {
+                        mine = Some(matched);
+                    } else if role == b"voter" {
+                        voters_min = voters_min.min(matched);
+                    }
+                }
+            }
+        }
+        let Some(mine) = mine else {
+            // Not a member of this group: it was created (a split) after the node was
+            // added to the others. Add it here too, then wait as for the rest.
+            expect_ok(call(
+                addr,
+                &["CAIRN.MEMBER", "ADD-LEARNER", &ids, bus, "SHARD", group],
+            )?)
+            .with_context(|| format!("adding node {id} to group {group}"))?;
+            continue;
+        };
+        if mine >= voters_min {
+            break;
+        }
+        eprint!("\r  group {group}: node {id} at index {mine} of {voters_min}   ");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "node {id} did not catch up within {wait} s; it stays a learner (is it running with --initial-cluster-state existing?)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
 

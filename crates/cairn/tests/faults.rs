@@ -165,17 +165,9 @@ fn client(
 
 /// Runs `cairn cluster <args>`; whether it succeeded, and what it printed.
 fn cluster_cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .arg("cluster")
-        .args(args)
-        .output()
-        .expect("run cairn");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let mut all = vec!["cluster"];
+    all.extend_from_slice(args);
+    common::cairn_cli(&all)
 }
 
 /// Moves the slots of k0, k1 and k2 to random shards of `shards` through random nodes until `stop`;

@@ -140,3 +140,62 @@ fn a_node_started_with_join_becomes_a_voter_of_every_group() {
     let _ = node.wait();
     drop(cluster);
 }
+
+/// A shard split off after a node was added as a learner does not leave the node out of it:
+/// running add-node again adds it to the new shard's group too and promotes it only once it
+/// has caught up in every group. (When the split lands in the middle of add-node's own wait,
+/// add-node adds the node to the new group itself; that race is not forced here.)
+#[test]
+fn a_shard_split_off_during_a_join_is_joined_too() {
+    let mut cluster = Cluster::new(&[]);
+    let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
+    wait_serving(&ports, Duration::from_secs(30));
+    let new = cluster.add_joining_node();
+    let bus = format!("127.0.0.1:{}", cluster.procs[new].port + 10000);
+    let via = ports[0].to_string();
+    let (ok, out) = common::cairn_cli(&[
+        "cluster",
+        "add-node",
+        "--port",
+        &via,
+        "--id",
+        "4",
+        "--bus",
+        &bus,
+        "--learner-only",
+    ]);
+    assert!(ok, "{out}");
+    // Shard 4 is created with the voters of shard 1, without node 4.
+    let split = Conn::open(ports[0])
+        .unwrap()
+        .call(&[b"CAIRN.RESHARD", b"SPLIT", b"1"]);
+    assert!(
+        matches!(&split, Some(Answer::Array(a)) if matches!(a.first(), Some(Answer::Int(4)))),
+        "{split:?}"
+    );
+    let (ok, out) = common::cairn_cli(&[
+        "cluster",
+        "add-node",
+        "--port",
+        &via,
+        "--id",
+        "4",
+        "--bus",
+        &bus,
+        "--wait-secs",
+        "60",
+    ]);
+    assert!(ok, "{out}");
+    let port = cluster.procs[new].port;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(0..=4).all(|g| group_field(port, g, "voters").as_deref() == Some("1;2;3;4")) {
+        assert!(
+            Instant::now() < deadline,
+            "node 4 is a voter of every group, the new shard's too: {:?}",
+            (0..=4)
+                .map(|g| group_field(port, g, "voters"))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -9,22 +9,12 @@
 mod common;
 
 use common::{digest, raft_field, wait_serving, Answer, Cluster, Conn};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(args)
-        .output()
-        .expect("run cairn");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::cairn_cli(args)
 }
 
 fn leader(ports: &[(usize, u16)]) -> Option<usize> {

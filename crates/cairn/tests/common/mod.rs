@@ -317,3 +317,17 @@ pub fn digest(port: u16) -> Option<String> {
     BufReader::new(s).read_line(&mut line).ok()?;
     Some(line.trim().trim_start_matches('+').to_string())
 }
+
+/// Runs the `cairn` binary with `args`; whether it succeeded, and what it printed.
+pub fn cairn_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .output()
+        .expect("run cairn");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
