@@ -128,10 +128,12 @@ fn start_replication(
     })?;
     let shards = shards::Shards::even(count);
     let (created_tx, created_rx) = tokio::sync::mpsc::unbounded_channel();
+    let meta_state: Arc<Mutex<meta::MetaState>> = Default::default();
     let meta = meta::MetaMachine {
-        state: Default::default(),
+        state: meta_state.clone(),
         first_free: count as u64 + 1,
         created_tx,
+        owners: Some(shards.owners().clone()),
     };
     let machines = std::iter::once((meta::GROUP, meta::GroupMachine::Meta(meta)))
         .chain(shards.stores().map(|(group, store)| {
@@ -154,6 +156,7 @@ fn start_replication(
         node: Arc::new(node),
         me,
         client_addrs,
+        meta: meta_state,
     };
     Ok((shards, Some(repl), Some(created_rx)))
 }

@@ -1,15 +1,18 @@
-//! The meta group: Raft group 0, on every node, holding the cluster's own state. For now
-//! that is the shards created after the cluster was (by splits): each is a committed entry
-//! here, so every node opens the same groups with the same voters, and opens them again after
-//! a restart when it replays this log.
+//! The meta group: Raft group 0, on every node, holding the cluster's own state:
+//! - the shards created after the cluster was (by splits): each is a committed entry here, so
+//!   every node opens the same groups with the same voters, and opens them again after a
+//!   restart when it replays this log;
+//! - the slot map's changes: each finished move is recorded here with the slots' new owner
+//!   and epoch, and every node's routing map follows these records as well as its own shard
+//!   replicas. Which shard *serves* a slot is still decided in the shards' own logs
+//!   (`cairn_store::moves`): a record here comes after the move's ACQUIRE, newest epoch wins.
 //!
-//! Which shard serves which slot is not kept here: each shard's own log decides that
-//! (`cairn_store::moves`), and the routing map follows the shards. What this group will
-//! also hold (node registry, replica placement, ACL users) comes with the features that need
-//! it.
+//! What this group will also hold (node registry, replica placement, ACL users) comes with the
+//! features that need it.
 //!
 //! Entries are [`LogEntry`] command runs, like a shard's, of one command:
-//! `CAIRN.META CREATE-SHARD <voter>...` → the new shard's id (the next free one).
+//! `CAIRN.META CREATE-SHARD <voter>...` → the new shard's id (the next free one);
+//! `CAIRN.META SLOTS <first>-<last> <shard> <epoch>` → how many slots it updated.
 
 use crate::shard::ShardMachine;
 use crate::shards::MAX_SHARDS;
@@ -31,6 +34,8 @@ pub const NAME: &str = "cairn.meta";
 pub struct MetaState {
     /// The shards created since the cluster was, with the voters each was created with.
     pub created: BTreeMap<u64, Vec<u64>>,
+    /// Every slot that has moved: its shard and ownership epoch since its last move.
+    pub slots: BTreeMap<u16, (u64, u64)>,
 }
 
 /// A shard the meta group created: every node opens its group.
@@ -43,12 +48,32 @@ pub struct MetaMachine {
     pub first_free: u64,
     /// Told of every shard created (again after a restart), to open its group.
     pub created_tx: tokio::sync::mpsc::UnboundedSender<Created>,
+    /// The node's routing map, told of every slot record (None in tests of the machine).
+    pub owners: Option<Arc<crate::shards::SlotOwners>>,
 }
 
 const MAGIC: &[u8; 4] = b"CRMT";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 impl MetaMachine {
+    /// Records that `group` serves `slots` from `epoch` on, for each slot whose record is
+    /// older; returns how many changed.
+    fn record_slots(&mut self, first: u16, last: u16, group: u64, epoch: u64) -> usize {
+        let mut state = self.state.lock();
+        let mut changed = 0;
+        for slot in first..=last {
+            let newer = state.slots.get(&slot).is_none_or(|&(_, e)| e < epoch);
+            if newer {
+                state.slots.insert(slot, (group, epoch));
+                changed += 1;
+            }
+            if let Some(owners) = &self.owners {
+                owners.claim(slot as usize, group, epoch);
+            }
+        }
+        changed
+    }
+
     fn run(&mut self, args: &[Vec<u8>]) -> Reply {
         let sub = args
             .get(1)
@@ -76,6 +101,29 @@ impl MetaMachine {
                 let _ = self.created_tx.send((id, voters));
                 Reply::Int(id as i64)
             }
+            Some("slots") if args.len() == 5 => {
+                let text = String::from_utf8_lossy(&args[2]);
+                let (a, b) = text.split_once('-').unwrap_or((&text, &text));
+                let num = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u64>().ok();
+                match (
+                    a.parse::<u16>(),
+                    b.parse::<u16>(),
+                    num(&args[3]),
+                    num(&args[4]),
+                ) {
+                    (Ok(first), Ok(last), Some(group), Some(epoch))
+                        if first <= last
+                            && (last as usize) < cairn_store::slot::SLOTS
+                            && group > 0
+                            && group <= 0xffff
+                            && epoch > 0
+                            && epoch < 1 << 48 =>
+                    {
+                        Reply::Int(self.record_slots(first, last, group, epoch) as i64)
+                    }
+                    _ => Reply::error("ERR usage: CAIRN.META SLOTS <first>-<last> <shard> <epoch>"),
+                }
+            }
             _ => Reply::error("ERR unknown CAIRN.META command"),
         }
     }
@@ -102,7 +150,8 @@ impl StateMachine for MetaMachine {
         out
     }
 
-    /// `MAGIC | version u8 | count u32 | (id u64, voters u32, voter u64...)...`
+    /// `MAGIC | version u8 | count u32 | (id u64, voters u32, voter u64...)... | slots u32 |
+    /// (slot u16, shard u64, epoch u64)...` (the slots since version 2).
     fn snapshot(&self) -> Vec<u8> {
         let state = self.state.lock();
         let mut out = MAGIC.to_vec();
@@ -114,6 +163,12 @@ impl StateMachine for MetaMachine {
             for v in voters {
                 out.extend_from_slice(&v.to_le_bytes());
             }
+        }
+        out.extend_from_slice(&(state.slots.len() as u32).to_le_bytes());
+        for (slot, (group, epoch)) in &state.slots {
+            out.extend_from_slice(&slot.to_le_bytes());
+            out.extend_from_slice(&group.to_le_bytes());
+            out.extend_from_slice(&epoch.to_le_bytes());
         }
         out
     }
@@ -129,7 +184,8 @@ impl StateMachine for MetaMachine {
             pos += n;
             Ok(s)
         };
-        if take(1)?[0] != VERSION {
+        let version = take(1)?[0];
+        if !(1..=VERSION).contains(&version) {
             return Err("meta snapshot version is unknown".into());
         }
         let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
@@ -144,9 +200,27 @@ impl StateMachine for MetaMachine {
             }
             created.insert(id, voters);
         }
+        let mut slots = BTreeMap::new();
+        if version >= 2 {
+            for _ in 0..u32_at(take(4)?) {
+                let slot = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes"));
+                let group = u64_at(take(8)?);
+                let epoch = u64_at(take(8)?);
+                if slot as usize >= cairn_store::slot::SLOTS {
+                    return Err(bad());
+                }
+                slots.insert(slot, (group, epoch));
+            }
+        }
         if pos != rest.len() {
             return Err(bad());
         }
+        if let Some(owners) = &self.owners {
+            for (&slot, &(group, epoch)) in &slots {
+                owners.claim(slot as usize, group, epoch);
+            }
+        }
+        self.state.lock().slots = slots;
         for (id, voters) in &created {
             let _ = self.created_tx.send((*id, voters.clone()));
         }
@@ -244,6 +318,7 @@ mod tests {
             state: Arc::default(),
             first_free: 4,
             created_tx: tx,
+            owners: None,
         };
         assert_eq!(m.apply(2, &create(&["1", "2", "3"])), b":4\r\n");
         assert_eq!(m.apply(3, &create(&["1", "2"])), b":5\r\n");
@@ -257,6 +332,7 @@ mod tests {
             state: Arc::default(),
             first_free: 4,
             created_tx: tx2,
+            owners: None,
         };
         let snap = m.snapshot();
         b.restore(&snap).unwrap();
@@ -264,6 +340,39 @@ mod tests {
         assert_eq!(rx2.try_recv().unwrap().0, 4);
         assert_eq!(rx2.try_recv().unwrap().0, 5);
         assert_eq!(b.apply(5, &create(&["1"])), b":6\r\n");
+        // Slot records: newer epochs win, and they travel in the snapshot too.
+        let slots = |range: &str, group: &str, epoch: &str| {
+            let cmd = [NAME, "SLOTS", range, group, epoch].map(|a| a.as_bytes().to_vec());
+            LogEntry {
+                now_ms: 1,
+                seed: 1,
+                proto: Protocol::Resp2,
+                op: Operation::Commands(vec![cmd.to_vec()]),
+            }
+            .encode()
+        };
+        let owners = crate::shards::Shards::even(2).owners().clone();
+        b.owners = Some(owners.clone());
+        assert_eq!(b.apply(6, &slots("0-9", "2", "3")), b":10\r\n");
+        assert_eq!(
+            b.apply(7, &slots("5-14", "1", "2")),
+            b":5\r\n",
+            "only 10-14 were older"
+        );
+        assert_eq!((owners.group(5), owners.epoch(5)), (2, 3));
+        assert_eq!((owners.group(12), owners.epoch(12)), (1, 2));
+        assert!(b
+            .apply(8, &slots("9-3", "1", "5"))
+            .starts_with(b"-ERR usage"));
+        let mut c = MetaMachine {
+            state: Arc::default(),
+            first_free: 4,
+            created_tx: tokio::sync::mpsc::unbounded_channel().0,
+            owners: None,
+        };
+        c.restore(&b.snapshot()).unwrap();
+        assert_eq!(*c.state.lock(), *b.state.lock());
+        assert_eq!(c.state.lock().slots.len(), 15);
         for cut in 0..snap.len() {
             assert!(b.restore(&snap[..cut]).is_err(), "cut at {cut}");
         }

@@ -44,6 +44,8 @@ pub struct Replication {
     pub me: u64,
     /// The client address (bus port - 10000) of every node in `--initial-cluster`.
     pub client_addrs: HashMap<u64, SocketAddr>,
+    /// The meta group's state as this node has applied it.
+    pub meta: Arc<parking_lot::Mutex<crate::meta::MetaState>>,
 }
 
 impl Replication {

@@ -211,6 +211,29 @@ fn slots_move_back_and_forth_under_writes_and_no_increment_is_lost() {
         status.is_empty().then_some(())
     });
 
+    // Every node's copy of the meta group recorded the moves: each tag's slot moved twice,
+    // so it is back in shard 1 with epoch 2.
+    for n in 0..3 {
+        let mut c = node(n).client();
+        wait_for(
+            "the moves recorded in the meta group",
+            Duration::from_secs(5),
+            || {
+                let map: Vec<String> = redis::cmd("CAIRN.RESHARD").arg("MAP").query(&mut c).ok()?;
+                let covered = |slot: u16| {
+                    map.iter().any(|l| {
+                        let (range, rest) =
+                            l.trim_start_matches("slots ").split_once(": ").unwrap();
+                        let (a, b) = range.split_once('-').unwrap();
+                        (a.parse::<u16>().unwrap()..=b.parse::<u16>().unwrap()).contains(&slot)
+                            && rest == "shard 1 epoch 2"
+                    })
+                };
+                tags.iter().all(|t| covered(slot_of(t))).then_some(())
+            },
+        );
+    }
+
     // A copy made for a move its source never started (as after a lost ABORT) is dropped by
     // the target's leader once it has been orphaned for a while.
     let slot = slot_of(&tags[0]).to_string();

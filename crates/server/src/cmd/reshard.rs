@@ -8,6 +8,8 @@
 //! `CAIRN.RESHARD REBALANCE` evens out the number of slots per shard (after a split, say),
 //! moving slots from the shards with more than their share to those with less, and answers
 //! the number moved.
+//! `CAIRN.RESHARD MAP` lists the meta group's records of moved slots (as this node has applied
+//! them): `slots a-b: shard g epoch e`.
 //! `CAIRN.RESHARD CANCEL` stops the moves this node coordinates (a slot already handed over
 //! still finishes); `CAIRN.RESHARD STATUS` lists the moves in progress.
 //!
@@ -88,6 +90,7 @@ pub async fn command(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -
             _ => err("usage: CAIRN.RESHARD SPLIT <shard>"),
         },
         (Some("rebalance"), 2) => rebalance(shared).await,
+        (Some("map"), 2) => map(shared),
         (Some("cancel"), 2) => {
             shared.reshard.cancel.store(true, Ordering::SeqCst);
             Reply::OK
@@ -189,6 +192,42 @@ async fn move_range(shared: &Shared, first: usize, last: usize, to: u64) -> Repl
         Ok(n) => Reply::Int(n),
         Err(e) => e,
     }
+}
+
+/// The meta group's slot records, in runs of contiguous slots with one shard and epoch.
+fn map(shared: &Shared) -> Reply {
+    let Some(repl) = shared.replication.as_ref() else {
+        return err("the slot map needs a cluster");
+    };
+    let records: Vec<(u16, (u64, u64))> = repl
+        .meta
+        .lock()
+        .slots
+        .iter()
+        .map(|(&s, &r)| (s, r))
+        .collect();
+    let mut lines = Vec::new();
+    let mut i = 0;
+    while i < records.len() {
+        let mut j = i + 1;
+        while j < records.len()
+            && records[j].0 == records[j - 1].0 + 1
+            && records[j].1 == records[i].1
+        {
+            j += 1;
+        }
+        let (group, epoch) = records[i].1;
+        lines.push(Reply::bulk(
+            format!(
+                "slots {}-{}: shard {group} epoch {epoch}",
+                records[i].0,
+                records[j - 1].0
+            )
+            .into_bytes(),
+        ));
+        i = j;
+    }
+    Reply::Array(lines)
 }
 
 /// The moves that leave every shard with its share of the slots: `SLOTS / n`, one more for
@@ -570,8 +609,32 @@ async fn try_move(
     )
     .await
     .map_err(again)?;
+    record_in_meta(shared, client, slot, to, epoch + 1).await;
     drop_source(shared, client, slot, from).await;
     Ok(true)
+}
+
+/// Records a finished move in the meta group's slot map (see `meta.rs`), retrying for a
+/// while. The shards' logs already decide who serves the slots; the record is what nodes
+/// learn the map from besides their own replicas.
+async fn record_in_meta(shared: &Shared, client: &mut Client, run: SlotRun, to: u64, epoch: u64) {
+    let cmd: Vec<Vec<u8>> = [
+        crate::meta::NAME.to_string(),
+        "SLOTS".to_string(),
+        run.to_string(),
+        to.to_string(),
+        epoch.to_string(),
+    ]
+    .map(String::into_bytes)
+    .to_vec();
+    for _ in 0..10 {
+        let reply = replicated::propose_to(shared, client, crate::meta::GROUP, cmd.clone()).await;
+        if reply.starts_with(b":") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tracing::warn!(slots = %run, to, epoch, "could not record a finished move in the meta group");
 }
 
 /// Deletes the source's frozen copy, retrying for a while: the move is complete whether or not
