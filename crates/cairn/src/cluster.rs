@@ -251,20 +251,20 @@ fn wait_caught_up(
                 }
             }
         }
-        let Some(mine) = mine else {
-            // Not a member of this group: it was created (a split) after the node was
-            // added to the others. Add it here too, then wait as for the rest.
-            expect_ok(call(
+        match mine {
+            Some(mine) if mine >= voters_min => break,
+            Some(mine) => {
+                eprint!("\r  group {group}: node {id} at index {mine} of {voters_min}   ")
+            }
+            // Not a member of this group: it was created (a split) after the node was added
+            // to the others. Add it here too, then wait as for the rest (the same pause and
+            // deadline as any other round).
+            None => expect_ok(call(
                 addr,
                 &["CAIRN.MEMBER", "ADD-LEARNER", &ids, bus, "SHARD", group],
             )?)
-            .with_context(|| format!("adding node {id} to group {group}"))?;
-            continue;
-        };
-        if mine >= voters_min {
-            break;
+            .with_context(|| format!("adding node {id} to group {group}"))?,
         }
-        eprint!("\r  group {group}: node {id} at index {mine} of {voters_min}   ");
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "node {id} did not catch up within {wait} s; it stays a learner (is it running with --initial-cluster-state existing?)"

@@ -37,6 +37,10 @@ fn key_table() -> &'static CommandTable {
 
 /// The first slot of `args`'s keys that `store` does not serve, if any.
 pub fn unserved_slot(store: &Store, args: &[Vec<u8>]) -> Option<usize> {
+    // A shard that serves every slot (a one-shard cluster) needs no look at the keys.
+    if store.keyspace.served().is_all() {
+        return None;
+    }
     let Lookup::Found(spec) = key_table().lookup(args) else {
         return None;
     };
@@ -90,8 +94,14 @@ impl StateMachine for ShardMachine {
             }
         }
         // Commands for slots this shard does not serve are refused here, in log order.
+        // (Only a run with a refused command pays for the per-command list.)
         let refused: Vec<Option<usize>> = match &entry.op {
-            Operation::Commands(cmds) => cmds.iter().map(|c| unserved_slot(&store, c)).collect(),
+            Operation::Commands(cmds)
+                if cmds.iter().any(|c| unserved_slot(&store, c).is_some()) =>
+            {
+                cmds.iter().map(|c| unserved_slot(&store, c)).collect()
+            }
+            Operation::Commands(_) => Vec::new(),
             Operation::Transaction(cmds) | Operation::WatchedTransaction { cmds, .. } => {
                 let watched = match &entry.op {
                     Operation::WatchedTransaction { watched, .. } => watched.as_slice(),

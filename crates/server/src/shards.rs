@@ -126,11 +126,6 @@ impl Shards {
         &self.owner
     }
 
-    /// The ownership epoch of `slot` (0 until it first moves).
-    pub fn epoch_of_slot(&self, slot: usize) -> u64 {
-        self.owner.epoch(slot)
-    }
-
     pub fn len(&self) -> usize {
         self.stores().count()
     }

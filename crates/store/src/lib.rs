@@ -53,13 +53,6 @@ impl Store {
         store
     }
 
-    /// Whether this shard serves every slot that the keys at `positions` of `args` hash to.
-    pub fn serves_keys(&self, args: &[Vec<u8>], positions: &[usize]) -> bool {
-        positions
-            .iter()
-            .all(|&i| self.keyspace.serves(slot::key_slot(&args[i])))
-    }
-
     /// Runs one command. `args[0]` is the name; the caller has checked arity.
     pub fn execute(&mut self, handler: Handler, args: &[Vec<u8>], env: &Env) -> Reply {
         let mut rng = rng::Rng::new(env.seed);

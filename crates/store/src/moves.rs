@@ -60,10 +60,6 @@ pub struct Moves {
 }
 
 impl Moves {
-    pub fn is_empty(&self) -> bool {
-        self.outgoing.is_empty() && self.incoming.is_empty()
-    }
-
     pub fn epoch(&self, slot: u16) -> u64 {
         self.epochs.get(&slot).copied().unwrap_or(0)
     }

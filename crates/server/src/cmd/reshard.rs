@@ -592,13 +592,15 @@ async fn try_move(
         released_epoch == epoch,
         "a slot's epoch changed during its move"
     );
-    // The source serves the slot no longer and its keys are frozen: take the rest.
-    loop {
-        if copy_round(shared, client, slot, from, to, attempt).await? == 0 {
-            // One more round confirms nothing is left (the last one may have taken the last).
-            if copy_round(shared, client, slot, from, to, attempt).await? == 0 {
-                break;
-            }
+    // The source serves the slot no longer and its keys are frozen (nothing becomes pending
+    // again): take the rest, until a round leaves none pending.
+    let mut rounds = 0;
+    while copy_round(shared, client, slot, from, to, attempt).await? > 0 {
+        rounds += 1;
+        if rounds >= MAX_ROUNDS {
+            return Err(Failure::Again(
+                "keys stayed pending after the hand-over".into(),
+            ));
         }
     }
     step(

@@ -443,7 +443,7 @@ mod tests {
         run(&mut a, 102, &["SET", "{t}d", "new"]);
         // B serves nothing of the slot yet.
         assert_eq!(run(&mut b, 103, &["DBSIZE"]), Reply::Int(0));
-        assert!(!b.serves_keys(&[b"GET".to_vec(), b"{t}a".to_vec()], &[1]));
+        assert!(!b.keyspace.serves(slot as usize));
         // Too many pending to hand over with at most one.
         assert_eq!(
             ints(&run(
