@@ -82,7 +82,9 @@ fn a_node_joins_catches_up_votes_and_the_old_leader_leaves_under_load() {
             let mut moves = 0;
             let mut to = 2;
             while !stop.load(Ordering::Relaxed) {
-                let Some(mut conn) = Conn::open(port) else {
+                // A move can take seconds while a leader hands over or a member leaves (a
+                // failed step starts a new attempt): wait for its answer that long.
+                let Some(mut conn) = Conn::open_waiting(port, Duration::from_secs(30)) else {
                     break;
                 };
                 let to_s = to.to_string();

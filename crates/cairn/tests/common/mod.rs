@@ -212,10 +212,15 @@ pub enum Answer {
 
 impl Conn {
     pub fn open(port: u16) -> Option<Conn> {
+        Conn::open_waiting(port, Duration::from_secs(4))
+    }
+
+    /// As [`Conn::open`], waiting up to `reply_within` for each reply.
+    pub fn open_waiting(port: u16, reply_within: Duration) -> Option<Conn> {
         let s =
             TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
                 .ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(4))).ok()?;
+        s.set_read_timeout(Some(reply_within)).ok()?;
         s.set_nodelay(true).ok()?;
         Some(Conn {
             reader: BufReader::new(s.try_clone().ok()?),
