@@ -221,9 +221,18 @@ impl<S: StateMachine> MultiRaft<S> {
 
     /// Opens a group: restores its last snapshot into `sm` and resumes from the log. `voters` is
     /// used only for a group that has no state on disk yet (bootstrap).
-    pub fn open_group(&mut self, id: u64, voters: &[u64], mut sm: S) -> Result<(), DriverError> {
+    ///
+    /// A group removed from this node earlier ([`MultiRaft::close_group`]) is never bootstrapped
+    /// again: asked to with `voters`, this opens nothing and returns false. Opened with no
+    /// voters, it waits to be sent the group's state like any new member. Returns whether the
+    /// group is open.
+    pub fn open_group(&mut self, id: u64, voters: &[u64], mut sm: S) -> Result<bool, DriverError> {
         let storage = self.engine.group(id)?;
         let state = raft::Storage::initial_state(&storage)?;
+        let fresh = state.conf_state.voters.is_empty() && state.conf_state.learners.is_empty();
+        if fresh && !voters.is_empty() && self.engine.was_removed(id) {
+            return Ok(false);
+        }
         if state.conf_state.voters.is_empty() && !voters.is_empty() {
             // Bootstrap from a snapshot at index 1 rather than from an empty log: the log then
             // starts at 2, so a member added later is always sent a snapshot first, and
@@ -294,7 +303,30 @@ impl<S: StateMachine> MultiRaft<S> {
                 members,
             },
         );
-        Ok(())
+        Ok(true)
+    }
+
+    /// Closes group `id` on this node for good, after a membership change removed this node
+    /// from it: drops its state machine and deletes its log and records (leaving a tombstone,
+    /// see [`LogEngine::remove_group`]). A snapshot being taken in the background is waited
+    /// for first, so that it cannot write the group back. Returns whether it was open.
+    pub fn close_group(&mut self, id: u64) -> Result<bool, DriverError> {
+        let Some(mut g) = self.groups.remove(&id) else {
+            return Ok(false);
+        };
+        if let Some(p) = g.pending.take() {
+            let _ = p.done.recv();
+        }
+        drop(g);
+        self.engine.remove_group(id)?;
+        Ok(true)
+    }
+
+    /// Groups that have state on disk but are not open (a node reopens them after a restart).
+    pub fn stored_groups(&self) -> Vec<u64> {
+        let mut on_disk = self.engine.groups();
+        on_disk.retain(|g| !self.groups.contains_key(g));
+        on_disk
     }
 
     /// The group, if this node leads it; else who does, as far as it knows.

@@ -109,7 +109,12 @@ enum Input {
         group: u64,
         voters: Vec<u64>,
         sm: Box<dyn std::any::Any + Send>,
-        done: oneshot::Sender<Result<(), NodeError>>,
+        done: oneshot::Sender<Result<bool, NodeError>>,
+    },
+    /// Closes a group for good (see [`Node::close_group`]).
+    CloseGroup {
+        group: u64,
+        done: oneshot::Sender<Result<bool, NodeError>>,
     },
     Stop,
 }
@@ -147,10 +152,31 @@ impl Node {
         voters: Vec<u64>,
         groups: Vec<(u64, S)>,
     ) -> Result<Node, DriverError> {
+        let groups = groups
+            .into_iter()
+            .map(|(id, sm)| (id, voters.clone(), sm))
+            .collect();
+        Self::start_placed(config, bus_listener, groups, &mut |_| None)
+    }
+
+    /// Like [`Node::start`], with each group's own voters (for a group new here), and
+    /// `stored` asked for a state machine for every other group that has state on disk (a
+    /// group this node joined while it ran): None leaves that group closed.
+    pub fn start_placed<S: StateMachine + Send + 'static>(
+        config: NodeConfig,
+        bus_listener: std::net::TcpListener,
+        groups: Vec<(u64, Vec<u64>, S)>,
+        stored: &mut dyn FnMut(u64) -> Option<S>,
+    ) -> Result<Node, DriverError> {
         let engine = LogEngine::open(&config.data_dir)?;
         let mut multi = MultiRaft::new(config.id, engine, config.group.clone());
-        for (id, sm) in groups {
+        for (id, voters, sm) in groups {
             multi.open_group(id, &voters, sm)?;
+        }
+        for id in multi.stored_groups() {
+            if let Some(sm) = stored(id) {
+                multi.open_group(id, &[], sm)?;
+            }
         }
         let mut added = Vec::new();
         for g in multi.group_ids() {
@@ -260,12 +286,15 @@ impl Node {
     /// there, else bootstraps it with `voters` (every voter must open it with the same list).
     /// Opening a group that is open already does nothing. `sm` must be the state machine
     /// type the node was started with.
+    ///
+    /// Returns whether the group is open: a group removed from this node before is never
+    /// bootstrapped again (see [`MultiRaft::open_group`]).
     pub async fn open_group<S: StateMachine + Send + 'static>(
         &self,
         group: u64,
         voters: Vec<u64>,
         sm: S,
-    ) -> Result<(), NodeError> {
+    ) -> Result<bool, NodeError> {
         let (done, wait) = oneshot::channel();
         let input = Input::OpenGroup {
             group,
@@ -275,6 +304,19 @@ impl Node {
         };
         self.inputs
             .send(input)
+            .await
+            .map_err(|_| NodeError::Stopped("driver gone".into()))?;
+        wait.await
+            .unwrap_or_else(|_| Err(NodeError::Stopped("driver gone".into())))
+    }
+
+    /// Closes group `group` on this node and deletes its state, for good (see
+    /// [`MultiRaft::close_group`]): call it once a membership change has removed this node
+    /// from the group. Returns whether it was open.
+    pub async fn close_group(&self, group: u64) -> Result<bool, NodeError> {
+        let (done, wait) = oneshot::channel();
+        self.inputs
+            .send(Input::CloseGroup { group, done })
             .await
             .map_err(|_| NodeError::Stopped("driver gone".into()))?;
         wait.await
@@ -660,6 +702,10 @@ fn ask_reads<S: StateMachine>(multi: &mut MultiRaft<S>, w: &mut Waiters) {
                     DriverError::NotLeader { group, leader } => {
                         NodeError::NotLeader { group, leader }
                     }
+                    DriverError::UnknownGroup(group) => NodeError::NotLeader {
+                        group,
+                        leader: None,
+                    },
                     e => NodeError::Stopped(e.to_string()),
                 };
                 for d in dones {
@@ -676,7 +722,13 @@ fn settle<S: StateMachine>(multi: &MultiRaft<S>, w: &mut Waiters) {
     let applied = |g: u64| multi.progress(g).map_or(0, |p| p.2);
     let mut still = Vec::new();
     for (group, index, done) in w.confirmed.drain(..) {
-        if applied(group) >= index {
+        if multi.progress(group).is_none() {
+            // The group was closed here meanwhile.
+            let _ = done.send(Err(NodeError::NotLeader {
+                group,
+                leader: None,
+            }));
+        } else if applied(group) >= index {
             let _ = done.send(Ok(()));
         } else {
             still.push((group, index, done));
@@ -801,6 +853,11 @@ fn proposed<S: StateMachine>(
             return;
         }
         Err(DriverError::NotLeader { group, leader }) => NodeError::NotLeader { group, leader },
+        // Closed here a moment ago (this node was removed from it): another node leads it.
+        Err(DriverError::UnknownGroup(group)) => NodeError::NotLeader {
+            group,
+            leader: None,
+        },
         // raft refused it (uncommitted-size limit, leadership in flux, a membership change
         // already pending): retryable.
         Err(DriverError::Raft(raft::Error::ProposalDropped)) => NodeError::Busy,
@@ -871,7 +928,7 @@ fn handle<S: StateMachine + 'static>(
             done,
         } => {
             let result = if multi.group_ids().contains(&group) {
-                Ok(())
+                Ok(true)
             } else {
                 match sm.downcast::<S>() {
                     Ok(sm) => multi
@@ -882,6 +939,18 @@ fn handle<S: StateMachine + 'static>(
                     )),
                 }
             };
+            let _ = done.send(result);
+        }
+        Input::CloseGroup { group, done } => {
+            // Waiters on this group learn it is gone here; nothing of it is left to answer them.
+            let result = multi
+                .close_group(group)
+                .map_err(|e| NodeError::Stopped(format!("cannot close group {group}: {e}")));
+            if result.is_err() {
+                // The tombstone may not be on disk: stop, as after any storage error.
+                let _ = done.send(result);
+                return true;
+            }
             let _ = done.send(result);
         }
         Input::Stop => return true,

@@ -25,6 +25,8 @@ const KEY_TRUNCATED: &[u8] = b"truncated";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 /// The addresses of members added by conf changes (see `members.rs`).
 const KEY_MEMBERS: &[u8] = b"members";
+/// The pseudo-group whose records name the groups removed from this node.
+const TOMBSTONES: u64 = u64::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageFault {
@@ -100,9 +102,28 @@ impl LogEngine {
         Ok(self.engine.write(batch, sync)?)
     }
 
-    /// Groups with anything stored.
+    /// Groups with anything stored (the tombstone record left out).
     pub fn groups(&self) -> Vec<u64> {
-        self.engine.raft_groups()
+        let mut groups = self.engine.raft_groups();
+        groups.retain(|&g| g != TOMBSTONES);
+        groups
+    }
+
+    /// Deletes everything stored for group `id` and leaves a tombstone, in one synced write:
+    /// the group was removed from this node, which must never bootstrap it again from its
+    /// initial voters (it could then vote, and count towards a quorum, with none of the log
+    /// it had acknowledged). It may still join the group again later as a new member.
+    pub fn remove_group(&self, id: u64) -> Result<(), StorageFault> {
+        let mut batch = LogBatch::default();
+        batch.add_command(id, Command::Clean);
+        batch.put(TOMBSTONES, id.to_le_bytes().to_vec(), vec![1])?;
+        self.engine.write(&mut batch, true)?;
+        Ok(())
+    }
+
+    /// Whether group `id` was removed from this node (see [`LogEngine::remove_group`]).
+    pub fn was_removed(&self, id: u64) -> bool {
+        self.engine.get(TOMBSTONES, &id.to_le_bytes()).is_some()
     }
 
     /// Deletes log files that hold only compacted entries, and names the groups whose old

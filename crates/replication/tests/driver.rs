@@ -743,3 +743,46 @@ fn balancing_spreads_leaders_and_a_pending_transfer_is_visible() {
     assert!(c.is_leader(target, 1), "the transfer completed once healed");
     assert!(!c.with(leader, |m| m.is_transferring(1)).unwrap());
 }
+
+/// A group closed after this node was removed from it leaves nothing on disk but a tombstone:
+/// after a restart it is not reopened, and asking to bootstrap it from its initial voters
+/// again opens nothing (the node would otherwise vote in it with none of the log it had
+/// acknowledged). It can still join the group again as a new member, with no voters.
+#[test]
+fn a_closed_group_is_gone_for_good_and_never_bootstrapped_again() {
+    use cairn_replication::{LogEngine, MultiRaft};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = LogEngine::open(dir.path()).unwrap();
+        let mut m = MultiRaft::new(1, engine, GroupConfig::default());
+        assert!(m.open_group(1, &[1], Journal::default()).unwrap());
+        assert!(m.open_group(2, &[1], Journal::default()).unwrap());
+        m.campaign(1).unwrap();
+        m.round().unwrap();
+        for i in 0..10u64 {
+            m.propose(1, i.to_le_bytes().to_vec(), b"x".to_vec())
+                .unwrap();
+        }
+        m.round().unwrap();
+        assert!(m.close_group(1).unwrap());
+        assert!(!m.close_group(1).unwrap(), "closing twice does nothing");
+        assert_eq!(m.group_ids(), vec![2]);
+        assert!(
+            !m.open_group(1, &[1], Journal::default()).unwrap(),
+            "not bootstrapped again"
+        );
+        assert_eq!(m.group_ids(), vec![2]);
+    }
+    let engine = LogEngine::open(dir.path()).unwrap();
+    assert_eq!(engine.groups(), vec![2], "only group 2 has state on disk");
+    let mut m = MultiRaft::new(1, engine, GroupConfig::default());
+    assert!(m.stored_groups().contains(&2));
+    assert!(!m.open_group(1, &[1], Journal::default()).unwrap());
+    assert!(
+        m.open_group(1, &[], Journal::default()).unwrap(),
+        "it may join again as a new member"
+    );
+    assert_eq!(m.progress(1).unwrap().2, 0, "with no state");
+    let (voters, learners) = m.configuration(1);
+    assert!(voters.is_empty() && learners.is_empty());
+}
