@@ -40,7 +40,8 @@ enum ClusterCommand {
         #[arg(long, default_value_t = 120)]
         wait_secs: u64,
     },
-    /// Remove a node from the group (the leader hands over first if it is the one removed).
+    /// Remove a node from the cluster: its shard replicas move to the other nodes first, then
+    /// it leaves every group (it hands leadership over first if it leads one).
     RemoveNode {
         #[command(flatten)]
         target: Target,
@@ -73,6 +74,20 @@ enum ClusterCommand {
     Moves(Target),
     /// Even out the number of slots per shard (CAIRN.RESHARD REBALANCE).
     Rebalance(Target),
+    /// Even out the shard replicas over the nodes (CAIRN.PLACEMENT REBALANCE).
+    RebalanceReplicas(Target),
+    /// Move shard SHARD's replica from node --from to node --to (CAIRN.PLACEMENT MOVE).
+    MoveReplica {
+        #[command(flatten)]
+        target: Target,
+        shard: u64,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Which nodes hold each shard, and which one leads it (CAIRN.PLACEMENT MAP).
+    Placement(Target),
 }
 
 #[derive(Args, Debug)]
@@ -169,19 +184,99 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ClusterCommand::RemoveNode { target, id } => {
-            expect_ok(call(
-                target.addr()?,
-                &["CAIRN.MEMBER", "REMOVE", &id.to_string()],
-            )?)?;
-            println!("node {id} removed");
+        ClusterCommand::RemoveNode { target, id } => remove_node(target.addr()?, id),
+        ClusterCommand::RebalanceReplicas(t) => {
+            match call_within(t.addr()?, &["CAIRN.PLACEMENT", "REBALANCE"], MOVE_WITHIN)? {
+                Value::Int(n) => println!("moved {n} replicas; every node has its share"),
+                other => anyhow::bail!("{}", describe(other)),
+            }
+            Ok(())
+        }
+        ClusterCommand::MoveReplica {
+            target,
+            shard,
+            from,
+            to,
+        } => {
+            let args = [
+                "CAIRN.PLACEMENT",
+                "MOVE",
+                &shard.to_string(),
+                &from.to_string(),
+                &to.to_string(),
+            ];
+            expect_ok(call_within(target.addr()?, &args, MOVE_WITHIN)?)?;
+            println!("shard {shard}'s replica moved from node {from} to node {to}");
+            Ok(())
+        }
+        ClusterCommand::Placement(t) => {
+            let rows = match call(t.addr()?, &["CAIRN.PLACEMENT", "MAP"])? {
+                Value::Array(rows) => rows,
+                other => anyhow::bail!("{}", describe(other)),
+            };
+            println!("{:<6} {:<7} {:<16} learners", "shard", "leader", "voters");
+            for row in rows {
+                let Value::Array(cells) = row else { continue };
+                let ids = |v: &Value| match v {
+                    Value::Array(items) => items
+                        .iter()
+                        .filter_map(|i| match i {
+                            Value::Int(n) => Some(n.to_string()),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    _ => String::new(),
+                };
+                if let [Value::Int(g), leader, voters, learners] = cells.as_slice() {
+                    let leader = match leader {
+                        Value::Int(l) => l.to_string(),
+                        _ => "-".into(),
+                    };
+                    println!("{g:<6} {leader:<7} {:<16} {}", ids(voters), ids(learners));
+                }
+            }
             Ok(())
         }
     }
 }
 
-/// Adds node `id` (bus address `bus`) through the member at `addr`: as a learner of every
-/// group, then, once its log has caught up in every group, as a voter (unless `learner_only`).
+/// Removes node `id` through the member at `addr`: moves its shard replicas to the other
+/// nodes, then takes it out of every group still listing it and of the meta group.
+pub fn remove_node(addr: SocketAddr, id: u64) -> anyhow::Result<()> {
+    let ids = id.to_string();
+    // A drain plans from what the shards' leaders said; one that ran while a leader was being
+    // elected may leave a replica behind, which the removal then refuses: drain again.
+    for attempt in 1..=5 {
+        match call_within(addr, &["CAIRN.PLACEMENT", "DRAIN", &ids], MOVE_WITHIN)? {
+            Value::Int(n) => println!("moved {n} replicas off node {id}"),
+            Value::Error(e) if attempt < 5 => {
+                eprintln!("draining node {id}: {e}; again");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            other => anyhow::bail!("{}", describe(other)),
+        }
+        match call(addr, &["CAIRN.MEMBER", "REMOVE", &ids])? {
+            Value::Error(e)
+                if attempt < 5 && (e.contains("still holds") || e.starts_with("TRYAGAIN")) =>
+            {
+                eprintln!("removing node {id}: {e}; again");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            other => {
+                expect_ok(other)?;
+                println!("node {id} removed");
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!("node {id} could not be removed")
+}
+
+/// Adds node `id` (bus address `bus`) through the member at `addr`: to the meta group as a
+/// learner, then, once its log has caught up, as a voter (unless `learner_only`); then moves
+/// shard replicas to it until every node holds its share.
 pub fn add_node(
     addr: SocketAddr,
     id: u64,
@@ -196,40 +291,25 @@ pub fn add_node(
         return Ok(());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(wait);
-    // Every group the member holds (the meta group and each shard), again until a pass finds
-    // none new: a split may create a shard meanwhile.
-    let mut done: Vec<String> = Vec::new();
-    loop {
-        let groups: Vec<String> = info_raft(addr)?
-            .keys()
-            .filter_map(|k| k.strip_prefix("group").map(str::to_string))
-            .filter(|g| !done.contains(g))
-            .collect();
-        if groups.is_empty() {
-            break;
-        }
-        for group in &groups {
-            wait_caught_up(addr, id, bus, group, deadline, wait)?;
-        }
-        done.extend(groups);
-    }
+    wait_caught_up(addr, id, "0", deadline, wait)?;
     eprintln!();
     expect_ok(call(addr, &["CAIRN.MEMBER", "PROMOTE", &ids])?)?;
-    println!("node {id} caught up and is now a voter");
+    println!("node {id} caught up and is now a voter; moving replicas to it");
+    match call_within(addr, &["CAIRN.PLACEMENT", "REBALANCE"], MOVE_WITHIN)? {
+        Value::Int(n) => println!("moved {n} replicas; every node has its share"),
+        other => anyhow::bail!("{}", describe(other)),
+    }
     Ok(())
 }
 
-/// Waits until node `id` has caught up in `group` (adding it there first if it is not a
-/// member yet).
+/// Waits until node `id` has caught up in `group`.
 fn wait_caught_up(
     addr: SocketAddr,
     id: u64,
-    bus: &str,
     group: &str,
     deadline: std::time::Instant,
     wait: u64,
 ) -> anyhow::Result<()> {
-    let ids = id.to_string();
     loop {
         // [id, role, address, matched] per member, from the group's leader.
         let rows = match call(addr, &["CAIRN.MEMBER", "LIST", "SHARD", group])? {
@@ -256,14 +336,9 @@ fn wait_caught_up(
             Some(mine) => {
                 eprint!("\r  group {group}: node {id} at index {mine} of {voters_min}   ")
             }
-            // Not a member of this group: it was created (a split) after the node was added
-            // to the others. Add it here too, then wait as for the rest (the same pause and
-            // deadline as any other round).
-            None => expect_ok(call(
-                addr,
-                &["CAIRN.MEMBER", "ADD-LEARNER", &ids, bus, "SHARD", group],
-            )?)
-            .with_context(|| format!("adding node {id} to group {group}"))?,
+            // The leader that answered may be one that has just lost (or not yet applied)
+            // the change: ask again until the deadline.
+            None => eprint!("\r  group {group}: node {id} not listed yet   "),
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,

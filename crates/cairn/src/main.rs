@@ -81,6 +81,10 @@ pub struct ServerArgs {
     /// created (default: one per node of --initial-cluster). Fixed once data exists.
     #[arg(long, env = "CAIRN_SHARDS")]
     shards: Option<usize>,
+    /// Replicated mode: how many nodes hold a replica of each shard (3, or every node when
+    /// there are fewer). Chosen when the cluster is created.
+    #[arg(long, env = "CAIRN_REPLICAS")]
+    replicas: Option<usize>,
     /// Join the running cluster that the member at this bus address belongs to: this node
     /// learns the members from it, starts as a new member (needs a --node-id no member has),
     /// and has itself added to every group, as a voter once caught up. Instead of
@@ -107,6 +111,7 @@ struct FileConfig {
     fault_hooks: Option<String>,
     snapshot_entries: Option<u64>,
     shards: Option<usize>,
+    replicas: Option<usize>,
     join: Option<String>,
 }
 
@@ -171,6 +176,10 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<(cairn_server::Config, Opt
             cairn_server::shards::MAX_SHARDS
         );
         c.shards = v;
+    }
+    if let Some(v) = args.replicas.or(file.replicas) {
+        anyhow::ensure!((1..=7).contains(&v), "--replicas must be between 1 and 7");
+        c.replicas = v;
     }
     if let Some(v) = args.maxclients.or(file.maxclients) {
         c.maxclients = v;

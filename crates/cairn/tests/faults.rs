@@ -1,4 +1,4 @@
-//! Fault injection over real processes: three `cairn server` processes form a replicated
+//! Fault injection over real processes: three (or five) `cairn server` processes form a replicated
 //! cluster; client threads SET, GET and compare-and-set (WATCH/MULTI/EXEC) a few keys through
 //! random nodes while a nemesis
 //! `kill -9`s nodes (restarting them from their disks), freezes them (SIGSTOP/SIGCONT), and cuts
@@ -7,10 +7,14 @@
 //! First, shard 1 is split (a fourth shard, created through the meta group, takes half its
 //! slots). Meanwhile a mover keeps moving the keys' slots between the four shards
 //! (`CAIRN.RESHARD MOVE`) through random nodes, and the nemesis's first act is to add a fourth
-//! node (`cairn cluster add-node`: it joins every group), which it removes again three faults
-//! later (`remove-node`); every eight faults another node joins and leaves the same way.
+//! node (`cairn cluster add-node`: it joins the meta group and is given its share of the
+//! shard replicas), which it removes again three faults later (`remove-node`: its replicas
+//! move back first); every eight faults another node joins and leaves the same way. With five
+//! nodes each shard has three replicas, so most requests reach a node that holds no replica of
+//! their shard and are relayed to its leader elsewhere.
 //! At the end every node is killed at once and restarted, and final reads join the history.
-//! The whole history must be linearizable: no acknowledged write lost, no stale read.
+//! The whole history must be linearizable: no acknowledged write lost, no stale read; and at
+//! the end every shard has three replicas holding the same data.
 //!
 //! Prints its seed. A short run is part of the test suite; a long one:
 //! `CAIRN_FAULT_SECS=300 CAIRN_FAULT_SEED=<seed> cargo test --release -p cairn --test faults -- --nocapture`
@@ -18,7 +22,7 @@
 mod common;
 
 use cairn_check::{linearizable, Operation, Register, RegisterInput, RegisterOutput, Verdict};
-use common::{digest, wait_serving, Answer, Cluster, Conn};
+use common::{wait_serving, Answer, Cluster, Conn};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -163,6 +167,15 @@ fn client(
     }
 }
 
+/// `DEBUG DIGEST-SHARD`: node `port`'s replica of shard `group`, None when it holds none.
+fn shard_digest(port: u16, group: u64) -> Option<String> {
+    let g = group.to_string();
+    match Conn::open(port)?.call(&[b"DEBUG", b"DIGEST-SHARD", g.as_bytes()])? {
+        Answer::Value(v) => v.map(|v| String::from_utf8_lossy(&v).into_owned()),
+        _ => None,
+    }
+}
+
 /// Runs `cairn cluster <args>`; whether it succeeded, and what it printed.
 fn cluster_cli(args: &[&str]) -> (bool, String) {
     let mut all = vec!["cluster"];
@@ -180,7 +193,7 @@ fn mover(ports: Vec<u16>, shards: u64, stop: Arc<AtomicBool>, seed: u64) -> (i64
         let rng = choices.next_u64();
         let slot = cairn_store::slot::key_slot(format!("k{}", rng % 3).as_bytes()).to_string();
         let to = ((rng >> 8) % shards + 1).to_string();
-        let Some(mut c) = Conn::open(ports[((rng >> 16) % 3) as usize]) else {
+        let Some(mut c) = Conn::open(ports[((rng >> 16) % ports.len() as u64) as usize]) else {
             continue;
         };
         let args: [&[u8]; 5] = [
@@ -200,13 +213,32 @@ fn mover(ports: Vec<u16>, shards: u64, stop: Arc<AtomicBool>, seed: u64) -> (i64
 
 #[test]
 fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
+    faults(
+        3,
+        "kill_pause_and_cut_nodes_under_load_history_stays_linearizable",
+    );
+}
+
+/// Five nodes, each shard on three of them: requests for shards a node holds no replica of
+/// go to their leaders elsewhere, and the joining node's replicas come from, and go back to,
+/// nodes that hold different shards.
+#[test]
+fn five_nodes_with_three_replicas_per_shard_stay_linearizable_under_faults() {
+    faults(
+        5,
+        "five_nodes_with_three_replicas_per_shard_stay_linearizable_under_faults",
+    );
+}
+
+fn faults(nodes: usize, test: &str) {
     let seed = cairn_check::seeded::seed_from_env("CAIRN_FAULT_SEED");
     let secs: u64 = std::env::var("CAIRN_FAULT_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
-    println!("fault test seed {seed}, {secs} s (rerun: CAIRN_FAULT_SEED={seed} cargo test -p cairn --test faults -- --nocapture)");
-    let mut cluster = Cluster::new(&[]);
+    println!("fault test seed {seed}, {nodes} nodes, {secs} s (rerun: CAIRN_FAULT_SEED={seed} cargo test -p cairn --test faults {test} -- --nocapture)");
+    // Three shards whatever the node count (a fourth is split off below).
+    let mut cluster = Cluster::sized(nodes, &["--shards", "3"], "warn");
     let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
     wait_serving(&ports, Duration::from_secs(30));
     // A fourth shard, created at runtime through the meta group, takes half of shard 1's
@@ -253,7 +285,7 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
     while Instant::now() + Duration::from_millis(1500) < end {
         std::thread::sleep(Duration::from_millis(400 + next() % 600));
         round += 1;
-        let via = ports[(next() % 3) as usize].to_string();
+        let via = ports[(next() % nodes as u64) as usize].to_string();
         // Every eight rounds a node joins (rounds 1, 9, ...) and leaves three rounds later.
         if round % 8 == 1 {
             let new = cluster.add_joining_node();
@@ -285,7 +317,7 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
             }
             continue;
         }
-        let victim = (next() % 3) as usize;
+        let victim = (next() % nodes as u64) as usize;
         match next() % 4 {
             0 => {
                 cluster.kill9(victim);
@@ -301,9 +333,9 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
             }
             cut => {
                 // 2: one link; 3: every link of the victim (it is alone, the others a majority).
-                let others: Vec<usize> = (0..3).filter(|&o| o != victim).collect();
+                let others: Vec<usize> = (0..nodes).filter(|&o| o != victim).collect();
                 let links: Vec<usize> = if cut == 2 {
-                    vec![others[(next() % 2) as usize]]
+                    vec![others[(next() % others.len() as u64) as usize]]
                 } else {
                     others
                 };
@@ -331,7 +363,7 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
     let (moved, move_failures) = moves.join().unwrap();
     // Durability: every node dies at once, comes back, and the final reads join the history.
     // (A fourth node still a member goes down and comes back with the others.)
-    let all: Vec<usize> = (0..3).chain(member).collect();
+    let all: Vec<usize> = (0..nodes).chain(member).collect();
     for &i in &all {
         cluster.kill9(i);
     }
@@ -339,6 +371,8 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
         cluster.start(i);
     }
     wait_serving(&ports, Duration::from_secs(30));
+    // Every member's port, a node that joined and has not left yet included.
+    let live: Vec<u16> = all.iter().map(|&i| cluster.procs[i].port).collect();
     let mut h = history.lock().unwrap().clone();
     h.retain(|op| op.key != b"probe");
     let ops = h.len();
@@ -369,19 +403,31 @@ fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
             ret: Some(start.elapsed().as_nanos() as u64),
         });
     }
-    // Replica state comparison: once the nodes have applied the same log, their data is equal.
+    // Replica state comparison: once the replicas of a shard have applied the same log, their
+    // data is equal; and every shard has its three replicas.
     let deadline = Instant::now() + Duration::from_secs(30);
     let digests = loop {
-        let d: Vec<Option<String>> = ports.iter().map(|&p| digest(p)).collect();
-        if d.iter().all(|x| x.is_some() && *x == d[0]) || Instant::now() > deadline {
-            break d;
+        let d: Vec<Vec<Option<String>>> = (1..=4)
+            .map(|g| live.iter().map(|&p| shard_digest(p, g)).collect())
+            .collect();
+        let settled = d.iter().all(|replicas| {
+            let held: Vec<&String> = replicas.iter().flatten().collect();
+            held.len() == 3 && held.iter().all(|x| *x == held[0])
+        });
+        if settled || Instant::now() > deadline {
+            break (settled, d);
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(
-        digests.iter().all(|x| x.is_some() && *x == digests[0]),
-        "seed {seed}: replicas hold different data: {digests:?}"
-    );
+    if !digests.0 {
+        let dir = std::mem::replace(&mut cluster.dir, tempfile::tempdir().unwrap()).keep();
+        panic!(
+            "seed {seed}: a shard's replicas hold different data, or it has not three: {:?}; placement {:?}; node logs kept in {}",
+            digests.1,
+            common::placement_map(ports[0]),
+            dir.display()
+        );
+    }
     println!("fault test seed {seed}: {ops} ops ({acknowledged} acknowledged writes of which {cas_ok} compare-and-set, {indeterminate} indeterminate), {kills} kill -9, {pauses} pauses, {cuts} link cuts, {moved} slot moves ({move_failures} failed or unknown), {joined} nodes joined and {left} left, then kill -9 of all nodes");
     assert!(
         joined > 0,

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{digest, raft_field, wait_serving, Answer, Cluster, Conn};
+use common::{digest, group_field, raft_field, wait_serving, Answer, Cluster, Conn};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,16 +120,20 @@ fn a_node_joins_catches_up_votes_and_the_old_leader_leaves_under_load() {
     println!("{out}");
     assert!(ok, "add-node: {out}");
     // The promotion is acknowledged once the leader applied it; the new node follows shortly.
+    // It is a voter of the meta group, and holds its share of the shards' replicas (3 shards
+    // of 3 replicas over 4 nodes: 2).
     wait_for(
         "the new node to see itself a voter",
         Duration::from_secs(10),
-        || (raft_field(new_port, "voters")? == "1;2;3;4").then_some(()),
+        || (group_field(new_port, 0, "voters")? == "1;2;3;4").then_some(()),
     );
-    let installed: u64 = raft_field(new_port, "snapshots_installed")
+    let installed: u64 = group_field(new_port, 0, "snapshots_installed")
         .unwrap()
         .parse()
         .unwrap();
     assert!(installed >= 1, "the new node started from a snapshot");
+    let map = common::placement_map(ports[via]).unwrap();
+    assert_eq!(common::replicas_on(&map, new as u64 + 1), 2, "{map:?}");
 
     // Remove a node that leads (it hands its shards over first), never the one the writes go
     // through. With three shards balancing may have moved shard 1 to `via` meanwhile: then

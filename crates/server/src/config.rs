@@ -38,6 +38,9 @@ pub struct Config {
     /// Replicated mode: how many shards (Raft groups) the slots are divided into when the
     /// cluster is created; 0 for one per initial node. Fixed afterwards.
     pub shards: usize,
+    /// Replicated mode: how many nodes hold each shard created with the cluster (its Raft
+    /// group's voters), at most the initial node count. Later shards get as many.
+    pub replicas: usize,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             cluster_redirects: false,
             snapshot_entries: 10_000,
             shards: 0,
+            replicas: 3,
         }
     }
 }

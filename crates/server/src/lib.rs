@@ -15,6 +15,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod expiry;
 pub mod meta;
+pub mod placement;
 pub mod replicated;
 pub mod shard;
 pub mod shards;
@@ -110,6 +111,10 @@ fn start_replication(
     } else {
         config.initial_cluster.iter().map(|(id, _)| *id).collect()
     };
+    // The shards this node holds from the start are bootstrapped on its first start only; on
+    // later ones it reopens whatever it holds on disk (replicas move between nodes).
+    let bootstrapped = config.data_dir.join("bootstrapped");
+    let first_start = !bootstrapped.exists();
     // A new cluster has one shard per initial node unless told otherwise; a node joining a
     // running one asks it.
     let explicit = (config.shards > 0).then_some(config.shards);
@@ -135,17 +140,31 @@ fn start_replication(
         created_tx,
         owners: Some(shards.owners().clone()),
     };
-    let machines = std::iter::once((meta::GROUP, meta::GroupMachine::Meta(meta)))
-        .chain(shards.stores().map(|(group, store)| {
-            let machine = shard::ShardMachine {
-                store: store.clone(),
-                routes: Some((group, shards.owners().clone())),
-            };
-            (group, meta::GroupMachine::Shard(machine))
+    let placement = placement::initial_placement(&voters, count, config.replicas);
+    let machine_of = |group: u64| {
+        let store = shards.add(group)?;
+        Some(meta::GroupMachine::Shard(shard::ShardMachine {
+            store: store.clone(),
+            routes: Some((group, shards.owners().clone())),
         }))
-        .collect();
-    let node = cairn_replication::Node::start(node_config, bus, voters, machines)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    };
+    let mut machines = vec![(meta::GROUP, voters.clone(), meta::GroupMachine::Meta(meta))];
+    if first_start {
+        for (i, placed) in placement.iter().enumerate() {
+            let group = i as u64 + 1;
+            if placed.contains(&me) {
+                machines.extend(machine_of(group).map(|m| (group, placed.clone(), m)));
+            }
+        }
+    }
+    let node = cairn_replication::Node::start_placed(node_config, bus, machines, &mut |group| {
+        machine_of(group)
+    })
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    if first_start {
+        std::fs::write(&bootstrapped, b"1\n")?;
+        std::fs::File::open(&bootstrapped)?.sync_all()?;
+    }
     tracing::info!(
         node = me,
         bus_port = config.bus_port,
@@ -157,6 +176,7 @@ fn start_replication(
         me,
         client_addrs,
         meta: meta_state,
+        hints: Default::default(),
     };
     Ok((shards, Some(repl), Some(created_rx)))
 }
@@ -196,6 +216,8 @@ pub async fn run_with_bus(
     let expiry = tokio::spawn(expiry::run(shared.clone()));
     let watchdog = tokio::spawn(cmd::reshard::watchdog(shared.clone()));
     let opener = created.map(|rx| tokio::spawn(meta::open_created(shared.clone(), rx)));
+    let leaders = tokio::spawn(placement::watch_leaders(shared.clone()));
+    let closer = tokio::spawn(placement::close_removed(shared.clone()));
     tracing::info!(addr = %listener.local_addr()?, commands = shared.table.len(), "cairn is serving clients");
     tokio::pin!(shutdown);
     loop {
@@ -243,6 +265,8 @@ pub async fn run_with_bus(
     let _ = stop_tx.send(true);
     expiry.abort();
     watchdog.abort();
+    leaders.abort();
+    closer.abort();
     if let Some(opener) = opener {
         opener.abort();
     }

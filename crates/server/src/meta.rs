@@ -280,6 +280,10 @@ pub async fn open_created(
             tracing::error!(shard = id, "the meta group created a shard out of range");
             continue;
         };
+        // Every node knows the shard; its voters hold it.
+        if !voters.contains(&repl.me) {
+            continue;
+        }
         let machine = ShardMachine {
             store: store.clone(),
             routes: Some((id, shared.shards.owners().clone())),
@@ -289,7 +293,8 @@ pub async fn open_created(
             .open_group(id, voters, GroupMachine::Shard(machine))
             .await
         {
-            Ok(()) => tracing::info!(shard = id, "opened a shard created at runtime"),
+            Ok(true) => tracing::info!(shard = id, "opened a shard created at runtime"),
+            Ok(false) => tracing::info!(shard = id, "a shard removed from this node stays closed"),
             Err(e) => tracing::error!(shard = id, error = %e, "cannot open a created shard"),
         }
     }

@@ -46,6 +46,9 @@ pub struct Replication {
     pub client_addrs: HashMap<u64, SocketAddr>,
     /// The meta group's state as this node has applied it.
     pub meta: Arc<parking_lot::Mutex<crate::meta::MetaState>>,
+    /// What the other nodes say of the groups they lead (see `placement.rs`): how requests
+    /// for a shard this node holds no replica of find its leader.
+    pub hints: crate::placement::Hints,
 }
 
 impl Replication {
@@ -66,9 +69,42 @@ impl Replication {
         self.node.status().borrow().groups.clone()
     }
 
-    /// The leader of shard `group` as this node knows it.
+    /// The leader of shard `group` as this node knows it: from its own replica, or for a
+    /// shard it holds none of, as the leader last said.
     pub fn leader_of(&self, group: u64) -> Option<u64> {
-        self.node.status().borrow().groups.get(&group)?.leader
+        match self.node.status().borrow().groups.get(&group) {
+            Some(g) if !g.voters.is_empty() => g.leader,
+            _ => self.hints.leader(group),
+        }
+    }
+
+    /// Whether this node holds a replica of `group` that serves: one that was sent the
+    /// group's state (a new replica waits for its first snapshot with no configuration).
+    pub fn hosts(&self, group: u64) -> bool {
+        self.node
+            .status()
+            .borrow()
+            .groups
+            .get(&group)
+            .is_some_and(|g| !g.voters.is_empty())
+    }
+
+    /// Shard `group` as this node sees it: its own replica's status, or for a shard it holds
+    /// no serving replica of, what the leader last said (leader, term, voters and learners
+    /// only).
+    pub fn view(&self, group: u64) -> Option<GroupStatus> {
+        self.group(group)
+            .filter(|g| !g.voters.is_empty())
+            .or_else(|| self.hints.view(group))
+    }
+
+    /// Why a request for `group` cannot run here: this node holds no replica of it (the
+    /// caller relays to the leader the others named, or waits while none is known).
+    fn not_here(&self, group: u64) -> Option<NodeError> {
+        (!self.hosts(group)).then(|| NodeError::NotLeader {
+            group,
+            leader: self.hints.leader(group).filter(|&l| l != self.me),
+        })
     }
 
     /// Where node `id` serves clients: from `--initial-cluster`, or for a member added later,
@@ -161,7 +197,13 @@ async fn propose(
     group: u64,
     entry: &LogEntry,
 ) -> Result<Result<Vec<u8>, NodeError>, tokio::time::error::Elapsed> {
-    while_leaderless(|| repl.node.propose(group, entry.encode())).await
+    while_leaderless(|| async {
+        match repl.not_here(group) {
+            Some(e) => Err(e),
+            None => repl.node.propose(group, entry.encode()).await,
+        }
+    })
+    .await
 }
 
 /// Returns once reading the local store is linearizable: at once while this node holds a
@@ -177,7 +219,13 @@ async fn barrier(
             return Ok(Ok(()));
         }
     }
-    while_leaderless(|| repl.node.read_barrier(group)).await
+    while_leaderless(|| async {
+        match repl.not_here(group) {
+            Some(e) => Err(e),
+            None => repl.node.read_barrier(group).await,
+        }
+    })
+    .await
 }
 
 fn tryagain(why: &str) -> Reply {
@@ -529,6 +577,12 @@ async fn handle_run(
 pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
     if args[0].eq_ignore_ascii_case(b"cairn.member") {
         return crate::cmd::member::member(shared, client, args).await;
+    }
+    if args[0].eq_ignore_ascii_case(b"cairn.leaders") {
+        return crate::placement::leaders(shared).to_bytes(client.proto);
+    }
+    if args[0].eq_ignore_ascii_case(b"cairn.placement") {
+        return crate::cmd::placement::command(shared, client, args).await;
     }
     if args[0].eq_ignore_ascii_case(b"cairn.reshard") {
         return crate::cmd::reshard::command(shared, client, args).await;
@@ -1133,7 +1187,7 @@ pub async fn relay_once(
     relay_to(shared, client, leader, &[args], true, 1).await
 }
 
-async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Relay> {
+pub(crate) async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Relay> {
     let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .ok()?
@@ -1151,7 +1205,7 @@ async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Re
 }
 
 /// Writes the requests and reads one reply per request.
-async fn relay_on(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option<Vec<Vec<u8>>> {
+pub(crate) async fn relay_on(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option<Vec<Vec<u8>>> {
     relay_send(r, requests).await?;
     relay_receive(r, requests.len()).await
 }

@@ -33,7 +33,12 @@ impl Cluster {
     /// Three nodes logging at `log` (a `CAIRN_LOG` filter) to `node<i>.log` in the cluster's
     /// directory.
     pub fn new_logging(extra: &[&str], log: &str) -> Cluster {
-        let ports = pick_ports(3);
+        Cluster::sized(3, extra, log)
+    }
+
+    /// `nodes` nodes logging at `log`, each started with `extra` arguments too.
+    pub fn sized(nodes: usize, extra: &[&str], log: &str) -> Cluster {
+        let ports = pick_ports(nodes);
         let initial = ports
             .iter()
             .enumerate()
@@ -54,7 +59,7 @@ impl Cluster {
             log: log.to_string(),
             dir: tempfile::tempdir().unwrap(),
         };
-        for i in 0..3 {
+        for i in 0..nodes {
             c.start(i);
         }
         c
@@ -335,4 +340,47 @@ pub fn cairn_cli(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// One shard as `CAIRN.PLACEMENT MAP` lists it: (shard, leader, voters, learners).
+pub type Placed = (u64, Option<u64>, Vec<u64>, Vec<u64>);
+
+/// Which nodes hold each shard, as node `port` knows it.
+pub fn placement_map(port: u16) -> Option<Vec<Placed>> {
+    let Some(Answer::Array(rows)) = Conn::open(port)?.call(&[b"CAIRN.PLACEMENT", b"MAP"]) else {
+        return None;
+    };
+    let ids = |a: &Answer| match a {
+        Answer::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Answer::Int(n) => Some(*n as u64),
+                _ => None,
+            })
+            .collect::<Option<Vec<u64>>>(),
+        _ => None,
+    };
+    rows.iter()
+        .map(|row| match row {
+            Answer::Array(cells) if cells.len() == 4 => {
+                let shard = match &cells[0] {
+                    Answer::Int(n) => *n as u64,
+                    _ => return None,
+                };
+                let leader = match &cells[1] {
+                    Answer::Int(n) => Some(*n as u64),
+                    _ => None,
+                };
+                Some((shard, leader, ids(&cells[2])?, ids(&cells[3])?))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many shard replicas node `id` holds in `map`.
+pub fn replicas_on(map: &[Placed], id: u64) -> usize {
+    map.iter()
+        .filter(|(_, _, v, l)| v.contains(&id) || l.contains(&id))
+        .count()
 }

@@ -46,7 +46,7 @@ struct ShardView {
 fn shard_views(shared: &Shared, repl: &Replication) -> Option<Vec<ShardView>> {
     let mut out = Vec::new();
     for (group, ranges) in shared.shards.ranges() {
-        let status = repl.group(group)?;
+        let status = repl.view(group)?;
         let leader = status.leader?;
         let mut members = Vec::new();
         for &id in std::iter::once(&leader).chain(status.voters.iter().filter(|&&v| v != leader)) {
@@ -220,18 +220,16 @@ pub fn nodes(c: &mut Call) -> Reply {
 
 pub fn info(c: &mut Call) -> Reply {
     with_cluster(c, |repl, c| {
-        let groups = repl.groups();
         let mut ok_slots = 0;
+        let mut term = 0;
         for (group, ranges) in c.shared.shards.ranges() {
-            if groups.get(&group).is_some_and(|g| g.leader.is_some()) {
+            let view = repl.view(group);
+            term = term.max(view.as_ref().map_or(0, |g| g.term));
+            if view.is_some_and(|g| g.leader.is_some()) {
                 ok_slots += ranges.iter().map(|(a, b)| b - a + 1).sum::<usize>();
             }
         }
-        let known: std::collections::BTreeSet<u64> = groups
-            .values()
-            .flat_map(|g| g.voters.iter().chain(g.learners.iter()).copied())
-            .collect();
-        let term = groups.values().map(|g| g.term).max().unwrap_or(0);
+        let known = repl.all_client_addrs();
         let ok = ok_slots == SLOTS;
         let text = format!(
             "cluster_state:{}\r\ncluster_slots_assigned:{SLOTS}\r\ncluster_slots_ok:{ok_slots}\r\n\

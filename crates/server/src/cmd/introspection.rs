@@ -395,11 +395,31 @@ pub fn debug(c: &mut Call) -> Reply {
         c.each_store(|store| digest.add(&store.keyspace));
         return Reply::Status(digest.finish().into());
     }
+    if args.len() == 3 && is(&args[1], "digest-shard") {
+        // This node's replica of one shard (nil when it holds none): replicas of a shard are
+        // compared with it when nodes hold different shards.
+        let group = std::str::from_utf8(&args[2])
+            .ok()
+            .and_then(|g| g.parse::<u64>().ok())
+            .filter(|&g| g > 0 && c.shared.shards.has(g));
+        let Some(group) = group else {
+            return Reply::error("ERR no such shard");
+        };
+        let held = match c.shared.replication.as_ref() {
+            Some(repl) => repl.hosts(group),
+            None => true,
+        };
+        if !held {
+            return Reply::Nil;
+        }
+        let store = c.shared.shards.store(group).lock();
+        return Reply::Bulk(cairn_store::snapshot::digest(&store.keyspace).into_bytes());
+    }
     if args.len() >= 2 && is(&args[1], "network") {
         return debug_network(c);
     }
     Reply::error(
-        "ERR DEBUG subcommand not supported by cairn (SLEEP, OBJECT, DIGEST and NETWORK are)",
+        "ERR DEBUG subcommand not supported by cairn (SLEEP, OBJECT, DIGEST, DIGEST-SHARD and NETWORK are)",
     )
 }
 

@@ -9,11 +9,13 @@
 //! CAIRN.MEMBER TRANSFER-LEADER [<id>]        hand leadership to <id> (or the most caught-up)
 //! ```
 //!
-//! Every node holds a replica of every group, so a change applies to the meta group's (group
-//! 0) and then each shard's group in turn (skipping those where it already holds, so a change
-//! that failed half-way can simply be repeated); a trailing `SHARD <id>` limits it to one
-//! group (nodes use that to ask each group's leader). LIST shows the meta group's members
-//! unless a shard is named.
+//! Without `SHARD <id>`, ADD-LEARNER and PROMOTE change the meta group (group 0), which every
+//! node of the cluster belongs to: shard replicas are moved to a new node afterwards
+//! (`CAIRN.PLACEMENT`). REMOVE takes the node out of every group that still lists it, the meta
+//! group last, skipping those where it is gone already (so a change that failed half-way can
+//! simply be repeated); TRANSFER-LEADER moves every group's leadership. A trailing
+//! `SHARD <id>` limits a change to one group, wherever its leader is. LIST shows the meta
+//! group's members unless a shard is named.
 //!
 //! Changes run on the leader (a follower relays them) and answer once the change is applied.
 //! Removing the leader itself first hands leadership to another voter (raft-rs leaves a
@@ -69,9 +71,43 @@ pub async fn member(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
             None => return err("ERR no such shard").to_bytes(proto),
         }
     } else {
-        // The meta group first: a node joins it before it joins the shards.
-        let all = std::iter::once(crate::meta::GROUP).chain(shared.shards.stores().map(|(g, _)| g));
-        (&args[..], all.collect())
+        // A node joins the cluster by joining the meta group; replicas of shards are moved to
+        // it afterwards (CAIRN.PLACEMENT). It leaves every group that still lists it, the meta
+        // group last.
+        let id = args.get(2).and_then(|a| parse_id(a).ok());
+        let member_of = |g: u64| {
+            repl.view(g).is_some_and(|v| {
+                id.is_some_and(|id| v.voters.contains(&id) || v.learners.contains(&id))
+            })
+        };
+        let groups: Vec<u64> = match sub.as_str() {
+            "remove" => {
+                // Its replicas move to other nodes first: taking it out of a shard's group here
+                // would leave the shard a replica short.
+                let held: Vec<String> = shared
+                    .shards
+                    .stores()
+                    .map(|(g, _)| g)
+                    .filter(|&g| member_of(g))
+                    .map(|g| g.to_string())
+                    .collect();
+                if !held.is_empty() {
+                    return err(format!(
+                        "ERR node {} still holds replicas of shards {}: move them first (CAIRN.PLACEMENT DRAIN)",
+                        id.unwrap_or(0),
+                        held.join(",")
+                    ))
+                    .to_bytes(proto);
+                }
+                vec![crate::meta::GROUP]
+            }
+            "transfer-leader" => std::iter::once(crate::meta::GROUP)
+                .chain(shared.shards.stores().map(|(g, _)| g))
+                .filter(|&g| id.is_none() || member_of(g))
+                .collect(),
+            _ => vec![crate::meta::GROUP],
+        };
+        (&args[..], groups)
     };
     // A change asked of every shard skips those where it already holds.
     let lenient = !named;
@@ -135,16 +171,25 @@ impl From<Reply> for NotHere {
     }
 }
 
-/// The group as this node sees it.
+/// The group as this node sees it; for a group it holds no replica of, the way to its leader.
 fn group(repl: &Replication, group: u64) -> Result<GroupStatus, NotHere> {
-    repl.group(group)
-        .ok_or_else(|| Fail(err("ERR this node holds no group yet")))
+    if let Some(g) = repl.group(group).filter(|g| !g.voters.is_empty()) {
+        return Ok(g);
+    }
+    match repl.leader_of(group) {
+        Some(l) if l != repl.me => Err(Relay(l)),
+        _ => Err(Fail(err(
+            "TRYAGAIN no leader of that group is known here yet",
+        ))),
+    }
 }
 
 /// Listed by the leader, which alone knows how far each member's log matches.
 fn list(repl: &Replication, group: u64) -> Result<Reply, NotHere> {
-    let Some(g) = repl.group(group) else {
-        return Ok(Reply::Array(Vec::new()));
+    let g = match self::group(repl, group) {
+        Ok(g) => g,
+        Err(Relay(l)) => return Err(Relay(l)),
+        Err(Fail(_)) => return Ok(Reply::Array(Vec::new())),
     };
     match g.leader {
         Some(l) if l != repl.me => return Err(Relay(l)),
@@ -285,6 +330,20 @@ async fn change(
         }
         ConfChangeType::RemoveNode if voters == [id] => {
             return Err(Fail(err("ERR cannot remove the last voter")))
+        }
+        // raft-rs leaves a removed leader in charge of a group it is no longer in: hand the
+        // group over first, and let the new leader remove this node.
+        ConfChangeType::RemoveNode if id == repl.me && repl.leader_of(group) == Some(id) => {
+            let (moved, _) = repl
+                .node
+                .hand_off_groups(Some(vec![group]), None, Duration::from_secs(3))
+                .await;
+            return match moved.last() {
+                Some(&(_, to)) if repl.leader_of(group) != Some(repl.me) => Err(Relay(to)),
+                _ => Err(Fail(err(
+                    "TRYAGAIN this node leads the group and could not hand it over; retry",
+                ))),
+            };
         }
         _ => {}
     }

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod connection;
 pub mod introspection;
 pub mod member;
+pub mod placement;
 pub mod reshard;
 pub mod transactions;
 

@@ -61,11 +61,13 @@ pub struct Jobs {
 /// handed over).
 type Progress = (u64, u64, usize, bool);
 
-fn err(msg: impl Into<String>) -> Reply {
+/// An `ERR` reply (shared by the cluster administration commands).
+pub(crate) fn err(msg: impl Into<String>) -> Reply {
     Reply::error(format!("ERR {}", msg.into()))
 }
 
-fn number(arg: &[u8]) -> Option<u64> {
+/// A non-negative integer argument.
+pub(crate) fn number(arg: &[u8]) -> Option<u64> {
     std::str::from_utf8(arg).ok()?.parse().ok()
 }
 
@@ -300,8 +302,8 @@ async fn split(shared: &Shared, client: &mut Client, group: u64) -> Reply {
     if slots.len() < 2 {
         return err(format!("shard {group} has fewer than two slots to split"));
     }
-    let Some(status) = repl.group(group) else {
-        return err(format!("shard {group} is not open on this node"));
+    let Some(status) = repl.view(group) else {
+        return err(format!("shard {group}'s members are not known yet, retry"));
     };
     let mut cmd = vec![
         crate::meta::NAME.as_bytes().to_vec(),
@@ -746,6 +748,10 @@ async fn abort_orphans(shared: &Shared, repl: &replicated::Replication, now: Ins
                 .collect()
         };
         for (slot, attempt, from) in incoming {
+            // Only a replica of the source can tell whether the attempt still runs there.
+            if !repl.hosts(from) {
+                continue;
+            }
             let running = shared.shards.stores().any(|(g, s)| {
                 g == from
                     && s.lock()
