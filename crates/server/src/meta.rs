@@ -7,8 +7,10 @@
 //!   replicas. Which shard *serves* a slot is still decided in the shards' own logs
 //!   (`cairn_store::moves`): a record here comes after the move's ACQUIRE, newest epoch wins.
 //!
-//! What this group will also hold (node registry, replica placement, ACL users) comes with the
-//! features that need it.
+//! Its members are the cluster's nodes (the node registry: a node joins the cluster by joining
+//! this group). Which nodes hold each shard is not recorded here: it lives in each shard's own
+//! log, and the nodes learn it from the shards' leaders (`crate::placement`). What this group
+//! will also hold (ACL users, cluster config) comes with the features that need it.
 //!
 //! Entries are [`LogEntry`] command runs, like a shard's, of one command:
 //! `CAIRN.META CREATE-SHARD <voter>...` → the new shard's id (the next free one);

@@ -1,5 +1,6 @@
 //! Replicated mode: the keyspace is divided into shards (`crate::shards`), each one Raft group
-//! across the nodes of `--initial-cluster`. A request runs on the shard that owns its keys;
+//! on `--replicas` of the nodes (`crate::placement`). A request runs on the shard that owns its
+//! keys;
 //! keys in different shards get `-CROSSSLOT` (as in Redis Cluster, though keys in different
 //! slots of one shard are fine), and the keyless commands that look at the whole keyspace
 //! (DBSIZE, KEYS, SCAN, RANDOMKEY, FLUSHALL, FLUSHDB) ask every shard and merge the answers.
@@ -8,8 +9,8 @@
 //! received it) and answered with the reply every replica computed when applying it. A read
 //! waits for the leader's read barrier (ReadIndex: leadership confirmed by a quorum, everything
 //! committed before it applied) and then runs against the local store. A node that is not the
-//! leader relays the request to the leader's client port, so plain clients work against any
-//! node; the leaders of different shards may be different nodes. Following Redis Cluster's
+//! leader, or holds no replica of the shard, relays the request to the leader's client port, so
+//! plain clients work against any node; the leaders of different shards may be different nodes. Following Redis Cluster's
 //! convention, a node's client port is its bus port - 10000.
 //!
 //! WATCH records each key with the log index it was watched at (after a read barrier); the EXEC
@@ -17,7 +18,7 @@
 //! (`cairn_store::watch`). A follower's client that WATCHes is relayed to the leader, whole
 //! transaction and all.
 //!
-//! Not yet here: connection commands inside MULTI, moving slots between shards.
+//! Not yet here: connection commands inside MULTI.
 
 use crate::connection::Client;
 use crate::dispatch::{self, Target};

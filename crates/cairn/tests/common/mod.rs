@@ -205,7 +205,7 @@ pub struct Conn {
     writer: TcpStream,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     Ok,
     Int(i64),

@@ -257,9 +257,27 @@ fn parse_slot(arg: &[u8]) -> Option<usize> {
         .map(|s| s as usize)
 }
 
+/// For a slot whose shard this node holds no replica of: `-MOVED` to the shard's leader (the
+/// keys are there, not here), or `-TRYAGAIN` while no leader is known.
+fn elsewhere(c: &Call, repl: &Replication, slot: usize) -> Option<Reply> {
+    let group = c.shared.shards.group_of_slot(slot);
+    if repl.hosts(group) {
+        return None;
+    }
+    Some(
+        match repl.leader_of(group).and_then(|l| repl.client_addr(l)) {
+            Some(addr) => Reply::error(format!("MOVED {slot} {addr}")),
+            None => Reply::error("TRYAGAIN the slot's shard has no known leader yet, retry"),
+        },
+    )
+}
+
 pub fn countkeysinslot(c: &mut Call) -> Reply {
-    with_cluster(c, |_, c| match parse_slot(&c.args[2]) {
+    with_cluster(c, |repl, c| match parse_slot(&c.args[2]) {
         Some(slot) => {
+            if let Some(moved) = elsewhere(c, repl, slot) {
+                return moved;
+            }
             let now = c.env.now_ms;
             c.slot_store(slot, |store| {
                 Reply::Int(store.keyspace.slot_keys(slot, now).count() as i64)
@@ -270,7 +288,7 @@ pub fn countkeysinslot(c: &mut Call) -> Reply {
 }
 
 pub fn getkeysinslot(c: &mut Call) -> Reply {
-    with_cluster(c, |_, c| {
+    with_cluster(c, |repl, c| {
         let count = std::str::from_utf8(&c.args[3])
             .ok()
             .and_then(|s| s.parse::<i64>().ok());
@@ -279,6 +297,9 @@ pub fn getkeysinslot(c: &mut Call) -> Reply {
         };
         if count < 0 {
             return Reply::error("ERR Invalid slot or number of keys");
+        }
+        if let Some(moved) = elsewhere(c, repl, slot) {
+            return moved;
         }
         let now = c.env.now_ms;
         c.slot_store(slot, |store| {
