@@ -257,6 +257,9 @@ pub fn remove_node(addr: SocketAddr, id: u64) -> anyhow::Result<()> {
             }
             other => anyhow::bail!("{}", describe(other)),
         }
+        let was_voter = members(addr)?
+            .iter()
+            .any(|(m, voter, _)| *m == id && *voter);
         match call(addr, &["CAIRN.MEMBER", "REMOVE", &ids])? {
             Value::Error(e)
                 if attempt < 5 && (e.contains("still holds") || e.starts_with("TRYAGAIN")) =>
@@ -267,6 +270,13 @@ pub fn remove_node(addr: SocketAddr, id: u64) -> anyhow::Result<()> {
             other => {
                 expect_ok(other)?;
                 println!("node {id} removed");
+                // A learner of the meta group takes the voter's place.
+                let learner = members(addr)?.into_iter().find(|(_, voter, _)| !*voter);
+                if let Some((l, _, _)) = learner.filter(|_| was_voter) {
+                    let l = l.to_string();
+                    expect_ok(call(addr, &["CAIRN.MEMBER", "PROMOTE", &l, "SHARD", "0"])?)?;
+                    println!("node {l} is now a voter of the meta group");
+                }
                 return Ok(());
             }
         }
@@ -293,8 +303,21 @@ pub fn add_node(
     let deadline = std::time::Instant::now() + Duration::from_secs(wait);
     wait_caught_up(addr, id, "0", deadline, wait)?;
     eprintln!();
-    expect_ok(call(addr, &["CAIRN.MEMBER", "PROMOTE", &ids])?)?;
-    println!("node {id} caught up and is now a voter; moving replicas to it");
+    // The meta group does little work but every voter slows its commits: at most five vote,
+    // the other nodes follow it as learners (they are members of the cluster all the same).
+    let voters = members(addr)?
+        .iter()
+        .filter(|(m, voter, _)| *voter && *m != id)
+        .count();
+    if voters < META_VOTERS {
+        expect_ok(call(
+            addr,
+            &["CAIRN.MEMBER", "PROMOTE", &ids, "SHARD", "0"],
+        )?)?;
+        println!("node {id} caught up and is now a voter; moving replicas to it");
+    } else {
+        println!("node {id} caught up (the meta group has {voters} voters: it stays a learner there); moving replicas to it");
+    }
     match call_within(addr, &["CAIRN.PLACEMENT", "REBALANCE"], MOVE_WITHIN)? {
         Value::Int(n) => println!("moved {n} replicas; every node has its share"),
         other => anyhow::bail!("{}", describe(other)),
@@ -390,6 +413,8 @@ fn expect_ok(v: Value) -> anyhow::Result<()> {
     }
 }
 
+/// The most voters of the meta group.
+const META_VOTERS: usize = 5;
 /// How long a slot move or a split may take before the CLI stops waiting for its answer (the
 /// move goes on in the cluster either way; `cairn cluster moves` shows it).
 const MOVE_WITHIN: Duration = Duration::from_secs(3600);

@@ -292,12 +292,16 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     if let Some((member, my_bus)) = to_add {
-        // Once this node serves, the member adds it to every group (see `cluster::add_node`).
+        // Once this node serves, the member adds it to the meta group and moves replicas to
+        // it (see `cluster::add_node`).
         let me = config.node_id;
         std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(500));
             match cluster::add_node(member, me, &my_bus.to_string(), false, 600) {
-                Ok(()) => tracing::info!(node = me, "joined the cluster as a voter"),
+                Ok(()) => tracing::info!(
+                    node = me,
+                    "joined the cluster and holds its share of the replicas"
+                ),
                 Err(e) => tracing::error!(node = me, error = %e, "joining the cluster failed"),
             }
         });
