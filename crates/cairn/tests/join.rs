@@ -169,7 +169,7 @@ fn remove_node_moves_replicas_away_first_and_loses_no_write() {
         "60",
     ]);
     assert!(ok, "{out}");
-    let map = placement_map(ports[1]).unwrap();
+    let map = common::wait_map(ports[1], |m| replicas_on(m, 4) == 2);
     assert_eq!(replicas_on(&map, 4), 2, "{map:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -199,7 +199,7 @@ fn remove_node_moves_replicas_away_first_and_loses_no_write() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let (acked, unknown) = writer.join().unwrap();
-    let map = placement_map(ports[1]).unwrap();
+    let map = common::wait_map(ports[1], |m| replicas_on(m, 1) == 0);
     assert_eq!(replicas_on(&map, 1), 0, "node 1 holds no replica: {map:?}");
     assert!(map.iter().all(|(_, _, v, _)| v.len() == 3), "{map:?}");
     assert_eq!(group_field(ports[1], 0, "voters").as_deref(), Some("2;3;4"));

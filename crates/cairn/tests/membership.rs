@@ -132,7 +132,7 @@ fn a_node_joins_catches_up_votes_and_the_old_leader_leaves_under_load() {
         .parse()
         .unwrap();
     assert!(installed >= 1, "the new node started from a snapshot");
-    let map = common::placement_map(ports[via]).unwrap();
+    let map = common::wait_map(ports[via], |m| common::replicas_on(m, new as u64 + 1) == 2);
     assert_eq!(common::replicas_on(&map, new as u64 + 1), 2, "{map:?}");
 
     // Remove a node that leads (it hands its shards over first), never the one the writes go

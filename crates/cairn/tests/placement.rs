@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{group_field, placement_map, replicas_on, wait_serving, Answer, Cluster, Conn};
+use common::{group_field, replicas_on, wait_serving, Answer, Cluster, Conn};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +17,9 @@ fn five_nodes_hold_three_replicas_of_each_shard_and_serve_every_key() {
     let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
     wait_serving(&ports, Duration::from_secs(30));
 
-    // Each shard on three distinct nodes, each node holding three shards.
-    let map = placement_map(ports[0]).expect("placement");
+    // Each shard on three distinct nodes, each node holding three shards. (A node learns the
+    // shards it does not hold from their leaders within a moment of their election.)
+    let map = common::wait_map(ports[0], |_| true);
     assert_eq!(map.len(), 5, "{map:?}");
     for (shard, leader, voters, learners) in &map {
         assert_eq!(voters.len(), 3, "shard {shard}: {voters:?}");
@@ -106,7 +107,7 @@ fn a_replica_moved_under_writes_takes_every_write_and_its_old_node_lets_go() {
     let cluster = Cluster::sized(5, &["--shards", "5", "--replicas", "3"], "warn");
     let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
     wait_serving(&ports, Duration::from_secs(30));
-    let map = placement_map(ports[0]).expect("placement");
+    let map = common::wait_map(ports[0], |_| true);
     // Shard 1, from its leader to a node that does not hold it (the leader hands over first).
     let (_, leader, voters, _) = map.iter().find(|(s, ..)| *s == 1).unwrap().clone();
     let from = leader.expect("shard 1 has a leader");
@@ -148,7 +149,10 @@ fn a_replica_moved_under_writes_takes_every_write_and_its_old_node_lets_go() {
     stop.store(true, Ordering::Relaxed);
     let (acked, unknown) = writer.join().unwrap();
 
-    let map = placement_map(ports[0]).unwrap();
+    let map = common::wait_map(ports[0], |m| {
+        m.iter()
+            .any(|(s, _, v, _)| *s == 1 && v.contains(&to) && !v.contains(&from))
+    });
     let (_, _, now, _) = map.iter().find(|(s, ..)| *s == 1).unwrap().clone();
     assert!(now.contains(&to) && !now.contains(&from), "{now:?}");
     assert_eq!(now.len(), 3);

@@ -384,3 +384,21 @@ pub fn replicas_on(map: &[Placed], id: u64) -> usize {
         .filter(|(_, _, v, l)| v.contains(&id) || l.contains(&id))
         .count()
 }
+
+/// Node `port`'s placement map once `settled` holds for it (a node learns the shards it does
+/// not hold from their leaders, a moment after each change), within 15 s.
+pub fn wait_map(port: u16, settled: impl Fn(&[Placed]) -> bool) -> Vec<Placed> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let map = placement_map(port).unwrap_or_default();
+        let known = !map.is_empty() && map.iter().all(|(_, l, v, _)| l.is_some() && !v.is_empty());
+        if known && settled(&map) {
+            return map;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "placement never settled: {map:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
