@@ -235,7 +235,9 @@ fn faults(nodes: usize, test: &str) {
     let secs: u64 = std::env::var("CAIRN_FAULT_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
+        // Five nodes: the join's replica moves take a few seconds of their own, and the other
+        // faults need time too.
+        .unwrap_or(if nodes > 3 { 14 } else { 8 });
     println!("fault test seed {seed}, {nodes} nodes, {secs} s (rerun: CAIRN_FAULT_SEED={seed} cargo test -p cairn --test faults {test} -- --nocapture)");
     // Three shards whatever the node count (a fourth is split off below).
     let mut cluster = Cluster::sized(nodes, &["--shards", "3"], "warn");

@@ -192,6 +192,9 @@ pub struct MultiRaft<S> {
     groups: BTreeMap<u64, Group<S>>,
     config: GroupConfig,
     logger: slog::Logger,
+    /// How many groups each node leads cluster-wide, when known (see
+    /// [`MultiRaft::balance_leaders`]).
+    cluster_leaders: Option<HashMap<u64, usize>>,
 }
 
 impl<S: StateMachine> MultiRaft<S> {
@@ -203,7 +206,14 @@ impl<S: StateMachine> MultiRaft<S> {
             groups: BTreeMap::new(),
             config,
             logger,
+            cluster_leaders: None,
         }
+    }
+
+    /// How many groups each node leads across the cluster, for leader balancing (see
+    /// [`MultiRaft::balance_leaders`]); None to count over the groups held here.
+    pub fn set_cluster_leaders(&mut self, led: Option<HashMap<u64, usize>>) {
+        self.cluster_leaders = led;
     }
 
     pub fn config(&self) -> &GroupConfig {
@@ -580,6 +590,10 @@ impl<S: StateMachine> MultiRaft<S> {
     /// this, so leadership spreads out after an election, and comes back to a node that was
     /// down once it has caught up. A gap of two (not one) keeps two nodes from handing one
     /// group back and forth. Returns the transfer started, as (group, new leader).
+    ///
+    /// When the node holds only some of the groups, `cluster_leaders` (set by the caller from
+    /// what the other nodes say they lead, every group counted) replaces the counts over the
+    /// groups held here, which would see only part of each node's load.
     pub fn balance_leaders(&mut self) -> Option<(u64, u64)> {
         let me = self.node_id;
         let mut led: HashMap<u64, usize> = HashMap::new();
@@ -593,6 +607,11 @@ impl<S: StateMachine> MultiRaft<S> {
             }
             if g.raw.raft.leader_id != 0 {
                 *led.entry(g.raw.raft.leader_id).or_insert(0) += 1;
+            }
+        }
+        if let Some(cluster) = &self.cluster_leaders {
+            for (id, n) in led.iter_mut() {
+                *n = cluster.get(id).copied().unwrap_or(0);
             }
         }
         let mine = *led.get(&me)?;

@@ -111,6 +111,8 @@ enum Input {
         sm: Box<dyn std::any::Any + Send>,
         done: oneshot::Sender<Result<bool, NodeError>>,
     },
+    /// Cluster-wide leader counts for balancing (see [`Node::set_cluster_leaders`]).
+    ClusterLeaders(Option<HashMap<u64, usize>>),
     /// Closes a group for good (see [`Node::close_group`]).
     CloseGroup {
         group: u64,
@@ -321,6 +323,14 @@ impl Node {
             .map_err(|_| NodeError::Stopped("driver gone".into()))?;
         wait.await
             .unwrap_or_else(|_| Err(NodeError::Stopped("driver gone".into())))
+    }
+
+    /// Tells leader balancing how many groups each node leads across the cluster, as the
+    /// caller learned it (a node holding only some groups sees only part of each node's load);
+    /// None to count over the groups held here. Dropped when the driver is busy: the caller
+    /// sends it again.
+    pub fn set_cluster_leaders(&self, led: Option<HashMap<u64, usize>>) {
+        let _ = self.inputs.try_send(Input::ClusterLeaders(led));
     }
 
     /// If this node holds a valid read lease on `group` (it leads, and a quorum confirmed so
@@ -941,6 +951,7 @@ fn handle<S: StateMachine + 'static>(
             };
             let _ = done.send(result);
         }
+        Input::ClusterLeaders(led) => multi.set_cluster_leaders(led),
         Input::CloseGroup { group, done } => {
             // Waiters on this group learn it is gone here; nothing of it is left to answer them.
             let result = multi

@@ -207,8 +207,20 @@ pub async fn watch_leaders(shared: Arc<Shared>) {
                 askers.insert(id, tokio::spawn(ask(shared.clone(), id, addr)));
             }
         }
+        repl.node.set_cluster_leaders(leader_counts(&shared));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// How many shards each node leads, counted over every shard (this node's own replicas and
+/// what the others said), for leader balancing; None while some shard's leader is unknown.
+fn leader_counts(shared: &Shared) -> Option<HashMap<u64, usize>> {
+    let repl = shared.replication.as_ref()?;
+    let mut led: HashMap<u64, usize> = HashMap::new();
+    for (g, _) in shared.shards.stores() {
+        *led.entry(repl.leader_of(g)?).or_default() += 1;
+    }
+    Some(led)
 }
 
 /// Asks node `id` at `addr` what it leads, every [`ASK_EVERY`], until the node stops.
