@@ -485,3 +485,65 @@ fn a_split_shard_takes_half_the_slots_and_comes_back_after_a_restart() {
     assert_eq!(total, 2020);
     check(&mut c);
 }
+
+/// A move finished by hand, step by step, with no record of it in the meta group (as when the
+/// coordinator dies after the hand-over, or its record fails to commit): the watchdog on the
+/// target shard's leader records it, so that nodes holding neither shard route the slot right.
+#[test]
+fn a_finished_move_the_meta_group_lacks_is_recorded_by_the_watchdog() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_cluster_with(3, &dirs, 2);
+    wait_for("a leader per shard", Duration::from_secs(30), || {
+        all_leaders(nodes[0].as_ref().unwrap(), 2).then_some(())
+    });
+    let slot = slot_of(&tags_in(0, 8191, 1)[0]);
+    let mut c = nodes[1].as_ref().unwrap().client();
+    let migrate = |c: &mut redis::Connection, shard: u64, args: &[String]| -> redis::Value {
+        let mut cmd = redis::cmd("CAIRN.SHARD");
+        cmd.arg(shard).arg("CAIRN.MIGRATE");
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd.query(c).unwrap()
+    };
+    let s = slot.to_string();
+    let (attempt, epoch): (u64, u64) = redis::cmd("CAIRN.SHARD")
+        .arg(1)
+        .arg("CAIRN.MIGRATE")
+        .arg("OUT")
+        .arg(slot)
+        .arg(2)
+        .query(&mut c)
+        .unwrap();
+    let a = attempt.to_string();
+    migrate(
+        &mut c,
+        2,
+        &[("IN".into()), s.clone(), "1".into(), a.clone()],
+    );
+    // The slot holds no key: nothing to copy, so it is handed over at once.
+    let released: Vec<i64> = redis::FromRedisValue::from_redis_value(&migrate(
+        &mut c,
+        1,
+        &["RELEASE".into(), s.clone(), a.clone(), "128".into()],
+    ))
+    .unwrap();
+    assert_eq!(released, vec![1, epoch as i64]);
+    let next = (epoch + 1).to_string();
+    migrate(
+        &mut c,
+        2,
+        &["ACQUIRE".into(), s.clone(), a.clone(), next.clone()],
+    );
+    migrate(&mut c, 1, &["DROP".into(), s.clone()]);
+    // Nobody committed `CAIRN.META SLOTS`: the watchdog does.
+    let want = format!("slots {slot}-{slot}: shard 2 epoch {next}");
+    wait_for(
+        "the move recorded in the meta group",
+        Duration::from_secs(10),
+        || {
+            let map: Vec<String> = redis::cmd("CAIRN.RESHARD").arg("MAP").query(&mut c).ok()?;
+            map.contains(&want).then_some(())
+        },
+    );
+}

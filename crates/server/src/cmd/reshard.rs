@@ -696,6 +696,7 @@ pub async fn watchdog(shared: Arc<Shared>) {
             seen.retain(|slot, _| present.contains(slot));
         }
         abort_orphans(&shared, repl, now).await;
+        record_missing(&shared, repl).await;
         // The slots of one attempt move on together, as they began.
         stalled.sort_unstable();
         stalled.retain(|s| !shared.reshard.active.lock().contains(&s.3));
@@ -725,6 +726,54 @@ pub async fn watchdog(shared: Arc<Shared>) {
                     }
                 });
             }
+        }
+    }
+}
+
+/// The most slot runs [`record_missing`] commits per watchdog round.
+const MAX_RECORDS: usize = 64;
+
+/// Commits to the meta group the ownership of slots that shards this node leads serve at a
+/// newer epoch than the meta group records (a move whose own record failed to commit, or
+/// whose coordinator died after the hand-over). Nodes that hold neither shard of a move route
+/// by these records alone: without this, they would send the slot to its old shard, which
+/// refuses it, until the slot moved again.
+async fn record_missing(shared: &Shared, repl: &replicated::Replication) {
+    let mut missing: Vec<(u64, u64, u16)> = Vec::new();
+    {
+        let meta = repl.meta.lock();
+        for (group, g) in repl.groups() {
+            if !g.is_leader {
+                continue;
+            }
+            let store = shared.shards.store(group).lock();
+            for (&slot, &epoch) in &store.moves.epochs {
+                let recorded = meta.slots.get(&slot).map_or(0, |&(_, e)| e);
+                if epoch > recorded && store.keyspace.serves(slot as usize) {
+                    missing.push((group, epoch, slot));
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        return;
+    }
+    missing.sort_unstable();
+    let mut client = Client::internal(shared);
+    let mut i = 0;
+    let mut recorded = 0;
+    while i < missing.len() && recorded < MAX_RECORDS {
+        let (group, epoch, _) = missing[i];
+        let mut j = i;
+        while j < missing.len() && (missing[j].0, missing[j].1) == (group, epoch) {
+            j += 1;
+        }
+        let slots: Vec<u16> = missing[i..j].iter().map(|m| m.2).collect();
+        i = j;
+        for run in runs(slots, MAX_RUN) {
+            tracing::info!(slots = %run, shard = group, epoch, "recording a finished move the meta group lacked");
+            record_in_meta(shared, &mut client, run, group, epoch).await;
+            recorded += 1;
         }
     }
 }
