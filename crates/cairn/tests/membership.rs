@@ -174,13 +174,14 @@ fn a_node_joins_catches_up_votes_and_the_old_leader_leaves_under_load() {
         .collect();
     for &i in &remaining {
         let port = cluster.procs[i].port;
+        // Each remaining node holds every shard again once the drain's moves are applied.
         wait_for(
             "the removal applied everywhere",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || (raft_field(port, "voters")? == expected.join(";")).then_some(()),
         );
     }
-    wait_for("equal replicas", Duration::from_secs(20), || {
+    wait_for("equal replicas", Duration::from_secs(30), || {
         let d: Vec<String> = remaining
             .iter()
             .map(|&i| digest(cluster.procs[i].port))

@@ -186,3 +186,68 @@ fn redis_py_cluster_client_works_across_shards_and_a_leader_change() {
     run("read", &done_flag, &ports);
     drop(cluster);
 }
+
+/// redis-py against five nodes holding three replicas of each of five shards: it finds every
+/// shard's leader through nodes that hold no replica of it, follows redirects, and keeps
+/// working while replicas move between nodes under its increments (leaderships with them).
+#[test]
+fn redis_py_cluster_client_works_while_replicas_move_between_five_nodes() {
+    if !python_with_redis() {
+        println!("SKIPPED redis_py_cluster: python3 with the redis package is not installed (pip install redis)");
+        return;
+    }
+    let cluster = Cluster::sized(
+        5,
+        &[
+            "--cluster-redirects",
+            "yes",
+            "--shards",
+            "3",
+            "--replicas",
+            "3",
+        ],
+        "warn",
+    );
+    let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
+    // (With redirects on, a node answers -MOVED for shards it does not lead: wait for every
+    // node to know every leader instead of for a write through each.)
+    for &p in &ports {
+        common::wait_map(p, |m| m.len() == 3);
+    }
+    let map = common::wait_map(ports[0], |m| m.len() == 3);
+    let flag_dir = tempfile::tempdir().unwrap();
+    let done_flag = flag_dir.path().join("moves-done");
+    run("write", &done_flag, &ports);
+    // Every shard's replica on its leader moves to a node that does not hold the shard, and
+    // back to where it was, while redis-py increments keys of every shard.
+    let mover = {
+        let (port, flag) = (ports[2], done_flag.clone());
+        std::thread::spawn(move || {
+            let mut conn = Conn::open_waiting(port, Duration::from_secs(60)).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let mut moves = 0;
+            for (shard, leader, voters, _) in &map {
+                let from = leader.expect("a leader");
+                let to = (1..=5u64).find(|n| !voters.contains(n)).unwrap();
+                for (a, b) in [(from, to), (to, from)] {
+                    let (s, a, b) = (shard.to_string(), a.to_string(), b.to_string());
+                    let reply = conn.call(&[
+                        b"CAIRN.PLACEMENT",
+                        b"MOVE",
+                        s.as_bytes(),
+                        a.as_bytes(),
+                        b.as_bytes(),
+                    ]);
+                    assert_eq!(reply, Some(Answer::Ok), "moving shard {s} from {a} to {b}");
+                    moves += 1;
+                }
+            }
+            std::fs::write(&flag, b"done").unwrap();
+            moves
+        })
+    };
+    run("churn", &done_flag, &ports);
+    assert_eq!(mover.join().unwrap(), 6);
+    run("read", &done_flag, &ports);
+    drop(cluster);
+}

@@ -177,6 +177,7 @@ fn start_replication(
         client_addrs,
         meta: meta_state,
         hints: Default::default(),
+        placing: Default::default(),
     };
     Ok((shards, Some(repl), Some(created_rx)))
 }

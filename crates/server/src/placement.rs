@@ -272,7 +272,13 @@ pub async fn close_removed(shared: Arc<Shared>) {
         tokio::time::sleep(ASK_EVERY).await;
         let groups = repl.groups();
         seen.retain(|g, _| groups.contains_key(g));
-        for (&id, g) in &groups {
+        for &id in groups.keys() {
+            // Decided and done under the lock, on the replica as it is now: a move may have
+            // deleted and reopened it since `groups` was read.
+            let _placing = repl.placing.lock().await;
+            let Some(g) = repl.group(id) else {
+                continue;
+            };
             let changed = seen
                 .get(&id)
                 .is_none_or(|(v, l, _)| *v != g.voters || *l != g.learners);
@@ -307,8 +313,14 @@ pub async fn close_removed(shared: Arc<Shared>) {
     }
 }
 
-/// Deletes this node's replica of `group` and empties the shard's store here.
-async fn close(shared: &Shared, repl: &crate::replicated::Replication, group: u64, applied: bool) {
+/// Deletes this node's replica of `group` and empties the shard's store here. The caller
+/// holds `repl.placing`.
+pub(crate) async fn close(
+    shared: &Shared,
+    repl: &crate::replicated::Replication,
+    group: u64,
+    applied: bool,
+) {
     match repl.node.close_group(group).await {
         Ok(true) => {
             *shared.shards.store(group).lock() =

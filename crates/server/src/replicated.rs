@@ -50,6 +50,9 @@ pub struct Replication {
     /// What the other nodes say of the groups they lead (see `placement.rs`): how requests
     /// for a shard this node holds no replica of find its leader.
     pub hints: crate::placement::Hints,
+    /// Held while a replica is opened or deleted here (`crate::placement`), so that a replica
+    /// opened for a move is never deleted on a decision taken about the one before it.
+    pub placing: tokio::sync::Mutex<()>,
 }
 
 impl Replication {

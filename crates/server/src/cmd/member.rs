@@ -184,6 +184,21 @@ fn group(repl: &Replication, group: u64) -> Result<GroupStatus, NotHere> {
     }
 }
 
+/// Like [`group`], waiting up to [`replicated::WAIT`] for this node to learn the leader of a
+/// group it holds no replica of (right after it left the group, or after an election, the
+/// new leader has not said so yet).
+async fn group_waiting(repl: &Replication, group: u64) -> Result<GroupStatus, NotHere> {
+    let deadline = tokio::time::Instant::now() + replicated::WAIT;
+    loop {
+        match self::group(repl, group) {
+            Err(Fail(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Listed by the leader, which alone knows how far each member's log matches.
 fn list(repl: &Replication, group: u64) -> Result<Reply, NotHere> {
     let g = match self::group(repl, group) {
@@ -266,20 +281,21 @@ async fn transfer(repl: &Replication, group: u64, args: &[Vec<u8>]) -> Result<Re
     let id = group;
     // Right after a start or a failover the group may still be electing: wait for it.
     let deadline = tokio::time::Instant::now() + replicated::WAIT;
-    let mut g = self::group(repl, group)?;
+    let mut g = group_waiting(repl, group).await?;
     while g.leader.is_none() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
         g = self::group(repl, group)?;
+    }
+    // The leader decides: a follower's configuration may not have applied a promotion yet.
+    match g.leader {
+        Some(l) if l == repl.me => {}
+        Some(l) => return Err(Relay(l)),
+        None => return Err(Fail(err("TRYAGAIN no leader elected yet"))),
     }
     if let Some(t) = to {
         if !g.voters.contains(&t) {
             return Err(Fail(err(format!("ERR node {t} is not a voter"))));
         }
-    }
-    match g.leader {
-        Some(l) if l == repl.me => {}
-        Some(l) => return Err(Relay(l)),
-        None => return Err(Fail(err("TRYAGAIN no leader elected yet"))),
     }
     if to == Some(repl.me) {
         return Ok(Reply::OK);
@@ -308,7 +324,7 @@ async fn change(
     let id = parse_id(&args[2])?;
     let GroupStatus {
         voters, learners, ..
-    } = self::group(repl, group)?;
+    } = group_waiting(repl, group).await?;
     let known = voters.contains(&id) || learners.contains(&id);
     let done = match kind {
         ConfChangeType::AddLearnerNode => known,

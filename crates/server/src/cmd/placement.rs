@@ -73,13 +73,28 @@ pub async fn command(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -
     reply.to_bytes(proto)
 }
 
-/// Opens an empty replica of shard `group` here, to be added to the group as a learner (a
-/// replica open already stays as it is).
+/// Opens an empty replica of shard `group` here, to be added to the group as a learner. A
+/// replica open already stays as it is if this node is a member; one left from before this
+/// node was removed (deleted a moment later otherwise) is deleted first, so that the new
+/// member starts from the leader's snapshot and is not deleted in its turn.
 async fn open_here(shared: &Shared, group: u64) -> Reply {
     let repl = shared.replication.as_ref().expect("replicated mode");
     let Some(store) = shared.shards.add(group) else {
         return err("no such shard");
     };
+    // Whether this node is a member is the leader's word: this node's own replica may not
+    // have applied its removal yet (and would delete itself when it did).
+    let (voters, learners) = match members_now(shared, group).await {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    let member = voters.contains(&repl.me) || learners.contains(&repl.me);
+    let _placing = repl.placing.lock().await;
+    if let Some(g) = repl.group(group) {
+        if !g.voters.is_empty() && !member {
+            crate::placement::close(shared, repl, group, true).await;
+        }
+    }
     let machine = ShardMachine {
         store: store.clone(),
         routes: Some((group, shared.shards.owners().clone())),
@@ -264,10 +279,13 @@ async fn settle(shared: &Shared, draining: Option<u64>) -> Reply {
 /// Runs one `CAIRN.MEMBER` command here (it reaches the group's leader wherever it is).
 async fn member(shared: &Shared, args: &[String]) -> Result<Reply, Reply> {
     let mut client = Client::internal(shared);
-    let args = args.iter().map(|a| a.as_bytes().to_vec()).collect();
-    let bytes = crate::cmd::member::member(shared, &mut client, args).await;
+    let words: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+    let bytes = crate::cmd::member::member(shared, &mut client, words).await;
     match cairn_resp::parse_reply(&bytes) {
-        Some(e @ Reply::Error(_)) => Err(e),
+        Some(e @ Reply::Error(_)) => {
+            tracing::info!(step = %args.join(" "), error = ?e, "a replica move's step failed");
+            Err(e)
+        }
         Some(r) => Ok(r),
         None => Err(err("unexpected reply to CAIRN.MEMBER")),
     }
@@ -315,8 +333,7 @@ async fn move_replica(
                 "node {to} could not open shard {group}: {open:?}"
             )));
         }
-        let members = |v: &cairn_replication::GroupStatus| (v.voters.clone(), v.learners.clone());
-        let (voters, learners) = repl.view(group).as_ref().map(members).unwrap_or_default();
+        let (voters, learners) = members_now(shared, group).await?;
         if !voters.contains(&to) && !learners.contains(&to) {
             let (id, bus) = (to.to_string(), bus.to_string());
             member(shared, &member_args(&["ADD-LEARNER", &id, &bus], group)).await?;
@@ -337,13 +354,50 @@ async fn move_replica(
     Ok(())
 }
 
+/// `group`'s voters and learners as its leader has them now (`CAIRN.MEMBER LIST`, which goes
+/// to the leader): what a step decides on, since a follower's view may be behind by the very
+/// change that preceded it. Asks again for a while when no leader is known.
+async fn members_now(shared: &Shared, group: u64) -> Result<(Vec<u64>, Vec<u64>), Reply> {
+    let deadline = tokio::time::Instant::now() + crate::replicated::WAIT;
+    loop {
+        match member(shared, &member_args(&["LIST"], group)).await {
+            Ok(Reply::Array(rows)) if !rows.is_empty() => {
+                let (mut voters, mut learners) = (Vec::new(), Vec::new());
+                for row in rows {
+                    if let Reply::Array(cells) = row {
+                        if let [Reply::Int(id), Reply::Bulk(role), ..] = cells.as_slice() {
+                            if role == b"voter" {
+                                voters.push(*id as u64);
+                            } else {
+                                learners.push(*id as u64);
+                            }
+                        }
+                    }
+                }
+                return Ok((voters, learners));
+            }
+            Err(Reply::Error(e))
+                if e.starts_with("TRYAGAIN") && tokio::time::Instant::now() < deadline => {}
+            Ok(Reply::Array(_)) if tokio::time::Instant::now() < deadline => {}
+            Ok(other) | Err(other) => {
+                return Err(err(format!(
+                    "cannot list shard {group}'s members: {other:?}"
+                )))
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until node `to`'s log in `group` matches every voter's.
 async fn catch_up(shared: &Shared, group: u64, to: u64) -> Result<(), Reply> {
     let deadline = tokio::time::Instant::now() + CATCH_UP_WITHIN;
     loop {
-        let rows = match member(shared, &member_args(&["LIST"], group)).await? {
-            Reply::Array(rows) => rows,
-            other => {
+        let rows = match member(shared, &member_args(&["LIST"], group)).await {
+            Ok(Reply::Array(rows)) => rows,
+            // No leader known here for a moment (an election, a transfer): ask again.
+            Err(Reply::Error(e)) if e.starts_with("TRYAGAIN") => Vec::new(),
+            Ok(other) | Err(other) => {
                 return Err(err(format!(
                     "unexpected CAIRN.MEMBER LIST reply: {other:?}"
                 )))
@@ -383,14 +437,13 @@ async fn remove(shared: &Shared, group: u64, from: u64, to: Option<u64>) -> Resu
     let id = from.to_string();
     let mut last = err("not tried");
     for _ in 0..20 {
-        let Some(v) = repl.view(group) else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        if !v.voters.contains(&from) && !v.learners.contains(&from) {
+        let (voters, learners) = members_now(shared, group).await?;
+        if !voters.contains(&from) && !learners.contains(&from) {
             return Ok(());
         }
-        if v.leader == Some(from) {
+        // (Should this be out of date, CAIRN.MEMBER REMOVE of the leader itself hands the
+        // group over first.)
+        if repl.leader_of(group) == Some(from) {
             let mut words = vec!["TRANSFER-LEADER".to_string()];
             words.extend(to.map(|t| t.to_string()));
             let words: Vec<&str> = words.iter().map(String::as_str).collect();
