@@ -185,8 +185,13 @@ fn remove_node_moves_replicas_away_first_and_loses_no_write() {
                 let k = format!("w:{i}");
                 match c.call(&[b"SET", k.as_bytes(), b"v"]) {
                     Some(Answer::Ok) => acked.push(k),
-                    // A leadership change while a write waited: it may or may not have applied.
-                    Some(Answer::Error(e)) if e.starts_with("TRYAGAIN") => unknown += 1,
+                    // A leadership change while a write waited: it may or may not have applied
+                    // (UNCERTAIN), or it was not proposed (TRYAGAIN).
+                    Some(Answer::Error(e))
+                        if e.starts_with("UNCERTAIN") || e.starts_with("TRYAGAIN") =>
+                    {
+                        unknown += 1
+                    }
                     other => panic!("{k}: {other:?}"),
                 }
             }

@@ -48,14 +48,23 @@ elif phase == "churn":
     import os, time
     rounds = 0
     deadline = time.time() + 120
+    # An increment whose outcome the cluster cannot know (its leader changed while it waited)
+    # is answered -UNCERTAIN, which redis-py does not retry on its own: it counts as maybe.
+    uncertain = [0] * 10
     while rounds < 50 or not os.path.exists(done_flag):
         assert time.time() < deadline, "the moves finish"
         for i in range(10):
-            rc.incr(f"m{i}")
+            try:
+                rc.incr(f"m{i}")
+            except ResponseError as e:
+                assert str(e).startswith("UNCERTAIN"), repr(e)
+                uncertain[i] += 1
         rounds += 1
     for i in range(10):
-        assert rc.get(f"m{i}") == str(rounds), (i, rc.get(f"m{i}"), rounds)
-    print("churned", rounds, "rounds while slots moved")
+        got = int(rc.get(f"m{i}"))
+        # Every acknowledged increment is there once; an uncertain one at most once.
+        assert rounds - uncertain[i] <= got <= rounds, (i, got, rounds, uncertain[i])
+    print("churned", rounds, "rounds while slots moved,", sum(uncertain), "uncertain")
 else:
     for i in range(300):
         assert rc.get(f"k{i}") == str(i), i

@@ -236,6 +236,15 @@ fn tryagain(why: &str) -> Reply {
     Reply::error(format!("TRYAGAIN {why}"))
 }
 
+/// A write whose outcome this node cannot know: it may have been applied. Not `-TRYAGAIN`,
+/// which Redis clients take to mean "not executed" and retry on their own (an INCR could then
+/// apply twice): a client must check before it tries again.
+fn uncertain(why: &str) -> Reply {
+    Reply::error(format!(
+        "UNCERTAIN {why}; the command may or may not have been applied"
+    ))
+}
+
 fn crossslot() -> Reply {
     Reply::error("CROSSSLOT Keys in request don't hash to the same slot")
 }
@@ -371,8 +380,7 @@ pub async fn handle_pending(
     handle_run(shared, client, pending, out).await
 }
 
-const INDETERMINATE_RELAY: &str =
-    "lost the connection to the leader; the command may or may not have been applied";
+const INDETERMINATE_RELAY: &str = "lost the connection to the leader";
 
 /// The most requests of a pipeline handled together by [`spread`].
 const MAX_SPREAD: usize = 1024;
@@ -463,7 +471,7 @@ async fn spread(shared: &Shared, client: &mut Client, batch: Vec<Vec<Vec<u8>>>) 
             } else if writes {
                 // Some of it may have arrived: the writes may have run there.
                 for i in idx {
-                    replies[i] = Some(tryagain(INDETERMINATE_RELAY).to_bytes(proto));
+                    replies[i] = Some(uncertain(INDETERMINATE_RELAY).to_bytes(proto));
                 }
             }
         }
@@ -513,13 +521,13 @@ async fn spread(shared: &Shared, client: &mut Client, batch: Vec<Vec<Vec<u8>>>) 
                 client.relays.push(r);
             }
             None => {
-                let why = if writes {
-                    INDETERMINATE_RELAY
+                let reply = if writes {
+                    uncertain(INDETERMINATE_RELAY)
                 } else {
-                    "lost the connection to the leader"
+                    tryagain("lost the connection to the leader")
                 };
                 for i in idx {
-                    replies[i] = Some(tryagain(why).to_bytes(proto));
+                    replies[i] = Some(reply.to_bytes(proto));
                 }
             }
         }
@@ -937,17 +945,13 @@ async fn write(
                 return fail(tryagain("no leader elected yet, retry"))
             }
             Ok(Err(NodeError::Indeterminate { .. })) => {
-                return fail(tryagain(
-                    "leadership changed; the command may or may not have been applied",
-                ))
+                return fail(uncertain("leadership changed while the command waited"))
             }
             Ok(Err(NodeError::Busy)) => return fail(tryagain("node busy")),
             Ok(Err(NodeError::Stopped(why))) => {
                 return fail(Reply::error(format!("ERR replication stopped: {why}")))
             }
-            Err(_) => return fail(tryagain(
-                "timed out waiting for the cluster; the command may or may not have been applied",
-            )),
+            Err(_) => return fail(uncertain("timed out waiting for the cluster")),
         }
     }
 }
@@ -1119,7 +1123,7 @@ async fn relay_via(
         }
     }
     Err(RelayError::Reply(if is_write {
-        tryagain("lost the connection to the leader; the command may or may not have been applied")
+        uncertain("lost the connection to the leader")
     } else {
         tryagain("lost the connection to the leader")
     }))

@@ -396,7 +396,7 @@ async fn change(
         Ok(Err(NodeError::NotLeader { .. })) => Err(Fail(err("TRYAGAIN no leader elected yet"))),
         Ok(Err(e)) => Err(Fail(err(format!("ERR {e}")))),
         Err(_) => Err(Fail(err(
-            "TRYAGAIN timed out waiting for the change; it may or may not have been applied",
+            "UNCERTAIN timed out waiting for the change; it may or may not have been applied",
         ))),
     }
 }
