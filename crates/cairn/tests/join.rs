@@ -173,31 +173,7 @@ fn remove_node_moves_replicas_away_first_and_loses_no_write() {
     assert_eq!(replicas_on(&map, 4), 2, "{map:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (port, stop) = (ports[1], stop.clone());
-        std::thread::spawn(move || {
-            let mut c = Conn::open(port).unwrap();
-            let (mut acked, mut unknown) = (Vec::new(), 0);
-            for i in 0..1_000_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let k = format!("w:{i}");
-                match c.call(&[b"SET", k.as_bytes(), b"v"]) {
-                    Some(Answer::Ok) => acked.push(k),
-                    // A leadership change while a write waited: it may or may not have applied
-                    // (UNCERTAIN), or it was not proposed (TRYAGAIN).
-                    Some(Answer::Error(e))
-                        if e.starts_with("UNCERTAIN") || e.starts_with("TRYAGAIN") =>
-                    {
-                        unknown += 1
-                    }
-                    other => panic!("{k}: {other:?}"),
-                }
-            }
-            (acked, unknown)
-        })
-    };
+    let writer = common::unique_writes(ports[1], stop.clone());
     std::thread::sleep(Duration::from_millis(500));
     let (ok, out) = common::cairn_cli(&["cluster", "remove-node", "--port", &via, "--id", "1"]);
     assert!(ok, "{out}");

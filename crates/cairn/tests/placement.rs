@@ -114,31 +114,7 @@ fn a_replica_moved_under_writes_takes_every_write_and_its_old_node_lets_go() {
     let to = (1..=5u64).find(|n| !voters.contains(n)).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (port, stop) = (ports[(to as usize) % 5], stop.clone());
-        std::thread::spawn(move || {
-            let mut c = Conn::open(port).unwrap();
-            let (mut acked, mut unknown) = (Vec::new(), 0);
-            for i in 0..1_000_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let k = format!("w:{i}");
-                match c.call(&[b"SET", k.as_bytes(), b"v"]) {
-                    Some(Answer::Ok) => acked.push(k),
-                    // A leadership change while a write waited: it may or may not have applied
-                    // (UNCERTAIN), or it was not proposed (TRYAGAIN).
-                    Some(Answer::Error(e))
-                        if e.starts_with("UNCERTAIN") || e.starts_with("TRYAGAIN") =>
-                    {
-                        unknown += 1
-                    }
-                    other => panic!("{k}: {other:?}"),
-                }
-            }
-            (acked, unknown)
-        })
-    };
+    let writer = common::unique_writes(ports[(to as usize) % 5], stop.clone());
     std::thread::sleep(Duration::from_millis(500));
     let (f, t) = (from.to_string(), to.to_string());
     let moved = Conn::open_waiting(ports[2], Duration::from_secs(60))

@@ -105,6 +105,10 @@ impl Hints {
             }
         }
         for (group, term, voters, learners) in led {
+            // Only ids a group can have: the map stays as small as the cluster.
+            if group > crate::shards::MAX_SHARDS as u64 {
+                continue;
+            }
             let newer = map.get(&group).is_none_or(|h| h.term <= term);
             if newer {
                 map.insert(

@@ -402,3 +402,33 @@ pub fn wait_map(port: u16, settled: impl Fn(&[Placed]) -> bool) -> Vec<Placed> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A writer through node `port`: SETs of new keys `w:0`, `w:1`, ... until `stop` (at most a
+/// million). Returns the keys acknowledged and how many writes were not: a leadership change
+/// while a write waited (`-UNCERTAIN`: it may or may not have applied) or a request that was
+/// not proposed (`-TRYAGAIN`). Any other answer fails the test.
+pub fn unique_writes(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<String>, usize)> {
+    std::thread::spawn(move || {
+        let mut c = Conn::open(port).unwrap();
+        let (mut acked, mut unknown) = (Vec::new(), 0);
+        for i in 0..1_000_000 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let k = format!("w:{i}");
+            match c.call(&[b"SET", k.as_bytes(), b"v"]) {
+                Some(Answer::Ok) => acked.push(k),
+                Some(Answer::Error(e))
+                    if e.starts_with("UNCERTAIN") || e.starts_with("TRYAGAIN") =>
+                {
+                    unknown += 1
+                }
+                other => panic!("{k}: {other:?}"),
+            }
+        }
+        (acked, unknown)
+    })
+}
