@@ -369,7 +369,7 @@ pub async fn handle_pending(
     }
     if client.watch_relay.is_some() {
         let args = pending.pop_front().expect("front");
-        out.extend_from_slice(&relay_watching(shared, client, args).await);
+        out.extend_from_slice(&relay_watching(client, args).await);
         return;
     }
     if let Some(n) = spread_prefix(shared, client, pending) {
@@ -798,10 +798,12 @@ async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<
         Ok(Err(NodeError::NotLeader {
             leader: Some(l), ..
         })) if l != repl.me && client.watched_at.is_empty() => {
-            match relay(shared, client, group, l, &[args], true, 1).await {
-                Ok(reply) => {
+            // The node the WATCH reached may not be `l`: an unreachable leader is followed to
+            // the next one. The rest of the transaction goes to the one that has the watch.
+            match relay_via(shared, client, Some(group), l, &[args], true, 1).await {
+                Ok((reply, via)) => {
                     if reply.starts_with(b"+") {
-                        client.watch_relay = Some(WatchRelay::Live(l));
+                        client.watch_relay = Some(WatchRelay::Live(via));
                     }
                     reply
                 }
@@ -818,9 +820,16 @@ async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<
     }
 }
 
+fn lost_watch() -> Reply {
+    Reply::error(
+        "ERR the connection to the leader was lost during WATCH/MULTI; the transaction is \
+         aborted (end it with EXEC, DISCARD or UNWATCH)",
+    )
+}
+
 /// A request from a client whose WATCH lives on the leader: it goes there on the same
 /// connection (never resent), until the transaction ends.
-async fn relay_watching(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
+async fn relay_watching(client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
     let proto = client.proto;
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
     let ends = matches!(
@@ -829,21 +838,37 @@ async fn relay_watching(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>
     );
     let reply = match client.watch_relay {
         Some(WatchRelay::Live(l)) => {
-            match relay_to(shared, client, l, std::slice::from_ref(&args), true, 1).await {
-                Ok(reply) => reply,
-                Err(e) => {
+            // Only the connection that carried the WATCH may carry the rest: the watch lives in
+            // that connection's state on the leader, so a fresh connection would run the
+            // transaction unwatched (a lost update, found by the five-node fault test when a
+            // leader was restarted between a relayed WATCH and its EXEC).
+            let at = client
+                .relays
+                .iter()
+                .position(|r| r.leader == l && !r.closed());
+            let replies = match at {
+                Some(at) => relay_on(&mut client.relays[at], std::slice::from_ref(&args)).await,
+                None => None,
+            };
+            match (replies, at) {
+                (Some(mut replies), _) => replies.pop().unwrap_or_default(),
+                (None, at) => {
+                    if let Some(at) = at {
+                        client.relays.remove(at);
+                    }
                     client.watch_relay = Some(WatchRelay::Broken);
-                    e.to_bytes(proto)
+                    if name == "exec" && at.is_some() {
+                        // The EXEC was sent: the leader may have run it.
+                        uncertain("lost the connection to the leader during EXEC").to_bytes(proto)
+                    } else {
+                        lost_watch().to_bytes(proto)
+                    }
                 }
             }
         }
         _ => {
             client.watch_relay = Some(WatchRelay::Broken);
-            Reply::error(
-                "ERR the connection to the leader was lost during WATCH/MULTI; the transaction \
-                 is aborted (end it with EXEC, DISCARD or UNWATCH)",
-            )
-            .to_bytes(proto)
+            lost_watch().to_bytes(proto)
         }
     };
     if ends {
@@ -1067,6 +1092,7 @@ async fn relay(
         keep,
     )
     .await
+    .map(|(reply, _)| reply)
 }
 
 /// As [`relay`], to node `leader` whatever it leads (a transaction relayed since its WATCH).
@@ -1080,6 +1106,7 @@ async fn relay_to(
 ) -> Result<Vec<u8>, Reply> {
     relay_via(shared, client, None, leader, requests, is_write, keep)
         .await
+        .map(|(reply, _)| reply)
         .map_err(RelayError::into_reply)
 }
 
@@ -1091,7 +1118,7 @@ async fn relay_via(
     requests: &[Vec<Vec<u8>>],
     is_write: bool,
     keep: usize,
-) -> Result<Vec<u8>, RelayError> {
+) -> Result<(Vec<u8>, u64), RelayError> {
     let proto = client.proto;
     let repl = shared.replication.as_ref().expect("replicated mode");
     let attempts = if is_write { 1 } else { 2 };
@@ -1115,7 +1142,7 @@ async fn relay_via(
         match relay_on(&mut client.relays[at], requests).await {
             Some(replies) => {
                 let from = replies.len().saturating_sub(keep);
-                return Ok(replies[from..].concat());
+                return Ok((replies[from..].concat(), client.relays[at].leader));
             }
             None => {
                 client.relays.remove(at);

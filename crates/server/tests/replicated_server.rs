@@ -311,4 +311,37 @@ fn watch_aborts_a_transaction_whose_key_changed_on_any_node() {
         assert_eq!(c.cmd(&[b"SET", k, b"late"]), b"+QUEUED\r\n");
         assert_eq!(c.cmd(&[b"EXEC"]), b"*-1\r\n", "via node {via}");
     }
+    // A follower relays a WATCH to the leader on one connection; if that connection is lost the
+    // watch is gone with it, and the transaction must not run on a fresh one unwatched.
+    // (Leadership may have been balanced since the start: ask again.)
+    let leader = wait_for("a leader", Duration::from_secs(15), || leader_index(&nodes));
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let mut c = nodes[follower].as_ref().unwrap().raw();
+    assert_eq!(c.cmd(&[b"SET", b"lost", b"0"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"WATCH", b"lost"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"lost"]), b"$1\r\n0\r\n");
+    // Every client connection of the other nodes goes, the relayed one with them.
+    for other in (0..3).filter(|&i| i != follower) {
+        let mut o = nodes[other].as_ref().unwrap().raw();
+        let killed = o.cmd(&[b"CLIENT", b"KILL", b"TYPE", b"normal", b"SKIPME", b"yes"]);
+        assert!(killed.starts_with(b":"), "{killed:?}");
+    }
+    let mut intruder = nodes[leader].as_ref().unwrap().raw();
+    assert_eq!(intruder.cmd(&[b"SET", b"lost", b"theirs"]), b"+OK\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    for args in [
+        &[&b"MULTI"[..]][..],
+        &[b"SET", b"lost", b"mine"],
+        &[b"EXEC"],
+    ] {
+        let reply = c.cmd(args);
+        assert!(
+            reply.starts_with(b"-ERR the connection to the leader was lost"),
+            "{} after the watch's relay died: {} (leader now {:?}, was {leader})",
+            String::from_utf8_lossy(args[0]),
+            String::from_utf8_lossy(&reply),
+            leader_index(&nodes)
+        );
+    }
+    assert_eq!(c.cmd(&[b"GET", b"lost"]), b"$6\r\ntheirs\r\n");
 }
