@@ -9,7 +9,8 @@ mod common;
 
 use common::{parse, redis_or_skip, Cairn};
 
-struct Rng(u64);
+/// A seeded generator, and a counter for stream IDs that only grow.
+struct Rng(u64, u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -25,6 +26,11 @@ impl Rng {
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len())]
     }
+    /// The next of a growing sequence of stream IDs (two per millisecond).
+    fn next_id(&mut self) -> String {
+        self.1 += 1;
+        format!("{}-{}", 10 + self.1 / 2, self.1 % 2)
+    }
 }
 
 /// How a reply may be compared.
@@ -39,6 +45,9 @@ enum Order {
     ScanSorted,
     /// As ScanSorted, with field/value pairs (HSCAN).
     ScanSortedPairs,
+    /// Exact but for times that depend on when each server ran the command (idle times) and
+    /// Redis's radix tree node count, which are masked.
+    Timed,
 }
 
 const KEYS: &[&str] = &["k0", "k1", "k2", "k3", "{t}a", "{t}b"];
@@ -80,6 +89,33 @@ fn arg(rng: &mut Rng, kind: char) -> String {
         'f' => rng.pick(&["a", "b", "c", "d"]).to_string(),
         'h' => rng.pick(&["hll0", "hll1", "hll2"]).to_string(),
         'z' => rng.pick(&["lex0", "lex1"]).to_string(),
+        's' => rng.pick(&["s0", "s1"]).to_string(),
+        'X' => rng.next_id(),
+        'x' => rng
+            .pick(&[
+                "0",
+                "0-0",
+                "0-1",
+                "1",
+                "1-1",
+                "10",
+                "10-1",
+                "12",
+                "15-0",
+                "(10-1",
+                "(0-1",
+                "x",
+                "1-x",
+                "-",
+                "+",
+                "$",
+                "18446744073709551615-18446744073709551615",
+                "5-*",
+                "(+",
+            ])
+            .to_string(),
+        'g' => rng.pick(&["g1", "g2"]).to_string(),
+        'c' => rng.pick(&["alice", "bob"]).to_string(),
         _ => unreachable!(),
     }
 }
@@ -237,6 +273,34 @@ const TEMPLATES: &[(&str, Order)] = &[
     ("SORT %k [BY %k_*|BY nosort|BY k*->a] [GET #|GET %k*|GET #  GET k*->b|] [ALPHA|]", Order::Sorted),
     ("SORT %k [ALPHA|] STORE %k", Order::Exact),
     ("SORT_RO %k [ALPHA|DESC LIMIT 0 1|STORE x]", Order::Exact),
+    // Streams: explicit IDs only (%X grows, %x is anything), since `*` takes each server's clock.
+    ("XADD %s %X %f %v", Order::Exact),
+    ("XADD %s [%X|%x|NOMKSTREAM %X|MAXLEN 3 %X|MAXLEN ~ 2 %X|MINID %x %X|MAXLEN = 1 %X|LIMIT 2 %X|MAXLEN ~ 1 LIMIT 1 %X|MAXLEN -1 %X|MAXLEN 1 MINID 1 %X|%X %f] %f %v", Order::Exact),
+    ("XADD [%s|%k] %X %f %v %f %v", Order::Exact),
+    ("XRANGE %s [-|%x] [+|%x] [COUNT 2|COUNT 0|COUNT -1|COUNT x|BAD|]", Order::Exact),
+    ("XREVRANGE %s [+|%x] [-|%x] [COUNT 1|]", Order::Exact),
+    ("XLEN [%s|%k]", Order::Exact),
+    ("XDEL %s %x [%x|]", Order::Exact),
+    ("XTRIM %s [MAXLEN|MINID|FOO] [=|~|] [1|3|%x|-1] [LIMIT 1|LIMIT 0|]", Order::Exact),
+    ("XREAD [COUNT 1|COUNT 3|] STREAMS %s [%x|$|0]", Order::Exact),
+    ("XREAD STREAMS %s %s [0|%x] [0|$]", Order::Exact),
+    ("XREAD [GROUP g1 c|NOACK|] STREAMS %s [0|]", Order::Exact),
+    ("XGROUP CREATE %s %g [$|0|%x] [MKSTREAM|ENTRIESREAD 2|ENTRIESREAD -2|ENTRIESREAD -1|BAD|]", Order::Exact),
+    ("XGROUP SETID %s %g [$|0|%x] [ENTRIESREAD 1|]", Order::Exact),
+    ("XGROUP DESTROY %s %g", Order::Exact),
+    ("XGROUP [CREATECONSUMER|DELCONSUMER] %s %g %c", Order::Exact),
+    ("XREADGROUP GROUP %g %c [COUNT 2|NOACK|COUNT 1 NOACK|] STREAMS %s [>|>|0|%x]", Order::Exact),
+    ("XREADGROUP GROUP %g %c STREAMS %s %s > [>|0]", Order::Exact),
+    ("XREADGROUP [STREAMS %s >|GROUP %g|COUNT 1 STREAMS %s >]", Order::Exact),
+    ("XACK %s %g %x [%x|]", Order::Exact),
+    ("XPENDING %s %g", Order::Exact),
+    ("XPENDING %s %g [IDLE 0|] [-|%x] [+|%x] [10|1|-1] [%c|]", Order::Timed),
+    ("XCLAIM %s %g %c [0|100000000] %x [%x|] [JUSTID|FORCE|RETRYCOUNT 5|LASTID %x|FORCE JUSTID|BAD|]", Order::Exact),
+    ("XAUTOCLAIM %s %g %c [0|100000000] [0-0|%x] [COUNT 1|COUNT 0|JUSTID|COUNT 2 JUSTID|]", Order::Exact),
+    ("XINFO GROUPS [%s|%k]", Order::Exact),
+    ("XINFO CONSUMERS %s %g", Order::Timed),
+    ("XINFO STREAM [%s|%k]", Order::Timed),
+    ("XSETID %s %x [ENTRIESADDED 10|ENTRIESADDED 0|MAXDELETEDID %x|]", Order::Exact),
     ("DEL %k %k", Order::Exact),
     ("UNLINK %k", Order::Exact),
     ("EXISTS %k %k", Order::Exact),
@@ -291,10 +355,39 @@ fn expand(rng: &mut Rng, template: &str) -> Vec<String> {
     out
 }
 
+/// Masks what differs with timing (see [`Order::Timed`]): the value after an `idle` or
+/// `radix-tree-nodes` key, and the idle time of XPENDING's `[id, consumer, idle, count]`.
+fn mask_times(f: common::Frame) -> common::Frame {
+    use common::Frame;
+    let zero = || Frame::Line(b':', b"0".to_vec());
+    match f {
+        Frame::Agg(k, items) => {
+            let pending = items.len() == 4
+                && matches!(items[1], Frame::Bulk(..))
+                && matches!(items[2], Frame::Line(b':', _));
+            let mut out: Vec<Frame> = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                let after_timed_key = matches!(
+                    out.last(),
+                    Some(Frame::Bulk(_, Some(key))) if key == b"idle" || key == b"radix-tree-nodes"
+                );
+                if after_timed_key || (pending && i == 2) {
+                    out.push(zero());
+                } else {
+                    out.push(mask_times(item));
+                }
+            }
+            Frame::Agg(k, out)
+        }
+        other => other,
+    }
+}
+
 fn normalize(bytes: &[u8], order: Order) -> common::Frame {
     let f = parse(bytes);
     match order {
         Order::Exact => f,
+        Order::Timed => mask_times(f),
         Order::Sorted => f.sorted(false),
         Order::SortedPairs => f.sorted(true),
         Order::ScanSorted | Order::ScanSortedPairs => match f {
@@ -344,10 +437,13 @@ fn run_against(seed: u64, ops: usize, resp3: bool, replicated: bool) {
         a.cmd_str("HELLO 3");
         b.cmd_str("HELLO 3");
     }
-    let mut rng = Rng(seed);
+    let mut rng = Rng(seed, 0);
+    // The commands sent so far, to show what led to a mismatch.
+    let mut history: Vec<String> = Vec::new();
     for i in 0..ops {
         let (template, order) = TEMPLATES[rng.below(TEMPLATES.len())];
         let cmd = expand(&mut rng, template);
+        history.push(cmd.join(" "));
         let args: Vec<&[u8]> = cmd.iter().map(|s| s.as_bytes()).collect();
         let ra = a.cmd(&args);
         let rb = b.cmd(&args);
@@ -374,6 +470,16 @@ fn run_against(seed: u64, ops: usize, resp3: bool, replicated: bool) {
             continue;
         }
         if ra != rb && normalize(&ra, order) != normalize(&rb, order) {
+            // The earlier commands on the keys this one names.
+            let related: Vec<&String> = history
+                .iter()
+                .filter(|h| cmd[1..].iter().any(|k| h.split(' ').any(|w| w == k)))
+                .collect();
+            let from = related.len().saturating_sub(40);
+            eprintln!("commands before, on the same keys:");
+            for h in &related[from..] {
+                eprintln!("  {h}");
+            }
             panic!(
                 "differential mismatch (seed {seed}, {}, op {i}): {:?}\n  cairn: {:?}\n  redis: {:?}\nrerun: CAIRN_DIFF_SEED={seed} cargo test --test differential",
                 if resp3 { "RESP3" } else { "RESP2" },
@@ -391,6 +497,21 @@ fn run_against(seed: u64, ops: usize, resp3: bool, replicated: bool) {
             }
             let args: Vec<&[u8]> = probe.iter().map(|s| s.as_bytes()).collect();
             assert_eq!(a.cmd(&args), b.cmd(&args), "final TYPE {key} (seed {seed})");
+        }
+    }
+    for key in ["s0", "s1"] {
+        for probe in [
+            vec!["XRANGE", key, "-", "+"],
+            vec!["XINFO", "GROUPS", key],
+            vec!["XPENDING", key, "g1"],
+        ] {
+            let args: Vec<&[u8]> = probe.iter().map(|s| s.as_bytes()).collect();
+            assert_eq!(
+                String::from_utf8_lossy(&a.cmd(&args)),
+                String::from_utf8_lossy(&b.cmd(&args)),
+                "final {} (seed {seed})",
+                probe.join(" ")
+            );
         }
     }
     println!(
@@ -452,6 +573,16 @@ fn random_sequences_resp3() {
         println!("differential RESP3 seed {seed} (rerun: CAIRN_DIFF_SEED={seed} cargo test --test differential)");
         run(seed, ops(), true);
     }
+}
+
+/// Connections to cairn and to Redis, both flushed and speaking `proto` (a HELLO line).
+fn emptied(cairn: &Cairn, redis: &common::RedisServer, proto: &str) -> (common::Raw, common::Raw) {
+    let (mut a, mut b) = (cairn.raw(), redis.raw());
+    for c in [&mut a, &mut b] {
+        c.cmd_str("FLUSHALL");
+        c.cmd_str(proto);
+    }
+    (a, b)
 }
 
 /// Fixed sequences for behaviour the random generator rarely reaches.
@@ -539,12 +670,7 @@ fn fixed_scripts() {
         "HELLO x",
     ];
     for proto in ["HELLO 2", "HELLO 3"] {
-        let mut a = cairn.raw();
-        let mut b = redis.raw();
-        a.cmd_str("FLUSHALL");
-        b.cmd_str("FLUSHALL");
-        a.cmd_str(proto);
-        b.cmd_str(proto);
+        let (mut a, mut b) = emptied(&cairn, &redis, proto);
         for line in script {
             let ra = a.cmd_str(line);
             let rb = b.cmd_str(line);
@@ -554,6 +680,133 @@ fn fixed_scripts() {
                 "{proto}: reply to {line:?} differs (left cairn, right redis)"
             );
         }
+    }
+}
+
+/// Streams long enough to span several of Redis's listpack nodes (100 entries each), so that
+/// approximate trimming, node-sized XINFO counts and consumer groups over many entries are
+/// compared too; times in the replies are masked.
+#[test]
+fn stream_scripts() {
+    let Some(redis) = redis_or_skip("differential stream_scripts") else {
+        return;
+    };
+    let cairn = Cairn::start();
+    let mut script: Vec<String> = Vec::new();
+    for i in 1..=250 {
+        script.push(format!("XADD s {i}-1 n {i} pad {}", "x".repeat(i % 7)));
+    }
+    for line in [
+        "XINFO STREAM s",
+        "XTRIM s MAXLEN ~ 180",
+        "XTRIM s MAXLEN ~ 150",
+        "XLEN s",
+        "XTRIM s MAXLEN ~ 149",
+        "XTRIM s MAXLEN = 149",
+        "XINFO STREAM s",
+        "XGROUP CREATE s g 0",
+        "XGROUP CREATE s late $ ENTRIESREAD 3",
+        "XREADGROUP GROUP g a COUNT 10 STREAMS s >",
+        "XREADGROUP GROUP g b COUNT 5 STREAMS s >",
+        "XINFO GROUPS s",
+        "XPENDING s g",
+        "XPENDING s g - + 3 b",
+        "XACK s g 102-1 103-1 999-1",
+        "XDEL s 104-1 120-1",
+        "XINFO GROUPS s",
+        "XCLAIM s g b 0 105-1 106-1 104-1",
+        "XCLAIM s g a 0 200-1 FORCE JUSTID",
+        "XCLAIM s g a 0 201-1 FORCE RETRYCOUNT 7",
+        "XPENDING s g - + 100",
+        "XAUTOCLAIM s g c 0 0-0 COUNT 3",
+        "XAUTOCLAIM s g c 0 0-0 COUNT 50 JUSTID",
+        "XREADGROUP GROUP g a STREAMS s 0",
+        "XREADGROUP GROUP g c COUNT 2 STREAMS s 104",
+        "XGROUP DELCONSUMER s g c",
+        "XPENDING s g",
+        "XINFO CONSUMERS s g",
+        "XGROUP SETID s g 110-1 ENTRIESREAD 10",
+        "XINFO GROUPS s",
+        "XREADGROUP GROUP g d NOACK COUNT 3 STREAMS s >",
+        "XINFO GROUPS s",
+        "XSETID s 300-0 ENTRIESADDED 400 MAXDELETEDID 250-0",
+        "XINFO STREAM s",
+        "XADD s 300-* f v",
+        "XADD s 300-* f v",
+        "XADD s MINID ~ 200 301-0 f v",
+        "XADD s MAXLEN ~ 20 LIMIT 100 302-0 f v",
+        "XLEN s",
+        "XRANGE s (250-1 +",
+        "XREVRANGE s + (250-1 COUNT 2",
+        "XINFO STREAM s FULL COUNT 3",
+        "XGROUP DESTROY s late",
+        "XINFO GROUPS s",
+        "TYPE s",
+        "OBJECT ENCODING s",
+        "XREAD COUNT 2 STREAMS s 0",
+        // Keys are found after STREAMS, for routing and ACLs.
+        "COMMAND GETKEYS XREAD COUNT 2 STREAMS a b 0 0",
+        "COMMAND GETKEYS XREADGROUP GROUP g c STREAMS a >",
+        "COMMAND GETKEYS XGROUP CREATE k g $",
+        "COMMAND GETKEYS XINFO STREAM k",
+    ] {
+        script.push(line.to_string());
+    }
+    for proto in ["HELLO 2", "HELLO 3"] {
+        let (mut a, mut b) = emptied(&cairn, &redis, proto);
+        for line in &script {
+            let (ra, rb) = (a.cmd_str(line), b.cmd_str(line));
+            let full = line.contains("FULL");
+            let (na, nb) = if full {
+                (mask_full(parse(&ra)), mask_full(parse(&rb)))
+            } else {
+                (normalize(&ra, Order::Timed), normalize(&rb, Order::Timed))
+            };
+            assert_eq!(
+                na,
+                nb,
+                "{proto}: reply to {line:?} differs (left cairn, right redis):\n{}\n{}",
+                String::from_utf8_lossy(&ra),
+                String::from_utf8_lossy(&rb)
+            );
+        }
+    }
+}
+
+/// XINFO STREAM FULL with its times masked: `seen-time` values, and the delivery time in each
+/// pending entry (`[id, consumer, time, count]` of a group, `[id, time, count]` of a consumer).
+fn mask_full(f: common::Frame) -> common::Frame {
+    use common::Frame;
+    let zero = || Frame::Line(b':', b"0".to_vec());
+    match f {
+        Frame::Agg(k, items) => {
+            let n = items.len();
+            let bulk_then_int = |i: usize| {
+                matches!(items[0], Frame::Bulk(..)) && matches!(items[i], Frame::Line(b':', _))
+            };
+            let time_at = if n == 4 && matches!(items[1], Frame::Bulk(..)) && bulk_then_int(2) {
+                Some(2)
+            } else if n == 3 && bulk_then_int(1) && matches!(items[2], Frame::Line(b':', _)) {
+                Some(1)
+            } else {
+                None
+            };
+            let mut out: Vec<Frame> = Vec::with_capacity(n);
+            for (i, item) in items.into_iter().enumerate() {
+                let after_timed_key = matches!(
+                    out.last(),
+                    Some(Frame::Bulk(_, Some(key)))
+                        if key == b"seen-time" || key == b"radix-tree-nodes"
+                );
+                if after_timed_key || time_at == Some(i) {
+                    out.push(zero());
+                } else {
+                    out.push(mask_full(item));
+                }
+            }
+            Frame::Agg(k, out)
+        }
+        other => other,
     }
 }
 

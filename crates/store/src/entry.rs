@@ -251,7 +251,12 @@ impl Store {
                 if name == crate::cmd::migrate::NAME {
                     return self.migrate(argv, &env);
                 }
-                match crate::cmd::handler(&name) {
+                // A container command (XGROUP CREATE) is implemented as `parent|sub`.
+                let found = crate::cmd::handler(&name).or_else(|| {
+                    let sub = String::from_utf8_lossy(argv.get(1)?).to_ascii_lowercase();
+                    crate::cmd::handler(&format!("{name}|{sub}"))
+                });
+                match found {
                     Some(h) => self.execute(h, argv, &env),
                     // The leader only proposes commands it knows; a newer leader's command
                     // on an older replica answers the same error everywhere.

@@ -21,6 +21,7 @@ pub mod numbers;
 pub mod rng;
 pub mod slot;
 pub mod snapshot;
+pub mod stream;
 pub mod value;
 pub mod watch;
 

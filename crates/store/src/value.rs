@@ -19,6 +19,7 @@ pub enum Value {
     Hash(Box<HashValue>),
     Set(Box<SetValue>),
     ZSet(Box<ZSet>),
+    Stream(Box<crate::stream::Stream>),
 }
 
 impl Value {
@@ -30,6 +31,7 @@ impl Value {
             Value::Hash(_) => "hash",
             Value::Set(_) => "set",
             Value::ZSet(_) => "zset",
+            Value::Stream(_) => "stream",
         }
     }
 
@@ -57,6 +59,7 @@ impl Value {
                 "listpack"
             }
             Value::ZSet(_) => "skiplist",
+            Value::Stream(_) => "stream",
         }
     }
 
@@ -87,6 +90,7 @@ impl Value {
                 scores: z.scores.clone(),
                 order: z.order.clone(),
             })),
+            Value::Stream(s) => Value::Stream(s.clone()),
         }
     }
 
@@ -98,6 +102,8 @@ impl Value {
             Value::Hash(h) => h.is_empty(),
             Value::Set(s) => s.is_empty(),
             Value::ZSet(z) => z.is_empty(),
+            // A stream outlives its entries: XDEL of the last one leaves an empty stream.
+            Value::Stream(_) => false,
         }
     }
 }

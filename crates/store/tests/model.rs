@@ -10,7 +10,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 fn run(store: &mut Store, now_ms: u64, seed: u64, args: &[&str]) -> Reply {
     let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
     let name = String::from_utf8_lossy(&args[0]).to_lowercase();
-    let h = cmd::handler(&name).unwrap_or_else(|| panic!("no handler for {name}"));
+    // A container command (XGROUP CREATE) is implemented as `parent|sub`.
+    let h = cmd::handler(&name)
+        .or_else(|| {
+            let sub = String::from_utf8_lossy(args.get(1)?).to_lowercase();
+            cmd::handler(&format!("{name}|{sub}"))
+        })
+        .unwrap_or_else(|| panic!("no handler for {name}"));
     store.execute(
         h,
         &args,
@@ -233,20 +239,48 @@ proptest! {
 }
 
 /// Fills a store with every type, some keys with deadlines.
+/// Writes key `i` of [`populated`]: each type in turn, some with a deadline.
+fn fill(s: &mut Store, i: usize) {
+    let k = format!("key{i}");
+    match i % 5 {
+        0 => x(s, &["SET", &k, &format!("v{i}")]),
+        1 => x(s, &["RPUSH", &k, "a", "b", &i.to_string()]),
+        2 => x(s, &["HSET", &k, "f", "v", "g", &i.to_string()]),
+        3 => x(s, &["SADD", &k, "x", "y", &i.to_string()]),
+        // Streams with a group, a pending entry and a deleted one.
+        _ if i % 10 == 9 => {
+            x(s, &["XADD", &k, "1-1", "f", "v"]);
+            x(s, &["XADD", &k, "2-1", "n", &i.to_string()]);
+            x(s, &["XADD", &k, "3-1", "f", "v"]);
+            x(s, &["XGROUP", "CREATE", &k, "g", "0"]);
+            x(
+                s,
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    "g",
+                    "c",
+                    "COUNT",
+                    "2",
+                    "STREAMS",
+                    &k,
+                    ">",
+                ],
+            );
+            x(s, &["XGROUP", "CREATECONSUMER", &k, "g", "idle"]);
+            x(s, &["XDEL", &k, "3-1"])
+        }
+        _ => x(s, &["ZADD", &k, "1.5", "m", &i.to_string(), "n"]),
+    };
+    if i.is_multiple_of(3) {
+        x(s, &["PEXPIREAT", &k, &(5_000 + i).to_string()]);
+    }
+}
+
 fn populated() -> Store {
     let mut s = Store::new();
     for i in 0..200 {
-        let k = format!("key{i}");
-        match i % 5 {
-            0 => x(&mut s, &["SET", &k, &format!("v{i}")]),
-            1 => x(&mut s, &["RPUSH", &k, "a", "b", &i.to_string()]),
-            2 => x(&mut s, &["HSET", &k, "f", "v", "g", &i.to_string()]),
-            3 => x(&mut s, &["SADD", &k, "x", "y", &i.to_string()]),
-            _ => x(&mut s, &["ZADD", &k, "1.5", "m", &i.to_string(), "n"]),
-        };
-        if i % 3 == 0 {
-            x(&mut s, &["PEXPIREAT", &k, &(5_000 + i).to_string()]);
-        }
+        fill(&mut s, i);
     }
     s
 }
@@ -338,17 +372,7 @@ fn digests_depend_on_the_data_not_on_how_it_was_built() {
     let mut b = Store::new();
     x(&mut b, &["SET", "gone", "soon"]);
     for i in (0..200).rev() {
-        let k = format!("key{i}");
-        match i % 5 {
-            0 => x(&mut b, &["SET", &k, &format!("v{i}")]),
-            1 => x(&mut b, &["RPUSH", &k, "a", "b", &i.to_string()]),
-            2 => x(&mut b, &["HSET", &k, "f", "v", "g", &i.to_string()]),
-            3 => x(&mut b, &["SADD", &k, "x", "y", &i.to_string()]),
-            _ => x(&mut b, &["ZADD", &k, "1.5", "m", &i.to_string(), "n"]),
-        };
-        if i % 3 == 0 {
-            x(&mut b, &["PEXPIREAT", &k, &(5_000 + i).to_string()]);
-        }
+        fill(&mut b, i);
     }
     x(&mut b, &["DEL", "gone"]);
     assert_eq!(snapshot::digest(&a.keyspace), snapshot::digest(&b.keyspace));

@@ -10,6 +10,7 @@ pub mod migrate;
 pub mod server;
 pub mod sets;
 pub mod sort;
+pub mod streams;
 pub mod strings;
 pub mod zsets;
 
@@ -28,6 +29,7 @@ const FAMILIES: &[&[(&str, Handler)]] = &[
     hll::COMMANDS,
     bitmaps::COMMANDS,
     sort::COMMANDS,
+    streams::COMMANDS,
 ];
 
 fn registry() -> &'static HashMap<&'static str, Handler> {
