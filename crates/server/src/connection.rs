@@ -38,7 +38,7 @@ pub struct ClientInfo {
     pub resp: AtomicU8,
     pub in_multi: AtomicBool,
     killed: AtomicBool,
-    kill: Notify,
+    pub(crate) kill: Notify,
 }
 
 impl ClientInfo {
@@ -112,6 +112,13 @@ pub struct Client {
     /// Replicated mode: the client's WATCH went to a shard leader over one of `relays`, so
     /// everything it sends goes there until the transaction ends.
     pub watch_relay: Option<crate::replicated::WatchRelay>,
+    /// Blocked on a command (BLPOP, XREAD BLOCK, ...): see `crate::blocking`.
+    pub blocked: Option<crate::blocking::BlockedClient>,
+    /// Blocking that ended while the store may have been locked, released after the batch.
+    pub unblocked: Vec<crate::blocking::BlockedClient>,
+    /// Replicated mode: this connection carries another node's requests (`CAIRN.RELAY`), so
+    /// its blocking commands answer at once; the other node's client does the waiting.
+    pub relaying_for_a_node: bool,
 }
 
 impl Client {
@@ -139,6 +146,9 @@ impl Client {
             watched_at: Vec::new(),
             watched_group: None,
             watch_relay: None,
+            blocked: None,
+            unblocked: Vec::new(),
+            relaying_for_a_node: false,
         }
     }
 }
@@ -204,6 +214,7 @@ async fn serve_loop(
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut pending = std::collections::VecDeque::with_capacity(dispatch::MAX_BATCH);
     let mut shutdown = shared.shutdown.clone();
+    let mut retry = false;
     loop {
         let (limits, query_limit, timeout_secs) = {
             let c = shared.config.lock();
@@ -236,7 +247,11 @@ async fn serve_loop(
                     }
                 }
             }
-            while shared.replication.is_some() && !pending.is_empty() {
+            // A blocked client runs nothing but its blocked command, when woken (`retry`).
+            while shared.replication.is_some()
+                && !pending.is_empty()
+                && (client.blocked.is_none() || std::mem::take(&mut retry))
+            {
                 crate::replicated::handle_pending(shared, client, &mut pending, &mut out).await;
                 if client.close_after_reply {
                     pending.clear();
@@ -246,16 +261,38 @@ async fn serve_loop(
                     out.clear();
                 }
             }
-            while !pending.is_empty() {
+            while !pending.is_empty() && (client.blocked.is_none() || std::mem::take(&mut retry)) {
                 dispatch::handle_batch(shared, client, &mut pending, &mut out);
                 if out.len() >= OUTPUT_FLUSH_BYTES {
                     socket.write_all(&out).await?;
                     out.clear();
                 }
             }
+            crate::blocking::release(client);
             if client.close_after_reply {
                 socket.write_all(&out).await?;
                 return Ok(());
+            }
+            if client.blocked.is_some() {
+                // Nothing more runs for this client until its blocked command is done.
+                socket.write_all(&out).await?;
+                out.clear();
+                inbuf.drain(..pos);
+                pos = 0;
+                match crate::blocking::wait(shared, client, socket, &mut inbuf, query_limit).await?
+                {
+                    crate::blocking::Woken::Retry => {
+                        let b = client.blocked.as_ref().expect("still blocked");
+                        pending.push_front(b.args.clone());
+                        retry = true;
+                    }
+                    crate::blocking::Woken::TimedOut => {
+                        client.blocked = None;
+                        cairn_resp::Reply::NilArray.encode(client.proto, &mut out);
+                    }
+                    crate::blocking::Woken::Close => return Ok(()),
+                }
+                continue;
             }
             if let Some(e) = protocol_error {
                 // As Redis: answer the protocol error, then close this connection only.

@@ -119,7 +119,15 @@ pub fn handle_batch(
 ) {
     let mut store = shared.shards.only().lock();
     while let Some(args) = pending.pop_front() {
+        // A blocking command keeps its arguments, to run again when woken.
+        let kept = crate::blocking::may_block(&args).then(|| args.clone());
         let reply = handle(shared, client, &mut store, args);
+        if let Some(args) = kept {
+            let outcome = crate::blocking::outcome_of(&reply);
+            if crate::blocking::block_on(client, &args, outcome) {
+                break;
+            }
+        }
         reply.encode(client.proto, out);
         if client.close_after_reply {
             pending.clear();
@@ -158,7 +166,8 @@ pub fn handle(
                 client.multi_failed = true;
                 return Reply::error("ERR Command not allowed inside a transaction");
             }
-            queue.push(args);
+            // Inside MULTI nothing blocks: XREAD's BLOCK is dropped, as Redis ignores it there.
+            queue.push(cairn_store::cmd::blocking::without_block(args));
             return Reply::Status("QUEUED".into());
         }
     }

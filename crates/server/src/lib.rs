@@ -9,6 +9,7 @@
 //! `run` takes already-bound listeners so that tests can bind port 0 and start many servers in
 //! one process.
 
+pub mod blocking;
 pub mod cmd;
 pub mod config;
 pub mod connection;

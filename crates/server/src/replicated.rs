@@ -342,6 +342,12 @@ fn plain(shared: &Shared, client: &Client, args: &[Vec<u8>]) -> Option<Plain> {
     let Lookup::Found(spec) = shared.table.commands.lookup(args) else {
         return None;
     };
+    // A command that may block runs alone (see `crate::blocking`).
+    if crate::blocking::may_block(args)
+        && cairn_store::cmd::blocking::blocking_form(&spec.name, args).is_some()
+    {
+        return None;
+    }
     let group = match route(shared, spec, args) {
         Route::Shard(g) => g,
         Route::Keyless => sole_shard(shared)?,
@@ -580,7 +586,15 @@ async fn handle_run(
         }
         None => {
             let args = pending.pop_front().expect("front");
-            out.extend_from_slice(&handle(shared, client, args).await);
+            let kept = crate::blocking::may_block(&args).then(|| args.clone());
+            let reply = handle(shared, client, args).await;
+            if let Some(args) = kept {
+                let outcome = crate::blocking::outcome_of_bytes(&reply);
+                if crate::blocking::block_on(client, &args, outcome) {
+                    return;
+                }
+            }
+            out.extend_from_slice(&reply);
         }
     }
 }
@@ -589,6 +603,11 @@ async fn handle_run(
 pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
     if args[0].eq_ignore_ascii_case(b"cairn.member") {
         return crate::cmd::member::member(shared, client, args).await;
+    }
+    if args[0].eq_ignore_ascii_case(b"cairn.relay") {
+        // Another node's relay connection: its blocking commands must not wait here.
+        client.relaying_for_a_node = true;
+        return Reply::OK.to_bytes(client.proto);
     }
     if args[0].eq_ignore_ascii_case(b"cairn.leaders") {
         return crate::placement::leaders(shared).to_bytes(client.proto);
@@ -665,7 +684,8 @@ async fn handle_on(
                 client.multi_failed = true;
                 return e.to_bytes(proto);
             }
-            queue.push(args);
+            // Inside MULTI nothing blocks: XREAD's BLOCK is dropped, as Redis ignores it there.
+            queue.push(cairn_store::cmd::blocking::without_block(args));
             return Reply::Status("QUEUED".into()).to_bytes(proto);
         }
     }
@@ -1233,9 +1253,11 @@ pub(crate) async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -
         stream,
         buf: Vec::new(),
     };
+    let mut hello = vec![vec![b"CAIRN.RELAY".to_vec()]];
     if proto == Protocol::Resp3 {
-        relay_on(&mut r, &[vec![b"HELLO".to_vec(), b"3".to_vec()]]).await?;
+        hello.push(vec![b"HELLO".to_vec(), b"3".to_vec()]);
     }
+    relay_on(&mut r, &hello).await?;
     Some(r)
 }
 

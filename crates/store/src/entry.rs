@@ -202,6 +202,12 @@ impl Store {
     /// Applies one log entry and returns a reply for each command in it (one for an expiry).
     /// Deterministic: the same entry on the same state gives the same state and replies.
     pub fn apply_entry(&mut self, entry: &LogEntry) -> Vec<Reply> {
+        let replies = self.apply_entry_quietly(entry);
+        self.watches.blocked.wake_ready();
+        replies
+    }
+
+    fn apply_entry_quietly(&mut self, entry: &LogEntry) -> Vec<Reply> {
         match &entry.op {
             Operation::WatchedTransaction { watched, cmds } => {
                 if self.watch_conflict(watched, entry.now_ms) {

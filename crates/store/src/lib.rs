@@ -11,6 +11,7 @@
 //! context a command runs in and its helpers; [`cmd`] one file per command family; [`snapshot`]
 //! the versioned, byte-exact dump of the whole keyspace.
 
+pub mod blocking;
 pub mod cmd;
 pub mod entry;
 pub mod exec;
@@ -68,6 +69,7 @@ impl Store {
         };
         let reply = handler(&mut ctx, args);
         self.dirty += ctx.dirty;
+        self.watches.blocked.wake_ready();
         reply
     }
 
@@ -80,6 +82,7 @@ impl Store {
             self.moves.modified(key);
         }
         self.dirty += removed.len() as u64;
+        self.watches.blocked.wake_ready();
         removed
     }
 }

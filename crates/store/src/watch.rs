@@ -26,6 +26,8 @@ pub struct Watches {
     stamps: Vec<u64>,
     /// The last index that modified every key (FLUSHDB, FLUSHALL).
     flushed_at: u64,
+    /// Clients blocked on keys of this store, woken when those keys change.
+    pub blocked: crate::blocking::Blocked,
 }
 
 fn bucket(key: &[u8]) -> usize {
@@ -73,6 +75,7 @@ impl Watches {
         if let Some(s) = self.stamps.get_mut(bucket(key)) {
             *s = self.index;
         }
+        self.blocked.touched(key);
         if !self.by_key.is_empty() {
             self.signal(key);
         }

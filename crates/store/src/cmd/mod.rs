@@ -2,6 +2,7 @@
 //! `parent|sub`) and their handlers; [`handler`] looks a name up across all of them.
 
 pub mod bitmaps;
+pub mod blocking;
 pub mod hashes;
 pub mod hll;
 pub mod keys;
@@ -29,6 +30,7 @@ const FAMILIES: &[&[(&str, Handler)]] = &[
     hll::COMMANDS,
     bitmaps::COMMANDS,
     sort::COMMANDS,
+    blocking::COMMANDS,
     streams::COMMANDS,
 ];
 

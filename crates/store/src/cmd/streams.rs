@@ -3,8 +3,9 @@
 //!
 //! Replies and errors follow Redis 7.0 (`t_stream.c`) argument by argument. Every time a group
 //! records (delivery, a consumer last seen) is the command's clock, `ctx.now_ms`: under
-//! replication that is the log entry's, the same on every replica. Blocking (`BLOCK`) is not
-//! implemented yet: a read that finds nothing answers at once as if its timeout had passed.
+//! replication that is the log entry's, the same on every replica. `BLOCK` does not wait here:
+//! a read that finds nothing answers at once, and the connection blocks and retries (see
+//! `cmd::blocking`).
 
 use crate::exec::*;
 use crate::stream::{Group, Pending, Stream, StreamId, Trim, INVALID_ENTRIES_READ};
@@ -489,17 +490,15 @@ fn xread_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     let mut streams_at = 0;
     let mut group: Option<(&[u8], &[u8])> = None;
     let mut noack = false;
+    let mut block = false;
     let mut i = 1;
     while i < args.len() {
         let more = args.len() - 1 - i;
         let o = &args[i];
         if is(o, "block") && more > 0 {
             i += 1;
-            let ms = int_arg(&args[i])
-                .map_err(|_| Reply::error("ERR timeout is not an integer or out of range"))?;
-            if ms < 0 {
-                return Err(Reply::error("ERR timeout is negative"));
-            }
+            crate::cmd::blocking::timeout_ms(&args[i])?;
+            block = true;
         } else if is(o, "count") && more > 0 {
             i += 1;
             count = int_arg(&args[i])?.max(0) as usize;
@@ -574,6 +573,16 @@ fn xread_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     let limit = if count == 0 { usize::MAX } else { count };
     let now = ctx.now_ms;
     let mut served: Vec<(Reply, Reply)> = Vec::new();
+    // XREAD BLOCK with `$` that finds nothing tells the connection what `$` stood for, so that
+    // its retries read after those IDs (see `cairn_server::blocking`); never seen by clients.
+    let dollars = !group_read && block && args[streams_at + n..].iter().any(|a| a == b"$");
+    let resolved: Vec<Vec<u8>> = if dollars {
+        from.iter()
+            .map(|id| id.unwrap_or_default().to_bytes())
+            .collect()
+    } else {
+        Vec::new()
+    };
     for (key, after) in keys.iter().zip(from) {
         let Some((g, consumer)) = group else {
             let Some(s) = get_stream(ctx, key)? else {
@@ -675,6 +684,16 @@ fn xread_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
         }
         // Serving through a group changes it (at least the consumer's seen time).
         ctx.modified(key);
+    }
+    if served.is_empty() && dollars {
+        return Err(Reply::error(format!(
+            "XREADFROM {}",
+            resolved
+                .join(&b' ')
+                .iter()
+                .map(|&b| b as char)
+                .collect::<String>()
+        )));
     }
     if served.is_empty() {
         return Ok(Reply::NilArray);
