@@ -312,36 +312,43 @@ fn watch_aborts_a_transaction_whose_key_changed_on_any_node() {
         assert_eq!(c.cmd(&[b"EXEC"]), b"*-1\r\n", "via node {via}");
     }
     // A follower relays a WATCH to the leader on one connection; if that connection is lost the
-    // watch is gone with it, and the transaction must not run on a fresh one unwatched.
-    // (Leadership may have been balanced since the start: ask again.)
-    let leader = wait_for("a leader", Duration::from_secs(15), || leader_index(&nodes));
-    let follower = (0..3).find(|&i| i != leader).unwrap();
-    let mut c = nodes[follower].as_ref().unwrap().raw();
-    assert_eq!(c.cmd(&[b"SET", b"lost", b"0"]), b"+OK\r\n");
-    assert_eq!(c.cmd(&[b"WATCH", b"lost"]), b"+OK\r\n");
-    assert_eq!(c.cmd(&[b"GET", b"lost"]), b"$1\r\n0\r\n");
-    // Every client connection of the other nodes goes, the relayed one with them.
-    for other in (0..3).filter(|&i| i != follower) {
-        let mut o = nodes[other].as_ref().unwrap().raw();
-        let killed = o.cmd(&[b"CLIENT", b"KILL", b"TYPE", b"normal", b"SKIPME", b"yes"]);
-        assert!(killed.starts_with(b":"), "{killed:?}");
+    // watch is gone with it, and the transaction must not run on a fresh one unwatched. In every
+    // try the transaction must fail; at least one try must go through a relay that died (a try
+    // may find that leadership moved to the follower meanwhile, under a loaded machine: then the
+    // watch is local, and EXEC aborts on the intruder's write).
+    let mut relayed_and_lost = 0;
+    for attempt in 0..3 {
+        let key = format!("lost{attempt}");
+        let k = key.as_bytes();
+        let leader = wait_for("a leader", Duration::from_secs(15), || leader_index(&nodes));
+        let follower = (0..3).find(|&i| i != leader).unwrap();
+        let mut c = nodes[follower].as_ref().unwrap().raw();
+        assert_eq!(c.cmd(&[b"SET", k, b"0"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"WATCH", k]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"GET", k]), b"$1\r\n0\r\n");
+        // Every client connection of the other nodes goes, the relayed one with them.
+        for other in (0..3).filter(|&i| i != follower) {
+            let mut o = nodes[other].as_ref().unwrap().raw();
+            let killed = o.cmd(&[b"CLIENT", b"KILL", b"TYPE", b"normal", b"SKIPME", b"yes"]);
+            assert!(killed.starts_with(b":"), "{killed:?}");
+        }
+        let mut intruder = nodes[leader].as_ref().unwrap().raw();
+        assert_eq!(intruder.cmd(&[b"SET", k, b"theirs"]), b"+OK\r\n");
+        std::thread::sleep(Duration::from_millis(200));
+        let multi = c.cmd(&[b"MULTI"]);
+        let set = c.cmd(&[b"SET", k, b"mine"]);
+        let exec = c.cmd(&[b"EXEC"]);
+        let lost = |r: &[u8]| r.starts_with(b"-ERR the connection to the leader was lost");
+        if lost(&multi) {
+            assert!(lost(&set) && lost(&exec), "{set:?} {exec:?}");
+            relayed_and_lost += 1;
+        } else {
+            assert_eq!(exec, b"*-1\r\n", "EXEC after MULTI {multi:?}");
+        }
+        assert_eq!(c.cmd(&[b"GET", k]), b"$6\r\ntheirs\r\n");
     }
-    let mut intruder = nodes[leader].as_ref().unwrap().raw();
-    assert_eq!(intruder.cmd(&[b"SET", b"lost", b"theirs"]), b"+OK\r\n");
-    std::thread::sleep(Duration::from_millis(200));
-    for args in [
-        &[&b"MULTI"[..]][..],
-        &[b"SET", b"lost", b"mine"],
-        &[b"EXEC"],
-    ] {
-        let reply = c.cmd(args);
-        assert!(
-            reply.starts_with(b"-ERR the connection to the leader was lost"),
-            "{} after the watch's relay died: {} (leader now {:?}, was {leader})",
-            String::from_utf8_lossy(args[0]),
-            String::from_utf8_lossy(&reply),
-            leader_index(&nodes)
-        );
-    }
-    assert_eq!(c.cmd(&[b"GET", b"lost"]), b"$6\r\ntheirs\r\n");
+    assert!(
+        relayed_and_lost > 0,
+        "no try went through a relay that died"
+    );
 }
