@@ -36,6 +36,8 @@ pub enum Reply {
     Verbatim(&'static str, Vec<u8>),
     /// RESP3 push; an array in RESP2.
     Push(Vec<Reply>),
+    /// Several replies to one command, back to back (SUBSCRIBE answers once per channel).
+    Several(Vec<Reply>),
 }
 
 impl Reply {
@@ -112,6 +114,7 @@ impl Reply {
                 out.extend_from_slice(b"\r\n");
             }
             Reply::Verbatim(_, data) => bulk(out, data),
+            Reply::Several(replies) => replies.iter().for_each(|r| r.encode(proto, out)),
         }
     }
 

@@ -119,11 +119,88 @@ pub struct Client {
     /// Replicated mode: this connection carries another node's requests (`CAIRN.RELAY`), so
     /// its blocking commands answer at once; the other node's client does the waiting.
     pub relaying_for_a_node: bool,
+    /// Pub/Sub: what this connection subscribes to, and its messages waiting to be written.
+    pub subs: Option<Subscriptions>,
+}
+
+/// A connection's Pub/Sub subscriptions. Dropping them unsubscribes (disconnect, RESET).
+pub struct Subscriptions {
+    pub channels: std::collections::BTreeSet<Vec<u8>>,
+    pub patterns: std::collections::BTreeSet<Vec<u8>>,
+    pub shard: std::collections::BTreeSet<Vec<u8>>,
+    pub mailbox: crate::pubsub::Mailbox,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    hub: Arc<crate::pubsub::Hub>,
+}
+
+impl Subscriptions {
+    pub fn of(&mut self, kind: crate::pubsub::Kind) -> &mut std::collections::BTreeSet<Vec<u8>> {
+        match kind {
+            crate::pubsub::Kind::Channel => &mut self.channels,
+            crate::pubsub::Kind::Pattern => &mut self.patterns,
+            crate::pubsub::Kind::Shard => &mut self.shard,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.patterns.is_empty() && self.shard.is_empty()
+    }
+
+    /// The next message for this connection, with its bytes taken off the output count.
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        let m = self.rx.recv().await?;
+        self.mailbox.queued.fetch_sub(m.len(), Ordering::Relaxed);
+        Some(m)
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        use crate::pubsub::Kind;
+        let id = self.mailbox.info.id;
+        for (kind, names) in [
+            (Kind::Channel, &self.channels),
+            (Kind::Pattern, &self.patterns),
+            (Kind::Shard, &self.shard),
+        ] {
+            for name in names {
+                self.hub.unsubscribe(kind, name, id);
+            }
+        }
+    }
+}
+
+/// The next Pub/Sub message for a connection; never, for one that subscribes to nothing.
+async fn next_message(subs: Option<&mut Subscriptions>) -> Option<Vec<u8>> {
+    match subs {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Client {
     pub fn id(&self) -> u64 {
         self.info.id
+    }
+
+    /// This connection's subscriptions, set up on first use.
+    pub fn subscriptions(&mut self, hub: &Arc<crate::pubsub::Hub>) -> &mut Subscriptions {
+        let info = self.info.clone();
+        self.subs.get_or_insert_with(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            Subscriptions {
+                channels: Default::default(),
+                patterns: Default::default(),
+                shard: Default::default(),
+                mailbox: crate::pubsub::Mailbox {
+                    info,
+                    tx,
+                    queued: Default::default(),
+                },
+                rx,
+                hub: hub.clone(),
+            }
+        })
     }
 
     /// A client of the node's own making (a slot move's coordinator), with no connection: it
@@ -149,6 +226,7 @@ impl Client {
             blocked: None,
             unblocked: Vec::new(),
             relaying_for_a_node: false,
+            subs: None,
         }
     }
 }
@@ -337,6 +415,8 @@ async fn serve_loop(
                 tokio::time::sleep(Duration::from_secs(timeout_secs)).await
             }
         };
+        let info = client.info.clone();
+        let subscribed = client.subs.is_some();
         tokio::select! {
             n = socket.read_buf(&mut inbuf) => {
                 if n? == 0 {
@@ -344,9 +424,33 @@ async fn serve_loop(
                 }
                 client.info.last_active_ms.store(crate::now_ms(), Ordering::Relaxed);
             }
-            _ = client.info.kill.notified() => return Ok(()),
+            m = next_message(client.subs.as_mut()) => {
+                // A Pub/Sub message, and any others already waiting, go out at once.
+                if let Some(m) = m {
+                    out.extend_from_slice(&m);
+                    while out.len() < OUTPUT_FLUSH_BYTES {
+                        match client.subs.as_mut().map(|s| s.rx.try_recv()) {
+                            Some(Ok(more)) => {
+                                client.subs.as_ref().expect("subscribed").mailbox.queued
+                                    .fetch_sub(more.len(), Ordering::Relaxed);
+                                out.extend_from_slice(&more);
+                            }
+                            _ => break,
+                        }
+                    }
+                    // A subscriber that does not read must not hold this task in a write
+                    // forever: its output limit kills it (see `crate::pubsub`).
+                    tokio::select! {
+                        r = socket.write_all(&out) => r?,
+                        _ = info.kill.notified() => return Ok(()),
+                    }
+                    out.clear();
+                }
+            }
+            _ = info.kill.notified() => return Ok(()),
             _ = shutdown.changed() => return Ok(()),
-            _ = idle => return Ok(()),
+            // A subscriber waits for messages, not requests: it is never idle.
+            _ = idle, if !subscribed => return Ok(()),
         }
         if client.info.killed.load(Ordering::SeqCst) {
             return Ok(());

@@ -157,6 +157,10 @@ pub fn handle(
             return e;
         }
     };
+    let top = spec.name.split('|').next().unwrap_or_default();
+    if let Some(refused) = crate::cmd::pubsub::refused_while_subscribed(client, top) {
+        return refused;
+    }
     if let Some(queue) = client.multi.as_mut() {
         if !matches!(
             spec.name.as_str(),

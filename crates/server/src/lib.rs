@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod expiry;
 pub mod meta;
 pub mod placement;
+pub mod pubsub;
 pub mod replicated;
 pub mod shard;
 pub mod shards;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub stats: stats::Stats,
     /// The slot moves this node coordinates.
     pub reshard: cmd::reshard::Jobs,
+    /// Pub/Sub subscriptions on this node.
+    pub pubsub: Arc<pubsub::Hub>,
     pub started_ms: u64,
     next_client_id: AtomicU64,
     /// Flips to true when the server shuts down.
@@ -211,6 +214,7 @@ pub async fn run_with_bus(
         clients: connection::Registry::default(),
         stats: stats::Stats::default(),
         reshard: Default::default(),
+        pubsub: Default::default(),
         started_ms: now_ms(),
         next_client_id: AtomicU64::new(1),
         shutdown: stop_rx,

@@ -305,7 +305,7 @@ fn with_shard_prefix(group: u64, args: &[Vec<u8>]) -> Vec<Vec<u8>> {
     out
 }
 
-fn encode_request(args: &[Vec<u8>]) -> Vec<u8> {
+pub fn encode_request(args: &[Vec<u8>]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -336,7 +336,8 @@ enum Plain {
 }
 
 fn plain(shared: &Shared, client: &Client, args: &[Vec<u8>]) -> Option<Plain> {
-    if client.multi.is_some() {
+    // In MULTI, or subscribed (some commands are refused then), each request runs alone.
+    if client.multi.is_some() || client.subs.is_some() {
         return None;
     }
     let Lookup::Found(spec) = shared.table.commands.lookup(args) else {
@@ -609,6 +610,9 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
         client.relaying_for_a_node = true;
         return Reply::OK.to_bytes(client.proto);
     }
+    if args[0].eq_ignore_ascii_case(b"cairn.publish") {
+        return crate::cmd::pubsub::deliver_forwarded(shared, &args).to_bytes(client.proto);
+    }
     if args[0].eq_ignore_ascii_case(b"cairn.leaders") {
         return crate::placement::leaders(shared).to_bytes(client.proto);
     }
@@ -657,6 +661,10 @@ async fn handle_on(
             return e.to_bytes(proto);
         }
     };
+    let top = spec.name.split('|').next().unwrap_or_default();
+    if let Some(refused) = crate::cmd::pubsub::refused_while_subscribed(client, top) {
+        return refused.to_bytes(proto);
+    }
     let target = shared.table.target_of(&spec);
     let place = forced.map_or_else(|| route(shared, &spec, &args), Route::Shard);
     if let Some(queue) = client.multi.as_mut() {

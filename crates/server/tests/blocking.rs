@@ -7,16 +7,6 @@ mod common;
 use common::{start_cluster, Cairn, Raw};
 use std::time::{Duration, Instant};
 
-/// Sends a request without waiting for its reply.
-fn start(c: &mut Raw, line: &str) {
-    let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
-    c.send(&args);
-}
-
-fn reply_str(c: &mut Raw) -> String {
-    String::from_utf8_lossy(&c.read_reply()).into_owned()
-}
-
 #[test]
 fn a_blocked_pop_is_woken_by_a_push_and_times_out_with_nil() {
     let cairn = Cairn::start();
@@ -34,17 +24,17 @@ fn a_blocked_pop_is_woken_by_a_push_and_times_out_with_nil() {
     pusher.cmd_str("RPUSH q a");
     assert_eq!(c.cmd_str("BLPOP q 5"), b"*2\r\n$1\r\nq\r\n$1\r\na\r\n");
     // Blocked, then woken by a push from another client.
-    start(&mut c, "BRPOP none q 0");
+    c.send_line("BRPOP none q 0");
     std::thread::sleep(Duration::from_millis(100));
     pusher.cmd_str("LPUSH q b");
-    assert_eq!(reply_str(&mut c), "*2\r\n$1\r\nq\r\n$1\r\nb\r\n");
+    assert_eq!(c.reply_text(), "*2\r\n$1\r\nq\r\n$1\r\nb\r\n");
     // What a blocked client pipelined runs after its blocked command, in order.
-    start(&mut c, "BLMOVE src dst LEFT RIGHT 0");
-    start(&mut c, "LLEN dst");
+    c.send_line("BLMOVE src dst LEFT RIGHT 0");
+    c.send_line("LLEN dst");
     std::thread::sleep(Duration::from_millis(100));
     pusher.cmd_str("RPUSH src m");
-    assert_eq!(reply_str(&mut c), "$1\r\nm\r\n");
-    assert_eq!(reply_str(&mut c), ":1\r\n");
+    assert_eq!(c.reply_text(), "$1\r\nm\r\n");
+    assert_eq!(c.reply_text(), ":1\r\n");
     assert_eq!(c.cmd_str("BLMOVE src dst LEFT RIGHT 0.05"), b"*-1\r\n");
     // Inside MULTI nothing blocks: the "nothing" replies at once.
     assert_eq!(c.cmd_str("MULTI"), b"+OK\r\n");
@@ -53,18 +43,15 @@ fn a_blocked_pop_is_woken_by_a_push_and_times_out_with_nil() {
     c.cmd_str("XREAD BLOCK 0 STREAMS s $");
     assert_eq!(c.cmd_str("EXEC"), b"*3\r\n*-1\r\n$-1\r\n*-1\r\n");
     // Sorted sets and the multi-key pops.
-    start(&mut c, "BZPOPMIN z1 z2 0");
+    c.send_line("BZPOPMIN z1 z2 0");
     std::thread::sleep(Duration::from_millis(100));
     pusher.cmd_str("ZADD z2 1.5 m");
-    assert_eq!(
-        reply_str(&mut c),
-        "*3\r\n$2\r\nz2\r\n$1\r\nm\r\n$3\r\n1.5\r\n"
-    );
-    start(&mut c, "BLMPOP 0 2 l1 l2 RIGHT COUNT 2");
+    assert_eq!(c.reply_text(), "*3\r\n$2\r\nz2\r\n$1\r\nm\r\n$3\r\n1.5\r\n");
+    c.send_line("BLMPOP 0 2 l1 l2 RIGHT COUNT 2");
     std::thread::sleep(Duration::from_millis(100));
     pusher.cmd_str("RPUSH l2 x y z");
     assert_eq!(
-        reply_str(&mut c),
+        c.reply_text(),
         "*2\r\n$2\r\nl2\r\n*2\r\n$1\r\nz\r\n$1\r\ny\r\n"
     );
     // Bad arguments answer at once.
@@ -84,7 +71,7 @@ fn blocked_clients_are_served_in_the_order_they_blocked() {
     let mut pusher = cairn.raw();
     let mut clients: Vec<Raw> = (0..4).map(|_| cairn.raw()).collect();
     for c in clients.iter_mut() {
-        start(c, "BLPOP fifo 0");
+        c.send_line("BLPOP fifo 0");
         // Each blocks before the next.
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -92,7 +79,7 @@ fn blocked_clients_are_served_in_the_order_they_blocked() {
     for (i, c) in clients.iter_mut().enumerate().take(2) {
         pusher.cmd_str(&format!("RPUSH fifo e{i}"));
         assert_eq!(
-            reply_str(c),
+            c.reply_text(),
             format!("*2\r\n$4\r\nfifo\r\n$2\r\ne{i}\r\n"),
             "client {i}"
         );
@@ -100,11 +87,14 @@ fn blocked_clients_are_served_in_the_order_they_blocked() {
     // Two at once: the next two clients, in order.
     pusher.cmd_str("RPUSH fifo e2 e3");
     for (i, c) in clients.iter_mut().enumerate().skip(2) {
-        assert_eq!(reply_str(c), format!("*2\r\n$4\r\nfifo\r\n$2\r\ne{i}\r\n"));
+        assert_eq!(
+            c.reply_text(),
+            format!("*2\r\n$4\r\nfifo\r\n$2\r\ne{i}\r\n")
+        );
     }
     // A client that leaves while blocked takes nothing with it.
     let mut gone = cairn.raw();
-    start(&mut gone, "BLPOP fifo 0");
+    gone.send_line("BLPOP fifo 0");
     std::thread::sleep(Duration::from_millis(50));
     drop(gone);
     std::thread::sleep(Duration::from_millis(100));
@@ -119,20 +109,20 @@ fn stream_reads_block_until_an_entry_arrives() {
     let mut r = cairn.raw();
     w.cmd_str("XADD s 1-1 f old");
     // `$` means after what is there now: the old entry is never returned.
-    start(&mut r, "XREAD BLOCK 0 STREAMS s $");
+    r.send_line("XREAD BLOCK 0 STREAMS s $");
     std::thread::sleep(Duration::from_millis(100));
     w.cmd_str("XADD s 2-1 f new");
     assert_eq!(
-        reply_str(&mut r),
+        r.reply_text(),
         "*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n2-1\r\n*2\r\n$1\r\nf\r\n$3\r\nnew\r\n"
     );
     assert_eq!(r.cmd_str("XREAD BLOCK 100 STREAMS s $"), b"*-1\r\n");
     // A group read blocks for new entries and records the delivery.
     w.cmd_str("XGROUP CREATE s g $");
-    start(&mut r, "XREADGROUP GROUP g alice BLOCK 0 STREAMS s >");
+    r.send_line("XREADGROUP GROUP g alice BLOCK 0 STREAMS s >");
     std::thread::sleep(Duration::from_millis(100));
     w.cmd_str("XADD s 3-1 f next");
-    assert!(reply_str(&mut r).contains("3-1"));
+    assert!(r.reply_text().contains("3-1"));
     assert_eq!(
         w.cmd_str("XPENDING s g"),
         b"*4\r\n:1\r\n$3\r\n3-1\r\n$3\r\n3-1\r\n*1\r\n*2\r\n$5\r\nalice\r\n$1\r\n1\r\n"
@@ -143,20 +133,16 @@ fn stream_reads_block_until_an_entry_arrives() {
 fn a_client_blocked_on_any_node_of_a_cluster_is_woken_by_a_write_on_another() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes = start_cluster(3, &dirs);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while nodes[0].as_ref().unwrap().raw().cmd_str("SET probe x") != b"+OK\r\n" {
-        assert!(Instant::now() < deadline, "the cluster did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_writable(&nodes);
     for (i, node) in nodes.iter().enumerate() {
         let key = format!("jobs{i}");
         let mut c = node.as_ref().unwrap().raw();
         let mut other = nodes[(i + 1) % 3].as_ref().unwrap().raw();
-        start(&mut c, &format!("BLPOP {key} 0"));
+        c.send_line(&format!("BLPOP {key} 0"));
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(other.cmd_str(&format!("RPUSH {key} work")), b":1\r\n");
         assert_eq!(
-            reply_str(&mut c),
+            c.reply_text(),
             format!("*2\r\n${}\r\n{key}\r\n$4\r\nwork\r\n", key.len()),
             "client on node {i}"
         );

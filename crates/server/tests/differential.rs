@@ -783,6 +783,90 @@ fn stream_scripts() {
     }
 }
 
+/// Pub/Sub: a subscriber and a publisher on each server; every reply and every message the
+/// subscriber receives must be the same (PUBSUB CHANNELS and unsubscribing from everything,
+/// whose order Redis leaves to its hash tables, are compared sorted).
+#[test]
+fn pubsub_scripts() {
+    let Some(redis) = redis_or_skip("differential pubsub_scripts") else {
+        return;
+    };
+    let cairn = Cairn::start();
+    // (connection, request, frames the subscriber then receives)
+    let script: &[(char, &str, usize)] = &[
+        ('s', "SUBSCRIBE news sport", 2),
+        ('s', "PSUBSCRIBE n* s?ort", 2),
+        ('p', "PUBLISH news hello", 2),
+        ('p', "PUBLISH sport goal", 2),
+        ('p', "PUBLISH nothing x", 1),
+        ('p', "PUBLISH other x", 0),
+        ('s', "PING", 1),
+        ('s', "PING hi", 1),
+        ('s', "GET x", 1),
+        ('p', "PUBSUB NUMSUB news sport nope", 0),
+        ('p', "PUBSUB NUMPAT", 0),
+        ('p', "PUBSUB CHANNELS n*", 0),
+        ('s', "UNSUBSCRIBE news nope", 2),
+        ('p', "PUBLISH news again", 1),
+        ('s', "PUNSUBSCRIBE", 2),
+        ('s', "UNSUBSCRIBE", 1),
+        ('s', "UNSUBSCRIBE", 1),
+        ('s', "SSUBSCRIBE {a}x {a}y", 2),
+        ('p', "SPUBLISH {a}x m", 1),
+        ('p', "PUBLISH {a}x not-shard", 0),
+        ('p', "PUBSUB SHARDCHANNELS", 0),
+        ('p', "PUBSUB SHARDNUMSUB {a}x {a}z", 0),
+        ('s', "SUNSUBSCRIBE {a}x", 1),
+        ('s', "SUNSUBSCRIBE", 1),
+        ('s', "PUNSUBSCRIBE", 1),
+        ('s', "GET x", 1),
+        ('s', "SUBSCRIBE again", 1),
+        ('s', "RESET", 1),
+        ('p', "PUBLISH again x", 0),
+        ('s', "GET x", 1),
+    ];
+    for proto in ["HELLO 2", "HELLO 3"] {
+        let (mut sa, mut sb) = emptied(&cairn, &redis, proto);
+        let (mut pa, mut pb) = emptied(&cairn, &redis, proto);
+        for &(who, line, frames) in script {
+            let mut got: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            if who == 'p' {
+                got.push((pa.cmd_str(line), pb.cmd_str(line)));
+            } else {
+                let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+                sa.send(&args);
+                sb.send(&args);
+            }
+            let mut frames_a: Vec<Vec<u8>> = (0..frames).map(|_| sa.read_reply()).collect();
+            let mut frames_b: Vec<Vec<u8>> = (0..frames).map(|_| sb.read_reply()).collect();
+            let unordered = line.starts_with("PUBSUB CHANNELS")
+                || line.starts_with("PUBSUB SHARDCHANNELS")
+                || matches!(line, "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE");
+            if unordered {
+                frames_a.sort();
+                frames_b.sort();
+                got = got
+                    .into_iter()
+                    .map(|(a, b)| (normalize_bytes(&a), normalize_bytes(&b)))
+                    .collect();
+            }
+            got.extend(frames_a.into_iter().zip(frames_b));
+            for (a, b) in got {
+                assert_eq!(
+                    String::from_utf8_lossy(&a),
+                    String::from_utf8_lossy(&b),
+                    "{proto}: {who} {line:?} differs (left cairn, right redis)"
+                );
+            }
+        }
+    }
+}
+
+/// A reply with its top-level items sorted, re-encoded (for unordered replies).
+fn normalize_bytes(bytes: &[u8]) -> Vec<u8> {
+    format!("{:?}", normalize(bytes, Order::Sorted)).into_bytes()
+}
+
 /// XINFO STREAM FULL with its times masked: `seen-time` values, and the delivery time in each
 /// pending entry (`[id, consumer, time, count]` of a group, `[id, time, count]` of a consumer).
 fn mask_full(f: common::Frame) -> common::Frame {

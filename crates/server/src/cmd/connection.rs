@@ -9,6 +9,12 @@ fn is(arg: &[u8], word: &str) -> bool {
 }
 
 pub fn ping(c: &mut Call) -> Reply {
+    // A subscribed RESP2 connection gets PING's answer in the shape of a message.
+    let subscribed = c.client.subs.as_ref().is_some_and(|s| !s.is_empty());
+    if subscribed && c.client.proto == Protocol::Resp2 && c.args.len() <= 2 {
+        let arg = c.args.get(1).cloned().unwrap_or_default();
+        return Reply::Array(vec![Reply::from("pong"), Reply::Bulk(arg)]);
+    }
     match c.args.len() {
         1 => Reply::Status("PONG".into()),
         2 => Reply::Bulk(c.args[1].clone()),
@@ -98,6 +104,7 @@ pub fn reset(c: &mut Call) -> Reply {
     c.client.proto = Protocol::Resp2;
     c.client.info.resp.store(2, Ordering::Relaxed);
     c.client.info.name.lock().clear();
+    c.client.subs = None;
     Reply::Status("RESET".into())
 }
 

@@ -5,6 +5,7 @@ pub mod connection;
 pub mod introspection;
 pub mod member;
 pub mod placement;
+pub mod pubsub;
 pub mod reshard;
 pub mod transactions;
 
@@ -12,6 +13,19 @@ use crate::dispatch::ConnHandler;
 
 pub const COMMANDS: &[(&str, ConnHandler)] = &[
     ("ping", connection::ping),
+    ("subscribe", pubsub::subscribe_channels),
+    ("psubscribe", pubsub::subscribe_patterns),
+    ("ssubscribe", pubsub::subscribe_shard),
+    ("unsubscribe", pubsub::unsubscribe_channels),
+    ("punsubscribe", pubsub::unsubscribe_patterns),
+    ("sunsubscribe", pubsub::unsubscribe_shard),
+    ("publish", pubsub::publish),
+    ("spublish", pubsub::spublish),
+    ("pubsub|channels", pubsub::pubsub_channels),
+    ("pubsub|shardchannels", pubsub::pubsub_channels),
+    ("pubsub|numsub", pubsub::pubsub_numsub),
+    ("pubsub|shardnumsub", pubsub::pubsub_numsub),
+    ("pubsub|numpat", pubsub::pubsub_numpat),
     ("echo", connection::echo),
     ("hello", connection::hello),
     ("select", connection::select),

@@ -124,6 +124,19 @@ pub fn cluster_ports(
 /// A replicated cluster of `n` in-process nodes, each with its own data directory, holding
 /// the keyspace in one shard: the tests that use it compare replicated behaviour with one
 /// Redis (multi-key commands on any keys) or follow "the" leader.
+/// Waits (up to 15 s) until node 0 of a started cluster takes a write.
+#[allow(dead_code)]
+pub fn wait_writable(nodes: &[Option<Cairn>]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while nodes[0].as_ref().unwrap().raw().cmd_str("SET probe x") != b"+OK\r\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn start_cluster(n: usize, dirs: &[tempfile::TempDir]) -> Vec<Option<Cairn>> {
     start_cluster_with(n, dirs, 1)
 }
@@ -253,6 +266,17 @@ impl Raw {
     }
 
     /// Reads exactly one reply frame.
+    /// Sends a space-separated request without waiting for its reply.
+    pub fn send_line(&mut self, line: &str) {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        self.send(&args);
+    }
+
+    /// The next reply, as text.
+    pub fn reply_text(&mut self) -> String {
+        String::from_utf8_lossy(&self.read_reply()).into_owned()
+    }
+
     pub fn read_reply(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         read_frame(&mut self.reader, &mut out).expect("reply");
