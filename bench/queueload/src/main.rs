@@ -185,7 +185,8 @@ fn main() {
             let (tally, stop, measuring) = (tally.clone(), stop.clone(), measuring.clone());
             let mut c = Conn::open(port);
             c.call(&[b"SUBSCRIBE", b"news"]);
-            c.w.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            c.w.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             threads.push(std::thread::spawn(move || {
                 let mut local = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -202,7 +203,9 @@ fn main() {
                         }
                         parts.push(l);
                     }
-                    let body = parts.get(5).map(|l| String::from_utf8_lossy(l).trim().to_string());
+                    let body = parts
+                        .get(5)
+                        .map(|l| String::from_utf8_lossy(l).trim().to_string());
                     if let Some(sent) = body.and_then(|b| b.parse::<u64>().ok()) {
                         if measuring.load(Ordering::Relaxed) {
                             local.push(now_us().saturating_sub(sent));
@@ -216,12 +219,8 @@ fn main() {
     }
     let popping = a.clients / 2;
     for i in 0..a.clients {
-        let (tally, stop, measuring, op) = (
-            tally.clone(),
-            stop.clone(),
-            measuring.clone(),
-            a.op.clone(),
-        );
+        let (tally, stop, measuring, op) =
+            (tally.clone(), stop.clone(), measuring.clone(), a.op.clone());
         threads.push(std::thread::spawn(move || {
             let mut c = Conn::open(port);
             let mut local = Vec::new();
@@ -232,33 +231,46 @@ fn main() {
                 let t = Instant::now();
                 let ts = now_us().to_string().into_bytes();
                 let ok = match op.as_str() {
-                    "xadd" => matches!(c.call(&[b"XADD", &stream, b"*", b"f", b"v"]), Value::Bulk(Some(_))),
+                    "xadd" => matches!(
+                        c.call(&[b"XADD", &stream, b"*", b"f", b"v"]),
+                        Value::Bulk(Some(_))
+                    ),
                     "xreadgroup" => {
                         // Keep the stream supplied: every client adds one, then takes one.
                         c.call(&[b"XADD", b"qs", b"*", b"f", b"v"]);
-                        let got = c.call(&[b"XREADGROUP", b"GROUP", b"g", &name, b"COUNT", b"1", b"STREAMS", b"qs", b">"]);
+                        let got = c.call(&[
+                            b"XREADGROUP",
+                            b"GROUP",
+                            b"g",
+                            &name,
+                            b"COUNT",
+                            b"1",
+                            b"STREAMS",
+                            b"qs",
+                            b">",
+                        ]);
                         let mut found = Vec::new();
                         bulks(&got, &mut found);
                         match found.get(1) {
-                            Some(id) => !matches!(c.call(&[b"XACK", b"qs", b"g", id]), Value::Error),
+                            Some(id) => {
+                                !matches!(c.call(&[b"XACK", b"qs", b"g", id]), Value::Error)
+                            }
                             None => false,
                         }
                     }
-                    "lpush-brpop" if i < popping => {
-                        match c.call(&[b"BRPOP", b"jobs", b"1"]) {
-                            Value::Array(Some(kv)) => {
-                                if let Some(Value::Bulk(Some(job))) = kv.get(1) {
-                                    let sent: u64 = String::from_utf8_lossy(job).parse().unwrap_or(0);
-                                    if measuring.load(Ordering::Relaxed) {
-                                        local.push(now_us().saturating_sub(sent));
-                                    }
+                    "lpush-brpop" if i < popping => match c.call(&[b"BRPOP", b"jobs", b"1"]) {
+                        Value::Array(Some(kv)) => {
+                            if let Some(Value::Bulk(Some(job))) = kv.get(1) {
+                                let sent: u64 = String::from_utf8_lossy(job).parse().unwrap_or(0);
+                                if measuring.load(Ordering::Relaxed) {
+                                    local.push(now_us().saturating_sub(sent));
                                 }
-                                continue;
                             }
-                            Value::Array(None) => continue,
-                            _ => false,
+                            continue;
                         }
-                    }
+                        Value::Array(None) => continue,
+                        _ => false,
+                    },
                     "lpush-brpop" => {
                         let ok = !matches!(c.call(&[b"LPUSH", b"jobs", &ts]), Value::Error);
                         if ok {
