@@ -152,6 +152,10 @@ pub fn block_on(client: &mut Client, args: &[Vec<u8>], outcome: Outcome) -> bool
 /// [`release`]: this may run with the store locked (the standalone path holds the lock across a
 /// batch), and giving the place up takes that lock.
 fn finish(client: &mut Client) {
+    client
+        .info
+        .blocked
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     if let Some(b) = client.blocked.take() {
         client.unblocked.push(b);
     }
@@ -207,13 +211,18 @@ pub async fn wait(
                 let notify = b.notify.clone();
                 let waiter = Waiter::new(id, Box::new(move || notify.notify_one()));
                 store.lock().watches.blocked.register(&b.keys, &waiter);
+                info.blocked
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 b.registration = Some(Registration {
                     store,
                     keys: b.keys.clone(),
                     waiter,
                 });
             }
-            None => b.polling = true,
+            None => {
+                b.polling = true;
+                info.blocked.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         return Ok(Woken::Retry);
     }

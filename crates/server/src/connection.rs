@@ -37,6 +37,8 @@ pub struct ClientInfo {
     pub last_command: Mutex<Option<Arc<cairn_commands::CommandSpec>>>,
     pub resp: AtomicU8,
     pub in_multi: AtomicBool,
+    /// Queued on keys by a blocking command (`flags=b` in CLIENT LIST).
+    pub blocked: AtomicBool,
     killed: AtomicBool,
     pub(crate) kill: Notify,
 }
@@ -57,7 +59,13 @@ impl ClientInfo {
             String::from_utf8_lossy(&self.name.lock()),
             now_ms.saturating_sub(self.created_ms) / 1000,
             now_ms.saturating_sub(self.last_active_ms.load(Ordering::Relaxed)) / 1000,
-            if self.in_multi.load(Ordering::Relaxed) { "x" } else { "N" },
+            if self.in_multi.load(Ordering::Relaxed) {
+                "x"
+            } else if self.blocked.load(Ordering::Relaxed) {
+                "b"
+            } else {
+                "N"
+            },
             if self.in_multi.load(Ordering::Relaxed) { 0 } else { -1 },
             self.last_command.lock().as_ref().map_or("NULL", |s| s.name.as_str()),
             self.resp.load(Ordering::Relaxed),
@@ -246,6 +254,7 @@ impl ClientInfo {
             last_command: Mutex::new(None),
             resp: AtomicU8::new(2),
             in_multi: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             kill: Notify::new(),
         })
@@ -366,6 +375,7 @@ async fn serve_loop(
                     }
                     crate::blocking::Woken::TimedOut => {
                         client.blocked = None;
+                        client.info.blocked.store(false, Ordering::Relaxed);
                         cairn_resp::Reply::NilArray.encode(client.proto, &mut out);
                     }
                     crate::blocking::Woken::Close => return Ok(()),

@@ -7,6 +7,22 @@ mod common;
 use common::{start_cluster, Cairn, Raw};
 use std::time::{Duration, Instant};
 
+/// Waits until `n` clients of the node `c` is connected to are blocked (`flags=b`).
+fn wait_blocked(c: &mut Raw, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = c.reply_text_of("CLIENT LIST");
+        if list.matches("flags=b").count() == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} clients did not block:\n{list}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_blocked_pop_is_woken_by_a_push_and_times_out_with_nil() {
     let cairn = Cairn::start();
@@ -25,13 +41,13 @@ fn a_blocked_pop_is_woken_by_a_push_and_times_out_with_nil() {
     assert_eq!(c.cmd_str("BLPOP q 5"), b"*2\r\n$1\r\nq\r\n$1\r\na\r\n");
     // Blocked, then woken by a push from another client.
     c.send_line("BRPOP none q 0");
-    std::thread::sleep(Duration::from_millis(100));
+    wait_blocked(&mut pusher, 1);
     pusher.cmd_str("LPUSH q b");
     assert_eq!(c.reply_text(), "*2\r\n$1\r\nq\r\n$1\r\nb\r\n");
     // What a blocked client pipelined runs after its blocked command, in order.
     c.send_line("BLMOVE src dst LEFT RIGHT 0");
     c.send_line("LLEN dst");
-    std::thread::sleep(Duration::from_millis(100));
+    wait_blocked(&mut pusher, 1);
     pusher.cmd_str("RPUSH src m");
     assert_eq!(c.reply_text(), "$1\r\nm\r\n");
     assert_eq!(c.reply_text(), ":1\r\n");
@@ -44,11 +60,11 @@ fn a_blocked_pop_is_woken_by_a_push_and_times_out_with_nil() {
     assert_eq!(c.cmd_str("EXEC"), b"*3\r\n*-1\r\n$-1\r\n*-1\r\n");
     // Sorted sets and the multi-key pops.
     c.send_line("BZPOPMIN z1 z2 0");
-    std::thread::sleep(Duration::from_millis(100));
+    wait_blocked(&mut pusher, 1);
     pusher.cmd_str("ZADD z2 1.5 m");
     assert_eq!(c.reply_text(), "*3\r\n$2\r\nz2\r\n$1\r\nm\r\n$3\r\n1.5\r\n");
     c.send_line("BLMPOP 0 2 l1 l2 RIGHT COUNT 2");
-    std::thread::sleep(Duration::from_millis(100));
+    wait_blocked(&mut pusher, 1);
     pusher.cmd_str("RPUSH l2 x y z");
     assert_eq!(
         c.reply_text(),
@@ -70,10 +86,10 @@ fn blocked_clients_are_served_in_the_order_they_blocked() {
     let cairn = Cairn::start();
     let mut pusher = cairn.raw();
     let mut clients: Vec<Raw> = (0..4).map(|_| cairn.raw()).collect();
-    for c in clients.iter_mut() {
+    for (i, c) in clients.iter_mut().enumerate() {
         c.send_line("BLPOP fifo 0");
-        // Each blocks before the next.
-        std::thread::sleep(Duration::from_millis(50));
+        // Each is queued before the next blocks.
+        wait_blocked(&mut pusher, i + 1);
     }
     // One element at a time: each goes to the longest-waiting client.
     for (i, c) in clients.iter_mut().enumerate().take(2) {
@@ -95,9 +111,9 @@ fn blocked_clients_are_served_in_the_order_they_blocked() {
     // A client that leaves while blocked takes nothing with it.
     let mut gone = cairn.raw();
     gone.send_line("BLPOP fifo 0");
-    std::thread::sleep(Duration::from_millis(50));
+    wait_blocked(&mut pusher, 1);
     drop(gone);
-    std::thread::sleep(Duration::from_millis(100));
+    wait_blocked(&mut pusher, 0);
     pusher.cmd_str("RPUSH fifo kept");
     assert_eq!(pusher.cmd_str("LLEN fifo"), b":1\r\n");
 }
@@ -110,7 +126,7 @@ fn stream_reads_block_until_an_entry_arrives() {
     w.cmd_str("XADD s 1-1 f old");
     // `$` means after what is there now: the old entry is never returned.
     r.send_line("XREAD BLOCK 0 STREAMS s $");
-    std::thread::sleep(Duration::from_millis(100));
+    wait_blocked(&mut w, 1);
     w.cmd_str("XADD s 2-1 f new");
     assert_eq!(
         r.reply_text(),
@@ -120,7 +136,7 @@ fn stream_reads_block_until_an_entry_arrives() {
     // A group read blocks for new entries and records the delivery.
     w.cmd_str("XGROUP CREATE s g $");
     r.send_line("XREADGROUP GROUP g alice BLOCK 0 STREAMS s >");
-    std::thread::sleep(Duration::from_millis(100));
+    wait_blocked(&mut w, 1);
     w.cmd_str("XADD s 3-1 f next");
     assert!(r.reply_text().contains("3-1"));
     assert_eq!(
@@ -139,7 +155,7 @@ fn a_client_blocked_on_any_node_of_a_cluster_is_woken_by_a_write_on_another() {
         let mut c = node.as_ref().unwrap().raw();
         let mut other = nodes[(i + 1) % 3].as_ref().unwrap().raw();
         c.send_line(&format!("BLPOP {key} 0"));
-        std::thread::sleep(Duration::from_millis(200));
+        wait_blocked(&mut node.as_ref().unwrap().raw(), 1);
         assert_eq!(other.cmd_str(&format!("RPUSH {key} work")), b":1\r\n");
         assert_eq!(
             c.reply_text(),

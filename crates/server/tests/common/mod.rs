@@ -272,6 +272,12 @@ impl Raw {
         self.send(&args);
     }
 
+    /// The reply to a space-separated request, as text.
+    pub fn reply_text_of(&mut self, line: &str) -> String {
+        self.send_line(line);
+        self.reply_text()
+    }
+
     /// The next reply, as text.
     pub fn reply_text(&mut self) -> String {
         String::from_utf8_lossy(&self.read_reply()).into_owned()
