@@ -221,7 +221,8 @@ pub async fn wait(
             }
             None => {
                 b.polling = true;
-                info.blocked.store(true, std::sync::atomic::Ordering::Relaxed);
+                info.blocked
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
         return Ok(Woken::Retry);
