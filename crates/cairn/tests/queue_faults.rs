@@ -301,7 +301,12 @@ fn acknowledged_messages_and_jobs_survive_leader_kills_and_pauses() {
     let mut rng = cairn_check::seeded::XorShift::new(seed);
     let (mut kills, mut pauses, mut at_leader) = (0, 0, 0);
     let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() + Duration::from_millis(1500) < end {
+    // The run lasts `secs`, and longer (at most 20 s more) until the nemesis has struck three
+    // times.
+    let overtime = end + Duration::from_secs(20);
+    while Instant::now() + Duration::from_millis(1500) < end
+        || (kills + pauses < 3 && Instant::now() < overtime)
+    {
         std::thread::sleep(Duration::from_millis(400 + rng.next_u64() % 600));
         let victim = match leader(&cluster) {
             Some(l) => {
