@@ -17,9 +17,9 @@
 
 use crate::connection::Client;
 use crate::Shared;
-use cairn_resp::{Protocol, Reply};
+use cairn_resp::Reply;
 use cairn_store::blocking::Waiter;
-use cairn_store::cmd::blocking::blocking_form;
+use cairn_store::cmd::blocking::{blocking_form, XREAD_FROM};
 use cairn_store::Store;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -30,10 +30,6 @@ use tokio::time::Instant;
 
 /// How often a client blocked on a shard this node holds no replica of tries again.
 pub const POLL: Duration = Duration::from_millis(100);
-
-/// The reply prefix with which the store tells the connection the IDs `XREAD ... $` stands
-/// for (so that each retry reads after the same IDs). Never sent to a client.
-pub const XREAD_FROM: &str = "XREADFROM ";
 
 pub struct BlockedClient {
     /// The request to run again (for XREAD, with `$` replaced by the IDs it stood for).
@@ -75,33 +71,32 @@ pub enum Outcome {
 pub fn outcome_of_bytes(reply: &[u8]) -> Outcome {
     match reply {
         b"*-1\r\n" | b"$-1\r\n" | b"_\r\n" => Outcome::Nothing,
-        r if r.starts_with(b"-XREADFROM ") => {
-            let text = String::from_utf8_lossy(&r[1 + XREAD_FROM.len()..]);
-            Outcome::From(
-                text.trim_end()
-                    .split(' ')
-                    .map(|id| id.as_bytes().to_vec())
-                    .collect(),
-            )
+        [b'-', rest @ ..] if rest.starts_with(XREAD_FROM.as_bytes()) => {
+            from_ids(&String::from_utf8_lossy(&rest[XREAD_FROM.len()..]))
         }
         _ => Outcome::Answer,
     }
+}
+
+/// The IDs of an XREADFROM reply, space-separated.
+fn from_ids(text: &str) -> Outcome {
+    Outcome::From(
+        text.trim_end()
+            .split(' ')
+            .map(|id| id.as_bytes().to_vec())
+            .collect(),
+    )
 }
 
 pub fn outcome_of(reply: &Reply) -> Outcome {
     match reply {
         Reply::Nil | Reply::NilArray => Outcome::Nothing,
-        Reply::Error(e) if e.starts_with(XREAD_FROM) => {
-            outcome_of_bytes(&reply.to_bytes(Protocol::Resp2))
-        }
+        Reply::Error(e) if e.starts_with(XREAD_FROM) => from_ids(&e[XREAD_FROM.len()..]),
         _ => Outcome::Answer,
     }
 }
 
-/// Whether a request's name may block: a cheap test before the exact one.
-pub fn may_block(args: &[Vec<u8>]) -> bool {
-    matches!(args[0].first(), Some(b'b' | b'B' | b'x' | b'X'))
-}
+pub use cairn_store::cmd::blocking::may_block;
 
 /// After `args` ran with `outcome`: true when the client blocks on it (its reply is withheld),
 /// false when the reply goes out (and any earlier blocking on it ends).

@@ -157,8 +157,18 @@ impl Subscriptions {
     /// The next message for this connection, with its bytes taken off the output count.
     async fn next(&mut self) -> Option<Vec<u8>> {
         let m = self.rx.recv().await?;
+        Some(self.taken(m))
+    }
+
+    /// A message already waiting, if any (as [`Subscriptions::next`], without waiting).
+    fn try_next(&mut self) -> Option<Vec<u8>> {
+        let m = self.rx.try_recv().ok()?;
+        Some(self.taken(m))
+    }
+
+    fn taken(&self, m: Vec<u8>) -> Vec<u8> {
         self.mailbox.queued.fetch_sub(m.len(), Ordering::Relaxed);
-        Some(m)
+        m
     }
 }
 
@@ -439,13 +449,9 @@ async fn serve_loop(
                 if let Some(m) = m {
                     out.extend_from_slice(&m);
                     while out.len() < OUTPUT_FLUSH_BYTES {
-                        match client.subs.as_mut().map(|s| s.rx.try_recv()) {
-                            Some(Ok(more)) => {
-                                client.subs.as_ref().expect("subscribed").mailbox.queued
-                                    .fetch_sub(more.len(), Ordering::Relaxed);
-                                out.extend_from_slice(&more);
-                            }
-                            _ => break,
+                        match client.subs.as_mut().and_then(Subscriptions::try_next) {
+                            Some(more) => out.extend_from_slice(&more),
+                            None => break,
                         }
                     }
                     // A subscriber that does not read must not hold this task in a write

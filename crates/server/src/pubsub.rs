@@ -40,24 +40,41 @@ pub struct Mailbox {
     pub queued: Arc<AtomicUsize>,
 }
 
+/// A message encoded once per protocol, for all its subscribers.
+struct Encoded {
+    resp2: Vec<u8>,
+    resp3: Vec<u8>,
+}
+
+impl Encoded {
+    fn new(message: Reply) -> Encoded {
+        Encoded {
+            resp2: message.to_bytes(Protocol::Resp2),
+            resp3: message.to_bytes(Protocol::Resp3),
+        }
+    }
+}
+
 impl Mailbox {
-    fn deliver(&self, message: &Reply) {
-        let proto = if self.info.resp.load(Ordering::Relaxed) == 3 {
-            Protocol::Resp3
+    fn deliver(&self, message: &Encoded) {
+        let bytes = if self.info.resp.load(Ordering::Relaxed) == 3 {
+            &message.resp3
         } else {
-            Protocol::Resp2
+            &message.resp2
         };
-        let bytes = message.to_bytes(proto);
-        let queued = self.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
-        if queued > OUTPUT_LIMIT {
-            tracing::warn!(
-                client = self.info.id,
-                "disconnecting a subscriber past its output buffer limit"
-            );
-            self.info.kill();
+        let before = self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        if before + bytes.len() > OUTPUT_LIMIT {
+            // Said once, when the limit is crossed; the connection closes shortly after.
+            if before <= OUTPUT_LIMIT {
+                tracing::warn!(
+                    client = self.info.id,
+                    "disconnecting a subscriber past its output buffer limit"
+                );
+                self.info.kill();
+            }
             return;
         }
-        let _ = self.tx.send(bytes);
+        let _ = self.tx.send(bytes.clone());
     }
 }
 
@@ -113,11 +130,11 @@ impl Hub {
         let kind = if shard { "smessage" } else { "message" };
         let subs = if shard { &t.shard } else { &t.channels };
         if let Some(subs) = subs.get(channel) {
-            let m = Reply::Push(vec![
+            let m = Encoded::new(Reply::Push(vec![
                 Reply::from(kind),
                 Reply::Bulk(channel.to_vec()),
                 Reply::Bulk(message.to_vec()),
-            ]);
+            ]));
             for s in subs.values() {
                 s.deliver(&m);
                 n += 1;
@@ -128,12 +145,12 @@ impl Hub {
                 if !cairn_store::glob::matches(pattern, channel, false) {
                     continue;
                 }
-                let m = Reply::Push(vec![
+                let m = Encoded::new(Reply::Push(vec![
                     Reply::from("pmessage"),
                     Reply::Bulk(pattern.clone()),
                     Reply::Bulk(channel.to_vec()),
                     Reply::Bulk(message.to_vec()),
-                ]);
+                ]));
                 for s in subs.values() {
                     s.deliver(&m);
                     n += 1;

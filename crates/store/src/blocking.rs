@@ -53,11 +53,6 @@ impl Blocked {
         self.by_key.is_empty()
     }
 
-    /// How many clients wait on `key`.
-    pub fn waiting_on(&self, key: &[u8]) -> usize {
-        self.by_key.get(key).map_or(0, VecDeque::len)
-    }
-
     /// Queues `waiter` behind those already waiting on each of `keys`.
     pub fn register(&mut self, keys: &[Vec<u8>], waiter: &Arc<Waiter>) {
         for key in keys {

@@ -415,21 +415,6 @@ impl Stream {
             g.check();
         }
     }
-
-    /// An estimate of the memory the stream takes (MEMORY USAGE).
-    pub fn approximate_bytes(&self) -> usize {
-        let entries: usize = self
-            .entries
-            .values()
-            .map(|f| 40 + f.iter().map(|b| b.len() + 8).sum::<usize>())
-            .sum();
-        let groups: usize = self
-            .groups
-            .values()
-            .map(|g| 64 + g.pel.len() * 64 + g.consumers.len() * 64)
-            .sum();
-        64 + entries + groups
-    }
 }
 
 #[cfg(test)]

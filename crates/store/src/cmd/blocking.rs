@@ -49,6 +49,35 @@ pub fn timeout_ms(arg: &[u8]) -> Result<u64, Reply> {
     Ok(ms as u64)
 }
 
+/// The error prefix with which XREAD BLOCK ... `$` that finds nothing tells the connection the
+/// IDs `$` stood for (so that each retry reads after the same IDs). Never sent to a client:
+/// the connection blocks instead (see `cairn_server::blocking`).
+pub const XREAD_FROM: &str = "XREADFROM ";
+
+/// Whether a request is a blocking command (an XREAD or XREADGROUP with BLOCK included): a
+/// test without allocation, for every request; [`blocking_form`] then has the details.
+pub fn may_block(args: &[Vec<u8>]) -> bool {
+    const NAMES: [&str; 8] = [
+        "blpop",
+        "brpop",
+        "brpoplpush",
+        "blmove",
+        "blmpop",
+        "bzpopmin",
+        "bzpopmax",
+        "bzmpop",
+    ];
+    let name = &args[0];
+    if NAMES.iter().any(|n| is(name, n)) {
+        return true;
+    }
+    (is(name, "xread") || is(name, "xreadgroup"))
+        && args[1..]
+            .iter()
+            .take_while(|a| !is(a, "streams"))
+            .any(|a| is(a, "block"))
+}
+
 /// What a connection needs to block on a command: how long, and on which keys.
 #[derive(Debug, PartialEq)]
 pub struct Blocking {

@@ -686,13 +686,10 @@ fn xread_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
         ctx.modified(key);
     }
     if served.is_empty() && dollars {
+        let ids = String::from_utf8_lossy(&resolved.join(&b' ')).into_owned();
         return Err(Reply::error(format!(
-            "XREADFROM {}",
-            resolved
-                .join(&b' ')
-                .iter()
-                .map(|&b| b as char)
-                .collect::<String>()
+            "{}{ids}",
+            crate::cmd::blocking::XREAD_FROM
         )));
     }
     if served.is_empty() {
