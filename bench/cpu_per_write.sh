@@ -16,10 +16,7 @@ SECS=${SECS:-10}
 command -v redis-server >/dev/null || { echo "bench: redis-server is needed (apt-get install redis-server)"; exit 1; }
 cargo build --release -q -p cairn
 cargo build --release -q --manifest-path bench/kvload/Cargo.toml --target-dir target
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/lib.sh
 cores=$(nproc)
 tck=$(getconf CLK_TCK)
 cpu_ticks() { # pids... → summed utime + stime in clock ticks
@@ -38,25 +35,8 @@ measure() { # name port pids...
     cpu = t / tck; writes = ops * secs; us = cpu * 1e6 / writes
     printf "%s,%d,%.1f,%.2f,%.0f\n", n, ops, us, cpu / secs, cores * 1e6 / us }'
 }
-cluster="1=127.0.0.1:$((BASE + 10000)),2=127.0.0.1:$((BASE + 10001)),3=127.0.0.1:$((BASE + 10002))"
-cairn=()
-for i in 1 2 3; do
-  CAIRN_LOG=warn ./target/release/cairn server --port $((BASE + i - 1)) --node-id "$i" --bus-port $((BASE + 10000 + i - 1)) \
-    --initial-cluster "$cluster" --shards 1 --data-dir "$work/node$i" >"$work/node$i.log" 2>&1 &
-  pids+=($!); cairn+=($!)
-done
-leader=""
-for _ in $(seq 200); do
-  for i in 1 2 3; do
-    redis-cli -p $((BASE + i - 1)) info raft 2>/dev/null | grep -q 'group1:role=leader' && leader=$((BASE + i - 1))
-  done
-  [ -n "$leader" ] && break
-  sleep 0.1
-done
-redis-server --port $REDIS_PORT --save "" --appendonly yes --appendfsync always --dir "$work" >"$work/redis.log" 2>&1 &
-redis=$!
-pids+=($redis)
-sleep 1
+start_cairn3 "$BASE"
+start_redis_always "$REDIS_PORT"
 echo "system,SET ops/s,server CPU us per SET,server cores busy,SET/s this CPU cost allows on $cores cores"
 measure cairn-3-nodes "$leader" "${cairn[@]}"
 measure redis-always "$REDIS_PORT" "$redis"

@@ -16,28 +16,9 @@ CLIENTS=${CLIENTS:-50}
 command -v redis-server >/dev/null || { echo "bench: redis-server is needed (apt-get install redis-server)"; exit 1; }
 cargo build --release -q -p cairn
 cargo build --release -q --manifest-path bench/queueload/Cargo.toml --target-dir target
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-cluster="1=127.0.0.1:$((BASE + 10000)),2=127.0.0.1:$((BASE + 10001)),3=127.0.0.1:$((BASE + 10002))"
-for i in 1 2 3; do
-  CAIRN_LOG=warn ./target/release/cairn server --port $((BASE + i - 1)) --node-id "$i" --bus-port $((BASE + 10000 + i - 1)) \
-    --initial-cluster "$cluster" --shards 1 --data-dir "$work/node$i" >"$work/node$i.log" 2>&1 &
-  pids+=($!)
-done
-leader=""
-for _ in $(seq 200); do
-  for i in 1 2 3; do
-    redis-cli -p $((BASE + i - 1)) info raft 2>/dev/null | grep -q 'group1:role=leader' && leader=$((BASE + i - 1))
-  done
-  [ -n "$leader" ] && break
-  sleep 0.1
-done
-[ -n "$leader" ] || { echo "bench: no cairn leader"; exit 1; }
-redis-server --port "$REDIS_PORT" --save "" --appendonly yes --appendfsync always --dir "$work" >"$work/redis.log" 2>&1 &
-pids+=($!)
-sleep 1
+source bench/lib.sh
+start_cairn3 "$BASE"
+start_redis_always "$REDIS_PORT"
 load() { ./target/release/queueload --port "$1" --op "$2" --clients "$CLIENTS" --secs "$SECS"; }
 echo "op,cairn ops/s,cairn p50 ms,cairn p99 ms,cairn errors,redis ops/s,redis p50 ms,redis p99 ms,redis errors,throughput cairn/redis,p99 cairn/redis"
 for op in xadd xreadgroup lpush-brpop publish; do

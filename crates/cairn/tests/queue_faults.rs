@@ -51,15 +51,23 @@ fn connected<'a>(conn: &'a mut Option<Conn>, ports: &[u16], pick: u64) -> Option
     conn.as_mut()
 }
 
-fn producer(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
+/// Runs `step` with a connection to a node until `stop` (at most 200,000 times); a step that
+/// loses its connection sets it to None, and the next step gets one to another node.
+fn drive(id: u64, ports: &[u16], stop: &AtomicBool, mut step: impl FnMut(&mut Option<Conn>, u64)) {
     let mut conn = None;
     for n in 0..200_000u64 {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let Some(c) = connected(&mut conn, &ports, n + id) else {
-            continue;
-        };
+        if connected(&mut conn, ports, n + id).is_some() {
+            step(&mut conn, n);
+        }
+    }
+}
+
+fn producer(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
+    drive(id, &ports, &stop, |conn, n| {
+        let c = conn.as_mut().expect("connected");
         let payload = format!("m{id}-{n}").into_bytes();
         rec.tried.lock().unwrap().insert(payload.clone());
         match c.call(&[b"XADD", b"q", b"*", b"n", &payload]) {
@@ -67,9 +75,9 @@ fn producer(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
                 rec.added.lock().unwrap().insert(payload);
             }
             Some(_) => {}
-            None => conn = None,
+            None => *conn = None,
         }
-        let Some(c) = conn.as_mut() else { continue };
+        let Some(c) = conn.as_mut() else { return };
         let job = format!("j{id}-{n}").into_bytes();
         rec.pushes_tried.lock().unwrap().insert(job.clone());
         match c.call(&[b"RPUSH", b"jobs", &job]) {
@@ -77,12 +85,12 @@ fn producer(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
                 rec.pushed.lock().unwrap().insert(job);
             }
             Some(_) => {}
-            None => conn = None,
+            None => *conn = None,
         }
         if n % 40 == 39 {
-            conn = None; // move between nodes
+            *conn = None; // move between nodes
         }
-    }
+    });
 }
 
 /// The payloads of XREADGROUP / XAUTOCLAIM entries (`[id, [n, payload]]`), with their IDs.
@@ -105,14 +113,8 @@ fn entries(list: &[Answer]) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 fn consumer(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
     let name = format!("c{id}").into_bytes();
-    let mut conn = None;
-    for n in 0..200_000u64 {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let Some(c) = connected(&mut conn, &ports, n + id) else {
-            continue;
-        };
+    drive(id, &ports, &stop, |conn, n| {
+        let c = conn.as_mut().expect("connected");
         // Mostly new entries; now and then entries another consumer left pending.
         let got = if n % 5 == 4 {
             match c.call(&[
@@ -131,8 +133,8 @@ fn consumer(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
                 },
                 Some(_) => Vec::new(),
                 None => {
-                    conn = None;
-                    continue;
+                    *conn = None;
+                    return;
                 }
             }
         } else {
@@ -158,13 +160,13 @@ fn consumer(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
                 },
                 Some(_) => Vec::new(),
                 None => {
-                    conn = None;
-                    continue;
+                    *conn = None;
+                    return;
                 }
             }
         };
         if got.is_empty() {
-            continue;
+            return;
         }
         let mut ack: Vec<&[u8]> = vec![b"XACK", b"q", b"g"];
         for (entry_id, payload) in &got {
@@ -173,20 +175,14 @@ fn consumer(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
         }
         // A lost XACK leaves the entries pending: XAUTOCLAIM hands them out again.
         if c.call(&ack).is_none() {
-            conn = None;
+            *conn = None;
         }
-    }
+    });
 }
 
 fn worker(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
-    let mut conn = None;
-    for n in 0..200_000u64 {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let Some(c) = connected(&mut conn, &ports, n + id) else {
-            continue;
-        };
+    drive(id, &ports, &stop, |conn, _| {
+        let c = conn.as_mut().expect("connected");
         match c.call(&[b"BLPOP", b"jobs", b"0.5"]) {
             Some(Answer::Array(kv)) => {
                 if let Some(Answer::Value(Some(job))) = kv.get(1) {
@@ -201,10 +197,10 @@ fn worker(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
             }
             None => {
                 rec.uncertain_pops.fetch_add(1, Ordering::Relaxed);
-                conn = None;
+                *conn = None;
             }
         }
-    }
+    });
 }
 
 /// The node that leads the shard now, if one does.
