@@ -129,6 +129,9 @@ pub struct Client {
     pub relaying_for_a_node: bool,
     /// Pub/Sub: what this connection subscribes to, and its messages waiting to be written.
     pub subs: Option<Subscriptions>,
+    /// Pub/Sub: other nodes' acknowledgements of names this connection subscribed to first,
+    /// awaited before its replies are written (see `crate::pubsub`).
+    pub interest_acks: crate::pubsub::Pending,
 }
 
 /// A connection's Pub/Sub subscriptions. Dropping them unsubscribes (disconnect, RESET).
@@ -245,6 +248,7 @@ impl Client {
             unblocked: Vec::new(),
             relaying_for_a_node: false,
             subs: None,
+            interest_acks: Default::default(),
         }
     }
 }
@@ -350,6 +354,7 @@ async fn serve_loop(
                 && (client.blocked.is_none() || std::mem::take(&mut retry))
             {
                 crate::replicated::handle_pending(shared, client, &mut pending, &mut out).await;
+                std::mem::take(&mut client.interest_acks).wait().await;
                 if client.close_after_reply {
                     pending.clear();
                 }

@@ -224,6 +224,7 @@ pub async fn run_with_bus(
     let opener = created.map(|rx| tokio::spawn(meta::open_created(shared.clone(), rx)));
     let leaders = tokio::spawn(placement::watch_leaders(shared.clone()));
     let closer = tokio::spawn(placement::close_removed(shared.clone()));
+    let links = tokio::spawn(pubsub::link_peers(shared.clone()));
     tracing::info!(addr = %listener.local_addr()?, commands = shared.table.len(), "cairn is serving clients");
     tokio::pin!(shutdown);
     loop {
@@ -273,6 +274,7 @@ pub async fn run_with_bus(
     watchdog.abort();
     leaders.abort();
     closer.abort();
+    links.abort();
     if let Some(opener) = opener {
         opener.abort();
     }

@@ -3,25 +3,40 @@
 //!
 //! Pub/Sub is not replicated state (as in Redis, a message goes to whoever listens when it is
 //! published, at most once). A PUBLISH or SPUBLISH on any node is delivered to this node's
-//! subscribers and sent on to every other node (`CAIRN.PUBLISH`), which delivers it to its
-//! own. Each peer gets its messages through one connection and a bounded queue: when the queue
-//! is full (the peer is down or slow) messages for it are dropped, never buffered without
-//! limit. A subscriber whose unsent messages pass [`OUTPUT_LIMIT`] bytes is disconnected, as
-//! Redis's `client-output-buffer-limit pubsub` does.
+//! subscribers and sent on (`CAIRN.PUBLISH`) to the other nodes that have a matching
+//! subscriber, which deliver it to their own.
+//!
+//! Each node tells every other node what its subscribers want (`CAIRN.INTEREST`): the whole
+//! set when its connection to that node opens, then each name that gains its first or loses
+//! its last subscriber. A SUBSCRIBE is answered only once the other nodes have acknowledged
+//! the new name (or [`INTEREST_WAIT`] has passed), so a message published anywhere after the
+//! reply reaches the subscriber. A node whose interest is not known yet (it has not connected
+//! since this node started) gets every message.
+//!
+//! Each peer gets its messages through one connection and a bounded queue: when the queue is
+//! full (the peer is down or slow) messages for it are dropped, never buffered without limit,
+//! and the interest it was owed is sent whole once the queue drains. A subscriber whose unsent
+//! messages pass [`OUTPUT_LIMIT`] bytes is disconnected, as Redis's `client-output-buffer-limit
+//! pubsub` does.
 
 use crate::connection::ClientInfo;
 use cairn_resp::{Protocol, Reply};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 /// Redis's default hard limit for a Pub/Sub client's output buffer (32 MB).
 pub const OUTPUT_LIMIT: usize = 32 * 1024 * 1024;
 /// Messages waiting for one peer node, at most.
 const PEER_QUEUE: usize = 10_000;
+/// The longest a SUBSCRIBE waits for the other nodes to acknowledge a new name.
+pub const INTEREST_WAIT: Duration = Duration::from_millis(500);
+/// Names per `CAIRN.INTEREST` request when a node sends its whole interest.
+const NAMES_PER_REQUEST: usize = 1000;
 
 /// What a subscription is to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,6 +44,24 @@ pub enum Kind {
     Channel,
     Pattern,
     Shard,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Channel, Kind::Pattern, Kind::Shard];
+
+    fn word(self) -> &'static [u8] {
+        match self {
+            Kind::Channel => b"channel",
+            Kind::Pattern => b"pattern",
+            Kind::Shard => b"shard",
+        }
+    }
+
+    fn parse(word: &[u8]) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| word.eq_ignore_ascii_case(k.word()))
+    }
 }
 
 /// One subscribed connection, as the hub reaches it.
@@ -95,21 +128,106 @@ impl Table {
     }
 }
 
+/// What one other node's subscribers want: the names its forwarded messages must match.
+#[derive(Default)]
+struct Interest {
+    channels: HashSet<Vec<u8>>,
+    patterns: HashSet<Vec<u8>>,
+    shard: HashSet<Vec<u8>>,
+}
+
+impl Interest {
+    fn of(&mut self, kind: Kind) -> &mut HashSet<Vec<u8>> {
+        match kind {
+            Kind::Channel => &mut self.channels,
+            Kind::Pattern => &mut self.patterns,
+            Kind::Shard => &mut self.shard,
+        }
+    }
+
+    fn wants(&self, shard: bool, channel: &[u8]) -> bool {
+        if shard {
+            return self.shard.contains(channel);
+        }
+        self.channels.contains(channel)
+            || self
+                .patterns
+                .iter()
+                .any(|p| cairn_store::glob::matches(p, channel, false))
+    }
+}
+
+/// A request for a peer, with whoever waits for the peer to have handled it.
+struct Outgoing {
+    bytes: Vec<u8>,
+    /// An interest change (else a published message).
+    interest: bool,
+    acks: Vec<oneshot::Sender<()>>,
+}
+
+/// This node's link to one other node.
+struct Peer {
+    tx: mpsc::Sender<Outgoing>,
+    /// An interest change could not be queued: the forwarder sends the whole set again.
+    resync: Arc<AtomicBool>,
+}
+
 #[derive(Default)]
 pub struct Hub {
     table: Mutex<Table>,
+    /// This node's id (0 until replication starts).
+    me: AtomicU64,
     /// Per peer node: the queue its forwarder reads.
-    peers: Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>,
+    peers: Mutex<HashMap<u64, Peer>>,
+    /// Per peer node: what its subscribers want, once it has said.
+    interest: Mutex<HashMap<u64, Interest>>,
+    /// Messages this node was sent by others (`CAIRN.PUBLISH`), for INFO.
+    pub forwarded_in: AtomicU64,
+}
+
+/// Acknowledgements a SUBSCRIBE waits for before it is answered.
+#[derive(Default)]
+pub struct Pending(Vec<oneshot::Receiver<()>>);
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Waits until every peer has acknowledged, has failed, or [`INTEREST_WAIT`] has passed.
+    pub async fn wait(self) {
+        let deadline = tokio::time::Instant::now() + INTEREST_WAIT;
+        for ack in self.0 {
+            let _ = tokio::time::timeout_at(deadline, ack).await;
+        }
+    }
+}
+
+fn interest_request(me: u64, op: &[u8], kind: Option<Kind>, names: &[&Vec<u8>]) -> Vec<u8> {
+    let mut args = vec![
+        b"CAIRN.INTEREST".to_vec(),
+        me.to_string().into_bytes(),
+        op.to_vec(),
+    ];
+    if let Some(k) = kind {
+        args.push(k.word().to_vec());
+    }
+    args.extend(names.iter().map(|n| n.to_vec()));
+    crate::replicated::encode_request(&args)
 }
 
 impl Hub {
-    pub fn subscribe(&self, kind: Kind, name: &[u8], mailbox: &Mailbox) {
-        self.table
-            .lock()
-            .of(kind)
-            .entry(name.to_vec())
-            .or_default()
-            .insert(mailbox.info.id, mailbox.clone());
+    /// Subscribes `mailbox` to `name`. When the name is new on this node, the other nodes are
+    /// told, and their acknowledgements are added to `pending`.
+    pub fn subscribe(&self, kind: Kind, name: &[u8], mailbox: &Mailbox, pending: &mut Pending) {
+        let mut t = self.table.lock();
+        let subs = t.of(kind).entry(name.to_vec()).or_default();
+        let first = subs.is_empty();
+        subs.insert(mailbox.info.id, mailbox.clone());
+        if first {
+            // Under the table lock, so that peers see a name's changes in the order they happen.
+            self.announce(b"add", kind, name, Some(pending));
+        }
     }
 
     pub fn unsubscribe(&self, kind: Kind, name: &[u8], client: u64) {
@@ -119,6 +237,7 @@ impl Hub {
             subs.remove(&client);
             if subs.is_empty() {
                 map.remove(name);
+                self.announce(b"del", kind, name, None);
             }
         }
     }
@@ -184,16 +303,138 @@ impl Hub {
         self.table.lock().patterns.len()
     }
 
-    /// Sends a published message on to every other node (replicated mode), dropping it for a
-    /// peer whose queue is full.
-    pub fn forward(
+    /// Queues an interest change for every peer; a peer whose queue is full is marked for a
+    /// whole resend instead.
+    fn announce(&self, op: &[u8], kind: Kind, name: &[u8], mut pending: Option<&mut Pending>) {
+        let me = self.me.load(Ordering::Relaxed);
+        if me == 0 {
+            return;
+        }
+        let name = name.to_vec();
+        let bytes = interest_request(me, op, Some(kind), &[&name]);
+        for peer in self.peers.lock().values() {
+            let acks = match pending.as_mut() {
+                Some(p) => {
+                    let (tx, rx) = oneshot::channel();
+                    p.0.push(rx);
+                    vec![tx]
+                }
+                None => Vec::new(),
+            };
+            let out = Outgoing {
+                bytes: bytes.clone(),
+                interest: true,
+                acks,
+            };
+            if peer.tx.try_send(out).is_err() {
+                peer.resync.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// This node's whole interest, as the requests that replace what a peer knows of it,
+    /// followed by the messages of `batch` and of the peer's queue. The interest changes
+    /// queued so far are dropped (they are older than the whole, and their acknowledgements
+    /// move to it): one sent after the whole could undo a newer change that a full queue lost.
+    fn whole_interest(
         &self,
-        peers: BTreeMap<u64, SocketAddr>,
+        me: u64,
+        batch: Vec<Outgoing>,
+        queued: &mut mpsc::Receiver<Outgoing>,
+    ) -> Vec<Outgoing> {
+        let mut t = self.table.lock();
+        let mut acks = Vec::new();
+        let mut messages = Vec::new();
+        let mut sort = |o: Outgoing| {
+            if o.interest {
+                acks.extend(o.acks);
+            } else {
+                messages.push(o);
+            }
+        };
+        batch.into_iter().for_each(&mut sort);
+        while let Ok(o) = queued.try_recv() {
+            sort(o);
+        }
+        let mut out = vec![Outgoing {
+            bytes: interest_request(me, b"reset", None, &[]),
+            interest: true,
+            acks: Vec::new(),
+        }];
+        for kind in Kind::ALL {
+            let names: Vec<&Vec<u8>> = t.of(kind).keys().collect();
+            for chunk in names.chunks(NAMES_PER_REQUEST) {
+                out.push(Outgoing {
+                    bytes: interest_request(me, b"add", Some(kind), chunk),
+                    interest: true,
+                    acks: Vec::new(),
+                });
+            }
+        }
+        out.last_mut().expect("reset is there").acks = acks;
+        out.extend(messages);
+        out
+    }
+
+    /// `CAIRN.INTEREST <node> reset|add|del [<kind> <name>...]`: what another node's
+    /// subscribers want.
+    pub fn interest_of(&self, args: &[Vec<u8>]) -> Reply {
+        let usage =
+            || Reply::error("ERR usage: CAIRN.INTEREST <node> reset|add|del [<kind> <name>...]");
+        let Some(node) = args.get(1).and_then(|a| cairn_resp::decode::parse_i64(a)) else {
+            return usage();
+        };
+        let node = node as u64;
+        let op = args.get(2).map(Vec::as_slice).unwrap_or_default();
+        let mut all = self.interest.lock();
+        if op.eq_ignore_ascii_case(b"reset") {
+            all.insert(node, Interest::default());
+            return Reply::OK;
+        }
+        let Some(kind) = args.get(3).and_then(|k| Kind::parse(k)) else {
+            return usage();
+        };
+        let set = all.entry(node).or_default().of(kind);
+        match op {
+            b"add" => set.extend(args[4..].iter().cloned()),
+            b"del" => {
+                for name in &args[4..] {
+                    set.remove(name);
+                }
+            }
+            _ => return usage(),
+        }
+        Reply::OK
+    }
+
+    /// Starts a link to every peer this node has none to yet (replicated mode); each link
+    /// sends this node's interest as soon as it connects.
+    pub fn connect_peers(self: &Arc<Self>, peers: &BTreeMap<u64, SocketAddr>, me: u64) {
+        self.me.store(me, Ordering::Relaxed);
+        let _t = self.table.lock(); // no name may change between a link's start and its queue
+        let mut links = self.peers.lock();
+        for (&id, &addr) in peers {
+            if id == me || links.contains_key(&id) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let resync = Arc::new(AtomicBool::new(false));
+            tokio::spawn(forwarder(addr, rx, Arc::downgrade(self), resync.clone()));
+            links.insert(id, Peer { tx, resync });
+        }
+    }
+
+    /// Sends a published message on to the other nodes whose subscribers may want it
+    /// (replicated mode), dropping it for a peer whose queue is full.
+    pub fn forward(
+        self: &Arc<Self>,
+        peers: &BTreeMap<u64, SocketAddr>,
         me: u64,
         shard: bool,
         channel: &[u8],
         message: &[u8],
     ) {
+        self.connect_peers(peers, me);
         let request = crate::replicated::encode_request(&[
             b"CAIRN.PUBLISH".to_vec(),
             if shard {
@@ -204,61 +445,179 @@ impl Hub {
             channel.to_vec(),
             message.to_vec(),
         ]);
-        let mut queues = self.peers.lock();
-        for (id, addr) in peers {
-            if id == me {
+        let interest = self.interest.lock();
+        let links = self.peers.lock();
+        for id in peers.keys() {
+            if *id == me || interest.get(id).is_some_and(|i| !i.wants(shard, channel)) {
                 continue;
             }
-            let tx = queues.entry(id).or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(PEER_QUEUE);
-                tokio::spawn(forwarder(addr, rx));
-                tx
-            });
-            let _ = tx.try_send(request.clone());
+            if let Some(peer) = links.get(id) {
+                let _ = peer.tx.try_send(Outgoing {
+                    bytes: request.clone(),
+                    interest: false,
+                    acks: Vec::new(),
+                });
+            }
         }
     }
 }
 
-/// Writes one peer's messages on one connection (reopened when lost), reading its replies
-/// back so that they never pile up.
-async fn forwarder(addr: SocketAddr, mut rx: mpsc::Receiver<Vec<u8>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn: Option<tokio::net::TcpStream> = None;
-    let mut sink = vec![0u8; 16 * 1024];
-    while let Some(first) = rx.recv().await {
-        let mut batch = first;
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        if conn.is_none() {
-            conn = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                tokio::net::TcpStream::connect(addr),
-            )
-            .await
-            .ok()
-            .and_then(Result::ok);
-        }
-        let Some(c) = conn.as_mut() else {
-            continue; // the peer is down: these messages are lost for it
-        };
-        if c.write_all(&batch).await.is_err() {
-            conn = None;
-            continue;
-        }
-        // Drain whatever replies have arrived (+OK / :n), without waiting for them.
-        loop {
-            match tokio::time::timeout(std::time::Duration::ZERO, c.read(&mut sink)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    conn = None;
-                    break;
+/// How often a link with no connection tries again, so that a peer learns this node's
+/// interest soon after either of them restarts.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+/// Acknowledgements waiting for the reply to the request with their number.
+type Waiting = VecDeque<(u64, oneshot::Sender<()>)>;
+
+/// One open connection to a peer: requests written, and the acknowledgements waiting for
+/// their replies.
+struct Link {
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    written: u64,
+    acks: Arc<Mutex<Waiting>>,
+    closed: Arc<AtomicBool>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Link {
+    async fn open(addr: SocketAddr) -> Option<Link> {
+        let stream =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                .await
+                .ok()?
+                .ok()?;
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        let acks = Arc::new(Mutex::new(VecDeque::new()));
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader = tokio::spawn(read_replies(reader, acks.clone(), closed.clone()));
+        Some(Link {
+            writer,
+            written: 0,
+            acks,
+            closed,
+            reader,
+        })
+    }
+
+    async fn write(&mut self, batch: Vec<Outgoing>) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut bytes = Vec::new();
+        {
+            let mut acks = self.acks.lock();
+            for out in batch {
+                bytes.extend_from_slice(&out.bytes);
+                self.written += 1;
+                for ack in out.acks {
+                    acks.push_back((self.written, ack));
                 }
-                Ok(Ok(_)) => continue,
-                Err(_) => break,
             }
         }
+        self.writer.write_all(&bytes).await
+    }
+}
+
+/// Counts a peer's replies and fires the acknowledgements they complete. Every reply to
+/// `CAIRN.PUBLISH` and `CAIRN.INTEREST` (an integer, `+OK` or an error) is exactly one line,
+/// so the n-th line answers the n-th request.
+async fn read_replies(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    acks: Arc<Mutex<Waiting>>,
+    closed: Arc<AtomicBool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut answered = 0u64;
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                answered += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+                let mut acks = acks.lock();
+                while acks.front().is_some_and(|(seq, _)| *seq <= answered) {
+                    let (_, ack) = acks.pop_front().expect("checked");
+                    let _ = ack.send(());
+                }
+            }
+        }
+    }
+    closed.store(true, Ordering::Relaxed);
+    // Whoever still waits is released by the senders' drop.
+    acks.lock().clear();
+}
+
+/// Writes one peer's requests on one connection, reopened when lost (and every
+/// [`RECONNECT_EVERY`] while it cannot be opened).
+async fn forwarder(
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Outgoing>,
+    hub: Weak<Hub>,
+    resync: Arc<AtomicBool>,
+) {
+    let mut link: Option<Link> = None;
+    let mut tick = tokio::time::interval(RECONNECT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut batch = tokio::select! {
+            first = rx.recv() => {
+                let Some(first) = first else { return };
+                let mut batch = vec![first];
+                let mut size = batch[0].bytes.len();
+                while size < 256 * 1024 {
+                    match rx.try_recv() {
+                        Ok(more) => {
+                            size += more.bytes.len();
+                            batch.push(more);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                batch
+            }
+            _ = tick.tick() => Vec::new(),
+        };
+        let Some(hub) = hub.upgrade() else { return };
+        if link
+            .as_ref()
+            .is_some_and(|l| l.closed.load(Ordering::Relaxed))
+        {
+            link = None;
+        }
+        let fresh = link.is_none();
+        if fresh {
+            link = Link::open(addr).await;
+        }
+        let Some(l) = link.as_mut() else {
+            continue; // the peer is down: these requests are lost for it (and acks released)
+        };
+        // A new connection, or a queue that lost an interest change: the whole interest first.
+        if resync.swap(false, Ordering::Relaxed) || fresh {
+            let me = hub.me.load(Ordering::Relaxed);
+            batch = hub.whole_interest(me, batch, &mut rx);
+        }
+        if !batch.is_empty() && l.write(batch).await.is_err() {
+            link = None;
+        }
+    }
+}
+
+/// Replicated mode: keeps a link to every other node, so each learns what this node's
+/// subscribers want soon after either starts or a node joins.
+pub async fn link_peers(shared: Arc<crate::Shared>) {
+    let Some(repl) = &shared.replication else {
+        return;
+    };
+    let mut tick = tokio::time::interval(RECONNECT_EVERY);
+    loop {
+        tick.tick().await;
+        shared
+            .pubsub
+            .connect_peers(&repl.all_client_addrs(), repl.me);
     }
 }

@@ -613,6 +613,9 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
     if args[0].eq_ignore_ascii_case(b"cairn.publish") {
         return crate::cmd::pubsub::deliver_forwarded(shared, &args).to_bytes(client.proto);
     }
+    if args[0].eq_ignore_ascii_case(b"cairn.interest") {
+        return shared.pubsub.interest_of(&args).to_bytes(client.proto);
+    }
     if args[0].eq_ignore_ascii_case(b"cairn.leaders") {
         return crate::placement::leaders(shared).to_bytes(client.proto);
     }

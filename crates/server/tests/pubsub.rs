@@ -97,3 +97,88 @@ fn a_subscriber_that_stops_reading_is_disconnected_at_its_output_limit() {
         b":0\r\n".to_vec()
     );
 }
+
+/// INFO's count of messages other nodes forwarded to this one.
+fn forwarded_in(c: &mut Raw) -> u64 {
+    let info = String::from_utf8_lossy(&c.cmd_str("INFO stats")).into_owned();
+    info.lines()
+        .find_map(|l| l.strip_prefix("pubsub_forwarded_in:"))
+        .unwrap_or_else(|| panic!("no pubsub_forwarded_in in {info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_message_is_forwarded_only_to_nodes_with_a_matching_subscriber() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_cluster(3, &dirs);
+    common::wait_writable(&nodes);
+    let node = |i: usize| nodes[i].as_ref().unwrap();
+    // Node 1 wants "only1" and "p1.*"; node 2 wants something nobody publishes. A SUBSCRIBE is
+    // answered once every other node knows of it, so from here on the interest is known.
+    let mut on1 = node(1).raw();
+    on1.send_line("SUBSCRIBE only1");
+    assert!(on1.reply_text().contains("only1"));
+    on1.send_line("PSUBSCRIBE p1.*");
+    assert!(on1.reply_text().contains("p1.*"));
+    let mut on2 = node(2).raw();
+    on2.send_line("SUBSCRIBE unrelated");
+    assert!(on2.reply_text().contains("unrelated"));
+    let mut stats1 = node(1).raw();
+    let mut stats2 = node(2).raw();
+    let (before1, before2) = (forwarded_in(&mut stats1), forwarded_in(&mut stats2));
+    let mut publisher = node(0).raw();
+    for i in 0..10 {
+        for channel in ["only1", "p1.x", "nobody"] {
+            assert_eq!(
+                publisher.cmd_str(&format!("PUBLISH {channel} m{i}")),
+                b":0\r\n"
+            );
+        }
+    }
+    // Node 1 gets its 20 (channel and pattern), in order.
+    for i in 0..10 {
+        assert_eq!(
+            on1.reply_text(),
+            format!("*3\r\n$7\r\nmessage\r\n$5\r\nonly1\r\n$2\r\nm{i}\r\n")
+        );
+        assert_eq!(
+            on1.reply_text(),
+            format!("*4\r\n$8\r\npmessage\r\n$4\r\np1.*\r\n$4\r\np1.x\r\n$2\r\nm{i}\r\n")
+        );
+    }
+    assert_eq!(forwarded_in(&mut stats1) - before1, 20);
+    // A marker published last reaches node 2 only once everything before it would have.
+    on2.send_line("SUBSCRIBE marker");
+    assert!(on2.reply_text().contains("marker"));
+    assert_eq!(publisher.cmd_str("PUBLISH marker end"), b":0\r\n");
+    assert_eq!(
+        on2.reply_text(),
+        "*3\r\n$7\r\nmessage\r\n$6\r\nmarker\r\n$3\r\nend\r\n"
+    );
+    assert_eq!(
+        forwarded_in(&mut stats2) - before2,
+        1,
+        "node 2 has no subscriber for the 30 messages before the marker"
+    );
+    // Once node 1's subscriber leaves, node 0 stops sending it "only1".
+    on1.send_line("UNSUBSCRIBE only1");
+    assert!(on1.reply_text().contains("unsubscribe"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let before = forwarded_in(&mut stats1);
+        assert_eq!(publisher.cmd_str("PUBLISH only1 late"), b":0\r\n");
+        // Its marker: a pattern message node 1 still wants, sent after "late".
+        assert_eq!(publisher.cmd_str("PUBLISH p1.y mark"), b":0\r\n");
+        assert!(on1.reply_text().contains("mark"));
+        if forwarded_in(&mut stats1) - before == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 0 still forwards an unsubscribed channel"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

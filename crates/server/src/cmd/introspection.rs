@@ -1,6 +1,7 @@
 //! Server introspection: COMMAND, INFO, CONFIG, TIME, LASTSAVE, DEBUG.
 
 use crate::dispatch::Call;
+use crate::pubsub::Kind;
 use crate::stats::Stats;
 use cairn_resp::Reply;
 use std::time::Duration;
@@ -215,6 +216,20 @@ pub fn info(c: &mut Call) -> Reply {
             (
                 "protocol_errors".into(),
                 Stats::get(&st.protocol_errors).to_string(),
+            ),
+            (
+                "pubsub_channels".into(),
+                sh.pubsub.names(Kind::Channel, None).len().to_string(),
+            ),
+            ("pubsub_patterns".into(), sh.pubsub.patterns().to_string()),
+            (
+                "pubsub_shardchannels".into(),
+                sh.pubsub.names(Kind::Shard, None).len().to_string(),
+            ),
+            // cairn's own: messages other nodes forwarded here (only where subscribers want them).
+            (
+                "pubsub_forwarded_in".into(),
+                Stats::get(&sh.pubsub.forwarded_in).to_string(),
             ),
         ],
     );

@@ -27,10 +27,12 @@ fn subscribe(c: &mut Call, kind: Kind) -> Reply {
     let hub = c.shared.pubsub.clone();
     let subs = c.client.subscriptions(&hub);
     let mailbox: Mailbox = subs.mailbox.clone();
+    let mut acks = std::mem::take(&mut c.client.interest_acks);
+    let subs = c.client.subscriptions(&hub);
     let mut replies = Vec::new();
     for name in &c.args[1..] {
         if subs.of(kind).insert(name.clone()) {
-            hub.subscribe(kind, name, &mailbox);
+            hub.subscribe(kind, name, &mailbox, &mut acks);
         }
         replies.push(Reply::Push(vec![
             Reply::from(names(kind).0),
@@ -38,6 +40,7 @@ fn subscribe(c: &mut Call, kind: Kind) -> Reply {
             Reply::Int(count(subs, kind)),
         ]));
     }
+    c.client.interest_acks = acks;
     Reply::Several(replies)
 }
 
@@ -96,7 +99,7 @@ fn publish_to(c: &mut Call, shard: bool) -> Reply {
     if let Some(repl) = &c.shared.replication {
         c.shared
             .pubsub
-            .forward(repl.all_client_addrs(), repl.me, shard, channel, message);
+            .forward(&repl.all_client_addrs(), repl.me, shard, channel, message);
     }
     Reply::Int(n as i64)
 }
@@ -115,6 +118,7 @@ pub fn deliver_forwarded(shared: &crate::Shared, args: &[Vec<u8>]) -> Reply {
     match args {
         [_, kind, channel, message] => {
             let shard = kind.eq_ignore_ascii_case(b"shard");
+            crate::stats::Stats::add(&shared.pubsub.forwarded_in, 1);
             Reply::Int(shared.pubsub.deliver(shard, channel, message) as i64)
         }
         _ => Reply::error("ERR usage: CAIRN.PUBLISH channel|shard <channel> <message>"),
