@@ -44,6 +44,10 @@ pub trait StateMachine {
     }
     /// Replaces the state with a snapshot's.
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+    /// Told before each run of entries is applied whether this replica leads the group (the
+    /// leader may do what must happen once per entry, such as publishing events). Not part
+    /// of the replicated state: applying must give the same state either way.
+    fn set_leading(&mut self, _leading: bool) {}
 }
 
 /// Produces a state machine's snapshot bytes on another thread.
@@ -870,6 +874,9 @@ fn apply_entries<S: StateMachine>(
     if let Some(p) = g.pending.as_mut() {
         p.deferred.extend(entries);
         return Ok(());
+    }
+    if !entries.is_empty() {
+        g.sm.set_leading(g.raw.raft.state == StateRole::Leader);
     }
     for e in entries {
         debug_assert!(

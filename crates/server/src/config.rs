@@ -41,6 +41,9 @@ pub struct Config {
     /// Replicated mode: how many nodes hold each shard created with the cluster (its Raft
     /// group's voters), at most the initial node count. Later shards get as many.
     pub replicas: usize,
+    /// `notify-keyspace-events` as last set through CONFIG SET here (the setting in force is
+    /// the Pub/Sub hub's, shared by the whole cluster: see `crate::pubsub`).
+    pub notify_keyspace_events: u32,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             snapshot_entries: 10_000,
             shards: 0,
             replicas: 3,
+            notify_keyspace_events: 0,
         }
     }
 }
@@ -144,7 +148,10 @@ impl Config {
             ("appendonly", "no".into()),
             ("maxmemory", "0".into()),
             ("maxmemory-policy", "noeviction".into()),
-            ("notify-keyspace-events", String::new()),
+            (
+                "notify-keyspace-events",
+                cairn_store::notify::format(self.notify_keyspace_events),
+            ),
             ("cluster-enabled", "no".into()),
         ]
     }
@@ -173,9 +180,12 @@ impl Config {
                     _ => return Err("argument must be 'yes' or 'no'".into()),
                 }
             }
-            // Accepted for compatibility: cairn has no eviction, persistence knobs or events yet.
-            "maxmemory-policy" | "save" | "appendonly" | "notify-keyspace-events" | "maxmemory" => {
+            "notify-keyspace-events" => {
+                self.notify_keyspace_events = cairn_store::notify::parse(value)
+                    .ok_or("Invalid event class character. Use 'Ag$lshzxeKEtmdn'.")?
             }
+            // Accepted for compatibility: cairn has no eviction or persistence knobs.
+            "maxmemory-policy" | "save" | "appendonly" | "maxmemory" => {}
             _ => return Err("unknown".into()),
         }
         Ok(())

@@ -199,7 +199,14 @@ pub fn call(
     *client.info.last_command.lock() = Some(spec.clone());
     match shared.table.target_of(spec) {
         Some(Target::Store(h)) => match store {
-            Some(store) => store.execute(h, args, &env),
+            Some(store) => {
+                store.events.flags = shared.pubsub.keyspace_flags();
+                let reply = store.execute(h, args, &env);
+                if !store.events.list.is_empty() {
+                    shared.pubsub.publish_events(store.events.take());
+                }
+                reply
+            }
             None => {
                 // Replicated mode runs data commands through the log (crate::replicated).
                 Reply::error("ERR internal: a data command reached the server path")

@@ -20,12 +20,15 @@ pub async fn run(shared: Arc<Shared>) {
         }
         let removed = match &shared.replication {
             Some(repl) => crate::replicated::expire_due(&shared, repl).await,
-            None => shared
-                .shards
-                .only()
-                .lock()
-                .expire_due(crate::now_ms(), MAX_PER_CYCLE)
-                .len(),
+            None => {
+                let mut store = shared.shards.only().lock();
+                store.events.flags = shared.pubsub.keyspace_flags();
+                let removed = store.expire_due(crate::now_ms(), MAX_PER_CYCLE).len();
+                let events = store.events.take();
+                drop(store);
+                shared.pubsub.publish_events(events);
+                removed
+            }
         };
         Stats::add(&shared.stats.expired_keys, removed as u64);
     }

@@ -78,6 +78,7 @@ type Started = (
 fn start_replication(
     config: &Config,
     bus: Option<std::net::TcpListener>,
+    hub: &Arc<pubsub::Hub>,
 ) -> std::io::Result<Started> {
     if config.initial_cluster.is_empty() {
         return Ok((shards::Shards::single(), None, None));
@@ -150,6 +151,8 @@ fn start_replication(
         Some(meta::GroupMachine::Shard(shard::ShardMachine {
             store: store.clone(),
             routes: Some((group, shards.owners().clone())),
+            events: Some(hub.clone()),
+            leading: false,
         }))
     };
     let mut machines = vec![(meta::GROUP, voters.clone(), meta::GroupMachine::Meta(meta))];
@@ -205,7 +208,8 @@ pub async fn run_with_bus(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (shards, replication, created) = start_replication(&config, bus)?;
+    let hub: Arc<pubsub::Hub> = Default::default();
+    let (shards, replication, created) = start_replication(&config, bus, &hub)?;
     let shared = Arc::new(Shared {
         config: Mutex::new(config),
         shards,
@@ -214,7 +218,7 @@ pub async fn run_with_bus(
         clients: connection::Registry::default(),
         stats: stats::Stats::default(),
         reshard: Default::default(),
-        pubsub: Default::default(),
+        pubsub: hub,
         started_ms: now_ms(),
         next_client_id: AtomicU64::new(1),
         shutdown: stop_rx,

@@ -266,6 +266,12 @@ impl StateMachine for GroupMachine {
             GroupMachine::Meta(m) => m.restore(data),
         }
     }
+
+    fn set_leading(&mut self, leading: bool) {
+        if let GroupMachine::Shard(m) = self {
+            m.set_leading(leading);
+        }
+    }
 }
 
 /// Runs until the node stops: opens the group of every shard the meta group created (and
@@ -289,6 +295,8 @@ pub async fn open_created(
         let machine = ShardMachine {
             store: store.clone(),
             routes: Some((id, shared.shards.owners().clone())),
+            events: Some(shared.pubsub.clone()),
+            leading: false,
         };
         match repl
             .node

@@ -183,6 +183,9 @@ pub struct Hub {
     interest: Mutex<HashMap<u64, Interest>>,
     /// Messages this node was sent by others (`CAIRN.PUBLISH`), for INFO.
     pub forwarded_in: AtomicU64,
+    /// `notify-keyspace-events`: (version, flags) of the newest setting this node knows.
+    keyspace: Mutex<(u64, u32)>,
+    keyspace_flags: std::sync::atomic::AtomicU32,
 }
 
 /// Acknowledgements a SUBSCRIBE waits for before it is answered.
@@ -214,6 +217,17 @@ fn interest_request(me: u64, op: &[u8], kind: Option<Kind>, names: &[&Vec<u8>]) 
     }
     args.extend(names.iter().map(|n| n.to_vec()));
     crate::replicated::encode_request(&args)
+}
+
+/// `CAIRN.INTEREST <me> events <version> <flags>`: a `notify-keyspace-events` setting.
+fn events_request(me: u64, version: u64, flags: u32) -> Vec<u8> {
+    crate::replicated::encode_request(&[
+        b"CAIRN.INTEREST".to_vec(),
+        me.to_string().into_bytes(),
+        b"events".to_vec(),
+        version.to_string().into_bytes(),
+        cairn_store::notify::format(flags).into_bytes(),
+    ])
 }
 
 impl Hub {
@@ -305,13 +319,16 @@ impl Hub {
 
     /// Queues an interest change for every peer; a peer whose queue is full is marked for a
     /// whole resend instead.
-    fn announce(&self, op: &[u8], kind: Kind, name: &[u8], mut pending: Option<&mut Pending>) {
+    fn announce(&self, op: &[u8], kind: Kind, name: &[u8], pending: Option<&mut Pending>) {
         let me = self.me.load(Ordering::Relaxed);
         if me == 0 {
             return;
         }
         let name = name.to_vec();
-        let bytes = interest_request(me, op, Some(kind), &[&name]);
+        self.announce_request(interest_request(me, op, Some(kind), &[&name]), pending);
+    }
+
+    fn announce_request(&self, bytes: Vec<u8>, mut pending: Option<&mut Pending>) {
         for peer in self.peers.lock().values() {
             let acks = match pending.as_mut() {
                 Some(p) => {
@@ -371,21 +388,81 @@ impl Hub {
                 });
             }
         }
+        let (version, flags) = *self.keyspace.lock();
+        if version > 0 {
+            out.push(Outgoing {
+                bytes: events_request(me, version, flags),
+                interest: true,
+                acks: Vec::new(),
+            });
+        }
         out.last_mut().expect("reset is there").acks = acks;
         out.extend(messages);
         out
     }
 
+    /// The `notify-keyspace-events` flags in force on this node.
+    pub fn keyspace_flags(&self) -> u32 {
+        self.keyspace_flags.load(Ordering::Relaxed)
+    }
+
+    /// Sets `notify-keyspace-events` for the whole cluster: here, and on every other node
+    /// through the links (whose acknowledgements are added to `pending`). The newest setting
+    /// anywhere wins (a version from the clock, made larger than any seen).
+    pub fn set_keyspace_events(&self, flags: u32, pending: &mut Pending) {
+        let _order = self.table.lock(); // the same order as the links' whole interest
+        let me = self.me.load(Ordering::Relaxed);
+        let version = {
+            let mut k = self.keyspace.lock();
+            let version = (crate::now_ms() * 1000 + me % 1000).max(k.0 + 1);
+            *k = (version, flags);
+            version
+        };
+        self.keyspace_flags.store(flags, Ordering::Relaxed);
+        if me != 0 {
+            self.announce_request(events_request(me, version, flags), Some(pending));
+        }
+    }
+
+    /// Publishes keyspace notifications (collected by a shard this node leads, or by the
+    /// standalone store) to this node's subscribers and to the other nodes that want them.
+    pub fn publish_events(&self, events: Vec<cairn_store::notify::Event>) {
+        let flags = self.keyspace_flags();
+        for event in events {
+            for (channel, message) in event.messages(flags) {
+                self.deliver(false, &channel, &message);
+                self.forward_to_links(false, &channel, &message);
+            }
+        }
+    }
+
     /// `CAIRN.INTEREST <node> reset|add|del [<kind> <name>...]`: what another node's
-    /// subscribers want.
+    /// subscribers want; `CAIRN.INTEREST <node> events <version> <flags>`: a cluster-wide
+    /// `notify-keyspace-events` setting.
     pub fn interest_of(&self, args: &[Vec<u8>]) -> Reply {
-        let usage =
-            || Reply::error("ERR usage: CAIRN.INTEREST <node> reset|add|del [<kind> <name>...]");
+        let usage = || {
+            Reply::error("ERR usage: CAIRN.INTEREST <node> reset|add|del [<kind> <name>...] | events <version> <flags>")
+        };
         let Some(node) = args.get(1).and_then(|a| cairn_resp::decode::parse_i64(a)) else {
             return usage();
         };
         let node = node as u64;
         let op = args.get(2).map(Vec::as_slice).unwrap_or_default();
+        if op == b"events" {
+            let version = args.get(3).and_then(|v| cairn_resp::decode::parse_i64(v));
+            let flags = args
+                .get(4)
+                .and_then(|f| cairn_store::notify::parse(&String::from_utf8_lossy(f)));
+            let (Some(version), Some(flags)) = (version, flags) else {
+                return usage();
+            };
+            let mut k = self.keyspace.lock();
+            if version as u64 > k.0 {
+                *k = (version as u64, flags);
+                self.keyspace_flags.store(flags, Ordering::Relaxed);
+            }
+            return Reply::OK;
+        }
         let mut all = self.interest.lock();
         if op.eq_ignore_ascii_case(b"reset") {
             all.insert(node, Interest::default());
@@ -435,6 +512,11 @@ impl Hub {
         message: &[u8],
     ) {
         self.connect_peers(peers, me);
+        self.forward_to_links(shard, channel, message);
+    }
+
+    /// Sends a message to every linked node whose subscribers may want it.
+    fn forward_to_links(&self, shard: bool, channel: &[u8], message: &[u8]) {
         let request = crate::replicated::encode_request(&[
             b"CAIRN.PUBLISH".to_vec(),
             if shard {
@@ -446,18 +528,15 @@ impl Hub {
             message.to_vec(),
         ]);
         let interest = self.interest.lock();
-        let links = self.peers.lock();
-        for id in peers.keys() {
-            if *id == me || interest.get(id).is_some_and(|i| !i.wants(shard, channel)) {
+        for (id, peer) in self.peers.lock().iter() {
+            if interest.get(id).is_some_and(|i| !i.wants(shard, channel)) {
                 continue;
             }
-            if let Some(peer) = links.get(id) {
-                let _ = peer.tx.try_send(Outgoing {
-                    bytes: request.clone(),
-                    interest: false,
-                    acks: Vec::new(),
-                });
-            }
+            let _ = peer.tx.try_send(Outgoing {
+                bytes: request.clone(),
+                interest: false,
+                acks: Vec::new(),
+            });
         }
     }
 }

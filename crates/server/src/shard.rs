@@ -27,6 +27,11 @@ pub struct ShardMachine {
     /// This shard's group id and the node's slot → shard map, told of every slot this shard
     /// comes to serve (None in tests of the machine alone).
     pub routes: Option<(u64, Arc<SlotOwners>)>,
+    /// Where keyspace notifications go: published by the leader only, once per change
+    /// (None in tests of the machine alone).
+    pub events: Option<Arc<crate::pubsub::Hub>>,
+    /// Whether this replica led the group when its latest entries were applied.
+    pub leading: bool,
 }
 
 /// Key positions of any Redis command, for the apply-time slot check.
@@ -81,7 +86,41 @@ impl ShardMachine {
 
 impl StateMachine for ShardMachine {
     fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
+        let reply = self.apply_entry(index, data);
+        if let Some(hub) = &self.events {
+            let events = self.store.lock().events.take();
+            if !events.is_empty() {
+                hub.publish_events(events);
+            }
+        }
+        reply
+    }
+
+    fn set_leading(&mut self, leading: bool) {
+        self.leading = leading;
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.snapshot_bytes()
+    }
+
+    fn snapshot_job(&self) -> Option<cairn_replication::driver::SnapshotJob> {
+        self.snapshot_job_of()
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        self.restore_bytes(data)
+    }
+}
+
+impl ShardMachine {
+    /// Applies one entry; keyspace notifications are collected only on the leader.
+    fn apply_entry(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
         let mut store = self.store.lock();
+        store.events.flags = match &self.events {
+            Some(hub) if self.leading => hub.keyspace_flags(),
+            _ => 0,
+        };
         store.watches.set_log_index(index);
         let entry = match LogEntry::decode(data) {
             Ok(e) => e,
@@ -168,7 +207,7 @@ impl StateMachine for ShardMachine {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot_bytes(&self) -> Vec<u8> {
         // Slot by slot, taking the lock for one slot at a time: a big keyspace takes seconds
         // to write, and connections (whose tokio workers also carry the cluster bus) must not
         // wait that long. Nothing changes the store meanwhile: only apply writes to it, and
@@ -201,15 +240,15 @@ impl StateMachine for ShardMachine {
 
     /// Serializes on another thread: the driver applies nothing meanwhile, so the store this
     /// reads (under its lock, like any reader) is the state at the snapshot's index.
-    fn snapshot_job(&self) -> Option<cairn_replication::driver::SnapshotJob> {
+    fn snapshot_job_of(&self) -> Option<cairn_replication::driver::SnapshotJob> {
         let me = ShardMachine {
             store: self.store.clone(),
-            routes: None,
+            ..ShardMachine::default()
         };
-        Some(Box::new(move || me.snapshot()))
+        Some(Box::new(move || me.snapshot_bytes()))
     }
 
-    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+    fn restore_bytes(&mut self, data: &[u8]) -> Result<(), String> {
         let Some(rest) = data.strip_prefix(MAGIC) else {
             self.store.lock().keyspace = snapshot::read(data).map_err(|e| e.to_string())?;
             return Ok(());
@@ -320,6 +359,7 @@ mod tests {
         let mut source = ShardMachine {
             store: Arc::new(Mutex::new(Store::new())),
             routes: Some((1, owners.clone())),
+            ..ShardMachine::default()
         };
         source.apply(1, &set("k", "v"));
         let s = slot.to_string();
@@ -359,6 +399,7 @@ mod tests {
         let mut target = ShardMachine {
             store: Arc::new(Mutex::new(Store::serving(SlotSet::none()))),
             routes: Some((2, owners.clone())),
+            ..ShardMachine::default()
         };
         target.apply(1, &migrate(&["IN", &s, "1", "2"]));
         assert_eq!(

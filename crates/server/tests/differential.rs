@@ -447,6 +447,22 @@ fn run_against(seed: u64, ops: usize, resp3: bool, replicated: bool) {
         a.cmd_str("HELLO 3");
         b.cmd_str("HELLO 3");
     }
+    // Standalone: every command's keyspace notifications are compared too (see `events`).
+    let mut subscribers = (!replicated).then(|| {
+        let (mut sa, mut sb) = (cairn.raw(), redis.raw());
+        for (c, s) in [(&mut a, &mut sa), (&mut b, &mut sb)] {
+            assert_eq!(
+                c.cmd_str("CONFIG SET notify-keyspace-events KEA"),
+                b"+OK\r\n"
+            );
+            s.send_line("PSUBSCRIBE __key*@0__:*");
+            s.read_reply();
+            s.send_line("SUBSCRIBE diff-mark");
+            s.read_reply();
+        }
+        (sa, sb)
+    });
+    let mut notifications = 0;
     let mut rng = Rng(seed, 0);
     // The commands sent so far, to show what led to a mismatch.
     let mut history: Vec<String> = Vec::new();
@@ -477,6 +493,11 @@ fn run_against(seed: u64, ops: usize, resp3: bool, replicated: bool) {
             }
             let fix_args: Vec<&[u8]> = fix.iter().map(|s| s.as_bytes()).collect();
             a.cmd(&fix_args);
+            if let Some((sa, sb)) = subscribers.as_mut() {
+                // (The fix's own events are cairn's alone.)
+                events(&mut a, sa, i);
+                events(&mut b, sb, i);
+            }
             continue;
         }
         if ra != rb && normalize(&ra, order) != normalize(&rb, order) {
@@ -497,6 +518,17 @@ fn run_against(seed: u64, ops: usize, resp3: bool, replicated: bool) {
                 String::from_utf8_lossy(&ra),
                 String::from_utf8_lossy(&rb)
             );
+        }
+        if let Some((sa, sb)) = subscribers.as_mut() {
+            let (ea, eb) = (events(&mut a, sa, i), events(&mut b, sb, i));
+            notifications += ea.len();
+            if ea != eb {
+                panic!(
+                    "keyspace notifications differ (seed {seed}, op {i}): {:?} (reply {:?})\n  cairn: {ea:?}\n  redis: {eb:?}\nrerun: CAIRN_DIFF_SEED={seed} cargo test --test differential",
+                    cmd.join(" "),
+                    String::from_utf8_lossy(&rb)
+                );
+            }
         }
     }
     // The final states must agree too.
@@ -525,9 +557,33 @@ fn run_against(seed: u64, ops: usize, resp3: bool, replicated: bool) {
         }
     }
     println!(
-        "differential: seed {seed}, {ops} ops, {} — all replies identical",
+        "differential: seed {seed}, {ops} ops, {} — all replies identical, and all {notifications} keyspace notifications",
         if resp3 { "RESP3" } else { "RESP2" }
     );
+}
+
+/// The keyspace notifications a subscriber got for the last command: everything before the
+/// marker that `conn` publishes now, as (channel, message) text. `expired` events are left
+/// out: when a deadline is acted on is each server's own business (Redis also expires keys
+/// that reads touch; cairn's reads never write).
+fn events(conn: &mut common::Raw, sub: &mut common::Raw, i: usize) -> Vec<(String, String)> {
+    conn.cmd_str(&format!("PUBLISH diff-mark {i}"));
+    let mut out = Vec::new();
+    loop {
+        let text = message_text(&sub.read_reply());
+        let (channel, message) = match text.as_slice() {
+            [_, channel, message] => (channel.clone(), message.clone()),
+            [_, _pattern, channel, message] => (channel.clone(), message.clone()),
+            _ => panic!("not a message: {text:?}"),
+        };
+        if channel == "diff-mark" {
+            assert_eq!(message, i.to_string(), "markers arrive in order");
+            return out;
+        }
+        if message != "expired" && channel != "__keyevent@0__:expired" {
+            out.push((channel, message));
+        }
+    }
 }
 
 /// An INCRBYFLOAT-family reply that differs only in digits past f64 precision (Redis computes in
@@ -913,4 +969,278 @@ fn random_sequences_replicated() {
         println!("differential replicated seed {seed} (rerun: CAIRN_DIFF_SEED={seed} cargo test --test differential)");
         run_against(seed, ops().min(3000), resp3, true);
     }
+}
+
+/// Every keyspace event Redis emits for the data types, by a fixed script: the messages a
+/// `PSUBSCRIBE __key*@0__:*` subscriber receives must be Redis's, in Redis's order. Standalone,
+/// and on a 3-node cluster where the setting is made on one node, the commands go through
+/// another and a subscriber listens on each (the shard's leader publishes; the others get the
+/// events forwarded).
+#[test]
+fn keyspace_notification_scripts() {
+    let Some(redis) = redis_or_skip("differential keyspace_notification_scripts") else {
+        return;
+    };
+    let script = [
+        "SET s 1",
+        "SET s 2 EX 100",
+        "SETEX s2 100 x",
+        "APPEND s x",
+        "SETRANGE s 0 y",
+        "SETRANGE s 0 \"\"",
+        "INCR n",
+        "INCRBYFLOAT n 1.5",
+        "SETBIT b 3 1",
+        "SETBIT b 3 1",
+        "BITFIELD b SET u8 0 1 INCRBY u8 0 1",
+        "BITOP OR b2 b b",
+        "BITOP AND b2 nosuch",
+        "PFADD h a b c",
+        "PFADD h a",
+        "PFMERGE h2 h",
+        "MSET m1 1 m2 2",
+        "GETSET m1 3",
+        "GETDEL m2",
+        "GETEX m1 EX 100",
+        "GETEX m1 PERSIST",
+        "EXPIRE m1 100",
+        "PERSIST m1",
+        "PEXPIREAT m1 1",
+        "RENAME s s3",
+        "COPY s3 s4",
+        "DEL s3 s4 nosuch",
+        "LPUSH l a b c d e",
+        "RPUSH l f",
+        "LPOP l",
+        "RPOP l 2",
+        "LINSERT l BEFORE c x",
+        "LSET l 0 y",
+        "LREM l 1 x",
+        "LTRIM l 0 1",
+        "LMOVE l l2 LEFT RIGHT",
+        "RPOPLPUSH l2 l2",
+        "BLPOP l 1",
+        "LPOP l",
+        "SADD st a b c d e",
+        "SREM st a",
+        "SMOVE st st2 b",
+        "SPOP st",
+        "SINTERSTORE st3 st st2",
+        "SUNIONSTORE st3 st st2",
+        "SDIFFSTORE st3 st st",
+        "SINTERSTORE st3 st st",
+        "SDIFFSTORE st3 st st2",
+        "SPOP st 10",
+        "HSET hs a 1 b 2",
+        "HSETNX hs c 3",
+        "HINCRBY hs a 1",
+        "HINCRBYFLOAT hs a 1.5",
+        "HDEL hs a b c",
+        "ZADD z 1 a 2 b 3 c 4 d 5 e 6 f",
+        "ZADD z 1 a",
+        "ZINCRBY z 1 a",
+        "ZREM z a",
+        "ZREMRANGEBYSCORE z 2 2",
+        "ZREMRANGEBYRANK z 0 0",
+        "ZREMRANGEBYLEX z [z [z",
+        "ZPOPMIN z",
+        "ZPOPMAX z",
+        "ZADD z 1 a 2 b",
+        "ZUNIONSTORE z2 1 z",
+        "ZINTERSTORE z2 2 z z",
+        "ZDIFFSTORE z2 2 z z",
+        "ZDIFFSTORE z2 2 z nosuch",
+        "ZRANGESTORE z3 z 0 -1",
+        "BZPOPMIN z 1",
+        "ZMPOP 1 z MAX COUNT 5",
+        "XADD x 1-1 f v",
+        "XADD x MAXLEN 1 2-1 f v",
+        "XADD x 3-1 f v",
+        "XDEL x 3-1",
+        "XTRIM x MAXLEN 0",
+        "XSETID x 10-1",
+        "XGROUP CREATE x g $",
+        "XGROUP SETID x g 0",
+        "XGROUP CREATECONSUMER x g c1",
+        "XADD x 11-1 f v",
+        "XREADGROUP GROUP g c2 COUNT 1 STREAMS x >",
+        "XCLAIM x g c3 0 11-1",
+        "XAUTOCLAIM x g c4 0 0",
+        "XGROUP DELCONSUMER x g c1",
+        "XGROUP DESTROY x g",
+        "RPUSH sl 3 1 2",
+        "SORT sl STORE sl2",
+        "SORT nosuch STORE sl2",
+        "SET r0 v",
+        "DUMP-RESTORE r0 r",
+        "FLUSHALL",
+    ];
+    let expected = keyspace_events(
+        &mut redis.raw(),
+        &mut redis.raw(),
+        &mut redis.raw(),
+        &script,
+    );
+    assert!(
+        expected.len() > 150,
+        "the script should make Redis report its events: {expected:?}"
+    );
+    let names: std::collections::BTreeSet<&str> = expected
+        .iter()
+        .filter_map(|(channel, _)| channel.strip_prefix("__keyevent@0__:"))
+        .collect();
+    println!(
+        "keyspace notifications: {} messages, {} event kinds: {names:?}",
+        expected.len(),
+        names.len()
+    );
+    let cairn = Cairn::start();
+    let got = keyspace_events(
+        &mut cairn.raw(),
+        &mut cairn.raw(),
+        &mut cairn.raw(),
+        &script,
+    );
+    assert_eq!(got, expected, "standalone cairn");
+
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = common::start_cluster(3, &dirs);
+    common::wait_writable(&nodes);
+    let node = |i: usize| nodes[i].as_ref().unwrap();
+    let mut subscribers: Vec<common::Raw> = (0..3).map(|i| node(i).raw()).collect();
+    for s in subscribers.iter_mut() {
+        s.send_line("PSUBSCRIBE __key*@0__:*");
+        s.read_reply();
+    }
+    let (mut setter, mut writer) = (node(0).raw(), node(1).raw());
+    let first = subscribers.remove(0);
+    let mut rest = subscribers;
+    let got = keyspace_events(&mut setter, &mut writer, &mut { first }, &script);
+    assert_eq!(got, expected, "the subscriber on node 1 of 3");
+    for (i, s) in rest.iter_mut().enumerate() {
+        assert_eq!(
+            read_events_until_done(s),
+            expected,
+            "the subscriber on node {} of 3",
+            i + 2
+        );
+    }
+}
+
+/// Runs `script` through `writer` after `setter` turns every notification on, and returns
+/// the messages `subscriber` got (as channel, message), up to the script's end.
+fn keyspace_events(
+    setter: &mut common::Raw,
+    writer: &mut common::Raw,
+    subscriber: &mut common::Raw,
+    script: &[&str],
+) -> Vec<(String, String)> {
+    assert_eq!(
+        setter.cmd_str("CONFIG SET notify-keyspace-events KEA"),
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&setter.cmd_str("CONFIG GET notify-keyspace-events")),
+        "*2\r\n$22\r\nnotify-keyspace-events\r\n$3\r\nAKE\r\n"
+    );
+    writer.cmd_str("FLUSHALL");
+    subscriber.send_line("PSUBSCRIBE __key*@0__:*");
+    subscriber.read_reply();
+    for line in script {
+        if let Some(keys) = line.strip_prefix("DUMP-RESTORE ") {
+            // Each server restores its own DUMP.
+            let (from, to) = keys.split_once(' ').unwrap();
+            let common::Frame::Bulk(_, Some(payload)) =
+                common::parse(&writer.cmd(&[b"DUMP", from.as_bytes()]))
+            else {
+                panic!("DUMP {from} gave no payload");
+            };
+            let reply = writer.cmd(&[b"RESTORE", to.as_bytes(), b"0", &payload]);
+            assert_eq!(reply, b"+OK\r\n", "{line}");
+            continue;
+        }
+        let args = split_quoted(line);
+        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let reply = writer.cmd(&args);
+        assert!(
+            !reply.starts_with(b"-"),
+            "{line}: {}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    writer.cmd_str("SET ks-done 1");
+    read_events_until_done(subscriber)
+}
+
+/// A Pub/Sub frame's parts as text (bulk strings as they are, anything else as debug text).
+fn message_text(reply: &[u8]) -> Vec<String> {
+    let frame = common::parse(reply);
+    let common::Frame::Agg(_, items) = frame else {
+        panic!("a subscriber got {frame:?}");
+    };
+    items
+        .iter()
+        .map(|f| match f {
+            common::Frame::Bulk(_, Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// The messages a keyspace subscriber receives up to the `set` of `ks-done`.
+fn read_events_until_done(sub: &mut common::Raw) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    loop {
+        let text = message_text(&sub.read_reply());
+        let [kind, _pattern, channel, message] = text.as_slice() else {
+            continue; // a (p)subscribe confirmation
+        };
+        if kind != "pmessage" || message == "expired" || channel.ends_with(":expired") {
+            continue;
+        }
+        if channel == "__keyevent@0__:set" && message == "ks-done" {
+            return out;
+        }
+        out.push((channel.clone(), message.clone()));
+    }
+}
+
+/// Splits a script line on spaces, with `"..."` holding spaces and `\xNN`/`\n` escapes.
+fn split_quoted(line: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    while chars.peek().is_some() {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let mut word = Vec::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => match chars.next() {
+                        Some('n') => word.push(b'\n'),
+                        Some('x') => {
+                            let hex: String = chars.by_ref().take(2).collect();
+                            word.push(u8::from_str_radix(&hex, 16).unwrap());
+                        }
+                        Some(other) => word.push(other as u8),
+                        None => break,
+                    },
+                    c => word.extend_from_slice(c.to_string().as_bytes()),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                word.extend_from_slice(c.to_string().as_bytes());
+                chars.next();
+            }
+        }
+        out.push(word);
+    }
+    out
 }

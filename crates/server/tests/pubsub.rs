@@ -182,3 +182,97 @@ fn a_message_is_forwarded_only_to_nodes_with_a_matching_subscriber() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Reads keyevent messages (`pmessage`, pattern, channel, key) until `until` says stop.
+fn keyevents(
+    s: &mut Raw,
+    mut until: impl FnMut(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    while !until(&got) {
+        let text = s.reply_text();
+        let parts: Vec<&str> = text.split("\r\n").collect();
+        // *4, $8, pmessage, $n, pattern, $n, channel, $n, key
+        assert_eq!(parts.get(2), Some(&"pmessage"), "{text:?}");
+        let event = parts[6].trim_start_matches("__keyevent@0__:").to_string();
+        got.push((event, parts[8].to_string()));
+    }
+    got
+}
+
+#[test]
+fn keyspace_notifications_come_once_from_each_shard_to_subscribers_on_every_node() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = common::start_cluster_with(3, &dirs, 3);
+    common::wait_writable(&nodes);
+    let node = |i: usize| nodes[i].as_ref().unwrap();
+    let mut subscribers: Vec<Raw> = (0..3).map(|i| node(i).raw()).collect();
+    for s in subscribers.iter_mut() {
+        s.send_line("PSUBSCRIBE __keyevent@0__:*");
+        assert!(s.reply_text().contains("psubscribe"));
+    }
+    // Set on one node, in force on all: string, generic and expired events, keyevent form.
+    let mut admin = node(2).raw();
+    assert_eq!(
+        admin.cmd_str("CONFIG SET notify-keyspace-events E$gx"),
+        b"+OK\r\n"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            node(i).raw().cmd_str("CONFIG GET notify-keyspace-events"),
+            b"*2\r\n$22\r\nnotify-keyspace-events\r\n$4\r\ng$xE\r\n",
+            "node {i}"
+        );
+    }
+    // Thirty keys over the three shards, written through node 0; half of them expire.
+    let mut writer = node(0).raw();
+    for i in 0..30 {
+        assert_eq!(writer.cmd_str(&format!("SET k{i} v")), b"+OK\r\n");
+    }
+    for i in (0..30).step_by(2) {
+        assert_eq!(writer.cmd_str(&format!("PEXPIRE k{i} 20")), b":1\r\n");
+    }
+    for (n, s) in subscribers.iter_mut().enumerate() {
+        let got = keyevents(s, |g| {
+            g.iter().filter(|(e, _)| e == "expired").count() == 15
+        });
+        for i in 0..30 {
+            let key = format!("k{i}");
+            let of = |event: &str| got.iter().filter(|(e, k)| e == event && *k == key).count();
+            assert_eq!(of("set"), 1, "set {key} on node {n}: {got:?}");
+            let expiring = usize::from(i % 2 == 0);
+            assert_eq!(of("expire"), expiring, "expire {key} on node {n}");
+            assert_eq!(of("expired"), expiring, "expired {key} on node {n}");
+        }
+        assert_eq!(got.len(), 60, "nothing else, nothing twice (node {n})");
+    }
+    // Markers through every shard: a duplicate sent by any leader would arrive before them.
+    for i in 0..30 {
+        writer.cmd_str(&format!("SET m{i} v"));
+    }
+    for (n, s) in subscribers.iter_mut().enumerate() {
+        let got = keyevents(s, |g| {
+            g.iter().filter(|(_, k)| k.starts_with('m')).count() == 30
+        });
+        assert!(
+            got.iter().all(|(e, k)| e == "set" && k.starts_with('m')),
+            "node {n} got more for the k keys: {got:?}"
+        );
+    }
+    // Turned off, from another node: nothing more.
+    assert_eq!(
+        node(1)
+            .raw()
+            .cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b""]),
+        b"+OK\r\n"
+    );
+    for i in 0..30 {
+        writer.cmd_str(&format!("SET k{i} again"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    writer.cmd_str("PUBLISH __keyevent@0__:marker end");
+    for (n, s) in subscribers.iter_mut().enumerate() {
+        let got = keyevents(s, |g| !g.is_empty());
+        assert_eq!(got, [("marker".to_string(), "end".to_string())], "node {n}");
+    }
+}

@@ -225,6 +225,7 @@ impl Store {
                         self.keyspace.remove(key);
                         self.watches.touched(key);
                         self.moves.modified(key);
+                        self.events.push(crate::notify::EXPIRED, "expired", key);
                         self.dirty += 1;
                         removed += 1;
                     }

@@ -27,6 +27,8 @@ pub struct Ctx<'a> {
     pub proto: Protocol,
     /// Modifications this command made.
     pub dirty: u64,
+    /// Keyspace notifications.
+    pub events: &'a mut crate::notify::Events,
 }
 
 impl Ctx<'_> {
@@ -38,6 +40,19 @@ impl Ctx<'_> {
         self.moves.modified(key);
     }
 
+    /// Reports a keyspace event (`notifyKeyspaceEvent` in Redis): called with Redis's class
+    /// and event name, in Redis's order.
+    pub fn notify(&mut self, class: u32, event: &'static str, key: &[u8]) {
+        self.events.push(class, event, key);
+    }
+
+    /// Removes `key` if its container became empty, reporting `del` as Redis does.
+    pub fn drop_if_emptied(&mut self, key: &[u8]) {
+        if self.remove_if_empty(key) {
+            self.notify(crate::notify::GENERIC, "del", key);
+        }
+    }
+
     pub fn resp3(&self) -> bool {
         self.proto == Protocol::Resp3
     }
@@ -47,15 +62,21 @@ impl Ctx<'_> {
         self.ks.value(key, self.now_ms)
     }
 
-    /// Removes `key` if its container became empty.
+    /// Removes `key` if its container became empty, silently (one the command itself made
+    /// a moment ago and left empty, which Redis never creates).
     pub fn drop_if_empty(&mut self, key: &[u8]) {
-        if self
+        self.remove_if_empty(key);
+    }
+
+    fn remove_if_empty(&mut self, key: &[u8]) -> bool {
+        let empty = self
             .ks
             .value(key, self.now_ms)
-            .is_some_and(Value::is_empty_container)
-        {
+            .is_some_and(Value::is_empty_container);
+        if empty {
             self.ks.remove(key);
         }
+        empty
     }
 }
 

@@ -18,6 +18,7 @@ pub mod exec;
 pub mod glob;
 pub mod keyspace;
 pub mod moves;
+pub mod notify;
 pub mod numbers;
 pub mod rng;
 pub mod slot;
@@ -41,6 +42,8 @@ pub struct Store {
     pub moves: moves::Moves,
     /// Modifications applied since start (Redis's `server.dirty`).
     pub dirty: u64,
+    /// Keyspace notifications collected and not yet published.
+    pub events: notify::Events,
 }
 
 impl Store {
@@ -66,6 +69,7 @@ impl Store {
             rng: &mut rng,
             proto: env.proto,
             dirty: 0,
+            events: &mut self.events,
         };
         let reply = handler(&mut ctx, args);
         self.dirty += ctx.dirty;
@@ -80,6 +84,7 @@ impl Store {
         for key in &removed {
             self.watches.touched(key);
             self.moves.modified(key);
+            self.events.push(notify::EXPIRED, "expired", key);
         }
         self.dirty += removed.len() as u64;
         self.watches.blocked.wake_ready();

@@ -311,7 +311,12 @@ fn resident_bytes() -> u64 {
 }
 
 pub fn config_get(c: &mut Call) -> Reply {
-    let params = c.shared.config.lock().params();
+    let mut params = c.shared.config.lock().params();
+    for (name, value) in params.iter_mut() {
+        if *name == "notify-keyspace-events" {
+            *value = cairn_store::notify::format(c.shared.pubsub.keyspace_flags());
+        }
+    }
     let mut pairs = Vec::new();
     for (name, value) in params {
         if c.args[2..]
@@ -349,7 +354,17 @@ pub fn config_set(c: &mut Call) -> Reply {
             };
         }
     }
+    let events = next.notify_keyspace_events;
     *config = next;
+    drop(config);
+    if args
+        .chunks(2)
+        .any(|p| p[0].eq_ignore_ascii_case(b"notify-keyspace-events"))
+    {
+        let mut acks = std::mem::take(&mut c.client.interest_acks);
+        c.shared.pubsub.set_keyspace_events(events, &mut acks);
+        c.client.interest_acks = acks;
+    }
     Reply::OK
 }
 

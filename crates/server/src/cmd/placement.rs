@@ -98,6 +98,8 @@ async fn open_here(shared: &Shared, group: u64) -> Reply {
     let machine = ShardMachine {
         store: store.clone(),
         routes: Some((group, shared.shards.owners().clone())),
+        events: Some(shared.pubsub.clone()),
+        leading: false,
     };
     match repl
         .node

@@ -3,6 +3,7 @@
 
 use crate::cmd::strings::{get_str, MAX_STRING_LEN};
 use crate::exec::*;
+use crate::notify::{GENERIC, STRING};
 use crate::value::Value;
 use cairn_resp::Reply;
 
@@ -59,7 +60,9 @@ fn setbit_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
         _ => return Err(err("ERR bit is not an integer or out of range")),
     };
     let key = &args[1];
-    let s = bits_mut(ctx, key, (offset / 8) as usize + 1)?;
+    let needed = (offset / 8) as usize + 1;
+    let grown = get_str(ctx, key)?.is_none_or(|s| s.len() < needed);
+    let s = bits_mut(ctx, key, needed)?;
     let old = get_bit(s, offset);
     let mask = 1u8 << (7 - offset % 8);
     let byte = &mut s[(offset / 8) as usize];
@@ -68,7 +71,11 @@ fn setbit_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     } else {
         *byte &= !mask;
     }
-    ctx.modified(key);
+    // As Redis: a bit set to what it was, in a string that did not grow, changes nothing.
+    if grown || (old != 0) != on {
+        ctx.modified(key);
+        ctx.notify(STRING, "setbit", key);
+    }
     Ok(Reply::Int(old as i64))
 }
 
@@ -231,11 +238,13 @@ fn bitop_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     if result.is_empty() {
         if ctx.ks.remove_live(dst, ctx.now_ms).is_some() {
             ctx.modified(dst);
+            ctx.notify(GENERIC, "del", dst);
         }
         return Ok(Reply::Int(0));
     }
     ctx.ks.insert(dst, Value::Str(result));
     ctx.modified(dst);
+    ctx.notify(STRING, "set", dst);
     Ok(Reply::Int(len as i64))
 }
 
@@ -428,6 +437,9 @@ fn bitfield_body(ctx: &mut Ctx, args: &[Vec<u8>], read_only: bool) -> Result<Rep
         })
         .max()
         .unwrap_or(0);
+    // As Redis: a write counts as a change when it alters the field or when the string had to
+    // be created or grown for it; only changes signal the key and notify.
+    let grown = get_str(ctx, key)?.is_none_or(|s| s.len() < needed);
     let s = bits_mut(ctx, key, needed)?;
     let mut out = Vec::with_capacity(ops.len());
     let mut changed = false;
@@ -445,7 +457,7 @@ fn bitfield_body(ctx: &mut Ctx, args: &[Vec<u8>], read_only: bool) -> Result<Rep
                 match add_with_overflow(f, value, 0, how) {
                     Some(new) => {
                         write_field(s, f, new);
-                        changed = true;
+                        changed |= grown || new != old;
                         Reply::Int(old)
                     }
                     None => Reply::Nil,
@@ -456,7 +468,7 @@ fn bitfield_body(ctx: &mut Ctx, args: &[Vec<u8>], read_only: bool) -> Result<Rep
                 match add_with_overflow(f, old as i128, incr, how) {
                     Some(new) => {
                         write_field(s, f, new);
-                        changed = true;
+                        changed |= grown || new != old;
                         Reply::Int(new)
                     }
                     None => Reply::Nil,
@@ -464,8 +476,9 @@ fn bitfield_body(ctx: &mut Ctx, args: &[Vec<u8>], read_only: bool) -> Result<Rep
             }
         });
     }
-    if changed || needed > 0 {
+    if changed {
         ctx.modified(key);
+        ctx.notify(STRING, "setbit", key);
     }
     Ok(Reply::Array(out))
 }

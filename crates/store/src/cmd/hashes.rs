@@ -3,6 +3,7 @@
 use crate::cmd::keys::parse_container_scan;
 use crate::exec::*;
 use crate::glob;
+use crate::notify::HASH;
 use crate::numbers::{format_human, parse_f64};
 use crate::value::{HashValue, Value};
 use cairn_resp::decode::parse_i64;
@@ -69,6 +70,7 @@ fn hset(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         }
     }
     ctx.modified(key);
+    ctx.notify(HASH, "hset", key);
     if legacy {
         Reply::OK
     } else {
@@ -85,6 +87,7 @@ fn hsetnx(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     let h = hash_mut_or_new(ctx, &args[1]).expect("type checked above");
     h.insert(args[2].clone(), args[3].clone());
     ctx.modified(&args[1]);
+    ctx.notify(HASH, "hset", &args[1]);
     Reply::Int(1)
 }
 
@@ -124,7 +127,8 @@ fn hdel(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         .filter(|f| h.swap_remove(*f).is_some())
         .count();
     if removed > 0 {
-        ctx.drop_if_empty(key);
+        ctx.notify(HASH, "hdel", key);
+        ctx.drop_if_emptied(key);
         ctx.modified(key);
     }
     Reply::Int(removed as i64)
@@ -199,6 +203,7 @@ fn hincrby(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     };
     h.insert(args[2].clone(), new.to_string().into_bytes());
     ctx.modified(key);
+    ctx.notify(HASH, "hincrby", key);
     Reply::Int(new)
 }
 
@@ -227,6 +232,7 @@ fn hincrbyfloat(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     let text = format_human(new).into_bytes();
     h.insert(args[2].clone(), text.clone());
     ctx.modified(key);
+    ctx.notify(HASH, "hincrbyfloat", key);
     Reply::Bulk(text)
 }
 

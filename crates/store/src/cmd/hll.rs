@@ -170,6 +170,7 @@ fn pfadd(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     }
     if changed {
         ctx.modified(key);
+        ctx.notify(crate::notify::STRING, "pfadd", key);
     }
     Reply::Int(changed as i64)
 }
@@ -217,6 +218,7 @@ fn pfmerge(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     }
     ctx.ks.replace_value(&args[1], Value::Str(out), ctx.now_ms);
     ctx.modified(&args[1]);
+    ctx.notify(crate::notify::STRING, "pfadd", &args[1]);
     Reply::OK
 }
 

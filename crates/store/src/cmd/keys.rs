@@ -2,6 +2,7 @@
 
 use crate::exec::*;
 use crate::glob;
+use crate::notify::GENERIC;
 use crate::value::Value;
 use cairn_resp::Reply;
 
@@ -41,6 +42,7 @@ fn del(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     for key in &args[1..] {
         if ctx.ks.remove_live(key, ctx.now_ms).is_some() {
             ctx.modified(key);
+            ctx.notify(GENERIC, "del", key);
             n += 1;
         }
     }
@@ -84,6 +86,8 @@ fn rename_generic(ctx: &mut Ctx, args: &[Vec<u8>], nx: bool) -> Reply {
     ctx.ks.insert_entry(dst, entry);
     ctx.modified(src);
     ctx.modified(dst);
+    ctx.notify(GENERIC, "rename_from", src);
+    ctx.notify(GENERIC, "rename_to", dst);
     if nx {
         Reply::Int(1)
     } else {
@@ -131,6 +135,7 @@ fn copy(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         },
     );
     ctx.modified(dst);
+    ctx.notify(GENERIC, "copy_to", dst);
     Reply::Int(1)
 }
 
@@ -313,10 +318,13 @@ fn expire_body(ctx: &mut Ctx, args: &[Vec<u8>], unit: i64, absolute: bool) -> Re
     }
     if when <= ctx.now_ms as i64 {
         ctx.ks.remove(key);
+        ctx.modified(key);
+        ctx.notify(GENERIC, "del", key);
     } else {
         ctx.ks.set_expire(key, when as u64);
+        ctx.modified(key);
+        ctx.notify(GENERIC, "expire", key);
     }
-    ctx.modified(key);
     Ok(Reply::Int(1))
 }
 
@@ -356,6 +364,7 @@ fn persist(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         Some(e) if e.expire_at_ms != 0 => {
             ctx.ks.set_expire(&args[1], 0);
             ctx.modified(&args[1]);
+            ctx.notify(GENERIC, "persist", &args[1]);
             Reply::Int(1)
         }
         _ => Reply::Int(0),
@@ -413,10 +422,16 @@ fn restore_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
         (t, true) => t as u64,
         (t, false) => ctx.now_ms.saturating_add(t as u64),
     };
-    ctx.ks.remove(key);
+    let replaced = ctx
+        .ks
+        .remove(key)
+        .is_some_and(|e| !e.is_expired(ctx.now_ms));
     if at != 0 && at <= ctx.now_ms {
         // Already expired: Redis deletes instead of storing.
         ctx.modified(key);
+        if replaced {
+            ctx.notify(GENERIC, "del", key);
+        }
         return Ok(Reply::OK);
     }
     ctx.ks.insert_entry(
@@ -427,6 +442,7 @@ fn restore_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
         },
     );
     ctx.modified(key);
+    ctx.notify(GENERIC, "restore", key);
     Ok(Reply::OK)
 }
 

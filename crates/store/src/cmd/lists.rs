@@ -1,6 +1,7 @@
 //! List commands (the blocking ones arrive with queues).
 
 use crate::exec::*;
+use crate::notify::LIST;
 use crate::value::Value;
 use cairn_resp::Reply;
 use std::collections::VecDeque;
@@ -84,6 +85,7 @@ fn push(ctx: &mut Ctx, args: &[Vec<u8>], end: End, only_existing: bool) -> Reply
     }
     let len = list.len();
     ctx.modified(key);
+    ctx.notify(LIST, push_event(end), key);
     Reply::Int(len as i64)
 }
 
@@ -103,6 +105,20 @@ fn rpushx(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     push(ctx, args, End::Right, true)
 }
 
+fn push_event(end: End) -> &'static str {
+    match end {
+        End::Left => "lpush",
+        End::Right => "rpush",
+    }
+}
+
+fn pop_event(end: End) -> &'static str {
+    match end {
+        End::Left => "lpop",
+        End::Right => "rpop",
+    }
+}
+
 /// Pops up to `count` elements from `end`; removes the key when it empties.
 pub fn pop_n(
     ctx: &mut Ctx,
@@ -119,7 +135,8 @@ pub fn pop_n(
         End::Right => (0..n).filter_map(|_| list.pop_back()).collect(),
     };
     if n > 0 {
-        ctx.drop_if_empty(key);
+        ctx.notify(LIST, pop_event(end), key);
+        ctx.drop_if_emptied(key);
         ctx.modified(key);
     }
     Ok(Some(out))
@@ -213,6 +230,7 @@ fn lset(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         Some(i) => {
             l[i] = args[3].clone();
             ctx.modified(key);
+            ctx.notify(LIST, "lset", key);
             Reply::OK
         }
         None => err("ERR index out of range"),
@@ -234,6 +252,7 @@ fn linsert(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
                 l.insert(if after { p + 1 } else { p }, args[4].clone());
                 let len = l.len();
                 ctx.modified(key);
+                ctx.notify(LIST, "linsert", key);
                 Reply::Int(len as i64)
             }
             None => Reply::Int(-1),
@@ -282,7 +301,8 @@ fn lrem(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         }
     }
     if removed > 0 {
-        ctx.drop_if_empty(key);
+        ctx.notify(LIST, "lrem", key);
+        ctx.drop_if_emptied(key);
         ctx.modified(key);
     }
     Reply::Int(removed as i64)
@@ -306,7 +326,8 @@ fn ltrim(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         }
         None => l.clear(),
     }
-    ctx.drop_if_empty(key);
+    ctx.notify(LIST, "ltrim", key);
+    ctx.drop_if_emptied(key);
     ctx.modified(key);
     Reply::OK
 }
@@ -418,13 +439,18 @@ pub fn move_one(ctx: &mut Ctx, src: &[u8], dst: &[u8], from: End, to: End) -> Re
             End::Right => l.push_back(v.clone()),
         }
         ctx.modified(src);
+        ctx.notify(LIST, push_event(to), src);
+        ctx.notify(LIST, pop_event(from), src);
         return Reply::Bulk(v);
     }
-    let v = match pop_n(ctx, src, from, 1) {
-        Ok(Some(mut v)) if !v.is_empty() => v.pop().expect("one element"),
-        Ok(_) => return Reply::Nil,
-        Err(e) => return e,
-    };
+    let l = list_mut(ctx, src)
+        .expect("checked to be a list")
+        .expect("checked to exist");
+    let v = match from {
+        End::Left => l.pop_front(),
+        End::Right => l.pop_back(),
+    }
+    .expect("a live list is never empty");
     let now = ctx.now_ms;
     let entry = ctx.ks.get_or_insert_with(dst, now, Value::new_list);
     let Value::List(l) = &mut entry.value else {
@@ -435,6 +461,11 @@ pub fn move_one(ctx: &mut Ctx, src: &[u8], dst: &[u8], from: End, to: End) -> Re
         End::Right => l.push_back(v.clone()),
     }
     ctx.modified(dst);
+    // Redis's order: the push, then the pop (and the source's deletion when it empties).
+    ctx.notify(LIST, push_event(to), dst);
+    ctx.notify(LIST, pop_event(from), src);
+    ctx.drop_if_emptied(src);
+    ctx.modified(src);
     Reply::Bulk(v)
 }
 

@@ -6,6 +6,7 @@ use crate::cmd::hashes::{
 use crate::cmd::keys::parse_container_scan;
 use crate::exec::*;
 use crate::glob;
+use crate::notify::{GENERIC, SET};
 use crate::value::{SetValue, Value};
 use cairn_resp::Reply;
 
@@ -57,6 +58,7 @@ fn sadd(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     let added = args[2..].iter().filter(|m| s.insert((*m).clone())).count();
     if added > 0 {
         ctx.modified(key);
+        ctx.notify(SET, "sadd", key);
     }
     Reply::Int(added as i64)
 }
@@ -70,7 +72,8 @@ fn srem(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     };
     let removed = args[2..].iter().filter(|m| s.swap_remove(*m)).count();
     if removed > 0 {
-        ctx.drop_if_empty(key);
+        ctx.notify(SET, "srem", key);
+        ctx.drop_if_emptied(key);
         ctx.modified(key);
     }
     Reply::Int(removed as i64)
@@ -144,7 +147,8 @@ fn spop(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         .filter_map(|&i| s.swap_remove_index(i))
         .collect();
     if !popped.is_empty() {
-        ctx.drop_if_empty(key);
+        ctx.notify(SET, "spop", key);
+        ctx.drop_if_emptied(key);
         ctx.modified(key);
     }
     match count {
@@ -196,14 +200,17 @@ fn smove(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         .expect("checked")
         .expect("checked")
         .swap_remove(m);
-    ctx.drop_if_empty(src);
+    ctx.notify(SET, "srem", src);
+    ctx.drop_if_emptied(src);
     ctx.modified(src);
     let now = ctx.now_ms;
     let Value::Set(d) = &mut ctx.ks.get_or_insert_with(dst, now, Value::new_set).value else {
         unreachable!()
     };
-    d.insert(m.clone());
-    ctx.modified(dst);
+    if d.insert(m.clone()) {
+        ctx.modified(dst);
+        ctx.notify(SET, "sadd", dst);
+    }
     Reply::Int(1)
 }
 
@@ -273,6 +280,11 @@ fn sdiff(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
 }
 
 fn store(ctx: &mut Ctx, args: &[Vec<u8>], op: SetOp) -> Reply {
+    let event = match op {
+        SetOp::Inter => "sinterstore",
+        SetOp::Union => "sunionstore",
+        SetOp::Diff => "sdiffstore",
+    };
     let members = match compute(ctx, &args[2..], op, usize::MAX) {
         Ok(m) => m,
         Err(e) => return e,
@@ -286,6 +298,11 @@ fn store(ctx: &mut Ctx, args: &[Vec<u8>], op: SetOp) -> Reply {
     }
     if n > 0 || existed {
         ctx.modified(dst);
+        ctx.notify(
+            if n > 0 { SET } else { GENERIC },
+            if n > 0 { event } else { "del" },
+            dst,
+        );
     }
     Reply::Int(n as i64)
 }

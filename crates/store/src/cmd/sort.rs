@@ -200,6 +200,11 @@ fn sort_body(ctx: &mut Ctx, args: &[Vec<u8>], allow_store: bool) -> Result<Reply
         }
         if n > 0 || existed {
             ctx.modified(&dst);
+            if n > 0 {
+                ctx.notify(crate::notify::LIST, "sortstore", &dst);
+            } else {
+                ctx.notify(crate::notify::GENERIC, "del", &dst);
+            }
         }
         return Ok(Reply::Int(n as i64));
     }

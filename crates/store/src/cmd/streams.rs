@@ -8,6 +8,7 @@
 //! `cmd::blocking`).
 
 use crate::exec::*;
+use crate::notify::STREAM;
 use crate::stream::{Group, Pending, Stream, StreamId, Trim, INVALID_ENTRIES_READ};
 use crate::value::Value;
 use cairn_resp::Reply;
@@ -303,14 +304,16 @@ fn xadd_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
         ));
     };
     s.append(id, args[a.fields_at..].to_vec());
-    if let Some(how) = a.trim {
-        s.trim(how, a.approx, a.limit);
-    }
+    let trimmed = a.trim.is_some_and(|how| s.trim(how, a.approx, a.limit) > 0);
     debug_assert!({
         s.check();
         true
     });
     ctx.modified(key);
+    ctx.notify(STREAM, "xadd", key);
+    if trimmed {
+        ctx.notify(STREAM, "xtrim", key);
+    }
     Ok(id_reply(id))
 }
 
@@ -397,6 +400,7 @@ fn xdel_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     }
     if deleted > 0 {
         ctx.modified(key);
+        ctx.notify(STREAM, "xdel", key);
     }
     Ok(Reply::Int(deleted))
 }
@@ -414,6 +418,7 @@ fn xtrim_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     let deleted = s.trim(a.trim.expect("XTRIM has a strategy"), a.approx, a.limit);
     if deleted > 0 {
         ctx.modified(key);
+        ctx.notify(STREAM, "xtrim", key);
     }
     Ok(Reply::Int(deleted as i64))
 }
@@ -475,6 +480,7 @@ fn xsetid_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
         s.max_deleted = max_deleted;
     }
     ctx.modified(key);
+    ctx.notify(STREAM, "xsetid", key);
     Ok(Reply::OK)
 }
 
@@ -573,6 +579,7 @@ fn xread_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     let limit = if count == 0 { usize::MAX } else { count };
     let now = ctx.now_ms;
     let mut served: Vec<(Reply, Reply)> = Vec::new();
+    let mut consumers_created: Vec<Vec<u8>> = Vec::new();
     // XREAD BLOCK with `$` that finds nothing tells the connection what `$` stood for, so that
     // its retries read after those IDs (see `cairn_server::blocking`); never seen by clients.
     let dollars = !group_read && block && args[streams_at + n..].iter().any(|a| a == b"$");
@@ -612,6 +619,9 @@ fn xread_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
             continue;
         }
         let grp = s.groups.get_mut(g).expect("checked above");
+        if !grp.consumers.contains_key(consumer) {
+            consumers_created.push(key.clone());
+        }
         grp.consumer(consumer, now);
         match after {
             Some(after) => {
@@ -684,6 +694,9 @@ fn xread_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
         }
         // Serving through a group changes it (at least the consumer's seen time).
         ctx.modified(key);
+    }
+    for key in consumers_created {
+        ctx.notify(STREAM, "xgroup-createconsumer", &key);
     }
     if served.is_empty() && dollars {
         let ids = String::from_utf8_lossy(&resolved.join(&b' ')).into_owned();
@@ -776,6 +789,7 @@ fn xgroup_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
             }
             s.groups.insert(name.clone(), Group::new(id, entries_read));
             ctx.modified(key);
+            ctx.notify(STREAM, "xgroup-create", key);
             Ok(Reply::OK)
         }
         "setid" if args.len() == 5 || args.len() == 7 => {
@@ -788,12 +802,14 @@ fn xgroup_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
             g.last_id = id;
             g.entries_read = entries_read;
             ctx.modified(key);
+            ctx.notify(STREAM, "xgroup-setid", key);
             Ok(Reply::OK)
         }
         "destroy" => {
             let s = stream_mut(ctx, key)?.expect("checked above");
             if s.groups.remove(name).is_some() {
                 ctx.modified(key);
+                ctx.notify(STREAM, "xgroup-destroy", key);
                 Ok(Reply::Int(1))
             } else {
                 Ok(Reply::Int(0))
@@ -807,6 +823,7 @@ fn xgroup_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
             }
             g.consumer(&args[4], now);
             ctx.modified(key);
+            ctx.notify(STREAM, "xgroup-createconsumer", key);
             Ok(Reply::Int(1))
         }
         "delconsumer" => {
@@ -815,6 +832,7 @@ fn xgroup_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
             match g.delete_consumer(&args[4]) {
                 Some(pending) => {
                     ctx.modified(key);
+                    ctx.notify(STREAM, "xgroup-delconsumer", key);
                     Ok(Reply::Int(pending as i64))
                 }
                 None => Ok(Reply::Int(0)),
@@ -1010,6 +1028,7 @@ fn xclaim_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
         }
     }
     let mut consumer_made = false;
+    let mut consumer_created = false;
     for id in ids {
         let exists = s.entries.contains_key(&id);
         let g = s.groups.get_mut(group).expect("checked above");
@@ -1037,6 +1056,7 @@ fn xclaim_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
             continue;
         }
         if !consumer_made {
+            consumer_created = !g.consumers.contains_key(name);
             g.consumer(name, now as u64);
             consumer_made = true;
         }
@@ -1057,6 +1077,9 @@ fn xclaim_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     }
     if changed || consumer_made {
         ctx.modified(key);
+    }
+    if consumer_created {
+        ctx.notify(STREAM, "xgroup-createconsumer", key);
     }
     Ok(Reply::Array(out))
 }
@@ -1112,6 +1135,7 @@ fn xautoclaim_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     let mut claimed = Vec::new();
     let mut deleted = Vec::new();
     let mut consumer_made = false;
+    let mut consumer_created = false;
     while (looked as i64) < attempts && left > 0 && looked < pending.len() {
         let id = pending[looked];
         looked += 1;
@@ -1129,6 +1153,7 @@ fn xautoclaim_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
             continue;
         }
         if !consumer_made {
+            consumer_created = !g.consumers.contains_key(name);
             g.consumer(name, now);
             consumer_made = true;
         }
@@ -1149,6 +1174,9 @@ fn xautoclaim_inner(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     let next = pending.get(looked).copied();
     if consumer_made || !deleted.is_empty() {
         ctx.modified(key);
+    }
+    if consumer_created {
+        ctx.notify(STREAM, "xgroup-createconsumer", key);
     }
     Ok(Reply::Array(vec![
         id_reply(next.unwrap_or_default()),

@@ -1,6 +1,7 @@
 //! String commands: GET, SET and friends, counters, ranges, LCS.
 
 use crate::exec::*;
+use crate::notify::{GENERIC, STRING};
 use crate::numbers::{format_human, parse_f64};
 use crate::value::Value;
 use cairn_resp::decode::parse_i64;
@@ -151,6 +152,10 @@ fn store_string(ctx: &mut Ctx, key: &[u8], val: Vec<u8>, ttl: Ttl) {
         Ttl::Unchanged => ctx.ks.insert(key, Value::Str(val)),
     }
     ctx.modified(key);
+    ctx.notify(STRING, "set", key);
+    if let Ttl::At(_) = ttl {
+        ctx.notify(GENERIC, "expire", key);
+    }
 }
 
 fn setnx(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
@@ -218,10 +223,13 @@ fn getex_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
         let at = deadline(ctx, n, unit, absolute, "getex")?;
         if at <= ctx.now_ms {
             ctx.ks.remove(key);
+            ctx.modified(key);
+            ctx.notify(GENERIC, "del", key);
         } else {
             ctx.ks.set_expire(key, at);
+            ctx.modified(key);
+            ctx.notify(GENERIC, "expire", key);
         }
-        ctx.modified(key);
     } else if persist
         && ctx
             .ks
@@ -230,6 +238,7 @@ fn getex_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     {
         ctx.ks.set_expire(key, 0);
         ctx.modified(key);
+        ctx.notify(GENERIC, "persist", key);
     }
     Ok(Reply::Bulk(val))
 }
@@ -239,6 +248,7 @@ fn getdel(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         Ok(Some(_)) => {
             let e = ctx.ks.remove(&args[1]).expect("just read");
             ctx.modified(&args[1]);
+            ctx.notify(GENERIC, "del", &args[1]);
             match e.value {
                 Value::Str(s) => Reply::Bulk(s),
                 _ => unreachable!("checked to be a string"),
@@ -324,6 +334,7 @@ fn append(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         },
     };
     ctx.modified(key);
+    ctx.notify(STRING, "append", key);
     Reply::Int(len as i64)
 }
 
@@ -398,6 +409,7 @@ fn setrange(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     s[offset..offset + value.len()].copy_from_slice(value);
     let len = s.len();
     ctx.modified(key);
+    ctx.notify(STRING, "setrange", key);
     Reply::Int(len as i64)
 }
 
@@ -448,6 +460,7 @@ fn incr_by(ctx: &mut Ctx, key: &[u8], by: i64) -> Reply {
         }
     };
     ctx.modified(key);
+    ctx.notify(STRING, "incrby", key);
     Reply::Int(new)
 }
 
@@ -474,6 +487,7 @@ fn incrbyfloat(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     ctx.ks
         .replace_value(key, Value::Str(text.clone()), ctx.now_ms);
     ctx.modified(key);
+    ctx.notify(STRING, "incrbyfloat", key);
     Reply::Bulk(text)
 }
 

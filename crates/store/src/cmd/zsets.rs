@@ -4,6 +4,7 @@ use crate::cmd::hashes::{rand_count, random_missing, random_picks, scan_reply, s
 use crate::cmd::keys::parse_container_scan;
 use crate::exec::*;
 use crate::glob;
+use crate::notify::{GENERIC, ZSET};
 use crate::numbers::parse_f64;
 use crate::value::{Score, Value, ZSet};
 use cairn_resp::Reply;
@@ -64,7 +65,8 @@ fn zset_mut<'a>(ctx: &'a mut Ctx, key: &[u8]) -> Result<Option<&'a mut ZSet>, Re
 }
 
 /// Stores `members` as the sorted set at `dst` (deleting it when empty); returns the count.
-fn store_zset(ctx: &mut Ctx, dst: &[u8], members: Scored) -> Reply {
+/// `event` is what a non-empty result reports (an empty one reports `del`, if it deleted).
+fn store_zset(ctx: &mut Ctx, dst: &[u8], members: Scored, event: &'static str) -> Reply {
     let existed = ctx.ks.remove_live(dst, ctx.now_ms).is_some();
     let n = members.len();
     if n > 0 {
@@ -76,6 +78,11 @@ fn store_zset(ctx: &mut Ctx, dst: &[u8], members: Scored) -> Reply {
     }
     if n > 0 || existed {
         ctx.modified(dst);
+        ctx.notify(
+            if n > 0 { ZSET } else { GENERIC },
+            if n > 0 { event } else { "del" },
+            dst,
+        );
     }
     Reply::Int(n as i64)
 }
@@ -183,6 +190,7 @@ fn zadd_body(ctx: &mut Ctx, args: &[Vec<u8>]) -> Result<Reply, Reply> {
     ctx.drop_if_empty(key);
     if added + updated > 0 {
         ctx.modified(key);
+        ctx.notify(ZSET, if incr { "zincr" } else { "zadd" }, key);
     }
     Ok(if incr {
         incr_result.map_or(Reply::Nil, Reply::Double)
@@ -211,7 +219,8 @@ fn zrem(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
     };
     let removed = args[2..].iter().filter(|m| z.remove(m)).count();
     if removed > 0 {
-        ctx.drop_if_empty(key);
+        ctx.notify(ZSET, "zrem", key);
+        ctx.drop_if_emptied(key);
         ctx.modified(key);
     }
     Reply::Int(removed as i64)
@@ -572,7 +581,7 @@ fn zrangestore(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         (&args[3], &args[4])
     };
     match run_range(ctx, &args[2], a, b, &req) {
-        Ok(items) => store_zset(ctx, &args[1], items),
+        Ok(items) => store_zset(ctx, &args[1], items, "zrangestore"),
         Err(e) => e,
     }
 }
@@ -679,7 +688,13 @@ fn remove_range(ctx: &mut Ctx, args: &[Vec<u8>], kind: RangeKind) -> Reply {
     for (m, _) in &doomed {
         z.remove(m);
     }
-    ctx.drop_if_empty(key);
+    let event = match kind {
+        RangeKind::Rank => "zremrangebyrank",
+        RangeKind::Score => "zremrangebyscore",
+        RangeKind::Lex => "zremrangebylex",
+    };
+    ctx.notify(ZSET, event, key);
+    ctx.drop_if_emptied(key);
     ctx.modified(key);
     Reply::Int(doomed.len() as i64)
 }
@@ -711,7 +726,8 @@ pub fn pop(ctx: &mut Ctx, key: &[u8], max: bool, count: usize) -> Result<Option<
         out.push((m, s));
     }
     if !out.is_empty() {
-        ctx.drop_if_empty(key);
+        ctx.notify(ZSET, if max { "zpopmax" } else { "zpopmin" }, key);
+        ctx.drop_if_emptied(key);
         ctx.modified(key);
     }
     Ok(Some(out))
@@ -1005,9 +1021,9 @@ fn zdiff(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
         .map_or_else(|e| e, |(v, w)| scored_reply(ctx, v, w))
 }
 
-fn zstore(ctx: &mut Ctx, args: &[Vec<u8>], op: ZOp, name: &str) -> Reply {
+fn zstore(ctx: &mut Ctx, args: &[Vec<u8>], op: ZOp, name: &'static str) -> Reply {
     match combine(ctx, &args[2..], op, false, name) {
-        Ok((items, _)) => store_zset(ctx, &args[1], items),
+        Ok((items, _)) => store_zset(ctx, &args[1], items, name),
         Err(e) => e,
     }
 }
