@@ -6,12 +6,16 @@
 //!   through random nodes.
 //! - Three consumers of group `g` XREADGROUP ... BLOCK, XACK what they get, and re-claim
 //!   entries left pending by a consumer that lost its reply (XAUTOCLAIM, idle over a second).
-//!   Two workers BLPOP the jobs.
+//!   Two workers BLPOP the jobs. Producers also RPUSH numbered tasks to list `tasks`, which
+//!   two more workers take with Redis's reliable-queue pattern: BLMOVE into their own
+//!   `doing:<id>` list, handle, LREM; and after a lost or unclear reply, look in `doing:<id>`
+//!   for what the move may have put there.
 //! - Afterwards (every node killed at once and restarted): every acknowledged XADD is in the
 //!   stream and was delivered and acknowledged, no entry appears that nobody added, the group's
 //!   pending list is empty and the shard's replicas hold identical data (group state included);
 //!   no job was popped twice, and every acknowledged job was popped, except at most one per pop
-//!   whose reply was lost (the pop may have happened).
+//!   whose reply was lost (the pop may have happened); every acknowledged task was taken by
+//!   exactly one worker exactly once, with no exception, and the `doing` lists are empty.
 //!
 //! Prints its seed. A longer run:
 //! `CAIRN_FAULT_SECS=60 CAIRN_FAULT_SEED=<seed> cargo test --release -p cairn --test queue_faults -- --nocapture`
@@ -37,6 +41,12 @@ struct Record {
     popped: Mutex<Vec<Vec<u8>>>,
     /// Pops whose outcome is unknown (the reply was lost).
     uncertain_pops: AtomicU64,
+    /// Tasks producers tried to push, those acknowledged, and each task a worker took.
+    tasks_tried: Mutex<HashSet<Vec<u8>>>,
+    tasks_pushed: Mutex<HashSet<Vec<u8>>>,
+    tasks_taken: Mutex<Vec<Vec<u8>>>,
+    /// Tasks found in a worker's `doing` list after a lost reply.
+    tasks_recovered: AtomicU64,
 }
 
 /// The connection, opened to a node picked by `pick` when there is none; None (after a short
@@ -83,6 +93,16 @@ fn producer(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
         match c.call(&[b"RPUSH", b"jobs", &job]) {
             Some(Answer::Int(_)) => {
                 rec.pushed.lock().unwrap().insert(job);
+            }
+            Some(_) => {}
+            None => *conn = None,
+        }
+        let Some(c) = conn.as_mut() else { return };
+        let task = format!("t{id}-{n}").into_bytes();
+        rec.tasks_tried.lock().unwrap().insert(task.clone());
+        match c.call(&[b"RPUSH", b"tasks", &task]) {
+            Some(Answer::Int(_)) => {
+                rec.tasks_pushed.lock().unwrap().insert(task);
             }
             Some(_) => {}
             None => *conn = None,
@@ -203,6 +223,58 @@ fn worker(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
     });
 }
 
+/// A reliable worker: BLMOVE tasks into `doing:<id>`, take it, LREM it. When a reply is lost
+/// or unclear (and every so often, for a move that was still in flight then), it looks in
+/// `doing:<id>` for tasks it has not taken yet: a task is taken once, whichever way it came.
+fn reliable_worker(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Record>) {
+    let doing = format!("doing:{id}").into_bytes();
+    let mut taken: HashSet<Vec<u8>> = HashSet::new();
+    let mut look = true;
+    let take = |task: Vec<u8>, taken: &mut HashSet<Vec<u8>>| {
+        if taken.insert(task.clone()) {
+            rec.tasks_taken.lock().unwrap().push(task);
+        }
+    };
+    drive(id + 100, &ports, &stop, |conn, n| {
+        let c = conn.as_mut().expect("connected");
+        if look || n % 10 == 0 {
+            let Some(Answer::Array(left)) = c.call(&[b"LRANGE", &doing, b"0", b"-1"]) else {
+                *conn = None;
+                return;
+            };
+            look = false;
+            for task in left {
+                let Answer::Value(Some(task)) = task else {
+                    continue;
+                };
+                if !taken.contains(&task) {
+                    rec.tasks_recovered.fetch_add(1, Ordering::Relaxed);
+                }
+                take(task.clone(), &mut taken);
+                if c.call(&[b"LREM", &doing, b"1", &task]).is_none() {
+                    *conn = None;
+                    return;
+                }
+            }
+        }
+        match c.call(&[b"BLMOVE", b"tasks", &doing, b"LEFT", b"RIGHT", b"0.5"]) {
+            Some(Answer::Value(Some(task))) => {
+                take(task.clone(), &mut taken);
+                // A lost LREM leaves the task in `doing`: the next look removes it again.
+                if c.call(&[b"LREM", &doing, b"1", &task]).is_none() {
+                    *conn = None;
+                }
+            }
+            Some(Answer::Value(None)) | Some(Answer::NilArray) => {}
+            Some(_) => look = true,
+            None => {
+                look = true;
+                *conn = None;
+            }
+        }
+    });
+}
+
 /// The node that leads the shard now, if one does.
 fn leader(cluster: &Cluster) -> Option<usize> {
     (0..cluster.procs.len())
@@ -288,10 +360,15 @@ fn acknowledged_messages_and_jobs_survive_leader_kills_and_pauses() {
         ));
     }
     for w in 0..2 {
+        let (ports_w, stop, rec_w) = (ports.clone(), stop_consumers.clone(), rec.clone());
+        threads.push((
+            false,
+            std::thread::spawn(move || worker(w, ports_w, stop, rec_w)),
+        ));
         let (ports, stop, rec) = (ports.clone(), stop_consumers.clone(), rec.clone());
         threads.push((
             false,
-            std::thread::spawn(move || worker(w, ports, stop, rec)),
+            std::thread::spawn(move || reliable_worker(w, ports, stop, rec)),
         ));
     }
     let mut rng = cairn_check::seeded::XorShift::new(seed);
@@ -333,13 +410,21 @@ fn acknowledged_messages_and_jobs_survive_leader_kills_and_pauses() {
     let drained_by = Instant::now() + Duration::from_secs(60);
     loop {
         let backlog = group_backlog(ports[0]);
-        let jobs = Conn::open(ports[0]).and_then(|mut c| c.call(&[b"LLEN", b"jobs"]));
-        if backlog == Some((0, 0)) && jobs == Some(Answer::Int(0)) {
+        let lengths: Option<Vec<Answer>> = Conn::open(ports[0]).and_then(|mut c| {
+            ["jobs", "tasks", "doing:0", "doing:1"]
+                .iter()
+                .map(|l| c.call(&[b"LLEN", l.as_bytes()]))
+                .collect()
+        });
+        let empty = lengths
+            .as_ref()
+            .is_some_and(|l| l.iter().all(|n| *n == Answer::Int(0)));
+        if backlog == Some((0, 0)) && empty {
             break;
         }
         assert!(
             Instant::now() < drained_by,
-            "seed {seed}: the queues did not drain: group (pending, lag) {backlog:?}, jobs left {jobs:?}"
+            "seed {seed}: the queues did not drain: group (pending, lag) {backlog:?}, lengths of jobs, tasks, doing:0, doing:1: {lengths:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -434,13 +519,42 @@ fn acknowledged_messages_and_jobs_survive_leader_kills_and_pauses() {
         missing <= uncertain,
         "seed {seed}: {missing} acknowledged jobs never popped, only {uncertain} pops unknown"
     );
+    // The reliable queue: every acknowledged task taken, each by one worker, once; nothing
+    // made up. No exceptions: a move whose reply was lost left the task in `doing`.
+    let taken = rec.tasks_taken.lock().unwrap();
+    let mut taken_count: HashMap<&Vec<u8>, usize> = HashMap::new();
+    for task in taken.iter() {
+        *taken_count.entry(task).or_default() += 1;
+    }
+    let twice: Vec<_> = taken_count.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "seed {seed}: tasks taken twice: {twice:?}"
+    );
+    let tasks_tried = rec.tasks_tried.lock().unwrap();
+    assert!(
+        taken.iter().all(|t| tasks_tried.contains(t)),
+        "seed {seed}: a task nobody pushed was taken"
+    );
+    let tasks_pushed = rec.tasks_pushed.lock().unwrap();
+    let not_taken: Vec<_> = tasks_pushed
+        .iter()
+        .filter(|t| !taken_count.contains_key(t))
+        .collect();
+    assert!(
+        not_taken.is_empty(),
+        "seed {seed}: acknowledged tasks nobody took: {not_taken:?}"
+    );
     println!(
-        "queue fault test seed {seed}: {} XADD acknowledged of {} tried, {} entries, all delivered and acknowledged; {} jobs pushed, {} popped once each, {missing} not seen ({uncertain} pops unknown); {kills} kill -9 and {pauses} pauses ({at_leader} of the leader)",
+        "queue fault test seed {seed}: {} XADD acknowledged of {} tried, {} entries, all delivered and acknowledged; {} jobs pushed, {} popped once each, {missing} not seen ({uncertain} pops unknown); {} tasks pushed, {} taken once each, every one ({} found in a doing list after a lost reply); {kills} kill -9 and {pauses} pauses ({at_leader} of the leader)",
         added.len(),
         tried.len(),
         present.len(),
         pushed.len(),
-        popped.len()
+        popped.len(),
+        tasks_pushed.len(),
+        taken.len(),
+        rec.tasks_recovered.load(Ordering::Relaxed)
     );
     assert!(added.len() > 50, "seed {seed}: too little traffic");
     assert!(

@@ -87,11 +87,15 @@ impl ShardMachine {
 impl StateMachine for ShardMachine {
     fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
         let reply = self.apply_entry(index, data);
-        if let Some(hub) = &self.events {
-            let events = self.store.lock().events.take();
-            if !events.is_empty() {
-                hub.publish_events(events);
+        match &self.events {
+            // (Collected only then: see `apply_entry`.)
+            Some(hub) if self.leading && hub.keyspace_flags() != 0 => {
+                let events = self.store.lock().events.take();
+                if !events.is_empty() {
+                    hub.publish_events(events);
+                }
             }
+            _ => {}
         }
         reply
     }
@@ -121,6 +125,9 @@ impl ShardMachine {
             Some(hub) if self.leading => hub.keyspace_flags(),
             _ => 0,
         };
+        // Anything left from an entry whose events were not published (the setting changed
+        // in between) is stale.
+        store.events.list.clear();
         store.watches.set_log_index(index);
         let entry = match LogEntry::decode(data) {
             Ok(e) => e,
