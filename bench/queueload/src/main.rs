@@ -1,6 +1,6 @@
 //! queueload: queue workloads against a RESP server (cairn or Redis), for bench/queues.sh.
 //!
-//!   queueload --port P --op xadd|xreadgroup|lpush-brpop|publish [--clients 50] [--secs 10]
+//!   queueload --port P --op xadd|xreadgroup|lpush-brpop|publish|set-events [--clients 50] [--secs 10]
 //!             [--subscribers 100]
 //!
 //! - `xadd`: each client XADDs to one of four streams, one request at a time.
@@ -11,6 +11,10 @@
 //! - `publish`: `--subscribers` connections SUBSCRIBE to one channel, the clients PUBLISH
 //!   timestamped messages; an operation is one message delivered to one subscriber, its latency
 //!   from the publish's start to the delivery.
+//! - `set-events`: keyspace notifications. `notify-keyspace-events` is set to `E$`,
+//!   `--subscribers` connections SUBSCRIBE to `__keyevent@0__:set`, the clients SET keys named
+//!   by the time; an operation is one notification delivered, its latency from the SET's start
+//!   to the delivery. The setting is turned off again at the end.
 //!
 //! Prints one CSV line: `op,ops_per_sec,p50_ms,p99_ms,errors`.
 
@@ -51,7 +55,7 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
-    let ops = ["xadd", "xreadgroup", "lpush-brpop", "publish"];
+    let ops = ["xadd", "xreadgroup", "lpush-brpop", "publish", "set-events"];
     if a.port == 0
         || !ops.contains(&a.op.as_str())
         || a.clients < 2
@@ -60,7 +64,7 @@ fn parse_args() -> Result<Args, String> {
         || a.secs > 600
         || a.subscribers > 1000
     {
-        return Err("usage: queueload --port P --op xadd|xreadgroup|lpush-brpop|publish [--clients 2..1000] [--secs 1..600] [--subscribers 0..1000]".into());
+        return Err("usage: queueload --port P --op xadd|xreadgroup|lpush-brpop|publish|set-events [--clients 2..1000] [--secs 1..600] [--subscribers 0..1000]".into());
     }
     Ok(a)
 }
@@ -178,13 +182,21 @@ fn main() {
         "lpush-brpop" => {
             let _ = setup.call(&[b"DEL", b"jobs"]);
         }
+        "set-events" => {
+            let _ = setup.call(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"E$"]);
+        }
         _ => {}
     }
-    if a.op == "publish" {
+    let channel: &[u8] = if a.op == "publish" {
+        b"news"
+    } else {
+        b"__keyevent@0__:set"
+    };
+    if a.op == "publish" || a.op == "set-events" {
         for _ in 0..a.subscribers {
             let (tally, stop, measuring) = (tally.clone(), stop.clone(), measuring.clone());
             let mut c = Conn::open(port);
-            c.call(&[b"SUBSCRIBE", b"news"]);
+            c.call(&[b"SUBSCRIBE", channel]);
             c.w.set_read_timeout(Some(Duration::from_millis(200)))
                 .unwrap();
             threads.push(std::thread::spawn(move || {
@@ -194,7 +206,7 @@ fn main() {
                     if c.r.read_until(b'\n', &mut line).is_err() || line.is_empty() {
                         continue;
                     }
-                    // "*3" then "$7 message", "$4 news", "$n body": read the rest.
+                    // "*3" then "$7 message", "$n channel", "$n body": read the rest.
                     let mut parts = Vec::new();
                     for _ in 0..6 {
                         let mut l = Vec::new();
@@ -285,6 +297,13 @@ fn main() {
                         }
                         false
                     }
+                    "set-events" => {
+                        let ok = !matches!(c.call(&[b"SET", &ts, b"v"]), Value::Error);
+                        if ok {
+                            continue; // notifications are counted by the subscribers
+                        }
+                        false
+                    }
                     _ => unreachable!("checked"),
                 };
                 if !measuring.load(Ordering::Relaxed) {
@@ -309,6 +328,9 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
+    }
+    if a.op == "set-events" {
+        let _ = setup.call(&[b"CONFIG", b"SET", b"notify-keyspace-events", b""]);
     }
     let mut t = tally.lock().unwrap();
     t.latencies_us.sort_unstable();
