@@ -11,9 +11,12 @@
 //! its next retry goes.
 //!
 //! The queue lives on the client's own node, woken when that node applies a change to a key.
-//! A node with no replica of the shard cannot be woken that way: its blocked clients retry
-//! every [`POLL`] instead. Connections that relay another node's requests never block (the
-//! other node's client does): they answer at once.
+//! A node with no replica of the shard registers its blocked clients' keys with the other
+//! nodes instead (see `crate::pubsub`, `Hub::wait_on`), and the shard's leader, when it
+//! applies a change to one of those keys, sends it a wake-up. Wake-ups travel at most once,
+//! so such a client also tries again every [`POLL`] in case one was lost. Connections that
+//! relay another node's requests never block (the other node's client does): they answer at
+//! once.
 
 use crate::connection::Client;
 use crate::Shared;
@@ -28,8 +31,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// How often a client blocked on a shard this node holds no replica of tries again.
-pub const POLL: Duration = Duration::from_millis(100);
+/// How often a client blocked on a shard this node holds no replica of tries again, woken or
+/// not (a lost wake-up costs at most this long).
+pub const POLL: Duration = Duration::from_secs(1);
 
 pub struct BlockedClient {
     /// The request to run again (for XREAD, with `$` replaced by the IDs it stood for).
@@ -38,7 +42,22 @@ pub struct BlockedClient {
     keys: Vec<Vec<u8>>,
     notify: Arc<Notify>,
     registration: Option<Registration>,
+    /// Blocked on a shard this node holds no replica of: woken by its leader, and polling.
+    remote: Option<RemoteWait>,
     polling: bool,
+}
+
+/// A blocked client's keys as registered with the other nodes; dropped, it unregisters.
+struct RemoteWait {
+    hub: Arc<crate::pubsub::Hub>,
+    keys: Vec<Vec<u8>>,
+    client: u64,
+}
+
+impl Drop for RemoteWait {
+    fn drop(&mut self) {
+        self.hub.stop_waiting(&self.keys, self.client);
+    }
 }
 
 /// A place in the store's queues; leaving them (dropped) hands a wake-up to the next waiter.
@@ -136,6 +155,7 @@ pub fn block_on(client: &mut Client, args: &[Vec<u8>], outcome: Outcome) -> bool
                 keys: form.keys,
                 notify: Arc::new(Notify::new()),
                 registration: None,
+                remote: None,
                 polling: false,
             })
         }
@@ -216,6 +236,18 @@ pub async fn wait(
             }
             None => {
                 b.polling = true;
+                if shared.replication.is_some() {
+                    // Answered by the others before the next try, so that no change after
+                    // that try goes unreported.
+                    let mut acks = crate::pubsub::Pending::default();
+                    shared.pubsub.wait_on(&b.keys, id, &b.notify, &mut acks);
+                    b.remote = Some(RemoteWait {
+                        hub: shared.pubsub.clone(),
+                        keys: b.keys.clone(),
+                        client: id,
+                    });
+                    acks.wait().await;
+                }
                 info.blocked
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }

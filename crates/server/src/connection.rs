@@ -150,6 +150,7 @@ impl Subscriptions {
             crate::pubsub::Kind::Channel => &mut self.channels,
             crate::pubsub::Kind::Pattern => &mut self.patterns,
             crate::pubsub::Kind::Shard => &mut self.shard,
+            crate::pubsub::Kind::Key => unreachable!("clients do not subscribe to keys"),
         }
     }
 

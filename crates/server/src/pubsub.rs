@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Redis's default hard limit for a Pub/Sub client's output buffer (32 MB).
 pub const OUTPUT_LIMIT: usize = 32 * 1024 * 1024;
@@ -38,22 +38,25 @@ pub const INTEREST_WAIT: Duration = Duration::from_millis(500);
 /// Names per `CAIRN.INTEREST` request when a node sends its whole interest.
 const NAMES_PER_REQUEST: usize = 1000;
 
-/// What a subscription is to.
+/// What a subscription is to: a client's channel, pattern or shard channel, or (internal) a
+/// key a blocked client of this node waits on, whose changes another node's apply reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Channel,
     Pattern,
     Shard,
+    Key,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Channel, Kind::Pattern, Kind::Shard];
+    const ALL: [Kind; 4] = [Kind::Channel, Kind::Pattern, Kind::Shard, Kind::Key];
 
     fn word(self) -> &'static [u8] {
         match self {
             Kind::Channel => b"channel",
             Kind::Pattern => b"pattern",
             Kind::Shard => b"shard",
+            Kind::Key => b"key",
         }
     }
 
@@ -116,6 +119,8 @@ struct Table {
     channels: HashMap<Vec<u8>, BTreeMap<u64, Mailbox>>,
     patterns: HashMap<Vec<u8>, BTreeMap<u64, Mailbox>>,
     shard: HashMap<Vec<u8>, BTreeMap<u64, Mailbox>>,
+    /// Keys blocked clients of this node wait on, with each client's wake-up.
+    keys: HashMap<Vec<u8>, BTreeMap<u64, Arc<Notify>>>,
 }
 
 impl Table {
@@ -124,6 +129,14 @@ impl Table {
             Kind::Channel => &mut self.channels,
             Kind::Pattern => &mut self.patterns,
             Kind::Shard => &mut self.shard,
+            Kind::Key => unreachable!("blocked clients wait in Table::keys, not in mailboxes"),
+        }
+    }
+
+    fn names(&mut self, kind: Kind) -> Vec<&Vec<u8>> {
+        match kind {
+            Kind::Key => self.keys.keys().collect(),
+            _ => self.of(kind).keys().collect(),
         }
     }
 }
@@ -134,6 +147,7 @@ struct Interest {
     channels: HashSet<Vec<u8>>,
     patterns: HashSet<Vec<u8>>,
     shard: HashSet<Vec<u8>>,
+    keys: HashSet<Vec<u8>>,
 }
 
 impl Interest {
@@ -142,18 +156,24 @@ impl Interest {
             Kind::Channel => &mut self.channels,
             Kind::Pattern => &mut self.patterns,
             Kind::Shard => &mut self.shard,
+            Kind::Key => &mut self.keys,
         }
     }
 
-    fn wants(&self, shard: bool, channel: &[u8]) -> bool {
-        if shard {
-            return self.shard.contains(channel);
+    /// Whether a message of `kind` (a channel, a shard channel or a key) named `name` is for
+    /// this node.
+    fn wants(&self, kind: Kind, name: &[u8]) -> bool {
+        match kind {
+            Kind::Shard => self.shard.contains(name),
+            Kind::Key => self.keys.contains(name),
+            Kind::Channel | Kind::Pattern => {
+                self.channels.contains(name)
+                    || self
+                        .patterns
+                        .iter()
+                        .any(|p| cairn_store::glob::matches(p, name, false))
+            }
         }
-        self.channels.contains(channel)
-            || self
-                .patterns
-                .iter()
-                .any(|p| cairn_store::glob::matches(p, channel, false))
     }
 }
 
@@ -183,6 +203,8 @@ pub struct Hub {
     interest: Mutex<HashMap<u64, Interest>>,
     /// Messages this node was sent by others (`CAIRN.PUBLISH`), for INFO.
     pub forwarded_in: AtomicU64,
+    /// Whether any other node has blocked clients waiting on keys (see [`Hub::wake_others`]).
+    keys_wanted: AtomicBool,
     /// `notify-keyspace-events`: (version, flags) of the newest setting this node knows.
     keyspace: Mutex<(u64, u32)>,
     keyspace_flags: std::sync::atomic::AtomicU32,
@@ -379,7 +401,7 @@ impl Hub {
             acks: Vec::new(),
         }];
         for kind in Kind::ALL {
-            let names: Vec<&Vec<u8>> = t.of(kind).keys().collect();
+            let names: Vec<&Vec<u8>> = t.names(kind);
             for chunk in names.chunks(NAMES_PER_REQUEST) {
                 out.push(Outgoing {
                     bytes: interest_request(me, b"add", Some(kind), chunk),
@@ -431,7 +453,7 @@ impl Hub {
         for event in events {
             for (channel, message) in event.messages(flags) {
                 self.deliver(false, &channel, &message);
-                self.forward_to_links(false, &channel, &message);
+                self.forward_to_links(Kind::Channel, &channel, &message);
             }
         }
     }
@@ -481,7 +503,65 @@ impl Hub {
             }
             _ => return usage(),
         }
+        self.keys_wanted
+            .store(all.values().any(|i| !i.keys.is_empty()), Ordering::Relaxed);
         Reply::OK
+    }
+
+    /// Registers a blocked client of this node on `keys` (in a shard this node holds no replica
+    /// of): the other nodes are told, and their acknowledgements added to `pending`; a change
+    /// to one of the keys applied by a shard's leader then notifies `notify`.
+    pub fn wait_on(
+        &self,
+        keys: &[Vec<u8>],
+        client: u64,
+        notify: &Arc<Notify>,
+        pending: &mut Pending,
+    ) {
+        let mut t = self.table.lock();
+        for key in keys {
+            let waiters = t.keys.entry(key.clone()).or_default();
+            let first = waiters.is_empty();
+            waiters.insert(client, notify.clone());
+            if first {
+                self.announce(b"add", Kind::Key, key, Some(pending));
+            }
+        }
+    }
+
+    /// Takes a blocked client off `keys` (see [`Hub::wait_on`]).
+    pub fn stop_waiting(&self, keys: &[Vec<u8>], client: u64) {
+        let mut t = self.table.lock();
+        for key in keys {
+            if let Some(waiters) = t.keys.get_mut(key) {
+                waiters.remove(&client);
+                if waiters.is_empty() {
+                    t.keys.remove(key);
+                    self.announce(b"del", Kind::Key, key, None);
+                }
+            }
+        }
+    }
+
+    /// Wakes this node's clients blocked on `key` (another node applied a change to it).
+    pub fn wake(&self, key: &[u8]) {
+        if let Some(waiters) = self.table.lock().keys.get(key) {
+            for notify in waiters.values() {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// Whether another node waits on any key: only then does a leader collect changed keys.
+    pub fn keys_wanted(&self) -> bool {
+        self.keys_wanted.load(Ordering::Relaxed)
+    }
+
+    /// Tells the nodes whose blocked clients wait on some of `keys` that they changed.
+    pub fn wake_others(&self, keys: Vec<Vec<u8>>) {
+        for key in keys {
+            self.forward_to_links(Kind::Key, &key, b"");
+        }
     }
 
     /// Starts a link to every peer this node has none to yet (replicated mode); each link
@@ -512,24 +592,23 @@ impl Hub {
         message: &[u8],
     ) {
         self.connect_peers(peers, me);
-        self.forward_to_links(shard, channel, message);
+        let kind = if shard { Kind::Shard } else { Kind::Channel };
+        self.forward_to_links(kind, channel, message);
     }
 
-    /// Sends a message to every linked node whose subscribers may want it.
-    fn forward_to_links(&self, shard: bool, channel: &[u8], message: &[u8]) {
+    /// Sends a message (`CAIRN.PUBLISH channel|shard|key <name> <message>`) to every linked
+    /// node that may want it: whose subscribers or blocked clients match, or whose interest is
+    /// not known yet.
+    fn forward_to_links(&self, kind: Kind, name: &[u8], message: &[u8]) {
         let request = crate::replicated::encode_request(&[
             b"CAIRN.PUBLISH".to_vec(),
-            if shard {
-                b"shard".to_vec()
-            } else {
-                b"channel".to_vec()
-            },
-            channel.to_vec(),
+            kind.word().to_vec(),
+            name.to_vec(),
             message.to_vec(),
         ]);
         let interest = self.interest.lock();
         for (id, peer) in self.peers.lock().iter() {
-            if interest.get(id).is_some_and(|i| !i.wants(shard, channel)) {
+            if interest.get(id).is_some_and(|i| !i.wants(kind, name)) {
                 continue;
             }
             let _ = peer.tx.try_send(Outgoing {

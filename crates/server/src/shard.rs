@@ -89,10 +89,16 @@ impl StateMachine for ShardMachine {
         let reply = self.apply_entry(index, data);
         match &self.events {
             // (Collected only then: see `apply_entry`.)
-            Some(hub) if self.leading && hub.keyspace_flags() != 0 => {
-                let events = self.store.lock().events.take();
+            Some(hub) if self.leading && (hub.keyspace_flags() != 0 || hub.keys_wanted()) => {
+                let (events, keys) = {
+                    let mut store = self.store.lock();
+                    (store.events.take(), std::mem::take(&mut store.events.keys))
+                };
                 if !events.is_empty() {
                     hub.publish_events(events);
+                }
+                if !keys.is_empty() {
+                    hub.wake_others(keys);
                 }
             }
             _ => {}
@@ -121,13 +127,14 @@ impl ShardMachine {
     /// Applies one entry; keyspace notifications are collected only on the leader.
     fn apply_entry(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
         let mut store = self.store.lock();
-        store.events.flags = match &self.events {
-            Some(hub) if self.leading => hub.keyspace_flags(),
-            _ => 0,
+        (store.events.flags, store.events.collect_keys) = match &self.events {
+            Some(hub) if self.leading => (hub.keyspace_flags(), hub.keys_wanted()),
+            _ => (0, false),
         };
         // Anything left from an entry whose events were not published (the setting changed
         // in between) is stale.
         store.events.list.clear();
+        store.events.keys.clear();
         store.watches.set_log_index(index);
         let entry = match LogEntry::decode(data) {
             Ok(e) => e,

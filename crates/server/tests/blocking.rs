@@ -168,3 +168,75 @@ fn a_client_blocked_on_any_node_of_a_cluster_is_woken_by_a_write_on_another() {
         assert_eq!(c.cmd_str(&format!("BLPOP {key} 0.2")), b"*-1\r\n");
     }
 }
+
+/// The `group1:` line of a node's INFO raft, if it holds a replica of shard 1.
+fn holds_shard_1(c: &mut Raw) -> bool {
+    c.reply_text_of("INFO raft").contains("group1:")
+}
+
+fn forwarded_in(c: &mut Raw) -> u64 {
+    let info = c.reply_text_of("INFO stats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("pubsub_forwarded_in:"))
+        .expect("pubsub_forwarded_in")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A node that holds no replica of the keys' shard cannot be woken by its own apply: the
+/// shard's leader wakes it. (It also retries every second, in case a wake-up is lost: the
+/// pops here must come much sooner than that, and the node must have been sent wake-ups.)
+#[test]
+fn a_client_on_a_node_without_a_replica_is_woken_by_the_shard_leader() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Four nodes, one shard on three of them.
+    let nodes = common::start_cluster_replicas(4, &dirs, 1, 3);
+    common::wait_writable(&nodes);
+    let raw = |i: usize| nodes[i].as_ref().unwrap().raw();
+    let outsider = (0..4)
+        .find(|&i| !holds_shard_1(&mut raw(i)))
+        .expect("one node holds no replica");
+    let pusher_node = (outsider + 1) % 4;
+    let mut c = raw(outsider);
+    let mut stats = raw(outsider);
+    let before = forwarded_in(&mut stats);
+    let mut slowest = Duration::ZERO;
+    for round in 0..5 {
+        let key = format!("remote{round}");
+        c.send_line(&format!("BLPOP {key} 0"));
+        wait_blocked(&mut raw(outsider), 1);
+        // Past the first try and any retry the blocking itself caused.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut pusher = raw(pusher_node);
+        let t = Instant::now();
+        assert_eq!(pusher.cmd_str(&format!("RPUSH {key} work")), b":1\r\n");
+        assert_eq!(
+            c.reply_text(),
+            format!("*2\r\n${}\r\n{key}\r\n$4\r\nwork\r\n", key.len())
+        );
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(pusher.cmd_str(&format!("LLEN {key}")), b":0\r\n");
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "woken by polling (every second), not by the leader: slowest pop {slowest:?}"
+    );
+    assert!(
+        forwarded_in(&mut stats) >= before + 5,
+        "node {} was sent no wake-ups",
+        outsider + 1
+    );
+    // Unblocked, the node's keys are given up: pushes to them wake nobody there.
+    let quiet = forwarded_in(&mut stats);
+    let mut pusher = raw(pusher_node);
+    for round in 0..5 {
+        pusher.cmd_str(&format!("RPUSH remote{round} more"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        forwarded_in(&mut stats),
+        quiet,
+        "wake-ups for keys nobody waits on"
+    );
+}

@@ -38,6 +38,9 @@ impl Ctx<'_> {
         self.dirty += 1;
         self.watches.touched(key);
         self.moves.modified(key);
+        if self.events.collect_keys {
+            self.events.keys.push(key.to_vec());
+        }
     }
 
     /// Reports a keyspace event (`notifyKeyspaceEvent` in Redis): called with Redis's class

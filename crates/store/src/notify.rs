@@ -113,6 +113,10 @@ pub struct Events {
     /// The `notify-keyspace-events` flags in force (0: collect nothing).
     pub flags: u32,
     pub list: Vec<Event>,
+    /// Whether to collect the keys commands modify (for waking blocked clients on nodes that
+    /// hold no replica of the shard), and those keys.
+    pub collect_keys: bool,
+    pub keys: Vec<Vec<u8>>,
 }
 
 impl Events {

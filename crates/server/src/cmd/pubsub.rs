@@ -11,6 +11,7 @@ fn names(kind: Kind) -> (&'static str, &'static str) {
         Kind::Channel => ("subscribe", "unsubscribe"),
         Kind::Pattern => ("psubscribe", "punsubscribe"),
         Kind::Shard => ("ssubscribe", "sunsubscribe"),
+        Kind::Key => unreachable!("clients do not subscribe to keys"),
     }
 }
 
@@ -112,10 +113,16 @@ pub fn spublish(c: &mut Call) -> Reply {
     publish_to(c, true)
 }
 
-/// `CAIRN.PUBLISH channel|shard <channel> <message>`: another node's PUBLISH, delivered here
-/// only (never forwarded again).
+/// `CAIRN.PUBLISH channel|shard <channel> <message>`: another node's PUBLISH (or keyspace
+/// notification), delivered here only (never forwarded again). `CAIRN.PUBLISH key <key> ""`:
+/// a shard's leader applied a change to a key that blocked clients here wait on.
 pub fn deliver_forwarded(shared: &crate::Shared, args: &[Vec<u8>]) -> Reply {
     match args {
+        [_, kind, key, _] if kind.eq_ignore_ascii_case(b"key") => {
+            crate::stats::Stats::add(&shared.pubsub.forwarded_in, 1);
+            shared.pubsub.wake(key);
+            Reply::OK
+        }
         [_, kind, channel, message] => {
             let shard = kind.eq_ignore_ascii_case(b"shard");
             crate::stats::Stats::add(&shared.pubsub.forwarded_in, 1);

@@ -147,6 +147,16 @@ pub fn start_cluster_with(
     dirs: &[tempfile::TempDir],
     shards: usize,
 ) -> Vec<Option<Cairn>> {
+    start_cluster_replicas(n, dirs, shards, 3)
+}
+
+/// As [`start_cluster_with`], each shard on `replicas` of the nodes.
+pub fn start_cluster_replicas(
+    n: usize,
+    dirs: &[tempfile::TempDir],
+    shards: usize,
+    replicas: usize,
+) -> Vec<Option<Cairn>> {
     let (listeners, cluster) = cluster_ports(n);
     listeners
         .into_iter()
@@ -159,6 +169,7 @@ pub fn start_cluster_with(
                 data_dir: dirs[i].path().to_path_buf(),
                 fault_hooks: true,
                 shards,
+                replicas,
                 ..Default::default()
             };
             Some(Cairn::start_on_with_bus(l, Some(bus), config))
