@@ -675,7 +675,10 @@ async fn handle_on(
             spec.name.as_str(),
             "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
         ) {
-            let refused = if spec.flags.contains(Flags::NO_MULTI)
+            let publish = is_publish(&spec.name);
+            let refused = if publish {
+                None // not data: it runs at EXEC, beside the transaction (see `exec`)
+            } else if spec.flags.contains(Flags::NO_MULTI)
                 || !matches!(target, Some(Target::Store(_)))
             {
                 Some(Reply::error(
@@ -760,11 +763,74 @@ fn transaction_shard(
     }
 }
 
+fn is_publish(name: &str) -> bool {
+    matches!(name, "publish" | "spublish")
+}
+
+/// EXEC. PUBLISH and SPUBLISH are not replicated data: the transaction's entry holds the
+/// other commands, and they run here once it has (not at all if it aborted or failed), their
+/// replies put back in their places.
 async fn exec(shared: &Shared, client: &mut Client) -> Vec<u8> {
     let proto = client.proto;
-    let Some(queue) = client.multi.take() else {
+    let Some(mut queue) = client.multi.take() else {
         return Reply::error("ERR EXEC without MULTI").to_bytes(proto);
     };
+    let publish_at: Vec<usize> = (0..queue.len())
+        .filter(|&i| {
+            matches!(shared.table.commands.lookup(&queue[i]), Lookup::Found(s) if is_publish(&s.name))
+        })
+        .collect();
+    if publish_at.is_empty() || client.multi_failed {
+        return exec_queue(shared, client, queue).await;
+    }
+    let mut publishes = Vec::with_capacity(publish_at.len());
+    for &i in publish_at.iter().rev() {
+        publishes.push((i, queue.remove(i)));
+    }
+    publishes.reverse();
+    let data = queue.len();
+    let reply = exec_queue(shared, client, queue).await;
+    let mut items = match split_array(&reply) {
+        Some(items) if items.len() == data => items,
+        _ => return reply, // aborted (nil) or failed (an error): no message goes out
+    };
+    for (i, cmd) in publishes {
+        let answer = match shared.table.commands.lookup(&cmd) {
+            Lookup::Found(spec) => {
+                let spec = spec.clone();
+                dispatch::call(shared, client, None, &spec, &cmd)
+            }
+            Lookup::Error(e) => e,
+        };
+        items.insert(i, answer.to_bytes(proto));
+    }
+    let mut out = format!("*{}\r\n", items.len()).into_bytes();
+    for item in items {
+        out.extend_from_slice(&item);
+    }
+    out
+}
+
+/// The encoded elements of an encoded array reply; None for anything else (nil, an error).
+fn split_array(reply: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let end = reply.windows(2).position(|w| w == b"\r\n")?;
+    if reply.first() != Some(&b'*') {
+        return None;
+    }
+    let n = usize::try_from(cairn_resp::decode::parse_i64(&reply[1..end])?).ok()?;
+    let limits = cairn_resp::decode::Limits::default();
+    let mut pos = end + 2;
+    let mut items = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = cairn_resp::decode::reply_frame_len(&reply[pos..], &limits).ok()??;
+        items.push(reply[pos..pos + len].to_vec());
+        pos += len;
+    }
+    (pos == reply.len()).then_some(items)
+}
+
+async fn exec_queue(shared: &Shared, client: &mut Client, queue: Vec<Vec<Vec<u8>>>) -> Vec<u8> {
+    let proto = client.proto;
     client
         .info
         .in_multi

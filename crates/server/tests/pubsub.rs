@@ -276,3 +276,50 @@ fn keyspace_notifications_come_once_from_each_shard_to_subscribers_on_every_node
         assert_eq!(got, [("marker".to_string(), "end".to_string())], "node {n}");
     }
 }
+
+/// PUBLISH inside MULTI on a cluster: queued like any command, sent when the transaction has
+/// run, and not at all when it aborts; EXEC's reply has its count in its place.
+#[test]
+fn publish_in_a_transaction_goes_out_only_if_the_transaction_runs() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_cluster(3, &dirs);
+    common::wait_writable(&nodes);
+    let node = |i: usize| nodes[i].as_ref().unwrap();
+    let (mut near, mut far) = (node(0).raw(), node(2).raw());
+    for s in [&mut near, &mut far] {
+        s.send_line("SUBSCRIBE tx");
+        assert!(s.reply_text().contains("subscribe"));
+    }
+    let mut c = node(0).raw();
+    assert_eq!(c.cmd_str("MULTI"), b"+OK\r\n");
+    for line in ["SET a 1", "PUBLISH tx hello", "INCR a", "SPUBLISH {a}x m"] {
+        assert_eq!(c.cmd_str(line), b"+QUEUED\r\n", "{line}");
+    }
+    // One receiver on this node for "tx", none for the shard channel.
+    assert_eq!(
+        c.cmd_str("EXEC"),
+        b"*4\r\n+OK\r\n:1\r\n:2\r\n:0\r\n".to_vec()
+    );
+    let hello = "*3\r\n$7\r\nmessage\r\n$2\r\ntx\r\n$5\r\nhello\r\n";
+    assert_eq!(near.reply_text(), hello);
+    assert_eq!(far.reply_text(), hello);
+    // Only PUBLISH in the block.
+    assert_eq!(c.cmd_str("MULTI"), b"+OK\r\n");
+    assert_eq!(c.cmd_str("PUBLISH tx second"), b"+QUEUED\r\n");
+    assert_eq!(c.cmd_str("EXEC"), b"*1\r\n:1\r\n".to_vec());
+    let second = "*3\r\n$7\r\nmessage\r\n$2\r\ntx\r\n$6\r\nsecond\r\n";
+    assert_eq!(near.reply_text(), second);
+    assert_eq!(far.reply_text(), second);
+    // A watched key changed: the transaction aborts and its message is not sent.
+    assert_eq!(c.cmd_str("WATCH a"), b"+OK\r\n");
+    assert_eq!(node(1).raw().cmd_str("SET a 5"), b"+OK\r\n");
+    assert_eq!(c.cmd_str("MULTI"), b"+OK\r\n");
+    assert_eq!(c.cmd_str("PUBLISH tx aborted"), b"+QUEUED\r\n");
+    assert_eq!(c.cmd_str("INCR a"), b"+QUEUED\r\n");
+    assert_eq!(c.cmd_str("EXEC"), b"*-1\r\n".to_vec());
+    assert_eq!(c.cmd_str("PUBLISH tx after"), b":1\r\n");
+    let after = "*3\r\n$7\r\nmessage\r\n$2\r\ntx\r\n$5\r\nafter\r\n";
+    assert_eq!(near.reply_text(), after, "the aborted message went out");
+    assert_eq!(far.reply_text(), after, "the aborted message went out");
+    assert_eq!(c.cmd_str("GET a"), b"$1\r\n5\r\n");
+}
