@@ -26,6 +26,18 @@ enum Command {
     Dev(dev::DevArgs),
     /// Inspect a running cluster.
     Cluster(cluster::ClusterArgs),
+    /// Write development TLS certificates: a CA, a node certificate and a client certificate.
+    Certs(CertsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CertsArgs {
+    /// Where to write ca.crt/.key, node.crt/.key and client.crt/.key.
+    #[arg(long, default_value = "cairn-certs")]
+    dir: PathBuf,
+    /// Names and addresses the node certificate is good for, comma-separated.
+    #[arg(long, default_value = "localhost,127.0.0.1,::1")]
+    hosts: String,
 }
 
 /// Every flag has a config-file key (the same name with `-` replaced by `_`) and a `CAIRN_*`
@@ -85,6 +97,21 @@ pub struct ServerArgs {
     /// there are fewer). Chosen when the cluster is created.
     #[arg(long, env = "CAIRN_REPLICAS")]
     replicas: Option<usize>,
+    /// Port for TLS clients (0 or absent: none).
+    #[arg(long, env = "CAIRN_TLS_PORT")]
+    tls_port: Option<u16>,
+    /// PEM certificate chain the TLS port presents.
+    #[arg(long, env = "CAIRN_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "CAIRN_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that client certificates must be signed by.
+    #[arg(long, env = "CAIRN_TLS_CA_CERT_FILE")]
+    tls_ca_cert_file: Option<PathBuf>,
+    /// Whether TLS clients must present a certificate (yes|optional|no, default yes).
+    #[arg(long, env = "CAIRN_TLS_AUTH_CLIENTS", value_name = "yes|optional|no")]
+    tls_auth_clients: Option<String>,
     /// Join the running cluster that the member at this bus address belongs to: this node
     /// learns the members from it, starts as a new member (needs a --node-id no member has),
     /// and has itself added to every group, as a voter once caught up. Instead of
@@ -113,6 +140,11 @@ struct FileConfig {
     shards: Option<usize>,
     replicas: Option<usize>,
     join: Option<String>,
+    tls_port: Option<u16>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_ca_cert_file: Option<PathBuf>,
+    tls_auth_clients: Option<String>,
 }
 
 fn yes_no(v: &str) -> anyhow::Result<bool> {
@@ -197,6 +229,28 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<(cairn_server::Config, Opt
     if let Some(v) = args.initial_cluster.clone().or(file.initial_cluster) {
         c.initial_cluster = cairn_server::config::parse_initial_cluster(&v)
             .map_err(|e| anyhow::anyhow!("--initial-cluster {e}"))?;
+    }
+    if let Some(v) = args.tls_port.or(file.tls_port) {
+        c.tls_port = v;
+    }
+    if let Some(v) = args.tls_cert_file.clone().or(file.tls_cert_file) {
+        c.tls_files.cert = v;
+    }
+    if let Some(v) = args.tls_key_file.clone().or(file.tls_key_file) {
+        c.tls_files.key = v;
+    }
+    c.tls_files.ca = args.tls_ca_cert_file.clone().or(file.tls_ca_cert_file);
+    if let Some(v) = args.tls_auth_clients.clone().or(file.tls_auth_clients) {
+        c.tls_files.auth_clients =
+            cairn_server::tls::AuthClients::parse(&v).with_context(|| {
+                format!("--tls-auth-clients: expected yes, optional or no, got {v:?}")
+            })?;
+    }
+    if c.tls_port != 0 {
+        anyhow::ensure!(
+            !c.tls_files.cert.as_os_str().is_empty() && !c.tls_files.key.as_os_str().is_empty(),
+            "--tls-port needs --tls-cert-file and --tls-key-file"
+        );
     }
     let join = args.join.clone().or(file.join);
     if join.is_some() {
@@ -323,6 +377,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Cluster(args) => return cluster::run(args),
+        Command::Certs(args) => return certs(&args),
         other => other,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -331,6 +386,27 @@ fn main() -> anyhow::Result<()> {
     match command {
         Command::Server(args) => runtime.block_on(run_server(*args)),
         Command::Dev(args) => runtime.block_on(dev::run(args)),
-        Command::Cluster(_) => unreachable!("handled above"),
+        Command::Cluster(_) | Command::Certs(_) => unreachable!("handled above"),
     }
+}
+
+/// `cairn certs`: development certificates, and how to use them.
+fn certs(args: &CertsArgs) -> anyhow::Result<()> {
+    let hosts: Vec<String> = args
+        .hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(String::from)
+        .collect();
+    let written =
+        cairn_server::tls::write_dev_certs(&args.dir, &hosts).map_err(anyhow::Error::msg)?;
+    for path in &written {
+        println!("wrote {}", path.display());
+    }
+    let d = args.dir.display();
+    println!(
+        "serve TLS: cairn server --tls-port 6380 --tls-cert-file {d}/node.crt --tls-key-file {d}/node.key --tls-ca-cert-file {d}/ca.crt\nconnect:   redis-cli -p 6380 --tls --cacert {d}/ca.crt --cert {d}/client.crt --key {d}/client.key"
+    );
+    Ok(())
 }

@@ -27,7 +27,6 @@ use cairn_store::Store;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -207,10 +206,10 @@ fn local_store(shared: &Shared, keys: &[Vec<u8>]) -> Option<Arc<Mutex<Store>>> {
 
 /// Waits for a blocked client's next try. Bytes the client sends meanwhile are kept in
 /// `inbuf` (up to `limit`; past it the connection closes, as for any client).
-pub async fn wait(
+pub async fn wait<S: crate::connection::Stream>(
     shared: &Shared,
     client: &mut Client,
-    socket: &mut TcpStream,
+    socket: &mut S,
     inbuf: &mut Vec<u8>,
     limit: usize,
 ) -> std::io::Result<Woken> {

@@ -44,6 +44,10 @@ pub struct Config {
     /// `notify-keyspace-events` as last set through CONFIG SET here (the setting in force is
     /// the Pub/Sub hub's, shared by the whole cluster: see `crate::pubsub`).
     pub notify_keyspace_events: u32,
+    /// `tls-port`: where TLS clients are served (0: nowhere).
+    pub tls_port: u16,
+    /// `tls-cert-file`, `tls-key-file`, `tls-ca-cert-file`, `tls-auth-clients`.
+    pub tls_files: crate::tls::TlsFiles,
 }
 
 impl Default for Config {
@@ -68,6 +72,8 @@ impl Default for Config {
             shards: 0,
             replicas: 3,
             notify_keyspace_events: 0,
+            tls_port: 0,
+            tls_files: Default::default(),
         }
     }
 }
@@ -153,6 +159,20 @@ impl Config {
                 cairn_store::notify::format(self.notify_keyspace_events),
             ),
             ("cluster-enabled", "no".into()),
+            ("tls-port", self.tls_port.to_string()),
+            ("tls-cert-file", self.tls_files.cert.display().to_string()),
+            ("tls-key-file", self.tls_files.key.display().to_string()),
+            (
+                "tls-ca-cert-file",
+                self.tls_files
+                    .ca
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+            ),
+            (
+                "tls-auth-clients",
+                self.tls_files.auth_clients.name().into(),
+            ),
         ]
     }
 
@@ -180,6 +200,16 @@ impl Config {
                     _ => return Err("argument must be 'yes' or 'no'".into()),
                 }
             }
+            "tls-cert-file" => self.tls_files.cert = value.into(),
+            "tls-key-file" => self.tls_files.key = value.into(),
+            "tls-ca-cert-file" => {
+                self.tls_files.ca = (!value.is_empty()).then(|| value.into());
+            }
+            "tls-auth-clients" => {
+                self.tls_files.auth_clients = crate::tls::AuthClients::parse(value)
+                    .ok_or("argument must be 'yes', 'no' or 'optional'")?
+            }
+            "tls-port" => return Err("tls-port is set when the server starts".into()),
             "notify-keyspace-events" => {
                 self.notify_keyspace_events = cairn_store::notify::parse(value)
                     .ok_or("Invalid event class character. Use 'Ag$lshzxeKEtmdn'.")?

@@ -276,7 +276,30 @@ impl ClientInfo {
     }
 }
 
-pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr) {
+/// A client connection's byte stream: plain TCP, or TLS over it.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
+
+/// Writes `bytes` and flushes them (a TLS stream holds written bytes until flushed).
+pub async fn send<S: Stream>(socket: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    socket.write_all(bytes).await?;
+    socket.flush().await
+}
+
+/// Serves a plain TCP client.
+pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+    let _ = socket.set_nodelay(true);
+    let local = socket.local_addr().unwrap_or(peer);
+    serve_stream(shared, socket, peer, local).await
+}
+
+/// Serves a client over any stream (`local`: the address it reached).
+pub async fn serve_stream<S: Stream>(
+    shared: Arc<Shared>,
+    mut socket: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
     Stats::add(&shared.stats.connections_received, 1);
     let (maxclients, protected) = {
         let c = shared.config.lock();
@@ -284,17 +307,14 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr)
     };
     if shared.clients.len() >= maxclients {
         Stats::add(&shared.stats.connections_rejected, 1);
-        let _ = socket
-            .write_all(b"-ERR max number of clients reached\r\n")
-            .await;
+        let _ = send(&mut socket, b"-ERR max number of clients reached\r\n").await;
         return;
     }
     if protected && !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
-        let _ = socket.write_all(PROTECTED_MODE_ERROR.as_bytes()).await;
+        let _ = send(&mut socket, PROTECTED_MODE_ERROR.as_bytes()).await;
         return;
     }
-    let _ = socket.set_nodelay(true);
-    let info = ClientInfo::new(&shared, peer, socket.local_addr().unwrap_or(peer));
+    let info = ClientInfo::new(&shared, peer, local);
     shared.clients.clients.lock().insert(info.id, info.clone());
     let mut client = Client::new(info.clone());
     if let Err(e) = serve_loop(&shared, &mut socket, &mut client).await {
@@ -306,9 +326,9 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr)
 
 const PROTECTED_MODE_ERROR: &str = "-DENIED cairn is running in protected mode because protected mode is enabled and no password is set for the default user. In this mode connections are only accepted from the loopback interface. If you want to connect from external computers, either set a password for the default user, or disable protected mode with '--protected-mode no' (or CONFIG SET protected-mode no from a loopback connection).\r\n";
 
-async fn serve_loop(
+async fn serve_loop<S: Stream>(
     shared: &Shared,
-    socket: &mut TcpStream,
+    socket: &mut S,
     client: &mut Client,
 ) -> std::io::Result<()> {
     let mut decoder = Decoder::default();
@@ -360,25 +380,25 @@ async fn serve_loop(
                     pending.clear();
                 }
                 if out.len() >= OUTPUT_FLUSH_BYTES {
-                    socket.write_all(&out).await?;
+                    send(socket, &out).await?;
                     out.clear();
                 }
             }
             while !pending.is_empty() && (client.blocked.is_none() || std::mem::take(&mut retry)) {
                 dispatch::handle_batch(shared, client, &mut pending, &mut out);
                 if out.len() >= OUTPUT_FLUSH_BYTES {
-                    socket.write_all(&out).await?;
+                    send(socket, &out).await?;
                     out.clear();
                 }
             }
             crate::blocking::release(client);
             if client.close_after_reply {
-                socket.write_all(&out).await?;
+                send(socket, &out).await?;
                 return Ok(());
             }
             if client.blocked.is_some() {
                 // Nothing more runs for this client until its blocked command is done.
-                socket.write_all(&out).await?;
+                send(socket, &out).await?;
                 out.clear();
                 inbuf.drain(..pos);
                 pos = 0;
@@ -402,11 +422,11 @@ async fn serve_loop(
                 // As Redis: answer the protocol error, then close this connection only.
                 Stats::add(&shared.stats.protocol_errors, 1);
                 out.extend_from_slice(format!("-ERR {e}\r\n").as_bytes());
-                socket.write_all(&out).await?;
+                send(socket, &out).await?;
                 return Ok(());
             }
             if let Some(d) = client.sleep.take() {
-                socket.write_all(&out).await?;
+                send(socket, &out).await?;
                 out.clear();
                 tokio::time::sleep(d).await;
             }
@@ -416,7 +436,7 @@ async fn serve_loop(
         }
         inbuf.drain(..pos);
         if !out.is_empty() {
-            socket.write_all(&out).await?;
+            send(socket, &out).await?;
             out.clear();
             if out.capacity() > 4 * OUTPUT_FLUSH_BYTES {
                 out.shrink_to(READ_CHUNK);
@@ -463,7 +483,7 @@ async fn serve_loop(
                     // A subscriber that does not read must not hold this task in a write
                     // forever: its output limit kills it (see `crate::pubsub`).
                     tokio::select! {
-                        r = socket.write_all(&out) => r?,
+                        r = send(socket, &out) => r?,
                         _ = info.kill.notified() => return Ok(()),
                     }
                     out.clear();

@@ -22,6 +22,7 @@ pub mod replicated;
 pub mod shard;
 pub mod shards;
 pub mod stats;
+pub mod tls;
 
 pub use config::Config;
 
@@ -47,6 +48,8 @@ pub struct Shared {
     pub reshard: cmd::reshard::Jobs,
     /// Pub/Sub subscriptions on this node.
     pub pubsub: Arc<pubsub::Hub>,
+    /// The TLS configuration new TLS clients get, when `tls-port` is set.
+    pub tls: Option<Arc<tls::Tls>>,
     pub started_ms: u64,
     next_client_id: AtomicU64,
     /// Flips to true when the server shuts down.
@@ -208,6 +211,16 @@ pub async fn run_with_bus(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // TLS first: a node asked to serve TLS with files it cannot use does not start.
+    let tls = if config.tls_port != 0 {
+        let tls = tls::Tls::new(config.tls_files.clone())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let addr = format!("{}:{}", config.bind, config.tls_port);
+        let listener = TcpListener::bind(&addr).await?;
+        Some((Arc::new(tls), listener))
+    } else {
+        None
+    };
     let hub: Arc<pubsub::Hub> = Default::default();
     let (shards, replication, created) = start_replication(&config, bus, &hub)?;
     let shared = Arc::new(Shared {
@@ -219,6 +232,7 @@ pub async fn run_with_bus(
         stats: stats::Stats::default(),
         reshard: Default::default(),
         pubsub: hub,
+        tls: tls.as_ref().map(|(t, _)| t.clone()),
         started_ms: now_ms(),
         next_client_id: AtomicU64::new(1),
         shutdown: stop_rx,
@@ -229,6 +243,10 @@ pub async fn run_with_bus(
     let leaders = tokio::spawn(placement::watch_leaders(shared.clone()));
     let closer = tokio::spawn(placement::close_removed(shared.clone()));
     let links = tokio::spawn(pubsub::link_peers(shared.clone()));
+    let tls_listener = tls.map(|(tls, listener)| {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving TLS clients");
+        tokio::spawn(serve_tls(shared.clone(), tls, listener))
+    });
     tracing::info!(addr = %listener.local_addr()?, commands = shared.table.len(), "cairn is serving clients");
     tokio::pin!(shutdown);
     loop {
@@ -279,6 +297,9 @@ pub async fn run_with_bus(
     leaders.abort();
     closer.abort();
     links.abort();
+    if let Some(t) = tls_listener {
+        t.abort();
+    }
     if let Some(opener) = opener {
         opener.abort();
     }
@@ -288,6 +309,37 @@ pub async fn run_with_bus(
     }
     tracing::info!(open = shared.clients.len(), "cairn stopped serving clients");
     Ok(())
+}
+
+/// The longest a TLS client may take over its handshake.
+const TLS_HANDSHAKE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts TLS clients: each handshake in its own task (bounded in time), then the connection
+/// is served like any other.
+async fn serve_tls(shared: Arc<Shared>, tls: Arc<tls::Tls>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((socket, peer)) => {
+                let (shared, acceptor) = (shared.clone(), tls.acceptor());
+                tokio::spawn(async move {
+                    let _ = socket.set_nodelay(true);
+                    let local = socket.local_addr().unwrap_or(peer);
+                    match tokio::time::timeout(TLS_HANDSHAKE_WITHIN, acceptor.accept(socket)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            connection::serve_stream(shared, stream, peer, local).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// The longest a graceful shutdown waits for another node to take over leadership.

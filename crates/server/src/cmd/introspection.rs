@@ -355,6 +355,29 @@ pub fn config_set(c: &mut Call) -> Reply {
         }
     }
     let events = next.notify_keyspace_events;
+    // Any TLS file setting reads the files again (a replaced certificate is picked up by
+    // setting the same path): new connections get the new configuration, and a bad one
+    // leaves everything as it was.
+    if args.chunks(2).any(|p| {
+        String::from_utf8_lossy(&p[0])
+            .to_ascii_lowercase()
+            .starts_with("tls-")
+    }) {
+        match &c.shared.tls {
+            Some(tls) => {
+                if let Err(why) = tls.reload(next.tls_files.clone()) {
+                    return Reply::error(format!(
+                        "ERR CONFIG SET failed (possibly related to argument 'tls-cert-file') - Unable to update TLS configuration: {why}"
+                    ));
+                }
+            }
+            None => {
+                return Reply::error(
+                    "ERR CONFIG SET failed (possibly related to argument 'tls-port') - TLS is not enabled on this node (start it with --tls-port)",
+                )
+            }
+        }
+    }
     *config = next;
     drop(config);
     if args
