@@ -112,6 +112,10 @@ pub struct ServerArgs {
     /// Whether TLS clients must present a certificate (yes|optional|no, default yes).
     #[arg(long, env = "CAIRN_TLS_AUTH_CLIENTS", value_name = "yes|optional|no")]
     tls_auth_clients: Option<String>,
+    /// Mutual TLS on the cluster bus with --tls-cert-file, --tls-key-file and the cluster CA
+    /// of --tls-ca-cert-file: peers without a certificate from that CA are refused (yes|no).
+    #[arg(long, env = "CAIRN_TLS_CLUSTER", value_name = "yes|no")]
+    tls_cluster: Option<String>,
     /// Join the running cluster that the member at this bus address belongs to: this node
     /// learns the members from it, starts as a new member (needs a --node-id no member has),
     /// and has itself added to every group, as a voter once caught up. Instead of
@@ -145,6 +149,7 @@ struct FileConfig {
     tls_key_file: Option<PathBuf>,
     tls_ca_cert_file: Option<PathBuf>,
     tls_auth_clients: Option<String>,
+    tls_cluster: Option<String>,
 }
 
 fn yes_no(v: &str) -> anyhow::Result<bool> {
@@ -246,10 +251,13 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<(cairn_server::Config, Opt
                 format!("--tls-auth-clients: expected yes, optional or no, got {v:?}")
             })?;
     }
-    if c.tls_port != 0 {
+    if let Some(v) = args.tls_cluster.clone().or(file.tls_cluster) {
+        c.tls_cluster = yes_no(&v).context("--tls-cluster")?;
+    }
+    if c.tls_port != 0 || c.tls_cluster {
         anyhow::ensure!(
             !c.tls_files.cert.as_os_str().is_empty() && !c.tls_files.key.as_os_str().is_empty(),
-            "--tls-port needs --tls-cert-file and --tls-key-file"
+            "--tls-port and --tls-cluster need --tls-cert-file and --tls-key-file"
         );
     }
     let join = args.join.clone().or(file.join);

@@ -16,8 +16,12 @@
 //! with exponential backoff. What the bus learns goes back to the driver as [`BusEvent`]s: a
 //! peer it cannot reach, and whether each snapshot was written to the peer's socket.
 //!
-//! TLS arrives with the security issue: connections are plain `TcpStream`s created in
-//! [`connect`] and [`Bus::serve`], the two places a TLS connector and acceptor will wrap.
+//! Mutual TLS ([`BusTls`], set with [`Bus::set_tls`] before the bus serves): every connection
+//! is TLS both ways, and each end must present a certificate signed by the cluster's CA, so a
+//! node without one can neither connect (its handshake is refused before any frame is read)
+//! nor be connected to. Plaintext peers are refused. The server side sends no session tickets:
+//! nothing ever travels from the accepting end, which is what lets [`peer_closed`] read any
+//! readable byte as the connection's end.
 
 use crate::driver::Envelope;
 use protobuf::Message as _;
@@ -29,6 +33,48 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+/// The cluster bus's mutual TLS: how to accept peers and how to connect to them, both
+/// checking the other end's certificate against the cluster CA.
+#[derive(Clone)]
+pub struct BusTls {
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for BusTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BusTls")
+    }
+}
+
+/// The longest a peer's TLS handshake may take.
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
+
+/// An outbound connection to a peer: plain TCP, or TLS over it.
+enum Link {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Link {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Link::Plain(s) => s,
+            Link::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Plain(s) => s.write_all(bytes).await,
+            Link::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+}
 
 const MAGIC: &[u8; 4] = b"CRNB";
 pub const VERSION: u8 = 1;
@@ -246,12 +292,25 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(u8, Vec<u
     Ok((kind, payload))
 }
 
-/// Opens a connection to a peer and introduces this node.
-async fn connect(addr: SocketAddr, me: u64) -> std::io::Result<TcpStream> {
-    let mut s = TcpStream::connect(addr).await?;
+/// Opens a connection to a peer (TLS when `tls` is set) and introduces this node.
+async fn connect(addr: SocketAddr, me: u64, tls: Option<&BusTls>) -> std::io::Result<Link> {
+    let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
-    s.write_all(&frame(KIND_HELLO, &me.to_le_bytes())).await?;
-    Ok(s)
+    let mut link = match tls {
+        None => Link::Plain(s),
+        Some(tls) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let stream = tokio::time::timeout(HANDSHAKE_WITHIN, connector.connect(name, s))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake")
+                })??;
+            Link::Tls(Box::new(stream))
+        }
+    };
+    link.send(&frame(KIND_HELLO, &me.to_le_bytes())).await?;
+    Ok(link)
 }
 
 /// This node's end of the bus.
@@ -265,6 +324,8 @@ pub struct Bus {
     cut: std::sync::RwLock<HashSet<u64>>,
     /// Whether `cut` is non-empty: every message checks this, not the lock.
     any_cut: std::sync::atomic::AtomicBool,
+    /// Mutual TLS, when the cluster uses it.
+    tls: std::sync::OnceLock<BusTls>,
 }
 
 impl Bus {
@@ -288,8 +349,14 @@ impl Bus {
             inbound,
             cut: Default::default(),
             any_cut: Default::default(),
+            tls: Default::default(),
         });
         (bus, inbound_rx, events_rx)
+    }
+
+    /// Makes every connection mutual TLS (set once, before the bus serves or sends).
+    pub fn set_tls(&self, tls: BusTls) {
+        let _ = self.tls.set(tls);
     }
 
     /// Sets (or changes) where a peer listens.
@@ -378,7 +445,22 @@ impl Bus {
             let _ = socket.set_nodelay(true);
             let bus = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = inbound_connection(socket, bus).await {
+                let result = match bus.tls.get() {
+                    None => inbound_connection(socket, bus).await,
+                    Some(tls) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+                        match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(socket)).await
+                        {
+                            Ok(Ok(stream)) => inbound_connection(stream, bus).await,
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "refused a bus peer's TLS handshake");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
+                if let Err(e) = result {
                     tracing::debug!(error = %e, "bus connection closed");
                 }
             });
@@ -387,7 +469,10 @@ impl Bus {
 }
 
 /// Reads one peer's connection: HELLO first, then batches, handed to the driver.
-async fn inbound_connection(mut socket: TcpStream, bus: Arc<Bus>) -> Result<(), FrameError> {
+async fn inbound_connection<S: AsyncReadExt + Unpin>(
+    mut socket: S,
+    bus: Arc<Bus>,
+) -> Result<(), FrameError> {
     let (kind, payload) = read_frame(&mut socket).await?;
     if kind != KIND_HELLO || payload.len() != 8 {
         return Err(FrameError::Malformed);
@@ -428,7 +513,7 @@ pub fn peer_closed(conn: &TcpStream) -> bool {
 /// One peer's sender: connects (with backoff), drains the queue into one frame per write, and
 /// reports what it could not deliver.
 async fn outbound(bus: Arc<Bus>, peer: u64, mut queue: mpsc::Receiver<Envelope>) {
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<Link> = None;
     let mut backoff = BACKOFF_MIN;
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
@@ -441,7 +526,7 @@ async fn outbound(bus: Arc<Bus>, peer: u64, mut queue: mpsc::Receiver<Envelope>)
         // The peer never writes on this connection, so anything readable means it closed or
         // reset it (say the peer restarted): reconnect now, rather than write into a dead
         // socket, which the kernel accepts and the peer never reads.
-        if conn.as_ref().is_some_and(peer_closed) {
+        if conn.as_ref().is_some_and(|c| peer_closed(c.tcp())) {
             conn = None;
         }
         if conn.is_none() {
@@ -452,7 +537,7 @@ async fn outbound(bus: Arc<Bus>, peer: u64, mut queue: mpsc::Receiver<Envelope>)
                 .get(&peer)
                 .copied();
             conn = match addr {
-                Some(addr) => connect(addr, bus.me).await.ok(),
+                Some(addr) => connect(addr, bus.me, bus.tls.get()).await.ok(),
                 None => None,
             };
             if conn.is_none() {
@@ -466,7 +551,7 @@ async fn outbound(bus: Arc<Bus>, peer: u64, mut queue: mpsc::Receiver<Envelope>)
         let mut written = true;
         for bytes in encode_frames(&batch) {
             let stream = conn.as_mut().expect("connected");
-            if stream.write_all(&bytes).await.is_err() {
+            if stream.send(&bytes).await.is_err() {
                 written = false;
                 break;
             }

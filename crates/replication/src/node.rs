@@ -33,6 +33,8 @@ pub struct NodeConfig {
     /// One logical clock tick; elections take `group.election_ticks` to `2 ×` that many.
     pub tick: Duration,
     pub group: GroupConfig,
+    /// Mutual TLS on the cluster bus (None: plain TCP).
+    pub bus_tls: Option<crate::bus::BusTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -200,6 +202,9 @@ impl Node {
             .map(|(k, v)| (*k, *v))
             .collect();
         let (bus, mut bus_in, mut bus_events) = Bus::new(config.id, peers);
+        if let Some(tls) = &config.bus_tls {
+            bus.set_tls(tls.clone());
+        }
         learn_addresses(&bus, config.id, &added);
         let (inputs, rx) = mpsc::channel(INPUT_QUEUE);
         let (status_tx, status) = watch::channel(NodeStatus::default());

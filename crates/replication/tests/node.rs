@@ -63,6 +63,7 @@ fn start_cluster() -> HashMap<u64, Member> {
             peers: peers.clone(),
             tick: Duration::from_millis(50),
             group: GroupConfig::default(),
+            bus_tls: None,
         };
         let node =
             Node::start(config, listener, vec![1, 2, 3], vec![(1, journal.clone())]).unwrap();

@@ -48,6 +48,8 @@ pub struct Config {
     pub tls_port: u16,
     /// `tls-cert-file`, `tls-key-file`, `tls-ca-cert-file`, `tls-auth-clients`.
     pub tls_files: crate::tls::TlsFiles,
+    /// `tls-cluster`: the cluster bus is mutual TLS with the same certificate, key and CA.
+    pub tls_cluster: bool,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             notify_keyspace_events: 0,
             tls_port: 0,
             tls_files: Default::default(),
+            tls_cluster: false,
         }
     }
 }
@@ -173,6 +176,10 @@ impl Config {
                 "tls-auth-clients",
                 self.tls_files.auth_clients.name().into(),
             ),
+            (
+                "tls-cluster",
+                if self.tls_cluster { "yes" } else { "no" }.into(),
+            ),
         ]
     }
 
@@ -209,7 +216,9 @@ impl Config {
                 self.tls_files.auth_clients = crate::tls::AuthClients::parse(value)
                     .ok_or("argument must be 'yes', 'no' or 'optional'")?
             }
-            "tls-port" => return Err("tls-port is set when the server starts".into()),
+            "tls-port" | "tls-cluster" => {
+                return Err(format!("{name} is set when the server starts"))
+            }
             "notify-keyspace-events" => {
                 self.notify_keyspace_events = cairn_store::notify::parse(value)
                     .ok_or("Invalid event class character. Use 'Ag$lshzxeKEtmdn'.")?

@@ -112,6 +112,13 @@ fn start_replication(
             unbalanced: vec![meta::GROUP],
             ..Default::default()
         },
+        bus_tls: if config.tls_cluster {
+            let tls = tls::bus_tls(&config.tls_files)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            Some(tls)
+        } else {
+            None
+        },
     };
     // A joining node bootstraps nothing: its configuration arrives in the leader's snapshot.
     let voters: Vec<u64> = if config.join_existing {

@@ -101,6 +101,48 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
         .map_err(|e| format!("{}: {e}", files.cert.display()))
 }
 
+/// The cluster bus's mutual TLS from the node's files (`tls-cluster yes`): a node accepts
+/// peers, and connects to peers, only with certificates signed by the CA of
+/// `tls-ca-cert-file`, presenting its own `tls-cert-file` both ways.
+pub fn bus_tls(files: &TlsFiles) -> Result<cairn_replication::bus::BusTls, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = files
+        .ca
+        .as_ref()
+        .ok_or("tls-cluster needs tls-ca-cert-file (the cluster CA)")?;
+    let mut roots = RootCertStore::empty();
+    for cert in certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let roots = Arc::new(roots);
+    let chain = certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    // Nothing may travel from the accepting end (see `cairn_replication::bus`).
+    server.send_tls13_tickets = 0;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    Ok(cairn_replication::bus::BusTls {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
+}
+
 /// The configuration new TLS connections get.
 pub struct Tls {
     current: Mutex<(TlsFiles, Arc<ServerConfig>)>,

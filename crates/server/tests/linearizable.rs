@@ -46,6 +46,7 @@ impl World {
                 snapshot_every: 200,
                 ..GroupConfig::default()
             },
+            bus_tls: None,
         };
         m.node = Some(Arc::new(
             Node::start(

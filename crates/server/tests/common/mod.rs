@@ -157,21 +157,32 @@ pub fn start_cluster_replicas(
     shards: usize,
     replicas: usize,
 ) -> Vec<Option<Cairn>> {
+    start_cluster_configured(n, dirs, |c| {
+        c.shards = shards;
+        c.replicas = replicas;
+    })
+}
+
+/// A cluster of `n` in-process nodes, each node's configuration changed by `tweak`.
+pub fn start_cluster_configured(
+    n: usize,
+    dirs: &[tempfile::TempDir],
+    tweak: impl Fn(&mut cairn_server::Config),
+) -> Vec<Option<Cairn>> {
     let (listeners, cluster) = cluster_ports(n);
     listeners
         .into_iter()
         .enumerate()
         .map(|(i, (l, bus))| {
-            let config = cairn_server::Config {
+            let mut config = cairn_server::Config {
                 node_id: i as u64 + 1,
                 bus_port: cluster[i].1.port(),
                 initial_cluster: cluster.clone(),
                 data_dir: dirs[i].path().to_path_buf(),
                 fault_hooks: true,
-                shards,
-                replicas,
                 ..Default::default()
             };
+            tweak(&mut config);
             Some(Cairn::start_on_with_bus(l, Some(bus), config))
         })
         .collect()

@@ -1,0 +1,156 @@
+//! Mutual TLS on the cluster bus (`tls-cluster yes`): a three-node cluster runs over it, and a
+//! forged Raft message (a heartbeat from a member's id with a much higher term, which a node
+//! that accepted it would act on by raising its own term) does not get in, neither over
+//! plaintext nor over TLS with a certificate from another CA. On a plain-TCP cluster the same
+//! forgery does get in: the probe can tell.
+
+mod common;
+
+use cairn_replication::eraftpb::{Message, MessageType};
+use cairn_replication::Envelope;
+use cairn_server::tls::{write_dev_certs, AuthClients, TlsFiles};
+use common::{Cairn, Raw};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn certs(dir: &Path) {
+    write_dev_certs(dir, &["localhost".into(), "127.0.0.1".into()]).expect("certificates");
+}
+
+fn files(certs: &Path, ca: &Path) -> TlsFiles {
+    TlsFiles {
+        cert: certs.join("node.crt"),
+        key: certs.join("node.key"),
+        ca: Some(ca.join("ca.crt")),
+        auth_clients: AuthClients::Yes,
+    }
+}
+
+/// Shard 1's Raft term as node `c` sees it.
+fn term(c: &mut Raw) -> u64 {
+    let info = c.reply_text_of("INFO raft");
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("group1:"))
+        .unwrap_or_else(|| panic!("no group1 in {info}"));
+    line.split(',')
+        .find_map(|f| f.strip_prefix("term="))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The bytes of a forged heartbeat for shard 1, "from" node 2 to node 1, at `term`.
+fn forgery(term: u64) -> Vec<u8> {
+    let mut hello = b"CRNB".to_vec();
+    hello.extend_from_slice(&[cairn_replication::bus::VERSION, 1]);
+    hello.extend_from_slice(&8u32.to_le_bytes());
+    hello.extend_from_slice(&2u64.to_le_bytes());
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    m.to = 1;
+    m.from = 2;
+    m.term = term;
+    let batch = cairn_replication::bus::encode_batch(&[Envelope {
+        group: 1,
+        message: m,
+    }]);
+    [hello, batch].concat()
+}
+
+fn plain_forgery(bus_port: u16, term: u64) {
+    if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", bus_port)) {
+        let _ = s.write_all(&forgery(term));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The same over TLS, presenting `client`'s certificate and trusting the cluster CA.
+fn tls_forgery(bus_port: u16, term: u64, client: TlsFiles) {
+    let tls = cairn_server::tls::bus_tls(&client).expect("a client configuration");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        use tokio::io::AsyncWriteExt;
+        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", bus_port)).await else {
+            return;
+        };
+        let name =
+            rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let connector = tokio_rustls::TlsConnector::from(tls.client);
+        // The server refuses the certificate during or right after the handshake.
+        if let Ok(mut s) = connector.connect(name, tcp).await {
+            let _ = s.write_all(&forgery(term)).await;
+            let _ = s.flush().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+}
+
+fn wait_term_above(c: &mut Raw, floor: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if term(c) > floor {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn the_bus_refuses_peers_without_a_cluster_certificate() {
+    let cluster_ca = tempfile::tempdir().unwrap();
+    let stranger = tempfile::tempdir().unwrap();
+    certs(cluster_ca.path());
+    certs(stranger.path());
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tls_files = files(cluster_ca.path(), cluster_ca.path());
+    let nodes = common::start_cluster_configured(3, &dirs, |c| {
+        c.shards = 1;
+        c.tls_cluster = true;
+        c.tls_files = tls_files.clone();
+    });
+    common::wait_writable(&nodes);
+    let node = |i: usize| nodes[i].as_ref().unwrap();
+    // The cluster works over mutual TLS: a write through node 2 is on node 3's replica.
+    assert_eq!(node(1).raw().cmd_str("SET over-tls yes"), b"+OK\r\n");
+    assert_eq!(node(2).raw().cmd_str("GET over-tls"), b"$3\r\nyes\r\n");
+    let mut n1 = node(0).raw();
+    let bus_port = node(0).port + 10000;
+    let before = term(&mut n1);
+    plain_forgery(bus_port, before + 100);
+    tls_forgery(
+        bus_port,
+        before + 200,
+        files(stranger.path(), cluster_ca.path()),
+    );
+    assert!(
+        !wait_term_above(&mut n1, before + 50),
+        "a forged message reached Raft: term {} after {before}",
+        term(&mut n1)
+    );
+    assert_eq!(node(0).raw().cmd_str("SET still ok"), b"+OK\r\n");
+    assert_eq!(
+        node(2).raw().cmd_str("CONFIG GET tls-cluster"),
+        b"*2\r\n$11\r\ntls-cluster\r\n$3\r\nyes\r\n"
+    );
+}
+
+#[test]
+fn on_a_plain_bus_the_same_forgery_gets_in() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = common::start_cluster_configured(3, &dirs, |c| c.shards = 1);
+    common::wait_writable(&nodes);
+    let node: &Cairn = nodes[0].as_ref().unwrap();
+    let mut n1 = node.raw();
+    let before = term(&mut n1);
+    plain_forgery(node.port + 10000, before + 100);
+    assert!(
+        wait_term_above(&mut n1, before + 50),
+        "the probe did not move the term: it cannot tell a refused forgery from a harmless one"
+    );
+}
