@@ -551,6 +551,11 @@ pub fn reply_frame_len(buf: &[u8], limits: &Limits) -> Result<Option<usize>, Pro
             }
             return Ok(None);
         };
+        // A line is a type byte and its header: an empty one is no reply (found by fuzzing:
+        // it used to panic here).
+        if end == pos {
+            return Err(ProtocolError::new("empty reply line"));
+        }
         let kind = buf[pos];
         let header = &buf[pos + 1..end];
         pos = end + 2;
@@ -634,6 +639,9 @@ mod reply_frame_tests {
             }
         }
         assert!(reply_frame_len(b"?what\r\n", &l).is_err());
+        // Lines with no type byte, alone or inside an array (the fuzzer's first find).
+        assert!(reply_frame_len(b"\r\n", &l).is_err());
+        assert!(reply_frame_len(b"*2\r\n:1\r\n\r\n", &l).is_err());
     }
 }
 
