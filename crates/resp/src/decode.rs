@@ -661,6 +661,10 @@ fn parse_reply_at(buf: &[u8], pos: usize, depth: usize) -> Option<(Reply, usize)
         return None;
     }
     let end = find_crlf(buf, pos)?;
+    // A line with no type byte is no reply (found by fuzzing: it used to panic here).
+    if end == pos {
+        return None;
+    }
     let header = &buf[pos + 1..end];
     let next = end + 2;
     let text = || String::from_utf8_lossy(header).into_owned();
@@ -701,6 +705,13 @@ fn parse_reply_at(buf: &[u8], pos: usize, depth: usize) -> Option<(Reply, usize)
 mod parse_reply_tests {
     use super::*;
     use crate::Protocol;
+
+    #[test]
+    fn lines_without_a_type_byte_are_no_reply() {
+        assert_eq!(parse_reply(b"\r\n"), None);
+        assert_eq!(parse_reply(b"\r\n\n\n"), None);
+        assert_eq!(parse_reply(b"*1\r\n\r\n"), None);
+    }
 
     #[test]
     fn replies_round_trip_through_encode_and_parse() {
