@@ -310,7 +310,7 @@ pub async fn serve_stream<S: Stream>(
         let _ = send(&mut socket, b"-ERR max number of clients reached\r\n").await;
         return;
     }
-    if protected && !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
+    if protected && !admitted_in_protected_mode(peer.ip(), &member_ips(&shared)) {
         let _ = send(&mut socket, PROTECTED_MODE_ERROR.as_bytes()).await;
         return;
     }
@@ -322,6 +322,26 @@ pub async fn serve_stream<S: Stream>(
     }
     dispatch::forget_watches(&shared, &mut client);
     shared.clients.clients.lock().remove(&info.id);
+}
+
+/// The addresses of the cluster's nodes (replicated mode): they relay commands and forward
+/// Pub/Sub messages to each other's client ports.
+fn member_ips(shared: &Shared) -> Vec<std::net::IpAddr> {
+    match &shared.replication {
+        Some(repl) => repl
+            .all_client_addrs()
+            .values()
+            .map(|a| a.ip().to_canonical())
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Protected mode serves loopback clients, and the cluster's own nodes: without them a
+/// cluster spread over several hosts could not relay a command to a shard's leader.
+fn admitted_in_protected_mode(ip: std::net::IpAddr, members: &[std::net::IpAddr]) -> bool {
+    let ip = ip.to_canonical();
+    ip.is_loopback() || members.contains(&ip)
 }
 
 const PROTECTED_MODE_ERROR: &str = "-DENIED cairn is running in protected mode because protected mode is enabled and no password is set for the default user. In this mode connections are only accepted from the loopback interface. If you want to connect from external computers, either set a password for the default user, or disable protected mode with '--protected-mode no' (or CONFIG SET protected-mode no from a loopback connection).\r\n";
@@ -497,5 +517,25 @@ async fn serve_loop<S: Stream>(
         if client.info.killed.load(Ordering::SeqCst) {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod protected_mode_tests {
+    use super::admitted_in_protected_mode as admitted;
+    use std::net::IpAddr;
+
+    #[test]
+    fn loopback_and_member_nodes_are_admitted_and_nobody_else() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let members = [ip("10.0.0.1"), ip("10.0.0.2")];
+        assert!(admitted(ip("127.0.0.1"), &[]));
+        assert!(admitted(ip("::1"), &[]));
+        assert!(admitted(ip("::ffff:127.0.0.1"), &[]));
+        assert!(admitted(ip("10.0.0.2"), &members));
+        assert!(admitted(ip("::ffff:10.0.0.1"), &members));
+        assert!(!admitted(ip("10.0.0.3"), &members));
+        assert!(!admitted(ip("10.0.0.1"), &[]));
+        assert!(!admitted(ip("192.0.2.7"), &members));
     }
 }
