@@ -37,6 +37,13 @@ const PEER_QUEUE: usize = 10_000;
 pub const INTEREST_WAIT: Duration = Duration::from_millis(500);
 /// Names per `CAIRN.INTEREST` request when a node sends its whole interest.
 const NAMES_PER_REQUEST: usize = 1000;
+/// The most names of one kind this node keeps for another node's interest.
+#[cfg(not(test))]
+const MAX_INTEREST_NAMES: usize = 1_000_000;
+#[cfg(test)]
+const MAX_INTEREST_NAMES: usize = 10;
+/// The most nodes whose interest this node keeps.
+const MAX_INTEREST_NODES: usize = 1024;
 
 /// What a subscription is to: a client's channel, pattern or shard channel, or (internal) a
 /// key a blocked client of this node waits on, whose changes another node's apply reports.
@@ -486,6 +493,11 @@ impl Hub {
             return Reply::OK;
         }
         let mut all = self.interest.lock();
+        // Bounded whoever sends it (any client can, until ACLs exist): so many nodes, and so
+        // many names per node, at most.
+        if !all.contains_key(&node) && all.len() >= MAX_INTEREST_NODES {
+            return Reply::error("ERR too many nodes have told their interest");
+        }
         if op.eq_ignore_ascii_case(b"reset") {
             all.insert(node, Interest::default());
             return Reply::OK;
@@ -495,6 +507,11 @@ impl Hub {
         };
         let set = all.entry(node).or_default().of(kind);
         match op {
+            b"add" if set.len() + args.len() - 4 > MAX_INTEREST_NAMES => {
+                // Past the bound this node no longer keeps track: it sends that node
+                // everything, as to one whose interest it never knew.
+                all.remove(&node);
+            }
             b"add" => set.extend(args[4..].iter().cloned()),
             b"del" => {
                 for name in &args[4..] {
@@ -777,5 +794,45 @@ pub async fn link_peers(shared: Arc<crate::Shared>) {
         shared
             .pubsub
             .connect_peers(&repl.all_client_addrs(), repl.me);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(words: &[&str]) -> Vec<Vec<u8>> {
+        words.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn what_other_nodes_say_they_want_is_bounded() {
+        let hub = Hub::default();
+        for node in 1..=MAX_INTEREST_NODES {
+            let reply = hub.interest_of(&req(&["CAIRN.INTEREST", &node.to_string(), "reset"]));
+            assert_eq!(reply, Reply::OK);
+        }
+        assert!(hub
+            .interest_of(&req(&["CAIRN.INTEREST", "99999", "reset"]))
+            .is_error());
+        // Names up to the bound are kept: node 1 then wants only what it named.
+        let names: Vec<String> = (0..MAX_INTEREST_NAMES).map(|i| format!("c{i}")).collect();
+        let mut add = vec!["CAIRN.INTEREST", "1", "add", "channel"];
+        add.extend(names.iter().map(String::as_str));
+        assert_eq!(hub.interest_of(&req(&add)), Reply::OK);
+        let wants = |hub: &Hub, name: &[u8]| {
+            hub.interest
+                .lock()
+                .get(&1)
+                .is_none_or(|i| i.wants(Kind::Channel, name))
+        };
+        assert!(wants(&hub, b"c0"));
+        assert!(!wants(&hub, b"other"));
+        // One more: node 1 is forgotten, and so gets everything again.
+        assert_eq!(
+            hub.interest_of(&req(&["CAIRN.INTEREST", "1", "add", "channel", "one-more"])),
+            Reply::OK
+        );
+        assert!(wants(&hub, b"other"));
     }
 }
