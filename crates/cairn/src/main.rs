@@ -97,6 +97,10 @@ pub struct ServerArgs {
     /// there are fewer). Chosen when the cluster is created.
     #[arg(long, env = "CAIRN_REPLICAS")]
     replicas: Option<usize>,
+    /// Port for the admin HTTP server: /metrics (Prometheus), /health, /ready, /api/cluster
+    /// (0 or absent: none).
+    #[arg(long, env = "CAIRN_ADMIN_PORT")]
+    admin_port: Option<u16>,
     /// Port for TLS clients (0 or absent: none).
     #[arg(long, env = "CAIRN_TLS_PORT")]
     tls_port: Option<u16>,
@@ -144,6 +148,7 @@ struct FileConfig {
     shards: Option<usize>,
     replicas: Option<usize>,
     join: Option<String>,
+    admin_port: Option<u16>,
     tls_port: Option<u16>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
@@ -234,6 +239,9 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<(cairn_server::Config, Opt
     if let Some(v) = args.initial_cluster.clone().or(file.initial_cluster) {
         c.initial_cluster = cairn_server::config::parse_initial_cluster(&v)
             .map_err(|e| anyhow::anyhow!("--initial-cluster {e}"))?;
+    }
+    if let Some(v) = args.admin_port.or(file.admin_port) {
+        c.admin_port = v;
     }
     if let Some(v) = args.tls_port.or(file.tls_port) {
         c.tls_port = v;

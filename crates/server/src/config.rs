@@ -50,6 +50,8 @@ pub struct Config {
     pub tls_files: crate::tls::TlsFiles,
     /// `tls-cluster`: the cluster bus is mutual TLS with the same certificate, key and CA.
     pub tls_cluster: bool,
+    /// The admin HTTP port (`/metrics`, `/health`, `/ready`, `/api/cluster`); 0: none.
+    pub admin_port: u16,
 }
 
 impl Default for Config {
@@ -77,6 +79,7 @@ impl Default for Config {
             tls_port: 0,
             tls_files: Default::default(),
             tls_cluster: false,
+            admin_port: 0,
         }
     }
 }

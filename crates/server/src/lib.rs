@@ -9,6 +9,7 @@
 //! `run` takes already-bound listeners so that tests can bind port 0 and start many servers in
 //! one process.
 
+pub mod admin;
 pub mod blocking;
 pub mod cmd;
 pub mod config;
@@ -228,6 +229,11 @@ pub async fn run_with_bus(
     } else {
         None
     };
+    let admin_listener = if config.admin_port != 0 {
+        Some(TcpListener::bind(format!("{}:{}", config.bind, config.admin_port)).await?)
+    } else {
+        None
+    };
     let hub: Arc<pubsub::Hub> = Default::default();
     let (shards, replication, created) = start_replication(&config, bus, &hub)?;
     let shared = Arc::new(Shared {
@@ -250,6 +256,10 @@ pub async fn run_with_bus(
     let leaders = tokio::spawn(placement::watch_leaders(shared.clone()));
     let closer = tokio::spawn(placement::close_removed(shared.clone()));
     let links = tokio::spawn(pubsub::link_peers(shared.clone()));
+    let admin = admin_listener.map(|listener| {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving the admin HTTP port");
+        tokio::spawn(admin::serve(shared.clone(), listener))
+    });
     let tls_listener = tls.map(|(tls, listener)| {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving TLS clients");
         tokio::spawn(serve_tls(shared.clone(), tls, listener))
@@ -304,6 +314,9 @@ pub async fn run_with_bus(
     leaders.abort();
     closer.abort();
     links.abort();
+    if let Some(a) = admin {
+        a.abort();
+    }
     if let Some(t) = tls_listener {
         t.abort();
     }

@@ -22,16 +22,8 @@ fn files(dir: &Path, auth: AuthClients) -> TlsFiles {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(tls: TlsFiles) -> (Cairn, u16) {
-    let port = free_port();
+    let port = common::free_port();
     let cairn = Cairn::start_with(cairn_server::Config {
         tls_port: port,
         tls_files: tls,

@@ -121,6 +121,15 @@ pub fn cluster_ports(
     panic!("no free port pairs");
 }
 
+/// A port free a moment ago (for listeners a node binds itself: its TLS or admin port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A replicated cluster of `n` in-process nodes, each with its own data directory, holding
 /// the keyspace in one shard: the tests that use it compare replicated behaviour with one
 /// Redis (multi-key commands on any keys) or follow "the" leader.

@@ -1,0 +1,231 @@
+//! The admin HTTP port (`--admin-port`, axum): `/health`, `/ready`, `/metrics` in Prometheus's
+//! text format, and `/api/cluster`, the cluster as this node sees it, in JSON.
+//!
+//! Everything here reads what the node already keeps (the counters INFO shows, the Raft status
+//! the driver publishes); nothing on this port changes anything.
+
+use crate::stats::Stats;
+use crate::Shared;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Serves the admin port until the task is dropped.
+pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/cluster", get(cluster))
+        .with_state(shared);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "the admin port stopped");
+    }
+}
+
+/// The process runs and serves this port.
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+/// Whether this node can serve writes: every group it holds has a leader (a standalone node
+/// always can).
+async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let Some(repl) = &shared.replication else {
+        return (StatusCode::OK, "ready\n".to_string());
+    };
+    let status = repl.node.status().borrow().clone();
+    if let Some(why) = status.stopped {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("stopped: {why}\n"));
+    }
+    let leaderless: Vec<String> = status
+        .groups
+        .iter()
+        .filter(|(_, g)| g.leader.is_none())
+        .map(|(id, _)| id.to_string())
+        .collect();
+    if status.groups.is_empty() || !leaderless.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("groups without a leader: [{}]\n", leaderless.join(", ")),
+        );
+    }
+    (StatusCode::OK, "ready\n".to_string())
+}
+
+/// A metric's samples: (labels, value).
+type Samples = Vec<(String, u64)>;
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// Prometheus text exposition of the node's counters and of each Raft group it holds.
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let st = &shared.stats;
+    let mut out = String::new();
+    let one = |v: u64| vec![(String::new(), v)];
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "cairn_connections_received_total",
+            "Client connections accepted.",
+            Stats::get(&st.connections_received),
+        ),
+        (
+            "cairn_connections_rejected_total",
+            "Client connections refused at maxclients.",
+            Stats::get(&st.connections_rejected),
+        ),
+        (
+            "cairn_commands_processed_total",
+            "Commands run for clients.",
+            Stats::get(&st.commands_processed),
+        ),
+        (
+            "cairn_error_replies_total",
+            "Error replies sent.",
+            Stats::get(&st.error_replies),
+        ),
+        (
+            "cairn_protocol_errors_total",
+            "Connections closed for a protocol error.",
+            Stats::get(&st.protocol_errors),
+        ),
+        (
+            "cairn_expired_keys_total",
+            "Keys removed by active expiry on this node.",
+            Stats::get(&st.expired_keys),
+        ),
+        (
+            "cairn_pubsub_forwarded_in_total",
+            "Pub/Sub messages and wake-ups other nodes forwarded here.",
+            Stats::get(&shared.pubsub.forwarded_in),
+        ),
+    ];
+    for (name, help, value) in counters {
+        metric(&mut out, name, "counter", help, &one(value));
+    }
+    metric(
+        &mut out,
+        "cairn_connected_clients",
+        "gauge",
+        "Clients connected now.",
+        &one(shared.clients.len() as u64),
+    );
+    let keys: u64 = shared
+        .shards
+        .stores()
+        .map(|(_, s)| s.lock().keyspace.len() as u64)
+        .sum();
+    metric(
+        &mut out,
+        "cairn_keys",
+        "gauge",
+        "Keys held on this node, every replica it holds counted.",
+        &one(keys),
+    );
+    if let Some(repl) = &shared.replication {
+        let status = repl.node.status().borrow().clone();
+        let per_group = |f: &dyn Fn(&cairn_replication::GroupStatus) -> u64| -> Samples {
+            status
+                .groups
+                .iter()
+                .map(|(id, g)| (format!("{{group=\"{id}\"}}"), f(g)))
+                .collect()
+        };
+        let groups: [(&str, &str, &str, Samples); 6] = [
+            (
+                "cairn_raft_leader",
+                "gauge",
+                "1 when this node leads the group (group 0: the meta group).",
+                per_group(&|g| u64::from(g.is_leader)),
+            ),
+            (
+                "cairn_raft_term",
+                "gauge",
+                "The group's Raft term here.",
+                per_group(&|g| g.term),
+            ),
+            (
+                "cairn_raft_commit_index",
+                "gauge",
+                "The group's commit index here.",
+                per_group(&|g| g.commit),
+            ),
+            (
+                "cairn_raft_applied_index",
+                "gauge",
+                "The group's applied index here.",
+                per_group(&|g| g.applied),
+            ),
+            (
+                "cairn_raft_snapshot_index",
+                "gauge",
+                "The index of the group's newest snapshot here.",
+                per_group(&|g| g.snapshot_index),
+            ),
+            (
+                "cairn_raft_snapshots_installed_total",
+                "counter",
+                "Snapshots of the group installed from a leader since start.",
+                per_group(&|g| g.snapshots_installed),
+            ),
+        ];
+        for (name, kind, help, samples) in groups {
+            metric(&mut out, name, kind, help, &samples);
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// The cluster as this node sees it: its id, the nodes' client addresses, and each group it
+/// knows with leader, term, members and (for shards) slot ranges.
+async fn cluster(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let Some(repl) = &shared.replication else {
+        return Json(serde_json::json!({ "mode": "standalone" }));
+    };
+    let status = repl.node.status().borrow().clone();
+    let ranges = shared.shards.ranges();
+    let nodes: Vec<serde_json::Value> = repl
+        .all_client_addrs()
+        .into_iter()
+        .map(|(id, addr)| serde_json::json!({ "id": id, "addr": addr.to_string() }))
+        .collect();
+    let groups: Vec<serde_json::Value> = status
+        .groups
+        .iter()
+        .map(|(id, g)| {
+            let slots: Vec<[usize; 2]> = ranges
+                .iter()
+                .find(|(group, _)| group == id)
+                .map(|(_, r)| r.iter().map(|&(a, b)| [a, b]).collect())
+                .unwrap_or_default();
+            serde_json::json!({
+                "id": id,
+                "kind": if *id == crate::meta::GROUP { "meta" } else { "shard" },
+                "leader": g.leader,
+                "term": g.term,
+                "commit": g.commit,
+                "applied": g.applied,
+                "voters": g.voters,
+                "learners": g.learners,
+                "slots": slots,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "mode": "cluster",
+        "node": repl.me,
+        "stopped": status.stopped,
+        "nodes": nodes,
+        "groups": groups,
+    }))
+}
