@@ -21,6 +21,9 @@ pub struct DevArgs {
     data_dir: PathBuf,
 }
 
+/// A node's admin HTTP port is its client port plus this (7001 → 9001).
+const ADMIN_OFFSET: u16 = 2000;
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         (1..=9).contains(&args.nodes),
@@ -44,6 +47,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         cmd.arg("server")
             .arg("--port")
             .arg(port.to_string())
+            .arg("--admin-port")
+            .arg((port + ADMIN_OFFSET).to_string())
             .arg("--data-dir")
             .arg(&dir);
         if args.nodes > 1 {
@@ -64,13 +69,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             "cairn dev: 1 standalone node (memory only; use --nodes 3 for a replicated cluster)"
         );
     } else {
-        println!("cairn dev: {} nodes, one replicated group (every write on a majority's disk before it is acknowledged)", args.nodes);
+        println!("cairn dev: {} nodes, the slots in one shard per node, each shard replicated (every write on a majority of its replicas' disks before it is acknowledged)", args.nodes);
     }
     for i in 0..args.nodes {
         println!(
-            "  node {}: redis-cli -p {}   data in {}",
+            "  node {}: redis-cli -p {}   http://127.0.0.1:{}/api/cluster   data in {}",
             i + 1,
             args.base_port + i,
+            args.base_port + i + ADMIN_OFFSET,
             args.data_dir.join(format!("node{}", i + 1)).display()
         );
     }
