@@ -371,6 +371,21 @@ pub async fn handle_pending(
     pending: &mut VecDeque<Vec<Vec<u8>>>,
     out: &mut Vec<u8>,
 ) {
+    let before = pending.len();
+    handle_some(shared, client, pending, out).await;
+    // (A blocked command's retries count as commands, as Redis counts them.)
+    crate::stats::Stats::add(
+        &shared.stats.commands_processed,
+        before.saturating_sub(pending.len()) as u64,
+    );
+}
+
+async fn handle_some(
+    shared: &Shared,
+    client: &mut Client,
+    pending: &mut VecDeque<Vec<Vec<u8>>>,
+    out: &mut Vec<u8>,
+) {
     if pending.is_empty() {
         return;
     }

@@ -108,7 +108,18 @@ fn a_cluster_node_shows_its_groups_and_their_leaders() {
             "node {}: JSON, INFO and /metrics disagree: {last}",
             i + 1
         );
+        let (_, before) = get(port, "/metrics");
+        let mut c = nodes[i].as_ref().unwrap().raw();
+        for k in 0..5 {
+            assert_eq!(c.cmd_str(&format!("SET m{i}-{k} v")), b"+OK\r\n");
+        }
         let (_, metrics) = get(port, "/metrics");
+        assert!(
+            sample(&metrics, "cairn_commands_processed_total")
+                >= sample(&before, "cairn_commands_processed_total") + 5,
+            "commands through node {} are counted",
+            i + 1
+        );
         assert!(metrics.contains("cairn_raft_commit_index{group=\"1\"}"));
     }
 }
