@@ -145,31 +145,25 @@ pub fn bus_tls(files: &TlsFiles) -> Result<cairn_replication::bus::BusTls, Strin
 
 /// The configuration new TLS connections get.
 pub struct Tls {
-    current: Mutex<(TlsFiles, Arc<ServerConfig>)>,
+    current: Mutex<Arc<ServerConfig>>,
 }
 
 impl Tls {
     pub fn new(files: TlsFiles) -> Result<Tls, String> {
-        let config = server_config(&files)?;
         Ok(Tls {
-            current: Mutex::new((files, config)),
+            current: Mutex::new(server_config(&files)?),
         })
     }
 
     /// The acceptor for a connection arriving now.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current.lock().1.clone())
-    }
-
-    pub fn files(&self) -> TlsFiles {
-        self.current.lock().0.clone()
+        tokio_rustls::TlsAcceptor::from(self.current.lock().clone())
     }
 
     /// Makes a configuration from `files` (read now) and serves new connections with it; on
     /// an error the one in use stays.
     pub fn reload(&self, files: TlsFiles) -> Result<(), String> {
-        let config = server_config(&files)?;
-        *self.current.lock() = (files, config);
+        *self.current.lock() = server_config(&files)?;
         Ok(())
     }
 }
