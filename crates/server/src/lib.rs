@@ -334,18 +334,31 @@ pub async fn run_with_bus(
 /// The longest a TLS client may take over its handshake.
 const TLS_HANDSHAKE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Accepts TLS clients: each handshake in its own task (bounded in time), then the connection
-/// is served like any other.
+/// Accepts TLS clients: each handshake in its own task (bounded in time, and in number by
+/// `maxclients`), then the connection is served like any other.
 async fn serve_tls(shared: Arc<Shared>, tls: Arc<tls::Tls>, listener: TcpListener) {
+    let handshaking = Arc::new(AtomicU64::new(0));
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
+                let limit = shared.config.lock().maxclients as u64;
+                if handshaking.load(Ordering::Relaxed) >= limit {
+                    // Handshakes cost CPU before any limit on clients applies: a flood of
+                    // them is cut here.
+                    stats::Stats::add(&shared.stats.connections_rejected, 1);
+                    drop(socket);
+                    continue;
+                }
+                handshaking.fetch_add(1, Ordering::Relaxed);
+                let in_progress = handshaking.clone();
                 let (shared, acceptor) = (shared.clone(), tls.acceptor());
                 tokio::spawn(async move {
                     let _ = socket.set_nodelay(true);
                     let local = socket.local_addr().unwrap_or(peer);
-                    match tokio::time::timeout(TLS_HANDSHAKE_WITHIN, acceptor.accept(socket)).await
-                    {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_WITHIN, acceptor.accept(socket)).await;
+                    in_progress.fetch_sub(1, Ordering::Relaxed);
+                    match handshake {
                         Ok(Ok(stream)) => {
                             connection::serve_stream(shared, stream, peer, local).await
                         }

@@ -162,3 +162,44 @@ fn a_new_certificate_is_taken_up_without_a_restart() {
     assert_eq!(admin.cmd_str("CONFIG SET tls-auth-clients no"), b"+OK\r\n");
     connect(port, second.path(), None).expect("no client certificate needed");
 }
+
+/// Connections that never finish their handshake are bounded by maxclients: one more is
+/// closed at once, and the port serves again when they go.
+#[test]
+fn unfinished_handshakes_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path());
+    let port = common::free_port();
+    let cairn = Cairn::start_with(cairn_server::Config {
+        tls_port: port,
+        tls_files: files(dir.path(), AuthClients::Yes),
+        maxclients: 3,
+        ..Default::default()
+    });
+    assert_eq!(cairn.raw().cmd_str("PING"), b"+PONG\r\n");
+    // Three connections sit in their handshakes (they send nothing).
+    let stalled: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut extra = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    extra
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    // Closed at once: end of stream (a timeout would mean it waits in a handshake too).
+    match std::io::Read::read(&mut extra, &mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection past the bound was not closed: {other:?}"),
+    }
+    drop(stalled);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while connect(port, dir.path(), Some(dir.path())).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS port does not serve again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
