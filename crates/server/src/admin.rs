@@ -132,6 +132,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "Keys held on this node, every replica it holds counted.",
         &one(keys),
     );
+    command_metrics(&mut out, &shared.stats.commands);
     if let Some(repl) = &shared.replication {
         let status = repl.node.status().borrow().clone();
         let per_group = |f: &dyn Fn(&cairn_replication::GroupStatus) -> u64| -> Samples {
@@ -184,6 +185,57 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Per command called at least once: calls, failures and a latency histogram (time to the
+/// reply, replication included).
+fn command_metrics(out: &mut String, commands: &crate::stats::CommandStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let called = commands.called();
+    let calls: Samples = called
+        .iter()
+        .map(|(n, s)| (format!("{{cmd=\"{n}\"}}"), s.calls.load(Relaxed)))
+        .collect();
+    metric(
+        out,
+        "cairn_command_calls_total",
+        "counter",
+        "Calls of each command on this node.",
+        &calls,
+    );
+    let failed: Samples = called
+        .iter()
+        .map(|(n, s)| (format!("{{cmd=\"{n}\"}}"), s.failed.load(Relaxed)))
+        .collect();
+    metric(
+        out,
+        "cairn_command_failed_total",
+        "counter",
+        "Calls of each command that answered an error.",
+        &failed,
+    );
+    let name = "cairn_command_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from a command's start to its reply, replication included."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (cmd, s) in &called {
+        let mut cumulative = 0;
+        for (i, bound) in crate::stats::LATENCY_BUCKETS_US.iter().enumerate() {
+            cumulative += s.buckets[i].load(Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{cmd=\"{cmd}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = s.calls.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{cmd=\"{cmd}\",le=\"+Inf\"}} {count}");
+        let sum = s.usec.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{cmd=\"{cmd}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{cmd=\"{cmd}\"}} {count}");
+    }
 }
 
 /// The cluster as this node sees it: its id, the nodes' client addresses, and each group it

@@ -197,6 +197,23 @@ pub fn call(
         proto: client.proto,
     };
     *client.info.last_command.lock() = Some(spec.clone());
+    let started = std::time::Instant::now();
+    let reply = call_target(shared, client, store, spec, args, env);
+    shared
+        .stats
+        .commands
+        .record(&spec.name, started.elapsed(), reply.is_error());
+    reply
+}
+
+fn call_target(
+    shared: &Shared,
+    client: &mut Client,
+    store: Option<&mut Store>,
+    spec: &Arc<CommandSpec>,
+    args: &[Vec<u8>],
+    env: Env,
+) -> Reply {
     match shared.table.target_of(spec) {
         Some(Target::Store(h)) => match store {
             Some(store) => {

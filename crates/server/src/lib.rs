@@ -235,14 +235,22 @@ pub async fn run_with_bus(
         None
     };
     let hub: Arc<pubsub::Hub> = Default::default();
+    let table = dispatch::Table::build();
+    let stats =
+        stats::Stats {
+            commands: stats::CommandStats::new(table.commands.iter().flat_map(|s| {
+                std::iter::once(s.name.clone()).chain(s.subcommands.keys().cloned())
+            })),
+            ..Default::default()
+        };
     let (shards, replication, created) = start_replication(&config, bus, &hub)?;
     let shared = Arc::new(Shared {
         config: Mutex::new(config),
         shards,
         replication,
-        table: dispatch::Table::build(),
+        table,
         clients: connection::Registry::default(),
-        stats: stats::Stats::default(),
+        stats,
         reshard: Default::default(),
         pubsub: hub,
         tls: tls.as_ref().map(|(t, _)| t.clone()),

@@ -1015,6 +1015,71 @@ async fn write(
     transaction: Option<Vec<(Vec<u8>, u64)>>,
     forced: bool,
 ) -> Vec<u8> {
+    let started = std::time::Instant::now();
+    let names = command_names(shared, cmds.iter());
+    let block = transaction.is_some();
+    let reply = write_entry(shared, client, group, cmds, transaction, forced).await;
+    record_commands(shared, &names, started, &reply, block);
+    reply
+}
+
+/// The command-table names of `cmds` (for INFO commandstats and `/metrics`).
+fn command_names<'a>(shared: &Shared, cmds: impl Iterator<Item = &'a Vec<Vec<u8>>>) -> Vec<String> {
+    cmds.filter_map(|args| match shared.table.commands.lookup(args) {
+        Lookup::Found(spec) => Some(spec.name.clone()),
+        Lookup::Error(_) => None,
+    })
+    .collect()
+}
+
+/// Counts a run of commands answered by `reply` (one frame per command, or for a
+/// transaction one array of them): each took the run's time, and failed if its reply is an
+/// error. Replies that cannot be told apart (an aborted transaction, a relayed error) count
+/// every command as failed or none.
+fn record_commands(
+    shared: &Shared,
+    names: &[String],
+    started: std::time::Instant,
+    reply: &[u8],
+    transaction: bool,
+) {
+    let took = started.elapsed();
+    let frames = if transaction {
+        split_array(reply)
+    } else {
+        split_frames(reply)
+    };
+    let whole_failed = reply.first() == Some(&b'-');
+    for (i, name) in names.iter().enumerate() {
+        let failed = match &frames {
+            Some(f) if f.len() == names.len() => f[i].first() == Some(&b'-'),
+            _ => whole_failed,
+        };
+        shared.stats.commands.record(name, took, failed);
+    }
+}
+
+/// Consecutive encoded replies, split; None if they do not parse as whole frames.
+fn split_frames(bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let limits = cairn_resp::decode::Limits::default();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let len = cairn_resp::decode::reply_frame_len(&bytes[pos..], &limits).ok()??;
+        out.push(bytes[pos..pos + len].to_vec());
+        pos += len;
+    }
+    Some(out)
+}
+
+async fn write_entry(
+    shared: &Shared,
+    client: &mut Client,
+    group: u64,
+    cmds: Vec<Vec<Vec<u8>>>,
+    transaction: Option<Vec<(Vec<u8>, u64)>>,
+    forced: bool,
+) -> Vec<u8> {
     let repl = shared.replication.as_ref().expect("replicated mode");
     let block = transaction.is_some();
     let watching = transaction.as_ref().is_some_and(|w| !w.is_empty());
@@ -1096,6 +1161,20 @@ async fn write(
 /// Linearizable reads of shard `group`: one read barrier on its leader, then each command
 /// against the local store. A follower relays them to the leader (see [`write`] for `forced`).
 async fn read(
+    shared: &Shared,
+    client: &mut Client,
+    group: u64,
+    run: Vec<(Vec<Vec<u8>>, cairn_store::Handler)>,
+    forced: bool,
+) -> Vec<u8> {
+    let started = std::time::Instant::now();
+    let names = command_names(shared, run.iter().map(|(args, _)| args));
+    let reply = read_run(shared, client, group, run, forced).await;
+    record_commands(shared, &names, started, &reply, false);
+    reply
+}
+
+async fn read_run(
     shared: &Shared,
     client: &mut Client,
     group: u64,
@@ -1409,6 +1488,19 @@ async fn fan_out(
     spec: &CommandSpec,
     args: Vec<Vec<u8>>,
 ) -> Vec<u8> {
+    let started = std::time::Instant::now();
+    let reply = fan_out_to_shards(shared, client, spec, args).await;
+    let names = [spec.name.clone()];
+    record_commands(shared, &names, started, &reply, false);
+    reply
+}
+
+async fn fan_out_to_shards(
+    shared: &Shared,
+    client: &mut Client,
+    spec: &CommandSpec,
+    args: Vec<Vec<u8>>,
+) -> Vec<u8> {
     let proto = client.proto;
     let groups = keyless_groups(shared);
     let name = spec.name.as_str();
@@ -1526,13 +1618,14 @@ async fn on_shard(
     group: u64,
     args: &[Vec<u8>],
 ) -> Result<Reply, Reply> {
+    // (Uncounted: the command that fans out is counted once, by `fan_out`.)
     let bytes = if spec.is_write() {
-        write(shared, client, group, vec![args.to_vec()], None, true).await
+        write_entry(shared, client, group, vec![args.to_vec()], None, true).await
     } else {
         let Some(Target::Store(h)) = shared.table.target_of(spec) else {
             return Err(Reply::error("ERR not a data command"));
         };
-        read(shared, client, group, vec![(args.to_vec(), h)], true).await
+        read_run(shared, client, group, vec![(args.to_vec(), h)], true).await
     };
     cairn_resp::parse_reply(&bytes)
         .ok_or_else(|| Reply::error("ERR a shard answered with a reply that could not be merged"))

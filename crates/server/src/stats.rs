@@ -1,6 +1,77 @@
-//! Server-wide counters for INFO.
+//! Server-wide counters for INFO and `/metrics`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (microseconds) of the per-command latency histogram's buckets; one more bucket
+/// counts everything slower.
+pub const LATENCY_BUCKETS_US: [u64; 10] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000,
+];
+
+/// One command's counters (INFO commandstats, `/metrics`).
+#[derive(Default)]
+pub struct CommandStat {
+    pub calls: AtomicU64,
+    /// Microseconds from the command's start to its reply (replication included).
+    pub usec: AtomicU64,
+    /// Calls that answered an error.
+    pub failed: AtomicU64,
+    pub buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+}
+
+/// Per command (`parent|sub` for subcommands), built once from the command table.
+#[derive(Default)]
+pub struct CommandStats {
+    by_name: HashMap<String, CommandStat>,
+}
+
+impl CommandStats {
+    pub fn new(names: impl Iterator<Item = String>) -> CommandStats {
+        CommandStats {
+            by_name: names.map(|n| (n, CommandStat::default())).collect(),
+        }
+    }
+
+    /// Records one call of `name` that took `took` and failed or not.
+    pub fn record(&self, name: &str, took: Duration, failed: bool) {
+        let Some(s) = self.by_name.get(name) else {
+            return;
+        };
+        let us = took.as_micros() as u64;
+        s.calls.fetch_add(1, Ordering::Relaxed);
+        s.usec.fetch_add(us, Ordering::Relaxed);
+        if failed {
+            s.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        s.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The commands called at least once, by name.
+    pub fn called(&self) -> Vec<(&str, &CommandStat)> {
+        let mut v: Vec<(&str, &CommandStat)> = self
+            .by_name
+            .iter()
+            .filter(|(_, s)| s.calls.load(Ordering::Relaxed) > 0)
+            .map(|(n, s)| (n.as_str(), s))
+            .collect();
+        v.sort_by_key(|(n, _)| *n);
+        v
+    }
+
+    pub fn reset(&self) {
+        for s in self.by_name.values() {
+            for c in [&s.calls, &s.usec, &s.failed].into_iter().chain(&s.buckets) {
+                c.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Stats {
@@ -10,6 +81,7 @@ pub struct Stats {
     pub expired_keys: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub error_replies: AtomicU64,
+    pub commands: CommandStats,
 }
 
 impl Stats {
@@ -32,5 +104,6 @@ impl Stats {
         ] {
             c.store(0, Ordering::Relaxed);
         }
+        self.commands.reset();
     }
 }

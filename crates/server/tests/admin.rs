@@ -68,6 +68,23 @@ fn a_standalone_node_reports_health_and_counters() {
         sample(&after, "cairn_error_replies_total") > sample(&before, "cairn_error_replies_total")
     );
     assert_eq!(sample(&after, "cairn_keys"), 10);
+    assert_eq!(sample(&after, "cairn_command_calls_total{cmd=\"set\"}"), 10);
+    assert_eq!(
+        sample(
+            &after,
+            "cairn_command_duration_seconds_bucket{cmd=\"set\",le=\"+Inf\"}"
+        ),
+        10
+    );
+    assert_eq!(
+        c.cmd_str("INCR k0"),
+        b"-ERR value is not an integer or out of range\r\n"
+    );
+    let (_, later) = get(admin, "/metrics");
+    assert_eq!(
+        sample(&later, "cairn_command_failed_total{cmd=\"incr\"}"),
+        1
+    );
     assert!(sample(&after, "cairn_connected_clients") >= 1);
     assert_eq!(get(admin, "/nowhere").0, 404);
 }
@@ -118,6 +135,13 @@ fn a_cluster_node_shows_its_groups_and_their_leaders() {
             sample(&metrics, "cairn_commands_processed_total")
                 >= sample(&before, "cairn_commands_processed_total") + 5,
             "commands through node {} are counted",
+            i + 1
+        );
+        // Each node counts the SETs its clients sent (and those other nodes relayed to it as
+        // a shard's leader).
+        assert!(
+            sample(&metrics, "cairn_command_calls_total{cmd=\"set\"}") >= 5,
+            "node {}: {metrics}",
             i + 1
         );
         assert!(metrics.contains("cairn_raft_commit_index{group=\"1\"}"));

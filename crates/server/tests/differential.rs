@@ -1244,3 +1244,53 @@ fn split_quoted(line: &str) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// INFO commandstats counts calls and failed calls per command as Redis does (times differ).
+#[test]
+fn commandstats_count_like_redis() {
+    let Some(redis) = redis_or_skip("differential commandstats_count_like_redis") else {
+        return;
+    };
+    let cairn = Cairn::start();
+    let script = [
+        "SET a 1",
+        "SET b x",
+        "GET a",
+        "GET nosuch",
+        "INCR a",
+        "INCR b",
+        "HSET h f v",
+        "HGET a f",
+        "LPUSH l 1 2",
+        "DEL a b nosuch",
+        "CONFIG GET maxmemory",
+        "EXISTS h",
+    ];
+    let counts = |c: &mut common::Raw| {
+        c.cmd_str("FLUSHALL");
+        c.cmd_str("CONFIG RESETSTAT");
+        for line in script {
+            c.cmd_str(line);
+        }
+        let info = c.reply_text_of("INFO commandstats");
+        let mut out: Vec<String> = info
+            .lines()
+            .filter_map(|l| {
+                let (name, fields) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let keep: Vec<&str> = fields
+                    .split(',')
+                    .filter(|f| !f.starts_with("usec"))
+                    .collect();
+                Some(format!("{name}:{}", keep.join(",")))
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let (a, b) = (counts(&mut cairn.raw()), counts(&mut redis.raw()));
+    assert!(
+        a.contains(&"incr:calls=2,rejected_calls=0,failed_calls=1".to_string()),
+        "{a:?}"
+    );
+    assert_eq!(a, b);
+}

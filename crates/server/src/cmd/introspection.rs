@@ -283,6 +283,31 @@ pub fn info(c: &mut Call) -> Reply {
         }
         section("Raft", lines);
     }
+    // Only when asked for by name, or with `all`/`everything`, as in Redis.
+    if wanted
+        .iter()
+        .any(|w| w == "commandstats" || w == "all" || w == "everything")
+    {
+        let lines = sh
+            .stats
+            .commands
+            .called()
+            .into_iter()
+            .map(|(name, s)| {
+                let calls = s.calls.load(std::sync::atomic::Ordering::Relaxed);
+                let usec = s.usec.load(std::sync::atomic::Ordering::Relaxed);
+                let failed = s.failed.load(std::sync::atomic::Ordering::Relaxed);
+                (
+                    format!("cmdstat_{name}"),
+                    format!(
+                        "calls={calls},usec={usec},usec_per_call={:.2},rejected_calls=0,failed_calls={failed}",
+                        usec as f64 / calls.max(1) as f64
+                    ),
+                )
+            })
+            .collect();
+        section("Commandstats", lines);
+    }
     let enabled = if sh.replication.is_some() { "1" } else { "0" };
     section("Cluster", vec![("cluster_enabled".into(), enabled.into())]);
     let (mut keys, mut expires) = (0, 0);
