@@ -1024,9 +1024,12 @@ async fn write(
 }
 
 /// The command-table names of `cmds` (for INFO commandstats and `/metrics`).
-fn command_names<'a>(shared: &Shared, cmds: impl Iterator<Item = &'a Vec<Vec<u8>>>) -> Vec<String> {
+fn command_names<'a>(
+    shared: &Shared,
+    cmds: impl Iterator<Item = &'a Vec<Vec<u8>>>,
+) -> Vec<Arc<CommandSpec>> {
     cmds.filter_map(|args| match shared.table.commands.lookup(args) {
-        Lookup::Found(spec) => Some(spec.name.clone()),
+        Lookup::Found(spec) => Some(spec.clone()),
         Lookup::Error(_) => None,
     })
     .collect()
@@ -1038,35 +1041,42 @@ fn command_names<'a>(shared: &Shared, cmds: impl Iterator<Item = &'a Vec<Vec<u8>
 /// every command as failed or none.
 fn record_commands(
     shared: &Shared,
-    names: &[String],
+    names: &[Arc<CommandSpec>],
     started: std::time::Instant,
     reply: &[u8],
     transaction: bool,
 ) {
     let took = started.elapsed();
-    let frames = if transaction {
-        split_array(reply)
-    } else {
-        split_frames(reply)
-    };
     let whole_failed = reply.first() == Some(&b'-');
+    let kinds = if names.len() == 1 && !transaction {
+        None // one command, one reply: its first byte says
+    } else {
+        frame_kinds(reply, transaction)
+    };
     for (i, name) in names.iter().enumerate() {
-        let failed = match &frames {
-            Some(f) if f.len() == names.len() => f[i].first() == Some(&b'-'),
+        let failed = match &kinds {
+            Some(k) if k.len() == names.len() => k[i] == b'-',
             _ => whole_failed,
         };
-        shared.stats.commands.record(name, took, failed);
+        shared.stats.commands.record(&name.name, took, failed);
     }
 }
 
-/// Consecutive encoded replies, split; None if they do not parse as whole frames.
-fn split_frames(bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+/// The type byte of each consecutive encoded reply (of each element, for a transaction's
+/// array), without copying them; None if they do not parse as whole frames.
+fn frame_kinds(bytes: &[u8], transaction: bool) -> Option<Vec<u8>> {
     let limits = cairn_resp::decode::Limits::default();
-    let mut out = Vec::new();
     let mut pos = 0;
+    if transaction {
+        if bytes.first() != Some(&b'*') {
+            return None;
+        }
+        pos = bytes.windows(2).position(|w| w == b"\r\n")? + 2;
+    }
+    let mut out = Vec::new();
     while pos < bytes.len() {
         let len = cairn_resp::decode::reply_frame_len(&bytes[pos..], &limits).ok()??;
-        out.push(bytes[pos..pos + len].to_vec());
+        out.push(bytes[pos]);
         pos += len;
     }
     Some(out)
@@ -1490,8 +1500,11 @@ async fn fan_out(
 ) -> Vec<u8> {
     let started = std::time::Instant::now();
     let reply = fan_out_to_shards(shared, client, spec, args).await;
-    let names = [spec.name.clone()];
-    record_commands(shared, &names, started, &reply, false);
+    let failed = reply.first() == Some(&b'-');
+    shared
+        .stats
+        .commands
+        .record(&spec.name, started.elapsed(), failed);
     reply
 }
 
