@@ -175,11 +175,7 @@ pub fn handle(
             return Reply::Status("QUEUED".into());
         }
     }
-    let reply = call(shared, client, Some(store), &spec, &args);
-    if reply.is_error() {
-        Stats::add(&shared.stats.error_replies, 1);
-    }
-    reply
+    call(shared, client, Some(store), &spec, &args)
 }
 
 /// Runs a command whose arity is checked, with the store locked (by the caller, so that EXEC can
@@ -199,10 +195,14 @@ pub fn call(
     *client.info.last_command.lock() = Some(spec.clone());
     let started = std::time::Instant::now();
     let reply = call_target(shared, client, store, spec, args, env);
+    let failed = reply.is_error();
     shared
         .stats
         .commands
-        .record(&spec.name, started.elapsed(), reply.is_error());
+        .record(&spec.name, started.elapsed(), failed);
+    if failed {
+        Stats::add(&shared.stats.error_replies, 1);
+    }
     reply
 }
 

@@ -676,6 +676,7 @@ async fn handle_on(
             if client.multi.is_some() {
                 client.multi_failed = true;
             }
+            crate::stats::Stats::add(&shared.stats.error_replies, 1);
             return e.to_bytes(proto);
         }
     };
@@ -1059,6 +1060,9 @@ fn record_commands(
             _ => whole_failed,
         };
         shared.stats.commands.record(&name.name, took, failed);
+        if failed {
+            crate::stats::Stats::add(&shared.stats.error_replies, 1);
+        }
     }
 }
 
@@ -1505,6 +1509,9 @@ async fn fan_out(
         .stats
         .commands
         .record(&spec.name, started.elapsed(), failed);
+    if failed {
+        crate::stats::Stats::add(&shared.stats.error_replies, 1);
+    }
     reply
 }
 

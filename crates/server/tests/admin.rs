@@ -137,6 +137,15 @@ fn a_cluster_node_shows_its_groups_and_their_leaders() {
             "commands through node {} are counted",
             i + 1
         );
+        assert_eq!(c.cmd_str("LPUSH m0-0 x").first(), Some(&b'-'));
+        assert_eq!(c.cmd_str("NOSUCHCOMMAND").first(), Some(&b'-'));
+        let (_, errors) = get(port, "/metrics");
+        assert!(
+            sample(&errors, "cairn_error_replies_total")
+                >= sample(&metrics, "cairn_error_replies_total") + 2,
+            "error replies on node {} are counted",
+            i + 1
+        );
         // Each node counts the SETs its clients sent (and those other nodes relayed to it as
         // a shard's leader).
         assert!(
