@@ -52,6 +52,9 @@ pub struct Config {
     pub tls_cluster: bool,
     /// The admin HTTP port (`/metrics`, `/health`, `/ready`, `/api/cluster`); 0: none.
     pub admin_port: u16,
+    /// `slowlog-log-slower-than` in microseconds (negative: off) and `slowlog-max-len`.
+    pub slowlog_log_slower_than: i64,
+    pub slowlog_max_len: usize,
 }
 
 impl Default for Config {
@@ -80,6 +83,8 @@ impl Default for Config {
             tls_files: Default::default(),
             tls_cluster: false,
             admin_port: 0,
+            slowlog_log_slower_than: 10_000,
+            slowlog_max_len: 128,
         }
     }
 }
@@ -165,6 +170,11 @@ impl Config {
                 cairn_store::notify::format(self.notify_keyspace_events),
             ),
             ("cluster-enabled", "no".into()),
+            (
+                "slowlog-log-slower-than",
+                self.slowlog_log_slower_than.to_string(),
+            ),
+            ("slowlog-max-len", self.slowlog_max_len.to_string()),
             ("tls-port", self.tls_port.to_string()),
             ("tls-cert-file", self.tls_files.cert.display().to_string()),
             ("tls-key-file", self.tls_files.key.display().to_string()),
@@ -193,6 +203,10 @@ impl Config {
             "maxclients" => self.maxclients = value.parse().map_err(|_| bad())?,
             "timeout" => self.timeout_secs = value.parse().map_err(|_| bad())?,
             "hz" => self.hz = value.parse::<u32>().map_err(|_| bad())?.clamp(1, 500),
+            "slowlog-log-slower-than" => {
+                self.slowlog_log_slower_than = value.parse().map_err(|_| bad())?
+            }
+            "slowlog-max-len" => self.slowlog_max_len = value.parse().map_err(|_| bad())?,
             "proto-max-bulk-len" => {
                 self.proto_max_bulk_len = parse_memory(value)
                     .filter(|&n| n >= 1024 * 1024)

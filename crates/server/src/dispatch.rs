@@ -196,10 +196,9 @@ pub fn call(
     let started = std::time::Instant::now();
     let reply = call_target(shared, client, store, spec, args, env);
     let failed = reply.is_error();
-    shared
-        .stats
-        .commands
-        .record(&spec.name, started.elapsed(), failed);
+    let took = started.elapsed();
+    shared.stats.commands.record(&spec.name, took, failed);
+    shared.slowlog.consider(args, took, &client.info);
     if failed {
         Stats::add(&shared.stats.error_replies, 1);
     }

@@ -49,6 +49,8 @@ pub struct Shared {
     pub reshard: cmd::reshard::Jobs,
     /// Pub/Sub subscriptions on this node.
     pub pubsub: Arc<pubsub::Hub>,
+    /// SLOWLOG's entries and settings.
+    pub slowlog: cmd::slowlog::SlowLog,
     /// The TLS configuration new TLS clients get, when `tls-port` is set.
     pub tls: Option<Arc<tls::Tls>>,
     pub started_ms: u64,
@@ -254,6 +256,7 @@ pub async fn run_with_bus(
         reshard: Default::default(),
         pubsub: hub,
         tls: tls.as_ref().map(|(t, _)| t.clone()),
+        slowlog: Default::default(),
         started_ms: now_ms(),
         next_client_id: AtomicU64::new(1),
         shutdown: stop_rx,

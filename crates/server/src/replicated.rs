@@ -1019,8 +1019,18 @@ async fn write(
     let started = std::time::Instant::now();
     let names = command_names(shared, cmds.iter());
     let block = transaction.is_some();
+    // What the slow log would keep of the first command (bounded), in case it is slow.
+    let first = cmds
+        .first()
+        .filter(|_| shared.slowlog.enabled())
+        .map(|args| crate::cmd::slowlog::summarize(args));
     let reply = write_entry(shared, client, group, cmds, transaction, forced).await;
     record_commands(shared, &names, started, &reply, block);
+    if let Some(args) = first {
+        shared
+            .slowlog
+            .consider_summary(args, started.elapsed(), &client.info);
+    }
     reply
 }
 

@@ -127,6 +127,18 @@ fn a_cluster_node_shows_its_groups_and_their_leaders() {
         );
         let (_, before) = get(port, "/metrics");
         let mut c = nodes[i].as_ref().unwrap().raw();
+        // Replicated writes reach the slow log with their arguments.
+        assert_eq!(
+            c.cmd_str("CONFIG SET slowlog-log-slower-than 0"),
+            b"+OK\r\n"
+        );
+        assert_eq!(c.cmd_str("SET slow-one v"), b"+OK\r\n");
+        let log = c.reply_text_of("SLOWLOG GET 2");
+        assert!(log.contains("slow-one"), "node {}: {log}", i + 1);
+        assert_eq!(
+            c.cmd_str("CONFIG SET slowlog-log-slower-than -1"),
+            b"+OK\r\n"
+        );
         for k in 0..5 {
             assert_eq!(c.cmd_str(&format!("SET m{i}-{k} v")), b"+OK\r\n");
         }

@@ -403,6 +403,15 @@ pub fn config_set(c: &mut Call) -> Reply {
             }
         }
     }
+    let slowlog = &c.shared.slowlog;
+    slowlog.slower_than_us.store(
+        next.slowlog_log_slower_than,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    slowlog
+        .max_len
+        .store(next.slowlog_max_len, std::sync::atomic::Ordering::Relaxed);
+    slowlog.trim();
     *config = next;
     drop(config);
     if args

@@ -7,6 +7,7 @@ pub mod member;
 pub mod placement;
 pub mod pubsub;
 pub mod reshard;
+pub mod slowlog;
 pub mod transactions;
 
 use crate::dispatch::ConnHandler;
@@ -56,6 +57,10 @@ pub const COMMANDS: &[(&str, ConnHandler)] = &[
     ("config|get", introspection::config_get),
     ("config|set", introspection::config_set),
     ("config|resetstat", introspection::config_resetstat),
+    ("slowlog|get", slowlog::slowlog_get),
+    ("slowlog|len", slowlog::slowlog_len),
+    ("slowlog|reset", slowlog::slowlog_reset),
+    ("slowlog|help", slowlog::slowlog_help),
     ("time", introspection::time),
     ("lastsave", introspection::lastsave),
     ("debug", introspection::debug),
