@@ -275,6 +275,15 @@ fn reliable_worker(id: u64, ports: Vec<u16>, stop: Arc<AtomicBool>, rec: Arc<Rec
     });
 }
 
+/// How many times each item appears.
+fn tally(items: &[Vec<u8>]) -> HashMap<&Vec<u8>, usize> {
+    let mut counts = HashMap::new();
+    for item in items {
+        *counts.entry(item).or_default() += 1;
+    }
+    counts
+}
+
 /// The node that leads the shard now, if one does.
 fn leader(cluster: &Cluster) -> Option<usize> {
     (0..cluster.procs.len())
@@ -498,10 +507,7 @@ fn acknowledged_messages_and_jobs_survive_leader_kills_and_pauses() {
     // The work queue: no job twice, none made up, every acknowledged one taken (a pop whose
     // reply was lost may have taken one that nobody saw).
     let popped = rec.popped.lock().unwrap();
-    let mut seen: HashMap<&Vec<u8>, usize> = HashMap::new();
-    for job in popped.iter() {
-        *seen.entry(job).or_default() += 1;
-    }
+    let seen = tally(&popped);
     let twice: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
     assert!(
         twice.is_empty(),
@@ -522,10 +528,7 @@ fn acknowledged_messages_and_jobs_survive_leader_kills_and_pauses() {
     // The reliable queue: every acknowledged task taken, each by one worker, once; nothing
     // made up. No exceptions: a move whose reply was lost left the task in `doing`.
     let taken = rec.tasks_taken.lock().unwrap();
-    let mut taken_count: HashMap<&Vec<u8>, usize> = HashMap::new();
-    for task in taken.iter() {
-        *taken_count.entry(task).or_default() += 1;
-    }
+    let taken_count = tally(&taken);
     let twice: Vec<_> = taken_count.iter().filter(|(_, &n)| n > 1).collect();
     assert!(
         twice.is_empty(),

@@ -395,7 +395,9 @@ async fn serve_loop<S: Stream>(
                 && (client.blocked.is_none() || std::mem::take(&mut retry))
             {
                 crate::replicated::handle_pending(shared, client, &mut pending, &mut out).await;
-                std::mem::take(&mut client.interest_acks).wait().await;
+                if !client.interest_acks.is_empty() {
+                    std::mem::take(&mut client.interest_acks).wait().await;
+                }
                 if client.close_after_reply {
                     pending.clear();
                 }

@@ -222,6 +222,10 @@ pub struct Hub {
 pub struct Pending(Vec<oneshot::Receiver<()>>);
 
 impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Waits until every peer has acknowledged, has failed, or [`INTEREST_WAIT`] has passed.
     pub async fn wait(self) {
         let deadline = tokio::time::Instant::now() + INTEREST_WAIT;

@@ -829,20 +829,32 @@ async fn exec(shared: &Shared, client: &mut Client) -> Vec<u8> {
 
 /// The encoded elements of an encoded array reply; None for anything else (nil, an error).
 fn split_array(reply: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let end = reply.windows(2).position(|w| w == b"\r\n")?;
-    if reply.first() != Some(&b'*') {
-        return None;
-    }
-    let n = usize::try_from(cairn_resp::decode::parse_i64(&reply[1..end])?).ok()?;
+    let spans = frame_spans(reply, true)?;
+    Some(spans.into_iter().map(|r| reply[r].to_vec()).collect())
+}
+
+/// Where each encoded reply in `bytes` lies: consecutive frames, or (`array`) the elements of
+/// one array reply. None unless the bytes are exactly that.
+fn frame_spans(bytes: &[u8], array: bool) -> Option<Vec<std::ops::Range<usize>>> {
     let limits = cairn_resp::decode::Limits::default();
-    let mut pos = end + 2;
-    let mut items = Vec::with_capacity(n);
-    for _ in 0..n {
-        let len = cairn_resp::decode::reply_frame_len(&reply[pos..], &limits).ok()??;
-        items.push(reply[pos..pos + len].to_vec());
-        pos += len;
+    let mut pos = 0;
+    let mut left = usize::MAX;
+    if array {
+        if bytes.first() != Some(&b'*') {
+            return None;
+        }
+        let end = bytes.windows(2).position(|w| w == b"\r\n")?;
+        left = usize::try_from(cairn_resp::decode::parse_i64(&bytes[1..end])?).ok()?;
+        pos = end + 2;
     }
-    (pos == reply.len()).then_some(items)
+    let mut spans = Vec::new();
+    while pos < bytes.len() && left > 0 {
+        let len = cairn_resp::decode::reply_frame_len(&bytes[pos..], &limits).ok()??;
+        spans.push(pos..pos + len);
+        pos += len;
+        left -= 1;
+    }
+    (pos == bytes.len() && (!array || left == 0)).then_some(spans)
 }
 
 async fn exec_queue(shared: &Shared, client: &mut Client, queue: Vec<Vec<Vec<u8>>>) -> Vec<u8> {
@@ -1079,21 +1091,8 @@ fn record_commands(
 /// The type byte of each consecutive encoded reply (of each element, for a transaction's
 /// array), without copying them; None if they do not parse as whole frames.
 fn frame_kinds(bytes: &[u8], transaction: bool) -> Option<Vec<u8>> {
-    let limits = cairn_resp::decode::Limits::default();
-    let mut pos = 0;
-    if transaction {
-        if bytes.first() != Some(&b'*') {
-            return None;
-        }
-        pos = bytes.windows(2).position(|w| w == b"\r\n")? + 2;
-    }
-    let mut out = Vec::new();
-    while pos < bytes.len() {
-        let len = cairn_resp::decode::reply_frame_len(&bytes[pos..], &limits).ok()??;
-        out.push(bytes[pos]);
-        pos += len;
-    }
-    Some(out)
+    let spans = frame_spans(bytes, transaction)?;
+    Some(spans.into_iter().map(|r| bytes[r.start]).collect())
 }
 
 async fn write_entry(
