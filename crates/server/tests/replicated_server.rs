@@ -315,9 +315,13 @@ fn watch_aborts_a_transaction_whose_key_changed_on_any_node() {
     // watch is gone with it, and the transaction must not run on a fresh one unwatched. In every
     // try the transaction must fail; at least one try must go through a relay that died (a try
     // may find that leadership moved to the follower meanwhile, under a loaded machine: then the
-    // watch is local, and EXEC aborts on the intruder's write).
+    // watch is local, and EXEC aborts on the intruder's write). Tries go on, up to 12, until
+    // one went through a dead relay (at least 3 tries): which way a try goes depends on timing.
     let mut relayed_and_lost = 0;
-    for attempt in 0..3 {
+    for attempt in 0..12 {
+        if attempt >= 3 && relayed_and_lost > 0 {
+            break;
+        }
         let key = format!("lost{attempt}");
         let k = key.as_bytes();
         let leader = wait_for("a leader", Duration::from_secs(15), || leader_index(&nodes));
