@@ -178,6 +178,25 @@ impl Drop for Cluster {
             self.signal(i, "-CONT");
             self.kill9(i);
         }
+        // A failed test takes the nodes' side with it: the logs are deleted with the folder.
+        if std::thread::panicking() {
+            for i in 0..self.procs.len() {
+                let text = self.log_text(i);
+                // Backtrace frames say little here and would push the message out.
+                let frame = |l: &&str| {
+                    let t = l.trim_start();
+                    t.starts_with("at ")
+                        || t.split_once(':')
+                            .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+                };
+                let lines: Vec<&str> = text.lines().filter(|l| !frame(l)).collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!("--- node {} log, last {} lines ---", i + 1, tail.len());
+                for l in tail {
+                    eprintln!("{l}");
+                }
+            }
+        }
     }
 }
 

@@ -323,8 +323,16 @@ async fn change(
 ) -> Result<Reply, NotHere> {
     let id = parse_id(&args[2])?;
     let GroupStatus {
-        voters, learners, ..
+        voters,
+        learners,
+        leader,
+        ..
     } = group_waiting(repl, group).await?;
+    // A follower's configuration may lag the leader's (a change the leader applied and
+    // answered a moment ago): only the leader's is checked against.
+    if let Some(l) = leader.filter(|&l| l != repl.me) {
+        return Err(Relay(l));
+    }
     let known = voters.contains(&id) || learners.contains(&id);
     let done = match kind {
         ConfChangeType::AddLearnerNode => known,
