@@ -86,6 +86,10 @@ pub struct ServerArgs {
     /// Allow `DEBUG NETWORK` to cut this node's links to peers (fault-injection tests only).
     #[arg(long, env = "CAIRN_FAULT_HOOKS", value_name = "yes|no")]
     fault_hooks: Option<String>,
+    /// A single node: the default user's password (clients must AUTH). A cluster keeps its
+    /// users in its meta group: set them once with ACL SETUSER (or CONFIG SET requirepass).
+    #[arg(long, env = "CAIRN_REQUIREPASS", hide_env_values = true)]
+    requirepass: Option<String>,
     /// Replicated mode: snapshot and compact the log every this many applied entries.
     #[arg(long, env = "CAIRN_SNAPSHOT_ENTRIES")]
     snapshot_entries: Option<u64>,
@@ -144,6 +148,7 @@ struct FileConfig {
     initial_cluster_state: Option<String>,
     cluster_redirects: Option<String>,
     fault_hooks: Option<String>,
+    requirepass: Option<String>,
     snapshot_entries: Option<u64>,
     shards: Option<usize>,
     replicas: Option<usize>,
@@ -203,6 +208,9 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<(cairn_server::Config, Opt
     }
     if let Some(v) = args.cluster_redirects.clone().or(file.cluster_redirects) {
         c.cluster_redirects = yes_no(&v).context("--cluster-redirects")?;
+    }
+    if let Some(v) = args.requirepass.clone().or(file.requirepass) {
+        c.requirepass = v;
     }
     if let Some(v) = args.fault_hooks.clone().or(file.fault_hooks) {
         c.fault_hooks = yes_no(&v).context("--fault-hooks")?;
@@ -268,6 +276,11 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<(cairn_server::Config, Opt
             "--tls-port and --tls-cluster need --tls-cert-file and --tls-key-file"
         );
     }
+    anyhow::ensure!(
+        c.requirepass.is_empty() || c.initial_cluster.is_empty(),
+        "--requirepass is for a single node: a cluster keeps its users in its meta group, so set \
+         the password once, through any node, with CONFIG SET requirepass or ACL SETUSER"
+    );
     let join = args.join.clone().or(file.join);
     if join.is_some() {
         anyhow::ensure!(

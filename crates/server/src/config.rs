@@ -55,6 +55,12 @@ pub struct Config {
     /// `slowlog-log-slower-than` in microseconds (negative: off) and `slowlog-max-len`.
     pub slowlog_log_slower_than: i64,
     pub slowlog_max_len: usize,
+    /// `--requirepass`: the default user's password on a single node (a cluster keeps its
+    /// users in the meta group: set it there with ACL SETUSER or CONFIG SET). Never shown by
+    /// CONFIG GET.
+    pub requirepass: String,
+    /// `acllog-max-len`: the most ACL LOG entries kept.
+    pub acllog_max_len: usize,
 }
 
 impl Default for Config {
@@ -85,6 +91,8 @@ impl Default for Config {
             admin_port: 0,
             slowlog_log_slower_than: 10_000,
             slowlog_max_len: 128,
+            requirepass: String::new(),
+            acllog_max_len: 128,
         }
     }
 }
@@ -175,6 +183,7 @@ impl Config {
                 self.slowlog_log_slower_than.to_string(),
             ),
             ("slowlog-max-len", self.slowlog_max_len.to_string()),
+            ("acllog-max-len", self.acllog_max_len.to_string()),
             ("tls-port", self.tls_port.to_string()),
             ("tls-cert-file", self.tls_files.cert.display().to_string()),
             ("tls-key-file", self.tls_files.key.display().to_string()),
@@ -207,6 +216,9 @@ impl Config {
                 self.slowlog_log_slower_than = value.parse().map_err(|_| bad())?
             }
             "slowlog-max-len" => self.slowlog_max_len = value.parse().map_err(|_| bad())?,
+            "acllog-max-len" => self.acllog_max_len = value.parse().map_err(|_| bad())?,
+            // The password goes to the default user (`cmd::introspection::config_set`).
+            "requirepass" => {}
             "proto-max-bulk-len" => {
                 self.proto_max_bulk_len = parse_memory(value)
                     .filter(|&n| n >= 1024 * 1024)

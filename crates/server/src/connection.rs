@@ -32,6 +32,8 @@ pub struct ClientInfo {
     pub name: Mutex<Vec<u8>>,
     pub lib_name: Mutex<Vec<u8>>,
     pub lib_ver: Mutex<Vec<u8>>,
+    /// The user it runs as (`user=` in CLIENT LIST).
+    pub user: Mutex<Vec<u8>>,
     pub last_active_ms: AtomicU64,
     /// The last command run (`cmd=` in CLIENT LIST).
     pub last_command: Mutex<Option<Arc<cairn_commands::CommandSpec>>>,
@@ -52,7 +54,7 @@ impl ClientInfo {
     /// The CLIENT LIST / CLIENT INFO line for this client.
     pub fn describe(&self, now_ms: u64) -> String {
         format!(
-            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
             self.laddr,
@@ -68,6 +70,7 @@ impl ClientInfo {
             },
             if self.in_multi.load(Ordering::Relaxed) { 0 } else { -1 },
             self.last_command.lock().as_ref().map_or("NULL", |s| s.name.as_str()),
+            String::from_utf8_lossy(&self.user.lock()),
             self.resp.load(Ordering::Relaxed),
             String::from_utf8_lossy(&self.lib_name.lock()),
             String::from_utf8_lossy(&self.lib_ver.lock()),
@@ -132,6 +135,14 @@ pub struct Client {
     /// Pub/Sub: other nodes' acknowledgements of names this connection subscribed to first,
     /// awaited before its replies are written (see `crate::pubsub`).
     pub interest_acks: crate::pubsub::Pending,
+    /// The user this connection runs as (`default` until AUTH), whether it authenticated,
+    /// and the user's permissions as last read (with the ACL version they were read at).
+    pub user: Vec<u8>,
+    pub authenticated: bool,
+    pub acl_user: Option<(u64, Arc<crate::acl::User>)>,
+    /// Another node's connection that showed the cluster's node secret (or the node's own
+    /// client): it runs requests already checked where they arrived.
+    pub internal: bool,
 }
 
 /// A connection's Pub/Sub subscriptions. Dropping them unsubscribes (disconnect, RESET).
@@ -229,7 +240,9 @@ impl Client {
     /// is not listed by CLIENT LIST.
     pub fn internal(shared: &Shared) -> Client {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        Client::new(ClientInfo::new(shared, loopback, loopback))
+        let mut c = Client::new(ClientInfo::new(shared, loopback, loopback));
+        c.internal = true;
+        c
     }
 
     fn new(info: Arc<ClientInfo>) -> Client {
@@ -250,6 +263,10 @@ impl Client {
             relaying_for_a_node: false,
             subs: None,
             interest_acks: Default::default(),
+            user: b"default".to_vec(),
+            authenticated: false,
+            acl_user: None,
+            internal: false,
         }
     }
 }
@@ -265,6 +282,7 @@ impl ClientInfo {
             name: Mutex::default(),
             lib_name: Mutex::default(),
             lib_ver: Mutex::default(),
+            user: Mutex::new(b"default".to_vec()),
             last_active_ms: AtomicU64::new(now),
             last_command: Mutex::new(None),
             resp: AtomicU8::new(2),
@@ -317,6 +335,9 @@ pub async fn serve_stream<S: Stream>(
     let info = ClientInfo::new(&shared, peer, local);
     shared.clients.clients.lock().insert(info.id, info.clone());
     let mut client = Client::new(info.clone());
+    // As in Redis: a connection made while the default user needs no password is logged in
+    // as it, and stays so when a password is set later.
+    client.authenticated = !shared.acl.auth_required();
     if let Err(e) = serve_loop(&shared, &mut socket, &mut client).await {
         tracing::debug!(client = info.id, error = %e, "connection closed with an error");
     }

@@ -157,6 +157,11 @@ pub fn handle(
             return e;
         }
     };
+    if !crate::cmd::acl::unchecked(shared, client) {
+        if let Some(refused) = crate::cmd::acl::refused(shared, client, &spec, &args) {
+            return refused;
+        }
+    }
     let top = spec.name.split('|').next().unwrap_or_default();
     if let Some(refused) = crate::cmd::pubsub::refused_while_subscribed(client, top) {
         return refused;

@@ -9,6 +9,7 @@
 //! `run` takes already-bound listeners so that tests can bind port 0 and start many servers in
 //! one process.
 
+pub mod acl;
 pub mod admin;
 pub mod blocking;
 pub mod cmd;
@@ -53,6 +54,8 @@ pub struct Shared {
     pub slowlog: cmd::slowlog::SlowLog,
     /// The TLS configuration new TLS clients get, when `tls-port` is set.
     pub tls: Option<Arc<tls::Tls>>,
+    /// The users (the meta group's, in a cluster) and ACL LOG.
+    pub acl: Arc<acl::Acl>,
     pub started_ms: u64,
     next_client_id: AtomicU64,
     /// Flips to true when the server shuts down.
@@ -85,6 +88,7 @@ fn start_replication(
     config: &Config,
     bus: Option<std::net::TcpListener>,
     hub: &Arc<pubsub::Hub>,
+    acl: &Arc<acl::Acl>,
 ) -> std::io::Result<Started> {
     if config.initial_cluster.is_empty() {
         return Ok((shards::Shards::single(), None, None));
@@ -157,6 +161,7 @@ fn start_replication(
         first_free: count as u64 + 1,
         created_tx,
         owners: Some(shards.owners().clone()),
+        acl: Some(acl.clone()),
     };
     let placement = placement::initial_placement(&voters, count, config.replicas);
     let machine_of = |group: u64| {
@@ -198,6 +203,7 @@ fn start_replication(
         meta: meta_state,
         hints: Default::default(),
         placing: Default::default(),
+        acl: acl.clone(),
     };
     Ok((shards, Some(repl), Some(created_rx)))
 }
@@ -245,7 +251,19 @@ pub async fn run_with_bus(
             })),
             ..Default::default()
         };
-    let (shards, replication, created) = start_replication(&config, bus, &hub)?;
+    let acl = Arc::new(acl::Acl::new());
+    let _ = hub.acl.set(acl.clone());
+    if !config.requirepass.is_empty() && config.initial_cluster.is_empty() {
+        // A single node's users live here; a cluster's are set through its meta group
+        // (`cmd::acl::require_password`).
+        let rules = acl::hash_rules(&[
+            b"resetpass".to_vec(),
+            [b">".as_slice(), config.requirepass.as_bytes()].concat(),
+        ]);
+        acl.set_user(b"default", &rules)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    }
+    let (shards, replication, created) = start_replication(&config, bus, &hub, &acl)?;
     let shared = Arc::new(Shared {
         config: Mutex::new(config),
         shards,
@@ -256,6 +274,7 @@ pub async fn run_with_bus(
         reshard: Default::default(),
         pubsub: hub,
         tls: tls.as_ref().map(|(t, _)| t.clone()),
+        acl,
         slowlog: Default::default(),
         started_ms: now_ms(),
         next_client_id: AtomicU64::new(1),

@@ -9,12 +9,17 @@
 //!
 //! Its members are the cluster's nodes (the node registry: a node joins the cluster by joining
 //! this group). Which nodes hold each shard is not recorded here: it lives in each shard's own
-//! log, and the nodes learn it from the shards' leaders (`crate::placement`). What this group
-//! will also hold (ACL users, cluster config) comes with the features that need it.
+//! log, and the nodes learn it from the shards' leaders (`crate::placement`).
+//! - the users (`crate::acl`): every node applies each ACL change, so a user made through any
+//!   node logs in on all of them; and the node secret, a random value the first ACL change
+//!   brings, which nodes show each other on their own connections (`CAIRN.RELAY`).
 //!
 //! Entries are [`LogEntry`] command runs, like a shard's, of one command:
 //! `CAIRN.META CREATE-SHARD <voter>...` → the new shard's id (the next free one);
-//! `CAIRN.META SLOTS <first>-<last> <shard> <epoch>` → how many slots it updated.
+//! `CAIRN.META SLOTS <first>-<last> <shard> <epoch>` → how many slots it updated;
+//! `CAIRN.META ACL <secret> SETUSER <name> <rule>...` → OK or the rule's error (passwords
+//! only as hashes);
+//! `CAIRN.META ACL <secret> DELUSER <name>...` → how many were deleted.
 
 use crate::shard::ShardMachine;
 use crate::shards::MAX_SHARDS;
@@ -38,6 +43,8 @@ pub struct MetaState {
     pub created: BTreeMap<u64, Vec<u64>>,
     /// Every slot that has moved: its shard and ownership epoch since its last move.
     pub slots: BTreeMap<u16, (u64, u64)>,
+    /// The node secret (hex), set by the first ACL change.
+    pub secret: Option<String>,
 }
 
 /// A shard the meta group created: every node opens its group.
@@ -52,10 +59,12 @@ pub struct MetaMachine {
     pub created_tx: tokio::sync::mpsc::UnboundedSender<Created>,
     /// The node's routing map, told of every slot record (None in tests of the machine).
     pub owners: Option<Arc<crate::shards::SlotOwners>>,
+    /// The node's users, which this group's entries change (None in tests of the machine).
+    pub acl: Option<Arc<crate::acl::Acl>>,
 }
 
 const MAGIC: &[u8; 4] = b"CRMT";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 
 impl MetaMachine {
     /// Records that `group` serves `slots` from `epoch` on, for each slot whose record is
@@ -126,8 +135,47 @@ impl MetaMachine {
                     _ => Reply::error("ERR usage: CAIRN.META SLOTS <first>-<last> <shard> <epoch>"),
                 }
             }
+            Some("acl") if args.len() > 4 => self.acl_change(&args[2], &args[3..]),
             _ => Reply::error("ERR unknown CAIRN.META command"),
         }
+    }
+
+    fn acl_change(&mut self, secret: &[u8], change: &[Vec<u8>]) -> Reply {
+        let valid = secret.len() == 64 && secret.iter().all(u8::is_ascii_hexdigit);
+        if !valid {
+            return Reply::error("ERR the node secret must be 64 hex digits");
+        }
+        let Some(acl) = self.acl.clone() else {
+            return Reply::error("ERR no users here");
+        };
+        let sub = String::from_utf8_lossy(&change[0]).to_ascii_lowercase();
+        let reply = match sub.as_str() {
+            "setuser" if change.len() >= 2 => {
+                // Clear passwords never reach the log: the node that took the command hashed them.
+                if change[2..]
+                    .iter()
+                    .any(|r| matches!(r.first(), Some(b'>' | b'<')))
+                {
+                    return Reply::error("ERR clear passwords are not taken here");
+                }
+                match acl.set_user(&change[1], &change[2..]) {
+                    Ok(()) => Reply::OK,
+                    Err(e) => return Reply::error(e),
+                }
+            }
+            "deluser" if change.len() >= 2 => match acl.del_users(&change[1..]) {
+                Ok(n) => Reply::Int(n as i64),
+                Err(e) => return Reply::error(e),
+            },
+            _ => return Reply::error("ERR usage: CAIRN.META ACL <secret> SETUSER|DELUSER ..."),
+        };
+        let mut state = self.state.lock();
+        if state.secret.is_none() {
+            let s = String::from_utf8_lossy(secret).to_ascii_lowercase();
+            state.secret = Some(s.clone());
+            *acl.node_secret.write() = Some(s);
+        }
+        reply
     }
 }
 
@@ -153,7 +201,9 @@ impl StateMachine for MetaMachine {
     }
 
     /// `MAGIC | version u8 | count u32 | (id u64, voters u32, voter u64...)... | slots u32 |
-    /// (slot u16, shard u64, epoch u64)...` (the slots since version 2).
+    /// (slot u16, shard u64, epoch u64)... | secret | users u32 | (name, rules u32, rule...)...`
+    /// (the slots since version 2, the secret and users since 3; strings are u32 length +
+    /// bytes, the secret empty when there is none).
     fn snapshot(&self) -> Vec<u8> {
         let state = self.state.lock();
         let mut out = MAGIC.to_vec();
@@ -171,6 +221,20 @@ impl StateMachine for MetaMachine {
             out.extend_from_slice(&slot.to_le_bytes());
             out.extend_from_slice(&group.to_le_bytes());
             out.extend_from_slice(&epoch.to_le_bytes());
+        }
+        let put = |out: &mut Vec<u8>, b: &[u8]| {
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        };
+        put(&mut out, state.secret.as_deref().unwrap_or("").as_bytes());
+        let users = self.acl.as_ref().map(|a| a.export()).unwrap_or_default();
+        out.extend_from_slice(&(users.len() as u32).to_le_bytes());
+        for (name, rules) in &users {
+            put(&mut out, name);
+            out.extend_from_slice(&(rules.len() as u32).to_le_bytes());
+            for r in rules {
+                put(&mut out, r);
+            }
         }
         out
     }
@@ -214,9 +278,38 @@ impl StateMachine for MetaMachine {
                 slots.insert(slot, (group, epoch));
             }
         }
+        let mut secret = None;
+        let mut users = Vec::new();
+        if version >= 3 {
+            let string = |take: &mut dyn FnMut(usize) -> Result<Vec<u8>, String>| {
+                let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+                take(n)
+            };
+            let mut take_vec = |n: usize| take(n).map(<[u8]>::to_vec);
+            let s = string(&mut take_vec)?;
+            if !s.is_empty() {
+                secret = Some(String::from_utf8(s).map_err(|_| bad())?);
+            }
+            let count = u32_at(&take_vec(4)?);
+            for _ in 0..count {
+                let name = string(&mut take_vec)?;
+                let n = u32_at(&take_vec(4)?);
+                let mut rules = Vec::with_capacity((n as usize).min(1024));
+                for _ in 0..n {
+                    rules.push(string(&mut take_vec)?);
+                }
+                users.push((name, rules));
+            }
+        }
         if pos != rest.len() {
             return Err(bad());
         }
+        if let Some(acl) = &self.acl {
+            acl.replace_all(&users)
+                .map_err(|e| format!("meta snapshot holds a bad user: {e}"))?;
+            *acl.node_secret.write() = secret.clone();
+        }
+        self.state.lock().secret = secret;
         if let Some(owners) = &self.owners {
             for (&slot, &(group, epoch)) in &slots {
                 owners.claim(slot as usize, group, epoch);
@@ -315,8 +408,14 @@ mod tests {
     use super::*;
 
     fn create(voters: &[&str]) -> Vec<u8> {
-        let mut cmd = vec![NAME.as_bytes().to_vec(), b"CREATE-SHARD".to_vec()];
-        cmd.extend(voters.iter().map(|v| v.as_bytes().to_vec()));
+        let mut words = vec!["CREATE-SHARD"];
+        words.extend(voters);
+        entry(&words)
+    }
+
+    fn entry(words: &[&str]) -> Vec<u8> {
+        let mut cmd = vec![NAME.as_bytes().to_vec()];
+        cmd.extend(words.iter().map(|v| v.as_bytes().to_vec()));
         LogEntry {
             now_ms: 1,
             seed: 1,
@@ -324,6 +423,64 @@ mod tests {
             op: Operation::Commands(vec![cmd]),
         }
         .encode()
+    }
+
+    fn with_users() -> (MetaMachine, Arc<crate::acl::Acl>) {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let acl = Arc::new(crate::acl::Acl::new());
+        let m = MetaMachine {
+            state: Arc::default(),
+            first_free: 4,
+            created_tx: tx,
+            owners: None,
+            acl: Some(acl.clone()),
+        };
+        (m, acl)
+    }
+
+    #[test]
+    fn users_and_the_node_secret_are_applied_and_survive_a_snapshot() {
+        let (mut m, acl) = with_users();
+        let secret = "ab".repeat(32);
+        let hash = crate::acl::hash_password(b"pw");
+        let set = [
+            "ACL",
+            &secret,
+            "SETUSER",
+            "alice",
+            "on",
+            &format!("#{hash}"),
+            "~k*",
+            "(+get ~x)",
+            "+set",
+        ];
+        assert_eq!(m.apply(1, &entry(&set)), b"+OK\r\n");
+        // Clear passwords are refused: they must never be in the log.
+        let clear = ["ACL", &secret, "SETUSER", "bob", ">pw"];
+        assert!(m
+            .apply(2, &entry(&clear))
+            .starts_with(b"-ERR clear passwords"));
+        let other = "cd".repeat(32);
+        assert_eq!(
+            m.apply(3, &entry(&["ACL", &other, "SETUSER", "carol", "on"])),
+            b"+OK\r\n"
+        );
+        // The first secret stays the cluster's.
+        assert_eq!(acl.node_secret.read().as_deref(), Some(secret.as_str()));
+        assert!(acl.user(b"alice").unwrap().accepts(b"pw"));
+        let (mut b, acl_b) = with_users();
+        b.restore(&m.snapshot()).unwrap();
+        assert_eq!(acl_b.node_secret.read().as_deref(), Some(secret.as_str()));
+        assert_eq!(
+            acl_b.user(b"alice").unwrap().describe(),
+            acl.user(b"alice").unwrap().describe()
+        );
+        assert!(acl_b.user(b"carol").is_some() && acl_b.user(b"bob").is_none());
+        assert_eq!(
+            m.apply(4, &entry(&["ACL", &secret, "DELUSER", "alice", "x"])),
+            b":1\r\n"
+        );
+        assert!(acl.user(b"alice").is_none());
     }
 
     #[test]
@@ -334,6 +491,7 @@ mod tests {
             first_free: 4,
             created_tx: tx,
             owners: None,
+            acl: None,
         };
         assert_eq!(m.apply(2, &create(&["1", "2", "3"])), b":4\r\n");
         assert_eq!(m.apply(3, &create(&["1", "2"])), b":5\r\n");
@@ -348,6 +506,7 @@ mod tests {
             first_free: 4,
             created_tx: tx2,
             owners: None,
+            acl: None,
         };
         let snap = m.snapshot();
         b.restore(&snap).unwrap();
@@ -384,6 +543,7 @@ mod tests {
             first_free: 4,
             created_tx: tokio::sync::mpsc::unbounded_channel().0,
             owners: None,
+            acl: None,
         };
         c.restore(&b.snapshot()).unwrap();
         assert_eq!(*c.state.lock(), *b.state.lock());

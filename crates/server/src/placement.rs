@@ -236,7 +236,7 @@ async fn ask(shared: Arc<Shared>, id: u64, addr: std::net::SocketAddr) {
     let mut conn: Option<crate::replicated::Relay> = None;
     loop {
         if conn.is_none() {
-            conn = crate::replicated::open_relay(addr, id, Protocol::Resp2).await;
+            conn = crate::replicated::open_relay(repl, addr, id, Protocol::Resp2).await;
         }
         let answer = match conn.as_mut() {
             Some(c) => tokio::time::timeout(

@@ -215,6 +215,8 @@ pub struct Hub {
     /// `notify-keyspace-events`: (version, flags) of the newest setting this node knows.
     keyspace: Mutex<(u64, u32)>,
     keyspace_flags: std::sync::atomic::AtomicU32,
+    /// The node's users, whose node secret links show first (see `crate::replicated::relay_greeting`).
+    pub acl: std::sync::OnceLock<Arc<crate::acl::Acl>>,
 }
 
 /// Acknowledgements a SUBSCRIBE waits for before it is answered.
@@ -661,20 +663,24 @@ impl Drop for Link {
 }
 
 impl Link {
-    async fn open(addr: SocketAddr) -> Option<Link> {
+    async fn open(addr: SocketAddr, greeting: Vec<u8>) -> Option<Link> {
+        use tokio::io::AsyncWriteExt;
         let stream =
             tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
                 .await
                 .ok()?
                 .ok()?;
         let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
+        let (reader, mut writer) = stream.into_split();
+        // Shown first, as every node's connection to another does: its one-line reply is the
+        // first the reader counts.
+        writer.write_all(&greeting).await.ok()?;
         let acks = Arc::new(Mutex::new(VecDeque::new()));
         let closed = Arc::new(AtomicBool::new(false));
         let reader = tokio::spawn(read_replies(reader, acks.clone(), closed.clone()));
         Some(Link {
             writer,
-            written: 0,
+            written: 1,
             acks,
             closed,
             reader,
@@ -766,7 +772,11 @@ async fn forwarder(
         }
         let fresh = link.is_none();
         if fresh {
-            link = Link::open(addr).await;
+            let mut greeting = vec![b"CAIRN.RELAY".to_vec()];
+            if let Some(secret) = hub.acl.get().and_then(|a| a.node_secret.read().clone()) {
+                greeting.push(secret.into_bytes());
+            }
+            link = Link::open(addr, crate::replicated::encode_request(&greeting)).await;
         }
         let Some(l) = link.as_mut() else {
             continue; // the peer is down: these requests are lost for it (and acks released)

@@ -53,6 +53,8 @@ pub struct Replication {
     /// Held while a replica is opened or deleted here (`crate::placement`), so that a replica
     /// opened for a move is never deleted on a decision taken about the one before it.
     pub placing: tokio::sync::Mutex<()>,
+    /// The same users as `Shared::acl`, and the secret nodes show each other.
+    pub acl: Arc<crate::acl::Acl>,
 }
 
 impl Replication {
@@ -335,9 +337,13 @@ enum Plain {
     Read(cairn_store::Handler, u64),
 }
 
-fn plain(shared: &Shared, client: &Client, args: &[Vec<u8>]) -> Option<Plain> {
-    // In MULTI, or subscribed (some commands are refused then), each request runs alone.
-    if client.multi.is_some() || client.subs.is_some() {
+fn plain(shared: &Shared, client: &mut Client, args: &[Vec<u8>]) -> Option<Plain> {
+    // In MULTI, or subscribed (some commands are refused then), or with permissions to check,
+    // each request runs alone.
+    if client.multi.is_some()
+        || client.subs.is_some()
+        || !crate::cmd::acl::unchecked(shared, client)
+    {
         return None;
     }
     let Lookup::Found(spec) = shared.table.commands.lookup(args) else {
@@ -412,7 +418,7 @@ const MAX_SPREAD: usize = 1024;
 /// there together, while this node works on its own).
 fn spread_prefix(
     shared: &Shared,
-    client: &Client,
+    client: &mut Client,
     pending: &VecDeque<Vec<Vec<u8>>>,
 ) -> Option<usize> {
     // A lone request (the usual case) never spreads: decide that before any lookup or lock.
@@ -482,7 +488,7 @@ async fn spread(shared: &Shared, client: &mut Client, batch: Vec<Vec<Vec<u8>>>) 
         let relay = match client.relays.iter().position(|r| r.leader == leader) {
             Some(at) => Some(client.relays.remove(at)),
             None => match repl.client_addr(leader) {
-                Some(addr) => open_relay(addr, leader, proto).await,
+                Some(addr) => open_relay(repl, addr, leader, proto).await,
                 None => None,
             },
         };
@@ -617,13 +623,20 @@ async fn handle_run(
 
 /// Handles one request in replicated mode; returns the encoded reply.
 pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
+    if args[0].len() > 6 && args[0][..6].eq_ignore_ascii_case(b"cairn.") {
+        if args[0].eq_ignore_ascii_case(b"cairn.relay") {
+            return relay_hello(shared, client, &args);
+        }
+        // The cluster's own commands: for its nodes, and for users who may run everything.
+        if !crate::cmd::acl::unchecked(shared, client) {
+            return Reply::error(
+                "NOPERM this user has no permissions to run the cluster's internal commands",
+            )
+            .to_bytes(client.proto);
+        }
+    }
     if args[0].eq_ignore_ascii_case(b"cairn.member") {
         return crate::cmd::member::member(shared, client, args).await;
-    }
-    if args[0].eq_ignore_ascii_case(b"cairn.relay") {
-        // Another node's relay connection: its blocking commands must not wait here.
-        client.relaying_for_a_node = true;
-        return Reply::OK.to_bytes(client.proto);
     }
     if args[0].eq_ignore_ascii_case(b"cairn.publish") {
         return crate::cmd::pubsub::deliver_forwarded(shared, &args).to_bytes(client.proto);
@@ -662,6 +675,57 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
     handle_on(shared, client, args, None).await
 }
 
+/// What a node's connection to another node says first: `CAIRN.RELAY [<node secret>]`.
+pub(crate) fn relay_greeting(repl: &Replication) -> Vec<Vec<u8>> {
+    let mut hello = vec![b"CAIRN.RELAY".to_vec()];
+    if let Some(secret) = repl.acl.node_secret.read().clone() {
+        hello.push(secret.into_bytes());
+    }
+    hello
+}
+
+/// `CAIRN.RELAY [secret]`: another node's connection, which runs requests that were checked
+/// where they arrived. It must show the cluster's node secret once there is one (see
+/// `crate::meta`: the first ACL change makes one); before, nothing is protected yet.
+fn relay_hello(shared: &Shared, client: &mut Client, args: &[Vec<u8>]) -> Vec<u8> {
+    let secret = shared.acl.node_secret.read().clone();
+    let ok = match (&secret, args.get(1)) {
+        (None, _) => true,
+        (Some(s), Some(shown)) => crate::acl::constant_eq(s.as_bytes(), shown),
+        (Some(_), None) => false,
+    };
+    if !ok || args.len() > 2 {
+        return Reply::error("NOPERM this connection did not show the cluster's node secret")
+            .to_bytes(client.proto);
+    }
+    client.internal = true;
+    // Its blocking commands must not wait here: the other node's client does the waiting.
+    client.relaying_for_a_node = true;
+    Reply::OK.to_bytes(client.proto)
+}
+
+/// ACL changes go through the meta group: the change as a `CAIRN.META ACL` entry's tail.
+fn acl_change(name: &str, args: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+    match name {
+        "acl|setuser" => {
+            let mut change = vec![b"SETUSER".to_vec(), args[2].clone()];
+            change.extend(crate::acl::hash_rules(&args[3..]));
+            Some(change)
+        }
+        "acl|deluser" => {
+            let mut change = vec![b"DELUSER".to_vec()];
+            change.extend(args[2..].iter().cloned());
+            Some(change)
+        }
+        "config|set" if args.len() == 4 && args[2].eq_ignore_ascii_case(b"requirepass") => {
+            let mut change = vec![b"SETUSER".to_vec(), b"default".to_vec()];
+            change.extend(crate::cmd::acl::requirepass_rules(&args[3]));
+            Some(change)
+        }
+        _ => None,
+    }
+}
+
 /// Handles one request, on shard `forced` when given, else where its keys are.
 async fn handle_on(
     shared: &Shared,
@@ -680,9 +744,25 @@ async fn handle_on(
             return e.to_bytes(proto);
         }
     };
+    if !crate::cmd::acl::unchecked(shared, client) {
+        if let Some(refused) = crate::cmd::acl::refused(shared, client, &spec, &args) {
+            return refused.to_bytes(proto);
+        }
+    }
     let top = spec.name.split('|').next().unwrap_or_default();
     if let Some(refused) = crate::cmd::pubsub::refused_while_subscribed(client, top) {
         return refused.to_bytes(proto);
+    }
+    if client.multi.is_none() {
+        if let Some(change) = acl_change(&spec.name, &args) {
+            // Checked here first, with the clear passwords, for Redis's error text.
+            if spec.name == "acl|setuser" {
+                if let Err(e) = shared.acl.check_set_user(&args[2], &args[3..]) {
+                    return Reply::error(e).to_bytes(proto);
+                }
+            }
+            return crate::cmd::acl::cluster_change(shared, client, change).await;
+        }
     }
     let target = shared.table.target_of(&spec);
     let place = forced.map_or_else(|| route(shared, &spec, &args), Route::Shard);
@@ -1384,7 +1464,7 @@ async fn connect_leader(
     let mut leader = leader;
     loop {
         if let Some(addr) = repl.client_addr(leader) {
-            if let Some(r) = open_relay(addr, leader, proto).await {
+            if let Some(r) = open_relay(repl, addr, leader, proto).await {
                 return Ok(r);
             }
         }
@@ -1436,7 +1516,12 @@ pub async fn relay_once(
     relay_to(shared, client, leader, &[args], true, 1).await
 }
 
-pub(crate) async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -> Option<Relay> {
+pub(crate) async fn open_relay(
+    repl: &Replication,
+    addr: SocketAddr,
+    leader: u64,
+    proto: Protocol,
+) -> Option<Relay> {
     let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .ok()?
@@ -1447,7 +1532,7 @@ pub(crate) async fn open_relay(addr: SocketAddr, leader: u64, proto: Protocol) -
         stream,
         buf: Vec::new(),
     };
-    let mut hello = vec![vec![b"CAIRN.RELAY".to_vec()]];
+    let mut hello = vec![relay_greeting(repl)];
     if proto == Protocol::Resp3 {
         hello.push(vec![b"HELLO".to_vec(), b"3".to_vec()]);
     }

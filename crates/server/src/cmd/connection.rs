@@ -39,14 +39,10 @@ pub fn hello(c: &mut Call) -> Reply {
     }
     let mut i = 2;
     let mut name = None;
+    let mut login = None;
     while i < args.len() {
         if is(&args[i], "auth") && i + 2 < args.len() {
-            // ACL users arrive with the security issue; only the default user exists.
-            if !is(&args[i + 1], "default") {
-                return Reply::error(
-                    "WRONGPASS invalid username-password pair or user is disabled.",
-                );
-            }
+            login = Some((args[i + 1].clone(), args[i + 2].clone()));
             i += 3;
         } else if is(&args[i], "setname") && i + 1 < args.len() {
             if let Err(e) = valid_name(&args[i + 1]) {
@@ -60,6 +56,17 @@ pub fn hello(c: &mut Call) -> Reply {
                 String::from_utf8_lossy(&args[i])
             ));
         }
+    }
+    match login {
+        Some((user, password)) => {
+            if let Err(e) = super::acl::authenticate(c.shared, c.client, &user, &password) {
+                return e;
+            }
+        }
+        None if !c.client.authenticated && !c.client.internal && c.shared.acl.auth_required() => {
+            return Reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        None => {}
     }
     if let Some(n) = name {
         *c.client.info.name.lock() = n;
@@ -105,14 +112,11 @@ pub fn reset(c: &mut Call) -> Reply {
     c.client.info.resp.store(2, Ordering::Relaxed);
     c.client.info.name.lock().clear();
     c.client.subs = None;
+    c.client.user = b"default".to_vec();
+    c.client.authenticated = false;
+    c.client.acl_user = None;
+    *c.client.info.user.lock() = b"default".to_vec();
     Reply::Status("RESET".into())
-}
-
-pub fn auth(c: &mut Call) -> Reply {
-    if c.args.len() > 3 {
-        return Reply::error("ERR syntax error");
-    }
-    Reply::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
 }
 
 pub fn client_id(c: &mut Call) -> Reply {

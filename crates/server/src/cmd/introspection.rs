@@ -380,6 +380,28 @@ pub fn config_set(c: &mut Call) -> Reply {
         }
     }
     let events = next.notify_keyspace_events;
+    let password = args
+        .chunks(2)
+        .rev()
+        .find(|p| p[0].eq_ignore_ascii_case(b"requirepass"))
+        .map(|p| p[1].clone());
+    if let Some(password) = &password {
+        if c.shared.replication.is_some() {
+            // A cluster's users change through its meta group (`replicated::acl_change`).
+            return Reply::error(
+                "ERR CONFIG SET failed (possibly related to argument 'requirepass') - in a cluster, set requirepass alone in its CONFIG SET",
+            );
+        }
+        let rules = super::acl::requirepass_rules(password);
+        if let Err(e) = c.shared.acl.set_user(b"default", &rules) {
+            return Reply::error(e);
+        }
+    }
+    c.shared.acl.log_max.store(
+        next.acllog_max_len as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    c.shared.acl.trim_log();
     // Any TLS file setting reads the files again (a replaced certificate is picked up by
     // setting the same path): new connections get the new configuration, and a bad one
     // leaves everything as it was.

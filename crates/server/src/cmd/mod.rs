@@ -1,5 +1,6 @@
 //! Commands that act on the connection or the server: one file per family.
 
+pub mod acl;
 pub mod cluster;
 pub mod connection;
 pub mod introspection;
@@ -32,7 +33,19 @@ pub const COMMANDS: &[(&str, ConnHandler)] = &[
     ("select", connection::select),
     ("quit", connection::quit),
     ("reset", connection::reset),
-    ("auth", connection::auth),
+    ("auth", acl::auth),
+    ("acl|setuser", acl::setuser),
+    ("acl|deluser", acl::deluser),
+    ("acl|getuser", acl::getuser),
+    ("acl|list", acl::list),
+    ("acl|users", acl::users),
+    ("acl|whoami", acl::whoami),
+    ("acl|cat", acl::cat),
+    ("acl|genpass", acl::genpass),
+    ("acl|log", acl::log),
+    ("acl|dryrun", acl::dryrun),
+    ("acl|save", acl::no_file),
+    ("acl|load", acl::no_file),
     ("client|id", connection::client_id),
     ("client|setname", connection::client_setname),
     ("client|getname", connection::client_getname),

@@ -47,6 +47,7 @@ impl Default for SlowLog {
 /// What an entry keeps of a command's arguments: at most 32, each at most 128 bytes, saying
 /// what was left out (as Redis). Bounded whatever the command's size.
 pub fn summarize(args: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let secret = secret_positions(args);
     let mut kept: Vec<Vec<u8>> = args
         .iter()
         .take(if args.len() > MAX_ARGS {
@@ -54,8 +55,11 @@ pub fn summarize(args: &[Vec<u8>]) -> Vec<Vec<u8>> {
         } else {
             MAX_ARGS
         })
-        .map(|a| {
-            if a.len() > MAX_ARG_BYTES {
+        .enumerate()
+        .map(|(i, a)| {
+            if secret.contains(&i) {
+                b"(redacted)".to_vec()
+            } else if a.len() > MAX_ARG_BYTES {
                 let mut s = a[..MAX_ARG_BYTES].to_vec();
                 s.extend_from_slice(
                     format!("... ({} more bytes)", a.len() - MAX_ARG_BYTES).as_bytes(),
@@ -70,6 +74,35 @@ pub fn summarize(args: &[Vec<u8>]) -> Vec<Vec<u8>> {
         kept.push(format!("... ({} more arguments)", args.len() - MAX_ARGS + 1).into_bytes());
     }
     kept
+}
+
+/// The arguments that may hold a password, which Redis writes as `(redacted)`: AUTH's,
+/// HELLO's after AUTH, ACL SETUSER's, CONFIG SET requirepass's value, and a node's secret.
+fn secret_positions(args: &[Vec<u8>]) -> Vec<usize> {
+    let is = |i: usize, w: &str| {
+        args.get(i)
+            .is_some_and(|a| a.eq_ignore_ascii_case(w.as_bytes()))
+    };
+    if is(0, "auth") {
+        (1..args.len()).collect()
+    } else if is(0, "hello") {
+        (2..args.len())
+            .filter(|&i| is(i, "auth"))
+            .flat_map(|i| [i + 1, i + 2])
+            .collect()
+    } else if is(0, "acl") && is(1, "setuser") {
+        (2..args.len()).collect()
+    } else if is(0, "config") && is(1, "set") {
+        (2..args.len())
+            .step_by(2)
+            .filter(|&i| is(i, "requirepass"))
+            .map(|i| i + 1)
+            .collect()
+    } else if is(0, "cairn.relay") || is(0, "cairn.meta") {
+        (1..args.len()).collect()
+    } else {
+        Vec::new()
+    }
 }
 
 impl SlowLog {
