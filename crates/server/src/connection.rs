@@ -328,7 +328,10 @@ pub async fn serve_stream<S: Stream>(
         let _ = send(&mut socket, b"-ERR max number of clients reached\r\n").await;
         return;
     }
-    if protected && !admitted_in_protected_mode(peer.ip(), &member_ips(&shared)) {
+    // Protected mode guards a server whose default user needs no password (Redis's rule):
+    // once it has one, clients from anywhere may try to log in.
+    let guarded = protected && !shared.acl.auth_required();
+    if guarded && !admitted_in_protected_mode(peer.ip(), &member_ips(&shared)) {
         let _ = send(&mut socket, PROTECTED_MODE_ERROR.as_bytes()).await;
         return;
     }
