@@ -73,7 +73,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let st = &shared.stats;
     let mut out = String::new();
     let one = |v: u64| vec![(String::new(), v)];
-    let counters: [(&str, &str, u64); 7] = [
+    let acl = &shared.acl;
+    let counters: [(&str, &str, u64); 11] = [
         (
             "cairn_connections_received_total",
             "Client connections accepted.",
@@ -103,6 +104,28 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             "cairn_expired_keys_total",
             "Keys removed by active expiry on this node.",
             Stats::get(&st.expired_keys),
+        ),
+        (
+            "cairn_query_buffer_limit_disconnections_total",
+            "Clients closed for passing client-query-buffer-limit.",
+            Stats::get(&st.query_limit_disconnections),
+        ),
+        (
+            "cairn_output_buffer_limit_disconnections_total",
+            "Subscribers closed for passing the Pub/Sub output buffer limit.",
+            crate::pubsub::OUTPUT_LIMIT_DISCONNECTIONS.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
+            "cairn_acl_denied_auth_total",
+            "Failed AUTH and HELLO AUTH attempts.",
+            Stats::get(&acl.denied_auth),
+        ),
+        (
+            "cairn_acl_denied_total",
+            "Commands refused by ACL (command, key or channel).",
+            Stats::get(&acl.denied_cmd)
+                + Stats::get(&acl.denied_key)
+                + Stats::get(&acl.denied_channel),
         ),
         (
             "cairn_pubsub_forwarded_in_total",

@@ -489,6 +489,7 @@ async fn serve_loop<S: Stream>(
             }
         }
         if inbuf.len() + decoder.pending_bytes() > query_limit {
+            Stats::add(&shared.stats.query_limit_disconnections, 1);
             tracing::warn!(
                 client = client.id(),
                 "closing client that reached the query buffer limit"

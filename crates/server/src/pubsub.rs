@@ -31,6 +31,10 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Redis's default hard limit for a Pub/Sub client's output buffer (32 MB).
 pub const OUTPUT_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Subscribers disconnected for passing [`OUTPUT_LIMIT`] (INFO's
+/// `client_output_buffer_limit_disconnections`).
+pub static OUTPUT_LIMIT_DISCONNECTIONS: AtomicU64 = AtomicU64::new(0);
 /// Messages waiting for one peer node, at most.
 const PEER_QUEUE: usize = 10_000;
 /// The longest a SUBSCRIBE waits for the other nodes to acknowledge a new name.
@@ -109,6 +113,7 @@ impl Mailbox {
         if before + bytes.len() > OUTPUT_LIMIT {
             // Said once, when the limit is crossed; the connection closes shortly after.
             if before <= OUTPUT_LIMIT {
+                OUTPUT_LIMIT_DISCONNECTIONS.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     client = self.info.id,
                     "disconnecting a subscriber past its output buffer limit"

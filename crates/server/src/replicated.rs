@@ -330,6 +330,12 @@ pub enum WatchRelay {
 /// The most argument bytes one pipelined run of writes carries in one log entry.
 const MAX_RUN_BYTES: usize = 1024 * 1024;
 
+/// The most reads run (or relayed) together. Their replies are all held before any is
+/// written, and a reply may be a large value: this bounds what one connection whose client
+/// does not read can make a node hold (the hostile-client test pipelined 1 MB GETs and made a
+/// node grow by 2 GB before this bound).
+const MAX_READ_RUN: usize = 16;
+
 /// A request that can share a log entry (writes) or a read barrier (reads) with its neighbours
 /// in a pipeline.
 enum Plain {
@@ -434,10 +440,15 @@ fn spread_prefix(
     let mut first_group = None;
     let mut mixed = false;
     let mut bytes = 0;
+    let mut reads = 0;
     for args in pending.iter().take(MAX_SPREAD) {
         let group = match plain(shared, client, args) {
-            Some(Plain::Write(g)) | Some(Plain::Read(_, g)) => g,
-            None => break,
+            Some(Plain::Write(g)) => g,
+            Some(Plain::Read(_, g)) if reads < MAX_READ_RUN => {
+                reads += 1;
+                g
+            }
+            _ => break,
         };
         bytes += args.iter().map(Vec::len).sum::<usize>();
         if bytes > MAX_RUN_BYTES && n > 0 {
@@ -596,7 +607,7 @@ async fn handle_run(
         }
         Some(Plain::Read(h, group)) => {
             let mut run = vec![(pending.pop_front().expect("front"), h)];
-            while let Some(args) = pending.front() {
+            while let Some(args) = pending.front().filter(|_| run.len() < MAX_READ_RUN) {
                 match plain(shared, client, args) {
                     Some(Plain::Read(h, g)) if g == group => {
                         run.push((pending.pop_front().expect("front"), h))

@@ -81,6 +81,8 @@ pub struct Stats {
     pub expired_keys: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub error_replies: AtomicU64,
+    /// Clients closed for passing `client-query-buffer-limit` (Redis 7.2's INFO field).
+    pub query_limit_disconnections: AtomicU64,
     pub commands: CommandStats,
 }
 
@@ -101,6 +103,7 @@ impl Stats {
             &self.expired_keys,
             &self.protocol_errors,
             &self.error_replies,
+            &self.query_limit_disconnections,
         ] {
             c.store(0, Ordering::Relaxed);
         }

@@ -145,6 +145,11 @@ impl Cluster {
         None
     }
 
+    /// Node `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.procs[i].child.as_ref().map(Child::id)
+    }
+
     /// What node `i` logged so far.
     pub fn log_text(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("node{}.log", i + 1)))

@@ -218,8 +218,34 @@ pub fn info(c: &mut Call) -> Reply {
                 Stats::get(&st.protocol_errors).to_string(),
             ),
             (
+                "client_query_buffer_limit_disconnections".into(),
+                Stats::get(&st.query_limit_disconnections).to_string(),
+            ),
+            (
+                "client_output_buffer_limit_disconnections".into(),
+                crate::pubsub::OUTPUT_LIMIT_DISCONNECTIONS
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
+            ),
+            (
                 "pubsub_channels".into(),
                 sh.pubsub.names(Kind::Channel, None).len().to_string(),
+            ),
+            (
+                "acl_access_denied_auth".into(),
+                Stats::get(&sh.acl.denied_auth).to_string(),
+            ),
+            (
+                "acl_access_denied_cmd".into(),
+                Stats::get(&sh.acl.denied_cmd).to_string(),
+            ),
+            (
+                "acl_access_denied_key".into(),
+                Stats::get(&sh.acl.denied_key).to_string(),
+            ),
+            (
+                "acl_access_denied_channel".into(),
+                Stats::get(&sh.acl.denied_channel).to_string(),
             ),
             ("pubsub_patterns".into(), sh.pubsub.patterns().to_string()),
             (
