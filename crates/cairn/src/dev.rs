@@ -73,7 +73,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     for i in 0..args.nodes {
         println!(
-            "  node {}: redis-cli -p {}   http://127.0.0.1:{}/api/cluster   data in {}",
+            "  node {}: redis-cli -p {}   dashboard http://127.0.0.1:{}/   data in {}",
             i + 1,
             args.base_port + i,
             args.base_port + i + ADMIN_OFFSET,

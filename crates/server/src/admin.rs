@@ -1,5 +1,7 @@
 //! The admin HTTP port (`--admin-port`, axum): `/health`, `/ready`, `/metrics` in Prometheus's
-//! text format, and `/api/cluster`, the cluster as this node sees it, in JSON.
+//! text format, `/api/cluster`, the cluster as this node sees it, in JSON, `/api/overview`,
+//! what every node says of itself (asked over the nodes' own connections), and `/`, the
+//! dashboard: one page, served from the binary, drawn from `/api/overview` every second.
 //!
 //! Everything here reads what the node already keeps (the counters INFO shows, the Raft status
 //! the driver publishes); nothing on this port changes anything.
@@ -21,6 +23,8 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/api/cluster", get(cluster))
+        .route("/api/overview", get(overview))
+        .route("/", get(dashboard))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!(error = %e, "the admin port stopped");
@@ -303,4 +307,119 @@ async fn cluster(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "nodes": nodes,
         "groups": groups,
     }))
+}
+
+/// The dashboard page (`dashboard.html` beside this file, in the binary).
+async fn dashboard() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("dashboard.html"),
+    )
+}
+
+/// How long the overview waits for one node's answer: a node that takes longer is shown down.
+const ASK_WITHIN: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// What every member says of itself: INFO's raft, stats and commandstats sections, asked
+/// through the connection nodes open to each other (`CAIRN.RELAY` with the node secret, so a
+/// password on the cluster changes nothing here). A node that does not answer in
+/// [`ASK_WITHIN`] is `up: false`.
+async fn overview(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let Some(repl) = &shared.replication else {
+        return Json(serde_json::json!({ "mode": "standalone" }));
+    };
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, addr) in repl.all_client_addrs() {
+        let shared = shared.clone();
+        asks.spawn(async move {
+            let answer = tokio::time::timeout(ASK_WITHIN, ask_info(&shared, id, addr))
+                .await
+                .ok()
+                .flatten();
+            (id, addr, answer)
+        });
+    }
+    let mut nodes = Vec::new();
+    while let Some(Ok((id, addr, answer))) = asks.join_next().await {
+        nodes.push(node_json(id, addr, answer));
+    }
+    nodes.sort_by_key(|n| n["id"].as_u64());
+    Json(serde_json::json!({
+        "mode": "cluster",
+        "node": repl.me,
+        "time_ms": crate::now_ms(),
+        "nodes": nodes,
+    }))
+}
+
+async fn ask_info(shared: &Shared, id: u64, addr: std::net::SocketAddr) -> Option<String> {
+    let repl = shared.replication.as_ref()?;
+    let mut r = crate::replicated::open_relay(repl, addr, id, cairn_resp::Protocol::Resp2).await?;
+    let requests: Vec<Vec<Vec<u8>>> = ["raft", "stats", "commandstats"]
+        .iter()
+        .map(|s| vec![b"INFO".to_vec(), s.as_bytes().to_vec()])
+        .collect();
+    let replies = crate::replicated::relay_on(&mut r, &requests).await?;
+    let mut text = String::new();
+    for reply in replies {
+        // `$<len>\r\n<text>\r\n`
+        let body = reply.splitn(2, |&b| b == b'\n').nth(1)?;
+        text.push_str(&String::from_utf8_lossy(body));
+    }
+    Some(text)
+}
+
+fn node_json(id: u64, addr: std::net::SocketAddr, info: Option<String>) -> serde_json::Value {
+    let Some(info) = info else {
+        return serde_json::json!({ "id": id, "addr": addr.to_string(), "up": false });
+    };
+    let mut groups = serde_json::Map::new();
+    let (mut commands, mut calls, mut usec) = (0u64, 0u64, 0u64);
+    for line in info.lines() {
+        let Some((k, v)) = line.trim_end().split_once(':') else {
+            continue;
+        };
+        let fields: std::collections::BTreeMap<&str, &str> =
+            v.split(',').filter_map(|kv| kv.split_once('=')).collect();
+        let num = |f: &str| {
+            fields
+                .get(f)
+                .and_then(|x| x.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if let Some(g) = k.strip_prefix("group") {
+            let list = |f: &str| -> Vec<u64> {
+                fields
+                    .get(f)
+                    .map(|x| x.split(';').filter_map(|i| i.parse().ok()).collect())
+                    .unwrap_or_default()
+            };
+            groups.insert(
+                g.to_string(),
+                serde_json::json!({
+                    "role": fields.get("role"),
+                    "leader": fields.get("leader").and_then(|l| l.parse::<u64>().ok()),
+                    "term": num("term"),
+                    "commit": num("commit"),
+                    "applied": num("applied"),
+                    "voters": list("voters"),
+                    "slots": fields.get("slots"),
+                }),
+            );
+        } else if k == "total_commands_processed" {
+            commands = v.trim().parse().unwrap_or(0);
+        } else if k.starts_with("cmdstat_") {
+            calls += num("calls");
+            usec += num("usec");
+        }
+    }
+    serde_json::json!({
+        "id": id,
+        "addr": addr.to_string(),
+        "up": true,
+        "commands_processed": commands,
+        "command_calls": calls,
+        "command_usec": usec,
+        "groups": groups,
+    })
 }

@@ -21,6 +21,8 @@ pub struct Cluster {
     extra: Vec<String>,
     /// The nodes' `CAIRN_LOG` filter.
     log: String,
+    /// Each node serves its admin HTTP port on its client port + 2000.
+    pub admin: bool,
     pub dir: tempfile::TempDir,
 }
 
@@ -57,9 +59,31 @@ impl Cluster {
             initial,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: log.to_string(),
+            admin: false,
             dir: tempfile::tempdir().unwrap(),
         };
         for i in 0..nodes {
+            c.start(i);
+        }
+        c
+    }
+
+    /// Three nodes, each serving its admin HTTP port on its client port + 2000.
+    pub fn with_admin(extra: &[&str]) -> Cluster {
+        let mut c = Cluster::sized(0, extra, "warn");
+        c.admin = true;
+        let ports = pick_ports(3);
+        let mut initial = Vec::new();
+        for (i, &port) in ports.iter().enumerate() {
+            c.procs.push(Proc {
+                port,
+                child: None,
+                joins: false,
+            });
+            initial.push(format!("{}=127.0.0.1:{}", i + 1, port + 10000));
+        }
+        c.initial = initial.join(",");
+        for i in 0..3 {
             c.start(i);
         }
         c
@@ -87,6 +111,11 @@ impl Cluster {
                 &self.initial,
             ])
             .args(["--fault-hooks", "yes"])
+            .args(if self.admin {
+                vec!["--admin-port".to_string(), (port + 2000).to_string()]
+            } else {
+                Vec::new()
+            })
             .args(if self.procs[i].joins {
                 &["--initial-cluster-state", "existing"][..]
             } else {
