@@ -88,6 +88,22 @@ enum ClusterCommand {
     },
     /// Which nodes hold each shard, and which one leads it (CAIRN.PLACEMENT MAP).
     Placement(Target),
+    /// Write every shard's keys (each shard as of one point of its log) to a directory.
+    Backup {
+        #[command(flatten)]
+        target: Target,
+        /// Where the shard files and manifest.json go.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
+    /// Load a backup into a cluster (usually a new one, of any number of shards).
+    Restore {
+        #[command(flatten)]
+        target: Target,
+        /// A directory `cairn cluster backup` wrote.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +225,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
             println!("shard {shard}'s replica moved from node {from} to node {to}");
             Ok(())
         }
+        ClusterCommand::Backup { target, dir } => crate::backup::backup(target.addr()?, &dir),
+        ClusterCommand::Restore { target, dir } => crate::backup::restore(target.addr()?, &dir),
         ClusterCommand::Placement(t) => {
             let rows = match call(t.addr()?, &["CAIRN.PLACEMENT", "MAP"])? {
                 Value::Array(rows) => rows,
@@ -432,16 +450,74 @@ fn describe(v: Value) -> String {
     }
 }
 
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Every shard (from CAIRN.PLACEMENT MAP) with its leader when one is known.
+pub(crate) fn placement(addr: SocketAddr) -> anyhow::Result<Vec<(u64, Option<u64>)>> {
+    let rows = match call(addr, &["CAIRN.PLACEMENT", "MAP"])? {
+        Value::Array(rows) => rows,
+        other => anyhow::bail!("{}", describe(other)),
+    };
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let Value::Array(cells) = row else {
+                return None;
+            };
+            let shard = match cells.first()? {
+                Value::Int(s) => *s as u64,
+                _ => return None,
+            };
+            let leader = match cells.get(1) {
+                Some(Value::Int(l)) => Some(*l as u64),
+                _ => None,
+            };
+            Some((shard, leader))
+        })
+        .collect())
+}
+
+/// Every member's client address, from INFO raft.
+pub(crate) fn member_addrs(addr: SocketAddr) -> anyhow::Result<BTreeMap<u64, SocketAddr>> {
+    Ok(info_raft(addr)?
+        .iter()
+        .filter_map(|(k, v)| {
+            let id = k.strip_prefix("node")?.parse().ok()?;
+            Some((id, v.strip_prefix("addr=")?.parse().ok()?))
+        })
+        .collect())
+}
+
 fn call_within(addr: SocketAddr, args: &[&str], within: Duration) -> anyhow::Result<Value> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(within))?;
+    let mut reader = BufReader::new(s.try_clone()?);
+    login(&s, &mut reader)?;
     let mut req = format!("*{}\r\n", args.len());
     for a in args {
         req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
     }
     (&s).write_all(req.as_bytes())?;
-    read_value(&mut BufReader::new(s), 0)
+    read_value(&mut reader, 0)
+}
+
+/// AUTH with `REDISCLI_AUTH` (the variable redis-cli reads) when it is set.
+fn login(s: &TcpStream, reader: &mut impl BufRead) -> anyhow::Result<()> {
+    let Ok(password) = std::env::var("REDISCLI_AUTH") else {
+        return Ok(());
+    };
+    let req = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len());
+    (&*s).write_all(req.as_bytes())?;
+    match read_value(reader, 0)? {
+        Value::Error(e) => anyhow::bail!("AUTH: {e}"),
+        _ => Ok(()),
+    }
 }
 
 fn read_value(r: &mut impl BufRead, depth: usize) -> anyhow::Result<Value> {
@@ -628,8 +704,9 @@ fn info_raft(addr: SocketAddr) -> anyhow::Result<Info> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    login(&s, &mut r)?;
     (&s).write_all(b"*2\r\n$4\r\nINFO\r\n$4\r\nraft\r\n")?;
-    let mut r = BufReader::new(s);
     let mut header = String::new();
     r.read_line(&mut header)?;
     let len: usize = match header.strip_prefix('$') {

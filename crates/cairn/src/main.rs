@@ -1,5 +1,6 @@
 //! The `cairn` binary: parses flags, sets up logging, binds sockets and hands over to the library.
 
+mod backup;
 mod cluster;
 mod dev;
 
@@ -394,15 +395,20 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
                 .unwrap_or_else(|_| "info,raft=warn,raft_engine=warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    // CAIRN_LOG_FORMAT=json: one JSON object per line, for log collectors.
+    if std::env::var("CAIRN_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        logs.json().init();
+    } else {
         // Colour only on a terminal: a log file or journal gets plain, greppable text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Cluster(args) => return cluster::run(args),

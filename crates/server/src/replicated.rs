@@ -215,7 +215,7 @@ async fn propose(
 /// Returns once reading the local store is linearizable: at once while this node holds a
 /// read lease whose index is applied here, else after a read barrier (waiting while no leader
 /// is known, see [`while_leaderless`]).
-async fn barrier(
+pub(crate) async fn barrier(
     shared: &Shared,
     repl: &Replication,
     group: u64,
@@ -648,6 +648,9 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
     }
     if args[0].eq_ignore_ascii_case(b"cairn.member") {
         return crate::cmd::member::member(shared, client, args).await;
+    }
+    if args[0].eq_ignore_ascii_case(b"cairn.backup") {
+        return crate::cmd::backup::command(shared, client, args).await;
     }
     if args[0].eq_ignore_ascii_case(b"cairn.publish") {
         return crate::cmd::pubsub::deliver_forwarded(shared, &args).to_bytes(client.proto);

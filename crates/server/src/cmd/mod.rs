@@ -1,6 +1,7 @@
 //! Commands that act on the connection or the server: one file per family.
 
 pub mod acl;
+pub mod backup;
 pub mod cluster;
 pub mod connection;
 pub mod introspection;
