@@ -596,6 +596,11 @@ fn drive<S: StateMachine + 'static>(
         }
         if stop {
             fail_all(&mut w, NodeError::Stopped("node shutting down".into()));
+            refuse_queued(&mut rx);
+            // Whoever looks (INFO, /ready) sees the driver is gone, whatever stopped it.
+            status.send_modify(|s| {
+                s.stopped.get_or_insert_with(|| "the node's replication stopped".into());
+            });
             return;
         }
         if last_tick.elapsed() >= tick {
@@ -636,6 +641,7 @@ fn drive<S: StateMachine + 'static>(
                 tracing::error!(error = %why, "replication stopped");
                 fail_all(&mut w, NodeError::Stopped(why.clone()));
                 status.send_modify(|s| s.stopped = Some(why));
+                refuse_queued(&mut rx);
                 return;
             }
         };
@@ -830,6 +836,28 @@ fn publish<S: StateMachine>(multi: &MultiRaft<S>, status: &watch::Sender<NodeSta
         s.groups = groups;
         true
     });
+}
+
+/// Answers the inputs still queued when the driver stops, instead of dropping them: their
+/// callers learn the node stopped (and that what they asked was never proposed), where a
+/// dropped answer would only say the driver is gone.
+fn refuse_queued(rx: &mut mpsc::Receiver<Input>) {
+    rx.close();
+    let stopped = || NodeError::Stopped("node shutting down".into());
+    while let Ok(input) = rx.try_recv() {
+        match input {
+            Input::Propose { done, .. } | Input::ConfChange { done, .. } => {
+                let _ = done.send(Err(stopped()));
+            }
+            Input::Read { done, .. } => {
+                let _ = done.send(Err(stopped()));
+            }
+            Input::OpenGroup { done, .. } | Input::CloseGroup { done, .. } => {
+                let _ = done.send(Err(stopped()));
+            }
+            _ => {}
+        }
+    }
 }
 
 fn fail_all(w: &mut Waiters, e: NodeError) {
