@@ -599,7 +599,8 @@ fn drive<S: StateMachine + 'static>(
             refuse_queued(&mut rx);
             // Whoever looks (INFO, /ready) sees the driver is gone, whatever stopped it.
             status.send_modify(|s| {
-                s.stopped.get_or_insert_with(|| "the node's replication stopped".into());
+                s.stopped
+                    .get_or_insert_with(|| "the node's replication stopped".into());
             });
             return;
         }

@@ -153,7 +153,8 @@ pub fn handle(
             if client.multi.is_some() {
                 client.multi_failed = true;
             }
-            Stats::add(&shared.stats.error_replies, 1);
+            shared.stats.error_reply(&e);
+            shared.stats.commands.reject_lookup(&e);
             return e;
         }
     };
@@ -205,7 +206,7 @@ pub fn call(
     shared.stats.commands.record(&spec.name, took, failed);
     shared.slowlog.consider(args, took, &client.info);
     if failed {
-        Stats::add(&shared.stats.error_replies, 1);
+        shared.stats.error_reply(&reply);
     }
     reply
 }

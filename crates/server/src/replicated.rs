@@ -754,7 +754,8 @@ async fn handle_on(
             if client.multi.is_some() {
                 client.multi_failed = true;
             }
-            crate::stats::Stats::add(&shared.stats.error_replies, 1);
+            shared.stats.error_reply(&e);
+            shared.stats.commands.reject_lookup(&e);
             return e.to_bytes(proto);
         }
     };
@@ -1164,29 +1165,20 @@ fn record_commands(
     transaction: bool,
 ) {
     let took = started.elapsed();
-    let whole_failed = reply.first() == Some(&b'-');
-    let kinds = if names.len() == 1 && !transaction {
-        None // one command, one reply: its first byte says
+    let spans = if names.len() == 1 && !transaction {
+        None // one command, one reply
     } else {
-        frame_kinds(reply, transaction)
+        frame_spans(reply, transaction).filter(|s| s.len() == names.len())
     };
     for (i, name) in names.iter().enumerate() {
-        let failed = match &kinds {
-            Some(k) if k.len() == names.len() => k[i] == b'-',
-            _ => whole_failed,
-        };
+        // Each command's own reply; the whole one when the replies do not parse apart.
+        let own = spans.as_ref().map_or(reply, |s| &reply[s[i].clone()]);
+        let failed = own.first() == Some(&b'-');
         shared.stats.commands.record(&name.name, took, failed);
         if failed {
-            crate::stats::Stats::add(&shared.stats.error_replies, 1);
+            shared.stats.error_bytes(own);
         }
     }
-}
-
-/// The type byte of each consecutive encoded reply (of each element, for a transaction's
-/// array), without copying them; None if they do not parse as whole frames.
-fn frame_kinds(bytes: &[u8], transaction: bool) -> Option<Vec<u8>> {
-    let spans = frame_spans(bytes, transaction)?;
-    Some(spans.into_iter().map(|r| bytes[r.start]).collect())
 }
 
 async fn write_entry(
@@ -1618,7 +1610,7 @@ async fn fan_out(
         .commands
         .record(&spec.name, started.elapsed(), failed);
     if failed {
-        crate::stats::Stats::add(&shared.stats.error_replies, 1);
+        shared.stats.error_bytes(&reply);
     }
     reply
 }

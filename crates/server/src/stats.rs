@@ -18,6 +18,8 @@ pub struct CommandStat {
     pub usec: AtomicU64,
     /// Calls that answered an error.
     pub failed: AtomicU64,
+    /// Requests refused before running (wrong arity, ACL), as Redis's `rejected_calls`.
+    pub rejected: AtomicU64,
     pub buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
 }
 
@@ -52,12 +54,33 @@ impl CommandStats {
         s.buckets[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The commands called at least once, by name.
+    /// Counts a request for `name` refused before it ran.
+    pub fn reject(&self, name: &str) {
+        if let Some(s) = self.by_name.get(name) {
+            s.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the refusal a lookup error stands for, when it names a command (wrong arity).
+    pub fn reject_lookup(&self, error: &cairn_resp::Reply) {
+        if let cairn_resp::Reply::Error(text) = error {
+            if let Some(name) = text
+                .strip_prefix("ERR wrong number of arguments for '")
+                .and_then(|t| t.strip_suffix("' command"))
+            {
+                self.reject(name);
+            }
+        }
+    }
+
+    /// The commands called (or refused) at least once, by name.
     pub fn called(&self) -> Vec<(&str, &CommandStat)> {
         let mut v: Vec<(&str, &CommandStat)> = self
             .by_name
             .iter()
-            .filter(|(_, s)| s.calls.load(Ordering::Relaxed) > 0)
+            .filter(|(_, s)| {
+                s.calls.load(Ordering::Relaxed) > 0 || s.rejected.load(Ordering::Relaxed) > 0
+            })
             .map(|(n, s)| (n.as_str(), s))
             .collect();
         v.sort_by_key(|(n, _)| *n);
@@ -66,7 +89,10 @@ impl CommandStats {
 
     pub fn reset(&self) {
         for s in self.by_name.values() {
-            for c in [&s.calls, &s.usec, &s.failed].into_iter().chain(&s.buckets) {
+            for c in [&s.calls, &s.usec, &s.failed, &s.rejected]
+                .into_iter()
+                .chain(&s.buckets)
+            {
                 c.store(0, Ordering::Relaxed);
             }
         }
@@ -84,9 +110,46 @@ pub struct Stats {
     /// Clients closed for passing `client-query-buffer-limit` (Redis 7.2's INFO field).
     pub query_limit_disconnections: AtomicU64,
     pub commands: CommandStats,
+    /// Error replies by their code (the first word: `ERR`, `WRONGTYPE`, ...), INFO
+    /// errorstats. At most [`MAX_ERROR_CODES`] codes, as Redis keeps.
+    pub errors: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
+/// The most distinct error codes counted (Redis's limit): more would let clients that make
+/// up error codes (a script's errors) grow the table.
+pub const MAX_ERROR_CODES: usize = 128;
+
 impl Stats {
+    /// Counts one error reply (its text, without the `-`).
+    pub fn error(&self, text: &[u8]) {
+        Stats::add(&self.error_replies, 1);
+        let end = text
+            .iter()
+            .position(|&b| b == b' ' || b == b'\r')
+            .unwrap_or(text.len());
+        let code = String::from_utf8_lossy(&text[..end]).into_owned();
+        let mut errors = self.errors.lock();
+        if let Some(n) = errors.get_mut(&code) {
+            *n += 1;
+        } else if errors.len() < MAX_ERROR_CODES {
+            errors.insert(code, 1);
+        }
+    }
+
+    /// Counts the error reply `reply` when it is one.
+    pub fn error_reply(&self, reply: &cairn_resp::Reply) {
+        if let cairn_resp::Reply::Error(text) = reply {
+            self.error(text.as_bytes());
+        }
+    }
+
+    /// Counts an encoded reply (`-CODE message\r\n`) when it is an error.
+    pub fn error_bytes(&self, reply: &[u8]) {
+        if let Some(text) = reply.strip_prefix(b"-") {
+            self.error(text);
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -108,5 +171,6 @@ impl Stats {
             c.store(0, Ordering::Relaxed);
         }
         self.commands.reset();
+        self.errors.lock().clear();
     }
 }

@@ -46,7 +46,8 @@ pub fn refused(
     if client.multi.is_some() {
         client.multi_failed = true;
     }
-    crate::stats::Stats::add(&shared.stats.error_replies, 1);
+    shared.stats.error_reply(&refusal);
+    shared.stats.commands.reject(&spec.name);
     Some(refusal)
 }
 

@@ -123,6 +123,20 @@ pub fn command_getkeys(c: &mut Call) -> Reply {
     )
 }
 
+/// This process's user and system CPU time in seconds (Linux: /proc/self/stat, in the
+/// kernel's 100 Hz clock ticks; zero elsewhere).
+fn cpu_seconds() -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return (0.0, 0.0);
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    // utime and stime are the 14th and 15th fields: 12th and 13th after the name.
+    (ticks(11), ticks(12))
+}
+
 pub fn info(c: &mut Call) -> Reply {
     let wanted: Vec<String> = c.args[1..]
         .iter()
@@ -266,6 +280,16 @@ pub fn info(c: &mut Call) -> Reply {
             ("connected_slaves".into(), "0".into()),
         ],
     );
+    let (user, sys) = cpu_seconds();
+    section(
+        "CPU",
+        vec![
+            ("used_cpu_sys".into(), format!("{sys:.6}")),
+            ("used_cpu_user".into(), format!("{user:.6}")),
+            ("used_cpu_sys_children".into(), "0.000000".into()),
+            ("used_cpu_user_children".into(), "0.000000".into()),
+        ],
+    );
     if let Some(repl) = &sh.replication {
         let status = repl.node.status().borrow().clone();
         let mut lines = vec![("node_id".to_string(), repl.me.to_string())];
@@ -323,16 +347,27 @@ pub fn info(c: &mut Call) -> Reply {
                 let calls = s.calls.load(std::sync::atomic::Ordering::Relaxed);
                 let usec = s.usec.load(std::sync::atomic::Ordering::Relaxed);
                 let failed = s.failed.load(std::sync::atomic::Ordering::Relaxed);
+                let rejected = s.rejected.load(std::sync::atomic::Ordering::Relaxed);
                 (
                     format!("cmdstat_{name}"),
                     format!(
-                        "calls={calls},usec={usec},usec_per_call={:.2},rejected_calls=0,failed_calls={failed}",
+                        "calls={calls},usec={usec},usec_per_call={:.2},rejected_calls={rejected},failed_calls={failed}",
                         usec as f64 / calls.max(1) as f64
                     ),
                 )
             })
             .collect();
         section("Commandstats", lines);
+    }
+    if want("errorstats") {
+        let lines = sh
+            .stats
+            .errors
+            .lock()
+            .iter()
+            .map(|(code, n)| (format!("errorstat_{code}"), format!("count={n}")))
+            .collect();
+        section("Errorstats", lines);
     }
     let enabled = if sh.replication.is_some() { "1" } else { "0" };
     section("Cluster", vec![("cluster_enabled".into(), enabled.into())]);
