@@ -4,11 +4,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Upper bounds (microseconds) of the per-command latency histogram's buckets; one more bucket
-/// counts everything slower.
-pub const LATENCY_BUCKETS_US: [u64; 10] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000,
-];
+/// Upper bounds (microseconds) of the per-command latency histogram's buckets: powers of two
+/// from 1 µs to 16.8 s, as LATENCY HISTOGRAM reports them; one more bucket counts everything
+/// slower.
+pub const LATENCY_BUCKETS_US: [u64; 25] = {
+    let mut b = [0u64; 25];
+    let mut i = 0;
+    while i < 25 {
+        b[i] = 1 << i;
+        i += 1;
+    }
+    b
+};
 
 /// One command's counters (INFO commandstats, `/metrics`).
 #[derive(Default)]

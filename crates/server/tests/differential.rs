@@ -1353,3 +1353,55 @@ fn slowlog_keeps_what_redis_keeps() {
     assert!(a.0.len() >= 5, "{:?}", a.0);
     assert_eq!(a, b);
 }
+
+/// LATENCY HISTOGRAM has Redis's shape: the commands asked for (and called), each with its
+/// calls and cumulative counts per power-of-two bucket. The buckets' contents are times, which
+/// differ; that they are powers of two and end at the call count is checked.
+#[test]
+fn latency_histogram_has_redis_shape() {
+    let Some(redis) = redis_or_skip("differential latency_histogram_has_redis_shape") else {
+        return;
+    };
+    let cairn = Cairn::start();
+    let run = |c: &mut common::Raw| {
+        c.cmd_str("CONFIG RESETSTAT");
+        for _ in 0..3 {
+            c.cmd_str("SET a 1");
+        }
+        c.cmd_str("GET a");
+        let common::Frame::Agg(_, items) =
+            common::parse(&c.cmd_str("LATENCY HISTOGRAM set get nosuch"))
+        else {
+            panic!("not a map")
+        };
+        items
+            .chunks(2)
+            .map(|kv| {
+                let common::Frame::Agg(_, fields) = &kv[1] else {
+                    panic!("{kv:?}")
+                };
+                let common::Frame::Agg(_, buckets) = &fields[3] else {
+                    panic!("{fields:?}")
+                };
+                let num = |f: &common::Frame| match f {
+                    common::Frame::Line(_, b) => String::from_utf8_lossy(b).parse::<u64>().unwrap(),
+                    other => panic!("{other:?}"),
+                };
+                let pairs: Vec<(u64, u64)> = buckets
+                    .chunks(2)
+                    .map(|p| (num(&p[0]), num(&p[1])))
+                    .collect();
+                assert!(pairs.iter().all(|(b, _)| b.is_power_of_two()), "{pairs:?}");
+                assert!(pairs.windows(2).all(|w| w[0].1 < w[1].1), "{pairs:?}");
+                (
+                    format!("{:?} {:?} {:?}", kv[0], fields[0], fields[1]),
+                    pairs.last().unwrap().1,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (mut a, mut b) = (run(&mut cairn.raw()), run(&mut redis.raw()));
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}

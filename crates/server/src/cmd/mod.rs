@@ -71,6 +71,7 @@ pub const COMMANDS: &[(&str, ConnHandler)] = &[
     ("config|get", introspection::config_get),
     ("config|set", introspection::config_set),
     ("config|resetstat", introspection::config_resetstat),
+    ("latency|histogram", introspection::latency_histogram),
     ("slowlog|get", slowlog::slowlog_get),
     ("slowlog|len", slowlog::slowlog_len),
     ("slowlog|reset", slowlog::slowlog_reset),
