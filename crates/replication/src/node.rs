@@ -145,9 +145,23 @@ pub struct Node {
     status: watch::Receiver<NodeStatus>,
     thread: Option<std::thread::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The log's write counters and its folder (never read through: only the driver's thread
+    /// reads entries, see [`LogEngine`]).
+    log_stats: Arc<crate::storage::WriteStats>,
+    log: LogEngine,
 }
 
 impl Node {
+    /// The log's writes, fsyncs and fsync latency so far.
+    pub fn log_stats(&self) -> &crate::storage::WriteStats {
+        &self.log_stats
+    }
+
+    /// Bytes of the log's files on disk now.
+    pub fn log_disk_bytes(&self) -> u64 {
+        self.log.disk_bytes()
+    }
+
     /// Starts the node: opens its log, its groups (`voters` for ones that are new), and serves
     /// the bus on `bus_listener`. Must be called within a tokio runtime.
     pub fn start<S: StateMachine + Send + 'static>(
@@ -173,6 +187,7 @@ impl Node {
         stored: &mut dyn FnMut(u64) -> Option<S>,
     ) -> Result<Node, DriverError> {
         let engine = LogEngine::open(&config.data_dir)?;
+        let log = engine.clone();
         let mut multi = MultiRaft::new(config.id, engine, config.group.clone());
         for (id, voters, sm) in groups {
             multi.open_group(id, &voters, sm)?;
@@ -246,6 +261,8 @@ impl Node {
             status,
             thread: Some(thread),
             tasks,
+            log_stats: log.stats.clone(),
+            log,
         })
     }
 

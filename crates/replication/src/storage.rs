@@ -65,6 +65,26 @@ impl MessageExt for RaftEntries {
 #[derive(Clone)]
 pub struct LogEngine {
     engine: Arc<Engine>,
+    /// Writes, fsyncs and their latency, for INFO and `/metrics`.
+    pub stats: Arc<WriteStats>,
+    dir: std::path::PathBuf,
+}
+
+/// Upper bounds (µs) of the fsync latency histogram's buckets: powers of two up to 16.8 s.
+pub const SYNC_BUCKETS: usize = 25;
+
+/// What the log's writes cost: counted on the driver's thread, read anywhere.
+#[derive(Default)]
+pub struct WriteStats {
+    /// Batches written, and those of them written with an fsync.
+    pub writes: std::sync::atomic::AtomicU64,
+    pub synced: std::sync::atomic::AtomicU64,
+    /// Bytes written to the log.
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Total microseconds of the synced writes, and their count per power-of-two bucket
+    /// (`1 << i` µs; the last bucket counts everything slower).
+    pub sync_usec: std::sync::atomic::AtomicU64,
+    pub sync_buckets: [std::sync::atomic::AtomicU64; SYNC_BUCKETS + 1],
 }
 
 impl LogEngine {
@@ -87,7 +107,26 @@ impl LogEngine {
         }
         Ok(LogEngine {
             engine: Arc::new(Engine::open(config)?),
+            stats: Arc::default(),
+            dir: dir.to_path_buf(),
         })
+    }
+
+    /// Bytes of the log's files on disk now.
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.dir)
     }
 
     /// Writes a round's batch with one fsync. An error here means the disk failed: the caller
@@ -99,7 +138,22 @@ impl LogEngine {
     /// Writes a batch, with an fsync only when `sync`. Unsynced writes are for what raft can
     /// afford to lose in a crash (a commit index moving forward).
     pub fn write_with(&self, batch: &mut LogBatch, sync: bool) -> Result<usize, StorageFault> {
-        Ok(self.engine.write(batch, sync)?)
+        use std::sync::atomic::Ordering::Relaxed;
+        let started = std::time::Instant::now();
+        let bytes = self.engine.write(batch, sync)?;
+        let s = &self.stats;
+        s.writes.fetch_add(1, Relaxed);
+        s.bytes.fetch_add(bytes as u64, Relaxed);
+        if sync {
+            let us = started.elapsed().as_micros() as u64;
+            s.synced.fetch_add(1, Relaxed);
+            s.sync_usec.fetch_add(us, Relaxed);
+            let bucket = (0..SYNC_BUCKETS)
+                .find(|&i| us <= 1 << i)
+                .unwrap_or(SYNC_BUCKETS);
+            s.sync_buckets[bucket].fetch_add(1, Relaxed);
+        }
+        Ok(bytes)
     }
 
     /// Groups with anything stored (the tombstone record left out).

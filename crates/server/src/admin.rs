@@ -210,8 +210,68 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         for (name, kind, help, samples) in groups {
             metric(&mut out, name, kind, help, &samples);
         }
+        log_metrics(&mut out, &repl.node);
+    }
+    let net: [(&str, &str, u64); 2] = [
+        (
+            "cairn_net_input_bytes_total",
+            "Bytes read from clients.",
+            Stats::get(&crate::connection::NET_INPUT_BYTES),
+        ),
+        (
+            "cairn_net_output_bytes_total",
+            "Bytes written to clients.",
+            Stats::get(&crate::connection::NET_OUTPUT_BYTES),
+        ),
+    ];
+    for (name, help, value) in net {
+        metric(&mut out, name, "counter", help, &one(value));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// The Raft log on this node's disk: its size, writes, bytes written, and fsync latency.
+fn log_metrics(out: &mut String, node: &cairn_replication::Node) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = node.log_stats();
+    let one = |v: u64| vec![(String::new(), v)];
+    metric(
+        out,
+        "cairn_log_disk_bytes",
+        "gauge",
+        "Bytes of the Raft log's files on disk.",
+        &one(node.log_disk_bytes()),
+    );
+    metric(
+        out,
+        "cairn_log_writes_total",
+        "counter",
+        "Batches written to the Raft log (one per round of the driver).",
+        &one(s.writes.load(Relaxed)),
+    );
+    metric(
+        out,
+        "cairn_log_written_bytes_total",
+        "counter",
+        "Bytes written to the Raft log.",
+        &one(s.bytes.load(Relaxed)),
+    );
+    let name = "cairn_log_fsync_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time of each synced write to the Raft log."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for i in 0..cairn_replication::storage::SYNC_BUCKETS {
+        cumulative += s.sync_buckets[i].load(Relaxed);
+        let le = (1u64 << i) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let count = s.synced.load(Relaxed);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {}", s.sync_usec.load(Relaxed) as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {count}");
 }
 
 /// Per command called at least once: calls, failures and a latency histogram (time to the

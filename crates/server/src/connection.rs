@@ -298,9 +298,15 @@ impl ClientInfo {
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
 
+/// Bytes read from and written to clients (INFO's total_net_input_bytes and
+/// total_net_output_bytes). Per process: in-process test clusters add their nodes up.
+pub static NET_INPUT_BYTES: AtomicU64 = AtomicU64::new(0);
+pub static NET_OUTPUT_BYTES: AtomicU64 = AtomicU64::new(0);
+
 /// Writes `bytes` and flushes them (a TLS stream holds written bytes until flushed).
 pub async fn send<S: Stream>(socket: &mut S, bytes: &[u8]) -> std::io::Result<()> {
     socket.write_all(bytes).await?;
+    NET_OUTPUT_BYTES.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     socket.flush().await
 }
 
@@ -512,9 +518,11 @@ async fn serve_loop<S: Stream>(
         let subscribed = client.subs.is_some();
         tokio::select! {
             n = socket.read_buf(&mut inbuf) => {
-                if n? == 0 {
+                let n = n?;
+                if n == 0 {
                     return Ok(());
                 }
+                NET_INPUT_BYTES.fetch_add(n as u64, Ordering::Relaxed);
                 client.info.last_active_ms.store(crate::now_ms(), Ordering::Relaxed);
             }
             m = next_message(client.subs.as_mut()) => {

@@ -166,6 +166,24 @@ fn a_cluster_node_shows_its_groups_and_their_leaders() {
             i + 1
         );
         assert!(metrics.contains("cairn_raft_commit_index{group=\"1\"}"));
+        // The log: on disk, written with fsyncs, whose latency is a histogram.
+        assert!(sample(&metrics, "cairn_log_disk_bytes") > 0, "{metrics}");
+        let fsyncs = sample(&metrics, "cairn_log_fsync_duration_seconds_count");
+        assert!(fsyncs > 0, "{metrics}");
+        assert_eq!(
+            sample(
+                &metrics,
+                "cairn_log_fsync_duration_seconds_bucket{le=\"+Inf\"}"
+            ),
+            fsyncs
+        );
+        assert!(sample(&metrics, "cairn_net_input_bytes_total") > 0);
+        let info = c.reply_text_of("INFO raft");
+        assert!(
+            info.lines()
+                .any(|l| l.starts_with("log_fsyncs:") && l != "log_fsyncs:0"),
+            "{info}"
+        );
     }
 }
 

@@ -216,6 +216,14 @@ pub fn info(c: &mut Call) -> Reply {
                 Stats::get(&st.commands_processed).to_string(),
             ),
             (
+                "total_net_input_bytes".into(),
+                Stats::get(&crate::connection::NET_INPUT_BYTES).to_string(),
+            ),
+            (
+                "total_net_output_bytes".into(),
+                Stats::get(&crate::connection::NET_OUTPUT_BYTES).to_string(),
+            ),
+            (
                 "rejected_connections".into(),
                 Stats::get(&st.connections_rejected).to_string(),
             ),
@@ -327,6 +335,24 @@ pub fn info(c: &mut Call) -> Reply {
         if let Some(why) = &status.stopped {
             lines.push(("stopped".into(), why.clone()));
         }
+        // cairn's own: the Raft log on this node's disk.
+        let log = repl.node.log_stats();
+        let ord = std::sync::atomic::Ordering::Relaxed;
+        let synced = log.synced.load(ord);
+        lines.push((
+            "log_disk_bytes".into(),
+            repl.node.log_disk_bytes().to_string(),
+        ));
+        lines.push(("log_writes".into(), log.writes.load(ord).to_string()));
+        lines.push(("log_written_bytes".into(), log.bytes.load(ord).to_string()));
+        lines.push(("log_fsyncs".into(), synced.to_string()));
+        lines.push((
+            "log_fsync_usec_per_call".into(),
+            format!(
+                "{:.2}",
+                log.sync_usec.load(ord) as f64 / synced.max(1) as f64
+            ),
+        ));
         // Every member's client address: enough for `cairn cluster status` to visit them all.
         for (id, addr) in repl.all_client_addrs() {
             lines.push((format!("node{id}"), format!("addr={addr}")));
