@@ -61,7 +61,15 @@ pub struct Config {
     pub requirepass: String,
     /// `acllog-max-len`: the most ACL LOG entries kept.
     pub acllog_max_len: usize,
+    /// `client-output-buffer-limit`: (hard bytes, soft bytes, soft seconds) for the normal,
+    /// replica and pubsub classes. The pubsub class is enforced (`crate::pubsub`); cairn has no
+    /// replica clients; a normal client's unsent replies are bounded by construction (a
+    /// connection stops reading while its replies wait), so its values are only kept.
+    pub output_limits: [(u64, u64, u64); 3],
 }
+
+/// The classes of `client-output-buffer-limit`, in Redis's order and spelling.
+const OUTPUT_CLASSES: [&str; 3] = ["normal", "slave", "pubsub"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -93,6 +101,11 @@ impl Default for Config {
             slowlog_max_len: 128,
             requirepass: String::new(),
             acllog_max_len: 128,
+            output_limits: [
+                (0, 0, 0),
+                (256 << 20, 64 << 20, 60),
+                (32 << 20, 8 << 20, 60),
+            ],
         }
     }
 }
@@ -184,6 +197,15 @@ impl Config {
             ),
             ("slowlog-max-len", self.slowlog_max_len.to_string()),
             ("acllog-max-len", self.acllog_max_len.to_string()),
+            (
+                "client-output-buffer-limit",
+                OUTPUT_CLASSES
+                    .iter()
+                    .zip(&self.output_limits)
+                    .map(|(c, (h, s, t))| format!("{c} {h} {s} {t}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
             ("tls-port", self.tls_port.to_string()),
             ("tls-cert-file", self.tls_files.cert.display().to_string()),
             ("tls-key-file", self.tls_files.key.display().to_string()),
@@ -217,6 +239,35 @@ impl Config {
             }
             "slowlog-max-len" => self.slowlog_max_len = value.parse().map_err(|_| bad())?,
             "acllog-max-len" => self.acllog_max_len = value.parse().map_err(|_| bad())?,
+            "client-output-buffer-limit" => {
+                let words: Vec<&str> = value.split_whitespace().collect();
+                if words.len() % 4 != 0 {
+                    return Err("Wrong number of arguments in buffer limit configuration.".into());
+                }
+                let mut limits = self.output_limits;
+                for w in words.chunks(4) {
+                    let class = match w[0].to_ascii_lowercase().as_str() {
+                        "normal" => 0,
+                        "slave" | "replica" => 1,
+                        "pubsub" => 2,
+                        _ => {
+                            return Err(
+                                "Invalid client class specified in buffer limit configuration."
+                                    .into(),
+                            )
+                        }
+                    };
+                    let bad = || {
+                        "Error in hard, soft or soft_seconds setting in buffer limit configuration."
+                            .to_string()
+                    };
+                    let hard = parse_memory(w[1]).ok_or_else(bad)? as u64;
+                    let soft = parse_memory(w[2]).ok_or_else(bad)? as u64;
+                    let secs = w[3].parse().map_err(|_| bad())?;
+                    limits[class] = (hard, soft, secs);
+                }
+                self.output_limits = limits;
+            }
             // The password goes to the default user (`cmd::introspection::config_set`).
             "requirepass" => {}
             "proto-max-bulk-len" => {

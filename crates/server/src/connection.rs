@@ -51,6 +51,11 @@ impl ClientInfo {
         self.kill.notify_one();
     }
 
+    /// Whether the connection was told to close.
+    pub fn killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
     /// The CLIENT LIST / CLIENT INFO line for this client.
     pub fn describe(&self, now_ms: u64) -> String {
         format!(
@@ -229,6 +234,7 @@ impl Client {
                     info,
                     tx,
                     queued: Default::default(),
+                    over_soft_since: Default::default(),
                 },
                 rx,
                 hub: hub.clone(),

@@ -32,6 +32,13 @@ use tokio::sync::{mpsc, oneshot, Notify};
 /// Redis's default hard limit for a Pub/Sub client's output buffer (32 MB).
 pub const OUTPUT_LIMIT: usize = 32 * 1024 * 1024;
 
+/// `client-output-buffer-limit pubsub <hard> <soft> <seconds>` as last set (Redis's default
+/// `32mb 8mb 60`): a subscriber with more than `hard` bytes of messages unsent, or more than
+/// `soft` for `seconds` on end, is disconnected. Per process, as CONFIG SET sets it.
+pub static PUBSUB_HARD_LIMIT: AtomicUsize = AtomicUsize::new(OUTPUT_LIMIT);
+pub static PUBSUB_SOFT_LIMIT: AtomicUsize = AtomicUsize::new(8 * 1024 * 1024);
+pub static PUBSUB_SOFT_SECS: AtomicU64 = AtomicU64::new(60);
+
 /// Subscribers disconnected for passing [`OUTPUT_LIMIT`] (INFO's
 /// `client_output_buffer_limit_disconnections`).
 pub static OUTPUT_LIMIT_DISCONNECTIONS: AtomicU64 = AtomicU64::new(0);
@@ -85,6 +92,8 @@ pub struct Mailbox {
     pub tx: mpsc::UnboundedSender<Vec<u8>>,
     /// Bytes sent to `tx` and not yet written to the socket.
     pub queued: Arc<AtomicUsize>,
+    /// Since when (ms) `queued` has been over the soft limit; 0 when it is not.
+    pub over_soft_since: Arc<AtomicU64>,
 }
 
 /// A message encoded once per protocol, for all its subscribers.
@@ -110,9 +119,28 @@ impl Mailbox {
             &message.resp2
         };
         let before = self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
-        if before + bytes.len() > OUTPUT_LIMIT {
+        let after = before + bytes.len();
+        let hard = PUBSUB_HARD_LIMIT.load(Ordering::Relaxed);
+        let soft = PUBSUB_SOFT_LIMIT.load(Ordering::Relaxed);
+        let mut over = hard > 0 && after > hard;
+        if soft > 0 && after > soft {
+            let now = crate::now_ms();
+            let since = match self.over_soft_since.compare_exchange(
+                0,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => now,
+                Err(since) => since,
+            };
+            over |= now.saturating_sub(since) >= PUBSUB_SOFT_SECS.load(Ordering::Relaxed) * 1000;
+        } else {
+            self.over_soft_since.store(0, Ordering::Relaxed);
+        }
+        if over {
             // Said once, when the limit is crossed; the connection closes shortly after.
-            if before <= OUTPUT_LIMIT {
+            if !self.info.killed() {
                 OUTPUT_LIMIT_DISCONNECTIONS.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     client = self.info.id,

@@ -98,6 +98,59 @@ fn a_subscriber_that_stops_reading_is_disconnected_at_its_output_limit() {
     );
 }
 
+/// `client-output-buffer-limit pubsub`: with no hard limit, a subscriber past the soft limit
+/// for its seconds is disconnected, counted in INFO; CONFIG GET spells the setting as Redis.
+#[test]
+fn the_pubsub_soft_output_limit_disconnects_after_its_seconds() {
+    let cairn = Cairn::start();
+    let mut publisher = cairn.raw();
+    let set = |c: &mut Raw, v: &str| {
+        c.cmd(&[
+            b"CONFIG",
+            b"SET",
+            b"client-output-buffer-limit",
+            v.as_bytes(),
+        ])
+    };
+    assert_eq!(set(&mut publisher, "pubsub 0 1mb 1"), b"+OK\r\n");
+    let got = publisher.cmd_str("CONFIG GET client-output-buffer-limit");
+    assert!(
+        String::from_utf8_lossy(&got)
+            .contains("normal 0 0 0 slave 268435456 67108864 60 pubsub 0 1048576 1"),
+        "{got:?}"
+    );
+    assert!(set(&mut publisher, "pubsub 1 2").starts_with(b"-ERR CONFIG SET failed"));
+    let mut slow = cairn.raw();
+    slow.send_line("SUBSCRIBE trickle");
+    assert!(slow.reply_text().contains("subscribe"));
+    let info = |c: &mut Raw| {
+        let text = String::from_utf8_lossy(&c.cmd_str("INFO stats")).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("client_output_buffer_limit_disconnections:"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = info(&mut publisher);
+    // 16 MB (more than the socket buffers hold, so over 1 MB stays queued), then one more
+    // message after the soft limit's second.
+    let msg = "y".repeat(64 * 1024);
+    for _ in 0..256 {
+        publisher.cmd(&[b"PUBLISH", b"trickle", msg.as_bytes()]);
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+    publisher.cmd(&[b"PUBLISH", b"trickle", msg.as_bytes()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while publisher.cmd_str("PUBSUB NUMSUB trickle") != b"*2\r\n$7\r\ntrickle\r\n:0\r\n" {
+        assert!(Instant::now() < deadline, "the subscriber is still there");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(info(&mut publisher) > before);
+    // Back to Redis's default for the other tests in this process.
+    assert_eq!(set(&mut publisher, "pubsub 32mb 8mb 60"), b"+OK\r\n");
+}
+
 /// INFO's count of messages other nodes forwarded to this one.
 fn forwarded_in(c: &mut Raw) -> u64 {
     let info = String::from_utf8_lossy(&c.cmd_str("INFO stats")).into_owned();

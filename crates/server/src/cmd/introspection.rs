@@ -489,6 +489,11 @@ pub fn config_set(c: &mut Call) -> Reply {
         std::sync::atomic::Ordering::Relaxed,
     );
     c.shared.acl.trim_log();
+    let (hard, soft, secs) = next.output_limits[2];
+    let ord = std::sync::atomic::Ordering::Relaxed;
+    crate::pubsub::PUBSUB_HARD_LIMIT.store(hard as usize, ord);
+    crate::pubsub::PUBSUB_SOFT_LIMIT.store(soft as usize, ord);
+    crate::pubsub::PUBSUB_SOFT_SECS.store(secs, ord);
     // Any TLS file setting reads the files again (a replaced certificate is picked up by
     // setting the same path): new connections get the new configuration, and a bad one
     // leaves everything as it was.
