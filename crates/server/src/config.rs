@@ -241,7 +241,7 @@ impl Config {
             "acllog-max-len" => self.acllog_max_len = value.parse().map_err(|_| bad())?,
             "client-output-buffer-limit" => {
                 let words: Vec<&str> = value.split_whitespace().collect();
-                if words.len() % 4 != 0 {
+                if !words.len().is_multiple_of(4) {
                     return Err("Wrong number of arguments in buffer limit configuration.".into());
                 }
                 let mut limits = self.output_limits;
