@@ -313,12 +313,16 @@ pub fn add_node(
     wait: u64,
 ) -> anyhow::Result<()> {
     let ids = id.to_string();
-    expect_ok(call(addr, &["CAIRN.MEMBER", "ADD-LEARNER", &ids, bus])?)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+    expect_ok(call_until(
+        addr,
+        &["CAIRN.MEMBER", "ADD-LEARNER", &ids, bus],
+        deadline,
+    )?)?;
     println!("node {id} added as a learner; waiting for its log to catch up");
     if learner_only {
         return Ok(());
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
     wait_caught_up(addr, id, "0", deadline, wait)?;
     eprintln!();
     // The meta group does little work but every voter slows its commits: at most five vote,
@@ -328,9 +332,10 @@ pub fn add_node(
         .filter(|(m, voter, _)| *voter && *m != id)
         .count();
     if voters < META_VOTERS {
-        expect_ok(call(
+        expect_ok(call_until(
             addr,
             &["CAIRN.MEMBER", "PROMOTE", &ids, "SHARD", "0"],
+            deadline,
         )?)?;
         println!("node {id} caught up and is now a voter; moving replicas to it");
     } else {
@@ -355,6 +360,8 @@ fn wait_caught_up(
         // [id, role, address, matched] per member, from the group's leader.
         let rows = match call(addr, &["CAIRN.MEMBER", "LIST", "SHARD", group])? {
             Value::Array(rows) => rows,
+            // An election in progress (a leader killed or paused): ask again.
+            Value::Error(e) if e.starts_with("TRYAGAIN") => Vec::new(),
             other => anyhow::bail!("unexpected CAIRN.MEMBER LIST reply: {other:?}"),
         };
         let mut voters_min = u64::MAX;
@@ -447,6 +454,25 @@ fn describe(v: Value) -> String {
     match v {
         Value::Error(e) => e,
         other => format!("unexpected answer: {other:?}"),
+    }
+}
+
+/// As [`call`], asking again while the answer is TRYAGAIN (nothing was done: an election is
+/// in progress, or another change is), until `deadline`.
+fn call_until(
+    addr: SocketAddr,
+    args: &[&str],
+    deadline: std::time::Instant,
+) -> anyhow::Result<Value> {
+    loop {
+        match call(addr, args)? {
+            Value::Error(e)
+                if e.starts_with("TRYAGAIN") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return Ok(other),
+        }
     }
 }
 

@@ -210,6 +210,7 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<(cairn_server::Config, Opt
     if let Some(v) = args.cluster_redirects.clone().or(file.cluster_redirects) {
         c.cluster_redirects = yes_no(&v).context("--cluster-redirects")?;
     }
+    c.config_file = args.config.clone();
     if let Some(v) = args.requirepass.clone().or(file.requirepass) {
         c.requirepass = v;
     }

@@ -320,6 +320,15 @@ fn hostile_clients_do_not_hurt_a_cluster_with_a_password() {
         "the good client was starved: {}",
         acked.len()
     );
+    // The password went through CONFIG SET and a hundred thousand AUTHs: no node logged it.
+    let clear = String::from_utf8_lossy(PASSWORD).into_owned();
+    for i in 0..3 {
+        assert!(
+            !cluster.log_text(i).contains(&clear),
+            "node {} logged the password",
+            i + 1
+        );
+    }
     if kinds.contains("noauth") {
         assert!(noauth.load(Ordering::Relaxed) > 1000);
     }

@@ -917,7 +917,9 @@ impl Acl {
             .collect()
     }
 
-    /// Files a refusal in ACL LOG (similar ones within a minute are counted in one entry).
+    /// Files a refusal in ACL LOG: similar to one of the 10 newest entries (within a minute),
+    /// it is counted in that entry, which moves to the front; else it is a new entry. (Redis
+    /// looks no further than 10 entries either.)
     pub fn log_denial(
         &self,
         reason: &'static str,
@@ -936,7 +938,7 @@ impl Acl {
         let max = self.log_max.load(Ordering::Relaxed) as usize;
         let now = crate::now_ms();
         let mut log = self.log.lock();
-        let similar = log.iter().position(|e| {
+        let similar = log.iter().take(10).position(|e| {
             e.reason == reason
                 && e.context == context
                 && e.object == object

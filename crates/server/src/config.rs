@@ -66,6 +66,8 @@ pub struct Config {
     /// replica clients; a normal client's unsent replies are bounded by construction (a
     /// connection stops reading while its replies wait), so its values are only kept.
     pub output_limits: [(u64, u64, u64); 3],
+    /// The file `--config` named, which CONFIG REWRITE updates.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// The classes of `client-output-buffer-limit`, in Redis's order and spelling.
@@ -106,6 +108,7 @@ impl Default for Config {
                 (256 << 20, 64 << 20, 60),
                 (32 << 20, 8 << 20, 60),
             ],
+            config_file: None,
         }
     }
 }
@@ -163,6 +166,38 @@ pub fn parse_memory(s: &str) -> Option<usize> {
 }
 
 impl Config {
+    /// The settings CONFIG SET can change that the config file also holds, as the file writes
+    /// them (`key = value` in TOML): what CONFIG REWRITE puts there.
+    pub fn file_settings(&self) -> Vec<(&'static str, String)> {
+        let quoted = |s: &str| format!("{s:?}");
+        let mut out = vec![
+            ("maxclients", self.maxclients.to_string()),
+            ("timeout", self.timeout_secs.to_string()),
+            (
+                "protected_mode",
+                quoted(if self.protected_mode { "yes" } else { "no" }),
+            ),
+        ];
+        if self.tls_port != 0 {
+            out.push((
+                "tls_cert_file",
+                quoted(&self.tls_files.cert.display().to_string()),
+            ));
+            out.push((
+                "tls_key_file",
+                quoted(&self.tls_files.key.display().to_string()),
+            ));
+            if let Some(ca) = &self.tls_files.ca {
+                out.push(("tls_ca_cert_file", quoted(&ca.display().to_string())));
+            }
+            out.push((
+                "tls_auth_clients",
+                quoted(self.tls_files.auth_clients.name()),
+            ));
+        }
+        out
+    }
+
     /// The parameters CONFIG GET knows, with their current values.
     pub fn params(&self) -> Vec<(&'static str, String)> {
         vec![

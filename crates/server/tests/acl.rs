@@ -263,6 +263,42 @@ fn permissions_match_redis_command_by_command() {
             compared += 1;
         }
     }
+    // Every refusal is in ACL LOG as Redis logs it: reason, context, object, user, and
+    // similar ones counted together (ages and client lines masked).
+    let log = "ACL LOG 1000";
+    let entries_of = |c: &mut Raw| -> Vec<String> {
+        let Frame::Agg(_, entries) = common::parse(&c.cmd_str(log)) else {
+            panic!("ACL LOG")
+        };
+        entries
+            .iter()
+            .map(|e| {
+                let Frame::Agg(_, f) = e else { panic!("{e:?}") };
+                // count, reason, context, object, username (not ages or client lines)
+                [1, 3, 5, 7, 9].map(|i| text(&f[i])).join(" ")
+            })
+            .collect()
+    };
+    let (la, lb) = (entries_of(&mut a), entries_of(&mut b));
+    let first = la.iter().zip(&lb).position(|(x, y)| x != y);
+    if la != lb {
+        eprintln!("CAIRN:\n{}\nREDIS:\n{}", la.join("\n"), lb.join("\n"));
+    }
+    assert!(
+        la == lb,
+        "ACL LOG differs ({} entries vs {}), first at {first:?}: cairn {:?} redis {:?}",
+        la.len(),
+        lb.len(),
+        first.map(|i| &la[i]),
+        first.map(|i| &lb[i])
+    );
+    let entries = la.join("\n");
+    for reason in ["command", "key", "channel"] {
+        assert!(
+            entries.contains(reason),
+            "no {reason} refusal logged: {entries:.300}"
+        );
+    }
     println!("{compared} permission checks agreed with redis-server");
 }
 

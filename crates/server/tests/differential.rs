@@ -734,6 +734,10 @@ fn fixed_scripts() {
         "SETRANGE r 0 \"\"",
         "HELLO 4",
         "HELLO x",
+        "MEMORY USAGE nosuch",
+        "MEMORY USAGE a SAMPLES x",
+        "MEMORY USAGE a FOO 1",
+        "CONFIG REWRITE",
     ];
     for proto in ["HELLO 2", "HELLO 3"] {
         let (mut a, mut b) = emptied(&cairn, &redis, proto);

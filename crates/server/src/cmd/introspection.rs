@@ -578,6 +578,77 @@ pub fn latency_histogram(c: &mut Call) -> Reply {
     Reply::Map(out)
 }
 
+/// CONFIG REWRITE: writes the settings CONFIG SET changed into the file `--config` named,
+/// keeping every other line (comments included): a line that sets one of them is replaced, the
+/// others are appended. Written whole to a new file, synced, then renamed over the old one.
+pub fn config_rewrite(c: &mut Call) -> Reply {
+    let (path, settings) = {
+        let config = c.shared.config.lock();
+        (config.config_file.clone(), config.file_settings())
+    };
+    let Some(path) = path else {
+        return Reply::error("ERR The server is running without a config file");
+    };
+    match rewrite(&path, &settings) {
+        Ok(()) => Reply::OK,
+        Err(e) => Reply::error(format!("ERR Rewriting config file: {e}")),
+    }
+}
+
+fn rewrite(path: &std::path::Path, settings: &[(&str, String)]) -> std::io::Result<()> {
+    use std::io::Write;
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let mut written = vec![false; settings.len()];
+    let mut out = String::new();
+    for line in old.lines() {
+        let key = line.split('=').next().unwrap_or_default().trim();
+        match settings.iter().position(|(k, _)| *k == key) {
+            Some(i) if line.contains('=') && !line.trim_start().starts_with('#') => {
+                out.push_str(&format!("{key} = {}\n", settings[i].1));
+                written[i] = true;
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    let missing: Vec<usize> = (0..settings.len()).filter(|&i| !written[i]).collect();
+    if !missing.is_empty() {
+        out.push_str("# Written by CONFIG REWRITE\n");
+        for i in missing {
+            out.push_str(&format!("{} = {}\n", settings[i].0, settings[i].1));
+        }
+    }
+    let tmp = path.with_extension("rewrite.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(out.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// MEMORY STATS: what cairn knows of its memory (the process's resident size; it does not
+/// count its allocations as Redis does), the keys it holds, and its clients.
+pub fn memory_stats(c: &mut Call) -> Reply {
+    let rss = resident_bytes();
+    let mut keys = 0u64;
+    c.each_store(|store| keys += store.keyspace.served_len() as u64);
+    let per_key = rss.checked_div(keys).unwrap_or(0);
+    Reply::Map(vec![
+        (Reply::from("peak.allocated"), Reply::Int(rss as i64)),
+        (Reply::from("total.allocated"), Reply::Int(rss as i64)),
+        (
+            Reply::from("clients.normal"),
+            Reply::Int(c.shared.clients.len() as i64),
+        ),
+        (Reply::from("keys.count"), Reply::Int(keys as i64)),
+        (
+            Reply::from("keys.bytes-per-key"),
+            Reply::Int(per_key as i64),
+        ),
+    ])
+}
+
 pub fn config_resetstat(c: &mut Call) -> Reply {
     c.shared.stats.reset();
     Reply::OK

@@ -71,6 +71,8 @@ pub const COMMANDS: &[(&str, ConnHandler)] = &[
     ("config|get", introspection::config_get),
     ("config|set", introspection::config_set),
     ("config|resetstat", introspection::config_resetstat),
+    ("config|rewrite", introspection::config_rewrite),
+    ("memory|stats", introspection::memory_stats),
     ("latency|histogram", introspection::latency_histogram),
     ("slowlog|get", slowlog::slowlog_get),
     ("slowlog|len", slowlog::slowlog_len),

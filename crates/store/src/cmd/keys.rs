@@ -9,6 +9,7 @@ use cairn_resp::Reply;
 pub const COMMANDS: &[(&str, Handler)] = &[
     ("del", del),
     ("unlink", del),
+    ("memory|usage", memory_usage),
     ("exists", exists),
     ("touch", exists),
     ("type", type_),
@@ -368,6 +369,30 @@ fn persist(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
             Reply::Int(1)
         }
         _ => Reply::Int(0),
+    }
+}
+
+/// MEMORY USAGE key [SAMPLES n]: an estimate of the key's bytes: its name, its value as
+/// serialized (DUMP's payload without its trailer), and 48 bytes for the entry and its
+/// bookkeeping. Redis counts its allocator's block sizes, so the numbers differ; what they
+/// share is that more data is more bytes, and a missing key is nil. SAMPLES is accepted (the
+/// whole value is always counted).
+fn memory_usage(ctx: &mut Ctx, args: &[Vec<u8>]) -> Reply {
+    match args.len() {
+        3 => {}
+        5 if is(&args[3], "samples") => match int_arg(&args[4]) {
+            Ok(n) if n >= 0 => {}
+            Ok(_) => return err("ERR value is out of range, must be positive"),
+            Err(e) => return e,
+        },
+        _ => return syntax(),
+    }
+    match ctx.value(&args[2]) {
+        Some(v) => {
+            let payload = crate::snapshot::dump_value(v).len().saturating_sub(10);
+            Reply::Int((48 + args[2].len() + payload) as i64)
+        }
+        None => Reply::Nil,
     }
 }
 
