@@ -211,7 +211,34 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             metric(&mut out, name, kind, help, &samples);
         }
         log_metrics(&mut out, &repl.node);
+        let proposals: Samples = repl
+            .proposals
+            .lock()
+            .iter()
+            .map(|(g, n)| (format!("{{group=\"{g}\"}}"), *n))
+            .collect();
+        metric(
+            &mut out,
+            "cairn_raft_proposals_total",
+            "counter",
+            "Entries this node proposed (as the group's leader) and saw applied.",
+            &proposals,
+        );
     }
+    let errors: Samples = shared
+        .stats
+        .errors
+        .lock()
+        .iter()
+        .map(|(code, n)| (format!("{{code=\"{}\"}}", code.escape_default()), *n))
+        .collect();
+    metric(
+        &mut out,
+        "cairn_errors_total",
+        "counter",
+        "Error replies by code (INFO errorstats).",
+        &errors,
+    );
     let net: [(&str, &str, u64); 2] = [
         (
             "cairn_net_input_bytes_total",

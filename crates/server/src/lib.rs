@@ -204,6 +204,7 @@ fn start_replication(
         hints: Default::default(),
         placing: Default::default(),
         acl: acl.clone(),
+        proposals: Default::default(),
     };
     Ok((shards, Some(repl), Some(created_rx)))
 }

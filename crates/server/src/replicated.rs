@@ -55,6 +55,8 @@ pub struct Replication {
     pub placing: tokio::sync::Mutex<()>,
     /// The same users as `Shared::acl`, and the secret nodes show each other.
     pub acl: Arc<crate::acl::Acl>,
+    /// Entries this node proposed and saw applied, per group (`/metrics`).
+    pub proposals: parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>,
 }
 
 impl Replication {
@@ -203,13 +205,17 @@ async fn propose(
     group: u64,
     entry: &LogEntry,
 ) -> Result<Result<Vec<u8>, NodeError>, tokio::time::error::Elapsed> {
-    while_leaderless(|| async {
+    let outcome = while_leaderless(|| async {
         match repl.not_here(group) {
             Some(e) => Err(e),
             None => repl.node.propose(group, entry.encode()).await,
         }
     })
-    .await
+    .await;
+    if matches!(outcome, Ok(Ok(_))) {
+        *repl.proposals.lock().entry(group).or_default() += 1;
+    }
+    outcome
 }
 
 /// Returns once reading the local store is linearizable: at once while this node holds a

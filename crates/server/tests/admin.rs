@@ -178,6 +178,13 @@ fn a_cluster_node_shows_its_groups_and_their_leaders() {
             fsyncs
         );
         assert!(sample(&metrics, "cairn_net_input_bytes_total") > 0);
+        // Errors by code (the unknown command and the WRONGTYPE above).
+        assert!(
+            sample(&errors, "cairn_errors_total{code=\"ERR\"}") >= 1,
+            "{errors}"
+        );
+        assert!(sample(&errors, "cairn_errors_total{code=\"WRONGTYPE\"}") >= 1);
+        assert!(metrics.contains("# TYPE cairn_raft_proposals_total counter"));
         let info = c.reply_text_of("INFO raft");
         assert!(
             info.lines()
