@@ -145,10 +145,10 @@ pub struct Node {
     status: watch::Receiver<NodeStatus>,
     thread: Option<std::thread::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// The log's write counters and its folder (never read through: only the driver's thread
-    /// reads entries, see [`LogEngine`]).
+    /// The log's write counters and its folder. Not the engine itself: it lives on the
+    /// driver's thread only, so that it (and its folder's lock) goes when the driver stops.
     log_stats: Arc<crate::storage::WriteStats>,
-    log: LogEngine,
+    log_dir: std::path::PathBuf,
 }
 
 impl Node {
@@ -159,7 +159,7 @@ impl Node {
 
     /// Bytes of the log's files on disk now.
     pub fn log_disk_bytes(&self) -> u64 {
-        self.log.disk_bytes()
+        crate::storage::disk_bytes(&self.log_dir)
     }
 
     /// Starts the node: opens its log, its groups (`voters` for ones that are new), and serves
@@ -187,7 +187,7 @@ impl Node {
         stored: &mut dyn FnMut(u64) -> Option<S>,
     ) -> Result<Node, DriverError> {
         let engine = LogEngine::open(&config.data_dir)?;
-        let log = engine.clone();
+        let (log_stats, log_dir) = (engine.stats.clone(), engine.dir().to_path_buf());
         let mut multi = MultiRaft::new(config.id, engine, config.group.clone());
         for (id, voters, sm) in groups {
             multi.open_group(id, &voters, sm)?;
@@ -261,8 +261,8 @@ impl Node {
             status,
             thread: Some(thread),
             tasks,
-            log_stats: log.stats.clone(),
-            log,
+            log_stats,
+            log_dir,
         })
     }
 

@@ -70,6 +70,20 @@ pub struct LogEngine {
     dir: std::path::PathBuf,
 }
 
+/// Bytes of the files under `dir` (a log's folder) now.
+pub fn disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Upper bounds (µs) of the fsync latency histogram's buckets: powers of two up to 16.8 s.
 pub const SYNC_BUCKETS: usize = 25;
 
@@ -112,21 +126,9 @@ impl LogEngine {
         })
     }
 
-    /// Bytes of the log's files on disk now.
-    pub fn disk_bytes(&self) -> u64 {
-        fn walk(dir: &Path) -> u64 {
-            std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        }
-        walk(&self.dir)
+    /// The folder the log is in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Writes a round's batch with one fsync. An error here means the disk failed: the caller
