@@ -77,6 +77,17 @@ fn the_yaml_and_json_parse() {
     assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 8));
     // YAML: parsed by PyYAML (.ci/run installs it), every
     // document, and the Kubernetes kinds the issue asks for are all there.
+    let has_yaml = Command::new("python3")
+        .args(["-c", "import yaml"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_yaml {
+        if std::env::var("CAIRN_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("PyYAML is needed (pip install pyyaml)");
+        }
+        eprintln!("\n*** SKIPPED the YAML check: no PyYAML (pip install pyyaml) ***\n");
+        return;
+    }
     let script = "import sys, yaml\n\
         kinds = []\n\
         for path in sys.argv[1:]:\n\
