@@ -1367,7 +1367,9 @@ fn latency_histogram_has_redis_shape() {
         return;
     };
     let cairn = Cairn::start();
-    let run = |c: &mut common::Raw| {
+    // Redis's buckets are its HDR histogram's bounds: powers of two for fast calls, but a
+    // slow one can land in a bucket such as 33. cairn's are powers of two exactly.
+    let run = |c: &mut common::Raw, powers_of_two: bool| {
         c.cmd_str("CONFIG RESETSTAT");
         for _ in 0..3 {
             c.cmd_str("SET a 1");
@@ -1395,7 +1397,10 @@ fn latency_histogram_has_redis_shape() {
                     .chunks(2)
                     .map(|p| (num(&p[0]), num(&p[1])))
                     .collect();
-                assert!(pairs.iter().all(|(b, _)| b.is_power_of_two()), "{pairs:?}");
+                assert!(
+                    !powers_of_two || pairs.iter().all(|(b, _)| b.is_power_of_two()),
+                    "{pairs:?}"
+                );
                 assert!(pairs.windows(2).all(|w| w[0].1 < w[1].1), "{pairs:?}");
                 (
                     format!("{:?} {:?} {:?}", kv[0], fields[0], fields[1]),
@@ -1404,7 +1409,7 @@ fn latency_histogram_has_redis_shape() {
             })
             .collect::<Vec<_>>()
     };
-    let (mut a, mut b) = (run(&mut cairn.raw()), run(&mut redis.raw()));
+    let (mut a, mut b) = (run(&mut cairn.raw(), true), run(&mut redis.raw(), false));
     a.sort();
     b.sort();
     assert_eq!(a, b);
