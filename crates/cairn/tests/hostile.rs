@@ -38,13 +38,8 @@ fn connect(port: u16) -> Option<TcpStream> {
 }
 
 fn request(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+    cairn_server::replicated::encode_request(&args)
 }
 
 /// Reads until `lines` reply lines have arrived (or the connection ends); returns them.
