@@ -319,7 +319,10 @@ const TEMPLATES: &[(&str, Order)] = &[
     ("RENAME %k %k", Order::Exact),
     ("RENAMENX %k %k", Order::Exact),
     ("COPY %k %k [REPLACE|]", Order::Exact),
-    ("EXPIRE %k [1000|100000|x] [NX|XX|GT|LT|]", Order::Exact),
+    // GT and LT only with absolute times: `EXPIRE k 1000` then `EXPIRE k 1000 GT` answers 1 or
+    // 0 depending on whether a millisecond passed between the two, on either server.
+    ("EXPIRE %k [1000|100000|x] [NX|XX|]", Order::Exact),
+    ("EXPIREAT %k [4000000000|4100000000|x] [NX|XX|GT|LT|]", Order::Exact),
     ("PEXPIRE %k 5000000", Order::Exact),
     ("TTL %k", Order::Exact),
     ("PERSIST %k", Order::Exact),
