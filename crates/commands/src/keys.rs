@@ -96,6 +96,25 @@ impl KeySpec {
 }
 
 /// The positions of keys in `args` under `specs`, in spec order, without duplicates.
+/// Where SORT's STORE destination is, if it has one (the last STORE counts).
+pub fn sort_store_position(args: &[Vec<u8>]) -> Option<usize> {
+    let mut store = None;
+    let mut i = 2;
+    while i < args.len() {
+        let a = &args[i];
+        if a.eq_ignore_ascii_case(b"limit") {
+            i += 2;
+        } else if a.eq_ignore_ascii_case(b"get") || a.eq_ignore_ascii_case(b"by") {
+            i += 1;
+        } else if a.eq_ignore_ascii_case(b"store") && i + 1 < args.len() {
+            store = Some(i + 1);
+            i += 1;
+        }
+        i += 1;
+    }
+    store
+}
+
 pub fn positions(specs: &[KeySpec], args: &[Vec<u8>]) -> Vec<usize> {
     let argc = args.len() as i64;
     let mut out = Vec::new();

@@ -98,7 +98,15 @@ impl CommandSpec {
 
     /// Positions of the keys in `args` (the name at 0), found from the key specs as Redis does.
     pub fn key_positions(&self, args: &[Vec<u8>]) -> Vec<usize> {
-        keys::positions(&self.key_specs, args)
+        let mut keys = keys::positions(&self.key_specs, args);
+        if self.name == "sort" {
+            // SORT's STORE destination has no key spec Redis can state (its spec is "unknown"):
+            // found as Redis's own sortGetKeys finds it, skipping LIMIT's and BY/GET's arguments.
+            if let Some(at) = keys::sort_store_position(args) {
+                keys.push(at);
+            }
+        }
+        keys
     }
 }
 
@@ -248,4 +256,37 @@ pub fn unknown_command(args: &[Vec<u8>]) -> Reply {
         trunc(&args[0], 128),
         quoted
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_of(table: &CommandTable, line: &str) -> Vec<String> {
+        let args: Vec<Vec<u8>> = line.split(' ').map(|w| w.as_bytes().to_vec()).collect();
+        let Lookup::Found(spec) = table.lookup(&args) else {
+            panic!("{line} is not a command")
+        };
+        spec.key_positions(&args)
+            .into_iter()
+            .map(|i| line.split(' ').nth(i).unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn key_positions_follow_the_key_specs_and_sorts_store() {
+        let table = CommandTable::load(|_| true);
+        assert_eq!(keys_of(&table, "MSET a 1 b 2"), ["a", "b"]);
+        assert_eq!(
+            keys_of(&table, "ZUNIONSTORE d 2 x y WEIGHTS 1 2"),
+            ["d", "x", "y"]
+        );
+        assert_eq!(keys_of(&table, "SORT s ALPHA STORE d"), ["s", "d"]);
+        // LIMIT's and BY/GET's arguments are never taken for STORE, and the last STORE counts.
+        assert_eq!(
+            keys_of(&table, "SORT s BY store LIMIT 0 1 GET # STORE a STORE b"),
+            ["s", "b"]
+        );
+        assert_eq!(keys_of(&table, "SORT s GET store"), ["s"]);
+    }
 }
