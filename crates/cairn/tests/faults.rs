@@ -22,7 +22,7 @@
 mod common;
 
 use cairn_check::{linearizable, Operation, Register, RegisterInput, RegisterOutput, Verdict};
-use common::{wait_serving, Answer, Cluster, Conn};
+use common::{wait_serving, Answer, Cluster, Conn, Struck};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -183,34 +183,6 @@ fn cluster_cli(args: &[&str]) -> (bool, String) {
     common::cairn_cli(&all)
 }
 
-/// Moves the slots of k0, k1 and k2 to random shards of `shards` through random nodes until `stop`;
-/// returns (slots moved, moves that failed or timed out).
-fn mover(ports: Vec<u16>, shards: u64, stop: Arc<AtomicBool>, seed: u64) -> (i64, u64) {
-    let mut choices = cairn_check::seeded::XorShift::new(seed);
-    let (mut moved, mut failed) = (0, 0);
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100 + choices.next_u64() % 400));
-        let rng = choices.next_u64();
-        let slot = cairn_store::slot::key_slot(format!("k{}", rng % 3).as_bytes()).to_string();
-        let to = ((rng >> 8) % shards + 1).to_string();
-        let Some(mut c) = Conn::open(ports[((rng >> 16) % ports.len() as u64) as usize]) else {
-            continue;
-        };
-        let args: [&[u8]; 5] = [
-            b"CAIRN.RESHARD",
-            b"MOVE",
-            slot.as_bytes(),
-            slot.as_bytes(),
-            to.as_bytes(),
-        ];
-        match c.call(&args) {
-            Some(Answer::Int(n)) => moved += n,
-            _ => failed += 1,
-        }
-    }
-    (moved, failed)
-}
-
 #[test]
 fn kill_pause_and_cut_nodes_under_load_history_stays_linearizable() {
     faults(
@@ -273,7 +245,8 @@ fn faults(nodes: usize, test: &str) {
         .collect();
     let moves = {
         let (ports, stop) = (ports.clone(), stop.clone());
-        std::thread::spawn(move || mover(ports, 4, stop, seed ^ 0x005E_ED0F_5107))
+        let keys = (0..3).map(|k| format!("k{k}").into_bytes()).collect();
+        std::thread::spawn(move || common::mover(ports, 4, keys, stop, seed ^ 0x005E_ED0F_5107))
     };
     let mut rng_gen = cairn_check::seeded::XorShift::new(seed);
     let mut next = move || rng_gen.next_u64();
@@ -325,41 +298,18 @@ fn faults(nodes: usize, test: &str) {
             continue;
         }
         let victim = (next() % nodes as u64) as usize;
-        match next() % 4 {
-            0 => {
-                cluster.kill9(victim);
-                kills += 1;
-                std::thread::sleep(Duration::from_millis(300 + next() % 700));
-                cluster.start(victim);
-            }
-            1 => {
-                cluster.signal(victim, "-STOP");
-                pauses += 1;
-                std::thread::sleep(Duration::from_millis(300 + next() % 1200));
-                cluster.signal(victim, "-CONT");
-            }
-            cut => {
-                // 2: one link; 3: every link of the victim (it is alone, the others a majority).
-                let others: Vec<usize> = (0..nodes).filter(|&o| o != victim).collect();
-                let links: Vec<usize> = if cut == 2 {
-                    vec![others[(next() % others.len() as u64) as usize]]
-                } else {
-                    others
-                };
-                if links.iter().all(|&o| cluster.set_link(victim, o, true)) {
-                    cuts += 1;
-                }
-                std::thread::sleep(Duration::from_millis(500 + next() % 1500));
-                for &o in &links {
-                    // Mending is retried: a node is never left cut off for the rest of the run.
-                    for _ in 0..20 {
-                        if cluster.set_link(victim, o, false) {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
+        let kind = next() % 4;
+        // 2: one link; 3: every link of the victim (it is alone, the others a majority).
+        let others: Vec<usize> = (0..nodes).filter(|&o| o != victim).collect();
+        let links: Vec<usize> = if kind == 2 {
+            vec![others[(next() % others.len() as u64) as usize]]
+        } else {
+            others
+        };
+        match common::strike(&mut cluster, victim, kind, &links, &mut next) {
+            Struck::Kill => kills += 1,
+            Struck::Pause => pauses += 1,
+            Struck::Cut(all) => cuts += i32::from(all),
         }
     }
     std::thread::sleep(end.saturating_duration_since(Instant::now()));

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+pub mod list_append;
 pub mod seeded;
 
 /// A sequential specification: what one operation does to the state, and whether the output

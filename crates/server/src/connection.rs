@@ -125,6 +125,9 @@ pub struct Client {
     pub watched_at: Vec<(Vec<u8>, u64)>,
     /// Replicated mode: the shard `watched_at`'s indexes belong to.
     pub watched_group: Option<u64>,
+    /// Replicated mode: keys watched in other shards than `watched_group` (EXEC then runs as
+    /// a cross-shard transaction).
+    pub watched_cross: Vec<crate::cross::Watched>,
     /// Replicated mode: the client's WATCH went to a shard leader over one of `relays`, so
     /// everything it sends goes there until the transaction ends.
     pub watch_relay: Option<crate::replicated::WatchRelay>,
@@ -263,6 +266,7 @@ impl Client {
             relays: Vec::new(),
             watched_at: Vec::new(),
             watched_group: None,
+            watched_cross: Vec::new(),
             watch_relay: None,
             blocked: None,
             unblocked: Vec::new(),

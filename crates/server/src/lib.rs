@@ -15,6 +15,7 @@ pub mod blocking;
 pub mod cmd;
 pub mod config;
 pub mod connection;
+pub mod cross;
 pub mod dispatch;
 pub mod expiry;
 pub mod meta;
@@ -205,6 +206,7 @@ fn start_replication(
         placing: Default::default(),
         acl: acl.clone(),
         proposals: Default::default(),
+        coordinator: Default::default(),
     };
     Ok((shards, Some(repl), Some(created_rx)))
 }
@@ -287,6 +289,8 @@ pub async fn run_with_bus(
     let leaders = tokio::spawn(placement::watch_leaders(shared.clone()));
     let closer = tokio::spawn(placement::close_removed(shared.clone()));
     let links = tokio::spawn(pubsub::link_peers(shared.clone()));
+    let finisher = tokio::spawn(cross::finisher(shared.clone()));
+    let recovery = tokio::spawn(cross::recover(shared.clone()));
     let admin = admin_listener.map(|listener| {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving the admin HTTP port");
         tokio::spawn(admin::serve(shared.clone(), listener))
@@ -345,6 +349,8 @@ pub async fn run_with_bus(
     leaders.abort();
     closer.abort();
     links.abort();
+    finisher.abort();
+    recovery.abort();
     if let Some(a) = admin {
         a.abort();
     }

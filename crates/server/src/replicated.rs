@@ -1,8 +1,7 @@
 //! Replicated mode: the keyspace is divided into shards (`crate::shards`), each one Raft group
 //! on `--replicas` of the nodes (`crate::placement`). A request runs on the shard that owns its
-//! keys;
-//! keys in different shards get `-CROSSSLOT` (as in Redis Cluster, though keys in different
-//! slots of one shard are fine), and the keyless commands that look at the whole keyspace
+//! keys; a request (or a MULTI/EXEC block) whose keys are in several shards runs as a
+//! cross-shard transaction (`crate::cross`), and the keyless commands that look at the whole keyspace
 //! (DBSIZE, KEYS, SCAN, RANDOMKEY, FLUSHALL, FLUSHDB) ask every shard and merge the answers.
 //!
 //! A write is proposed as a log entry (time, seed and protocol stamped here, on the node that
@@ -57,6 +56,8 @@ pub struct Replication {
     pub acl: Arc<crate::acl::Acl>,
     /// Entries this node proposed and saw applied, per group (`/metrics`).
     pub proposals: parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// The cross-shard transactions this node coordinates (`crate::cross`).
+    pub coordinator: crate::cross::Coordinator,
 }
 
 impl Replication {
@@ -162,6 +163,9 @@ impl Relay {
     }
 }
 
+/// How long a command that met a cross-shard transaction's lock waits before trying again.
+const LOCK_PAUSE: Duration = Duration::from_millis(2);
+
 /// How long to pause before asking again while the group has no leader, or its leader is
 /// handing leadership over (raft drops proposals meanwhile) or is too busy to queue more.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
@@ -251,10 +255,6 @@ fn uncertain(why: &str) -> Reply {
     Reply::error(format!(
         "UNCERTAIN {why}; the command may or may not have been applied"
     ))
-}
-
-fn crossslot() -> Reply {
-    Reply::error("CROSSSLOT Keys in request don't hash to the same slot")
 }
 
 /// Where a data command runs.
@@ -664,6 +664,9 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
     if args[0].eq_ignore_ascii_case(b"cairn.interest") {
         return shared.pubsub.interest_of(&args).to_bytes(client.proto);
     }
+    if args[0].eq_ignore_ascii_case(b"cairn.watchindex") {
+        return watch_index_here(shared, &args).await.to_bytes(client.proto);
+    }
     if args[0].eq_ignore_ascii_case(b"cairn.leaders") {
         return crate::placement::leaders(shared).to_bytes(client.proto);
     }
@@ -682,9 +685,11 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
             return propose_to(shared, client, crate::meta::GROUP, args[2..].to_vec()).await;
         }
         return match shard_override(shared, &args) {
-            // A slot move's step (see `cmd/reshard.rs`): not in the command table.
+            // A slot move's step (see `cmd/reshard.rs`) or a cross-shard transaction's (see
+            // `cross.rs`): not in the command table.
             Ok((group, args))
-                if args[0].eq_ignore_ascii_case(cairn_store::cmd::migrate::NAME.as_bytes()) =>
+                if args[0].eq_ignore_ascii_case(cairn_store::cmd::migrate::NAME.as_bytes())
+                    || args[0].eq_ignore_ascii_case(cairn_store::txn::NAME.as_bytes()) =>
             {
                 propose_to(shared, client, group, args).await
             }
@@ -801,8 +806,6 @@ async fn handle_on(
                 Some(Reply::error(
                     "ERR only data commands can be queued in MULTI in replicated mode",
                 ))
-            } else if place == Route::CrossShard {
-                Some(crossslot())
             } else if place == Route::Keyless && sole_shard(shared).is_none() {
                 Some(Reply::error(format!(
                     "ERR {} concerns every shard and cannot be queued in MULTI on a sharded cluster",
@@ -830,9 +833,12 @@ async fn handle_on(
         ("exec", _) => exec(shared, client).await,
         ("unwatch" | "discard" | "reset", _) => {
             client.watched_at.clear();
+            client.watched_cross.clear();
             dispatch::call(shared, client, None, &spec, &args).to_bytes(client.proto)
         }
-        (_, Some(Target::Store(_))) if place == Route::CrossShard => crossslot().to_bytes(proto),
+        (_, Some(Target::Store(_))) if place == Route::CrossShard => {
+            crate::cross::command(shared, client, args).await
+        }
         (_, Some(Target::Store(_))) if group.is_none() => {
             fan_out(shared, client, &spec, args).await
         }
@@ -965,15 +971,36 @@ async fn exec_queue(shared: &Shared, client: &mut Client, queue: Vec<Vec<Vec<u8>
         .in_multi
         .store(false, std::sync::atomic::Ordering::Relaxed);
     let watched = std::mem::take(&mut client.watched_at);
+    let watched_cross = std::mem::take(&mut client.watched_cross);
     if std::mem::take(&mut client.multi_failed) {
         return Reply::error("EXECABORT Transaction discarded because of previous errors.")
             .to_bytes(proto);
     }
-    if queue.is_empty() && watched.is_empty() {
+    if queue.is_empty() && watched.is_empty() && watched_cross.is_empty() {
         return Reply::Array(vec![]).to_bytes(proto);
     }
-    let Some(group) = transaction_shard(shared, &queue, &watched) else {
-        return crossslot().to_bytes(proto);
+    let single = transaction_shard(shared, &queue, &watched).filter(|_| watched_cross.is_empty());
+    let Some(group) = single else {
+        // Keys in several shards: the cross-shard protocol (`cross.rs`), every watch with it.
+        let mut all = watched_cross;
+        if let Some(g) = client.watched_group.take() {
+            all.extend(
+                watched
+                    .into_iter()
+                    .map(|(key, index)| crate::cross::Watched {
+                        key,
+                        group: g,
+                        index,
+                    }),
+            );
+        }
+        let started = std::time::Instant::now();
+        let names = command_names(shared, queue.iter());
+        let reply = crate::cross::run(shared, proto, &queue, &all, true)
+            .await
+            .to_bytes(proto);
+        record_commands(shared, &names, started, &reply, true);
+        return reply;
     };
     // Watch indexes are positions in one shard's log: if the keys' slots moved to another
     // shard since WATCH, whether they changed cannot be told, so the transaction aborts as
@@ -986,44 +1013,62 @@ async fn exec_queue(shared: &Shared, client: &mut Client, queue: Vec<Vec<Vec<u8>
 
 /// WATCH under replication: after a read barrier on the leader, each key is recorded with the
 /// index of the last applied entry; the EXEC entry carries them and every replica checks them
-/// when applying it. A follower sends the WATCH, and then the whole transaction, to the leader.
+/// when applying it. A follower sends the WATCH, and then the whole transaction, to the leader
+/// of the first watched key's shard. Keys of other shards are watched from there by asking
+/// their leaders for a position in their logs (`CAIRN.WATCHINDEX`); EXEC then runs as a
+/// cross-shard transaction, whose PREPARE checks them (`cross.rs`).
 async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
     let proto = client.proto;
     if client.multi.is_some() {
         return Reply::error("ERR WATCH inside MULTI is not allowed").to_bytes(proto);
     }
     let repl = shared.replication.as_ref().expect("replicated mode");
-    // Every watched key must be in the shard of those watched before: EXEC runs on one shard.
-    let keys = client
-        .watched_at
-        .iter()
-        .map(|(k, _)| k.as_slice())
-        .chain(args[1..].iter().map(Vec::as_slice));
-    let group = match shared.shards.group_of_keys(keys) {
-        Ok(Some(g)) => g,
-        Ok(None) => {
-            return Reply::error("ERR wrong number of arguments for 'watch' command")
-                .to_bytes(proto)
-        }
-        Err(crate::shards::CrossShard) => return crossslot().to_bytes(proto),
+    let group = match client
+        .watched_group
+        .filter(|_| !client.watched_at.is_empty())
+    {
+        Some(g) => g,
+        None => shared.shards.group_of_key(&args[1]),
     };
     match barrier(shared, repl, group).await {
         Ok(Ok(())) => {
             let index = shared.shards.store(group).lock().watches.log_index();
             // A set, not a scan per key: WATCH with many keys stays linear.
-            let mut seen: std::collections::HashSet<Vec<u8>> =
-                client.watched_at.iter().map(|(k, _)| k.clone()).collect();
+            let mut seen: std::collections::HashSet<Vec<u8>> = client
+                .watched_at
+                .iter()
+                .map(|(k, _)| k.clone())
+                .chain(client.watched_cross.iter().map(|w| w.key.clone()))
+                .collect();
+            let mut others: std::collections::BTreeMap<u64, Vec<Vec<u8>>> = Default::default();
             for key in &args[1..] {
-                if seen.insert(key.clone()) {
-                    client.watched_at.push((key.clone(), index));
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                match shared.shards.group_of_key(key) {
+                    g if g == group => client.watched_at.push((key.clone(), index)),
+                    g => others.entry(g).or_default().push(key.clone()),
                 }
             }
             client.watched_group = Some(group);
+            for (g, keys) in others {
+                let index = match watch_index(shared, client, g).await {
+                    Ok(i) => i,
+                    Err(e) => return e.to_bytes(proto),
+                };
+                client
+                    .watched_cross
+                    .extend(keys.into_iter().map(|key| crate::cross::Watched {
+                        key,
+                        group: g,
+                        index,
+                    }));
+            }
             Reply::OK.to_bytes(proto)
         }
         Ok(Err(NodeError::NotLeader {
             leader: Some(l), ..
-        })) if l != repl.me && client.watched_at.is_empty() => {
+        })) if l != repl.me && client.watched_at.is_empty() && client.watched_cross.is_empty() => {
             // The node the WATCH reached may not be `l`: an unreachable leader is followed to
             // the next one. The rest of the transaction goes to the one that has the watch.
             match relay_via(shared, client, Some(group), l, &[args], true, 1).await {
@@ -1043,6 +1088,46 @@ async fn watch(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<
             Reply::error(format!("ERR replication stopped: {why}")).to_bytes(proto)
         }
         Ok(Err(_)) | Err(_) => tryagain("no leader reachable, retry").to_bytes(proto),
+    }
+}
+
+/// The position in shard `group`'s log a WATCH of its keys starts from: its leader's applied
+/// index after a read barrier, asked of the leader when that is another node.
+async fn watch_index(shared: &Shared, client: &mut Client, group: u64) -> Result<u64, Reply> {
+    let repl = shared.replication.as_ref().expect("replicated mode");
+    match barrier(shared, repl, group).await {
+        Ok(Ok(())) => Ok(shared.shards.store(group).lock().watches.log_index()),
+        Ok(Err(NodeError::NotLeader {
+            leader: Some(l), ..
+        })) if l != repl.me => {
+            let ask = vec![b"CAIRN.WATCHINDEX".to_vec(), group.to_string().into_bytes()];
+            let bytes = relay_to(shared, client, l, &[ask], false, 1).await?;
+            match cairn_resp::parse_reply(&bytes) {
+                Some(Reply::Int(n)) if n >= 0 => Ok(n as u64),
+                Some(e @ Reply::Error(_)) => Err(e),
+                _ => Err(tryagain("a watched key's shard gave no position, retry")),
+            }
+        }
+        _ => Err(tryagain(
+            "no leader reachable for a watched key's shard, retry",
+        )),
+    }
+}
+
+/// `CAIRN.WATCHINDEX <group>`: [`watch_index`] asked of this node, the shard's leader.
+async fn watch_index_here(shared: &Shared, args: &[Vec<u8>]) -> Reply {
+    let repl = shared.replication.as_ref().expect("replicated mode");
+    let group = args
+        .get(1)
+        .and_then(|g| std::str::from_utf8(g).ok())
+        .and_then(|g| g.parse::<u64>().ok())
+        .filter(|&g| shared.shards.has(g));
+    let Some(group) = group else {
+        return Reply::error("ERR usage: CAIRN.WATCHINDEX <shard>");
+    };
+    match barrier(shared, repl, group).await {
+        Ok(Ok(())) => Reply::Int(shared.shards.store(group).lock().watches.log_index() as i64),
+        _ => tryagain("not the shard's leader, retry"),
     }
 }
 
@@ -1206,7 +1291,7 @@ async fn write_entry(
         Some(_) => Operation::Transaction(cmds),
         None => Operation::Commands(cmds),
     };
-    let entry = LogEntry {
+    let mut entry = LogEntry {
         now_ms: crate::now_ms(),
         seed: dispatch::next_seed(),
         proto,
@@ -1215,6 +1300,17 @@ async fn write_entry(
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match propose(repl, group, &entry).await {
+            // A key was locked by a cross-shard transaction: every replica refused the whole
+            // entry, so it is asked again (with a fresh time) once the lock has had a moment.
+            Ok(Ok(reply))
+                if reply
+                    .get(1..)
+                    .is_some_and(|r| r.starts_with(cairn_store::txn::LOCKED.as_bytes()))
+                    && tokio::time::Instant::now() + LOCK_PAUSE < deadline =>
+            {
+                tokio::time::sleep(LOCK_PAUSE).await;
+                entry.now_ms = crate::now_ms();
+            }
             Ok(Ok(reply)) => return reply,
             // The watch was taken here and cannot travel with a relayed EXEC: nothing ran, so the
             // transaction aborts as if a watched key had changed (clients retry that).
@@ -1303,8 +1399,24 @@ async fn read_run(
     loop {
         match barrier(shared, repl, group).await {
             Ok(Ok(())) => {
+                // A key a cross-shard transaction holds is read once it is released: the
+                // transaction may still write it (see `cairn_store::txn`).
+                let locked = {
+                    let store = shared.shards.store(group).lock();
+                    run.iter()
+                        .any(|(args, _)| crate::shard::meets_lock(&store, args))
+                };
+                if locked {
+                    if tokio::time::Instant::now() + LOCK_PAUSE >= deadline {
+                        return fail(Reply::error(cairn_store::txn::LOCKED));
+                    }
+                    tokio::time::sleep(LOCK_PAUSE).await;
+                    continue;
+                }
                 let mut out = Vec::new();
                 let mut store = shared.shards.store(group).lock();
+                // (Locked since the look above? Then the lock's PREPARE applied after this
+                // read's barrier: the read is ordered before the transaction, as it may be.)
                 for (args, handler) in &run {
                     // The barrier put this replica past any hand-over of the slot that came
                     // before the read: a slot it no longer serves may have changed elsewhere.

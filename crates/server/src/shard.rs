@@ -55,6 +55,23 @@ pub fn unserved_slot(store: &Store, args: &[Vec<u8>]) -> Option<usize> {
         .find(|&slot| !store.keyspace.serves(slot))
 }
 
+/// Whether `args` would touch a key a cross-shard transaction holds here (a keyless write,
+/// FLUSHALL say, touches them all). The steps of slot moves and of transactions themselves are
+/// not in the command table and never meet a lock.
+pub fn meets_lock(store: &Store, args: &[Vec<u8>]) -> bool {
+    if store.txns.locks.is_empty() {
+        return false;
+    }
+    let Lookup::Found(spec) = key_table().lookup(args) else {
+        return false;
+    };
+    let keys = spec.key_positions(args);
+    if keys.is_empty() {
+        return spec.is_write();
+    }
+    keys.into_iter().any(|i| store.txns.is_locked(&args[i]))
+}
+
 /// The answer to a command for a slot this shard does not serve (any more, or yet).
 pub fn not_served(slot: usize) -> Reply {
     Reply::error(format!(
@@ -64,10 +81,11 @@ pub fn not_served(slot: usize) -> Reply {
 
 /// A shard snapshot: the keyspace plus the WATCH stamps, which are replicated state too.
 /// Layout: `MAGIC | version u8 | index u64 | keyspace len u64 | keyspace | flushed_at u64 |
-/// count u32 | (bucket u32, stamp u64)... | served slots (256 × u64) | moves` (the last two
-/// since version 2, see `Moves::encode`). A snapshot without the magic is a bare keyspace.
+/// count u32 | (bucket u32, stamp u64)... | served slots (256 × u64) | moves | transactions`
+/// (slots and moves since version 2, see `Moves::encode`; transactions since version 3, see
+/// `Txns::encode`). A snapshot without the magic is a bare keyspace.
 const MAGIC: &[u8; 4] = b"CRSM";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 
 impl ShardMachine {
     /// Tells the node's slot map of the slots this shard just came to serve.
@@ -145,6 +163,23 @@ impl ShardMachine {
             if store.watch_conflict(watched, entry.now_ms) {
                 return Reply::NilArray.to_bytes(entry.proto);
             }
+        }
+        // A command on a key a cross-shard transaction holds refuses the whole entry, on every
+        // replica alike; the node that proposed it asks again (`replicated::write_entry`).
+        match &entry.op {
+            Operation::Commands(cmds)
+            | Operation::Transaction(cmds)
+            | Operation::WatchedTransaction { cmds, .. }
+                if cmds.iter().any(|c| meets_lock(&store, c)) =>
+            {
+                store.txns.clock = store.txns.clock.max(entry.now_ms);
+                let locked = Reply::error(cairn_store::txn::LOCKED);
+                return match &entry.op {
+                    Operation::Commands(cmds) => locked.to_bytes(entry.proto).repeat(cmds.len()),
+                    _ => locked.to_bytes(entry.proto),
+                };
+            }
+            _ => {}
         }
         // Commands for slots this shard does not serve are refused here, in log order.
         // (Only a run with a refused command pays for the per-command list.)
@@ -249,6 +284,7 @@ impl ShardMachine {
             out.extend_from_slice(&w.to_le_bytes());
         }
         store.moves.encode(&mut out);
+        store.txns.encode(&mut out);
         out
     }
 
@@ -302,6 +338,12 @@ impl ShardMachine {
             pos += used;
             slots = Some((SlotSet::from_words(words), moves));
         }
+        let mut txns = cairn_store::txn::Txns::default();
+        if version >= 3 {
+            let (t, used) = cairn_store::txn::Txns::decode(&rest[pos..]).ok_or_else(bad)?;
+            pos += used;
+            txns = t;
+        }
         if pos != rest.len() {
             return Err(bad());
         }
@@ -315,6 +357,7 @@ impl ShardMachine {
         };
         store.keyspace = keyspace;
         store.keyspace.set_served_slots(served);
+        store.txns = txns;
         store.watches.restore_stamps(index, flushed_at, &stamps);
         // The map learns every slot this shard serves since it last moved.
         let claims: Vec<(u16, u64)> = store.moves.epochs.iter().map(|(&s, &e)| (s, e)).collect();

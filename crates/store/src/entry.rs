@@ -208,6 +208,7 @@ impl Store {
     }
 
     fn apply_entry_quietly(&mut self, entry: &LogEntry) -> Vec<Reply> {
+        self.txns.clock = self.txns.clock.max(entry.now_ms);
         match &entry.op {
             Operation::WatchedTransaction { watched, cmds } => {
                 if self.watch_conflict(watched, entry.now_ms) {
@@ -221,7 +222,11 @@ impl Store {
             Operation::Expire(keys) => {
                 let mut removed = 0;
                 for key in keys {
-                    if self.keyspace.is_expired_in_place(key, entry.now_ms) {
+                    // A locked key keeps its value until its transaction ends (reads see it
+                    // as gone all the same); a later expiry entry removes it.
+                    if self.keyspace.is_expired_in_place(key, entry.now_ms)
+                        && !self.txns.is_locked(key)
+                    {
                         self.keyspace.remove(key);
                         self.watches.touched(key);
                         self.moves.modified(key);
@@ -257,6 +262,9 @@ impl Store {
                 };
                 if name == crate::cmd::migrate::NAME {
                     return self.migrate(argv, &env);
+                }
+                if name == crate::txn::NAME {
+                    return self.txn(argv, &env);
                 }
                 // A container command (XGROUP CREATE) is implemented as `parent|sub`.
                 let found = crate::cmd::handler(&name).or_else(|| {

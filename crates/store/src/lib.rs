@@ -24,6 +24,7 @@ pub mod rng;
 pub mod slot;
 pub mod snapshot;
 pub mod stream;
+pub mod txn;
 pub mod value;
 pub mod watch;
 
@@ -44,6 +45,8 @@ pub struct Store {
     pub dirty: u64,
     /// Keyspace notifications collected and not yet published.
     pub events: notify::Events,
+    /// Cross-shard transactions: locks, and decisions kept as their primary.
+    pub txns: txn::Txns,
 }
 
 impl Store {

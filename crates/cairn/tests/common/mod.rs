@@ -485,3 +485,87 @@ pub fn unique_writes(
         (acked, unknown)
     })
 }
+
+/// Keeps moving the slots of `keys` to random shards of `1..=shards` (`CAIRN.RESHARD MOVE`
+/// through random nodes) until `stop`: the slot moves a fault test runs beside its faults.
+/// Returns the slots moved and the moves that failed or whose outcome is unknown.
+pub fn mover(
+    ports: Vec<u16>,
+    shards: u64,
+    keys: Vec<Vec<u8>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seed: u64,
+) -> (i64, u64) {
+    let mut choices = cairn_check::seeded::XorShift::new(seed);
+    let (mut moved, mut failed) = (0, 0);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100 + choices.next_u64() % 400));
+        let rng = choices.next_u64();
+        let key = &keys[(rng % keys.len() as u64) as usize];
+        let slot = cairn_store::slot::key_slot(key).to_string();
+        let to = ((rng >> 8) % shards + 1).to_string();
+        let Some(mut c) = Conn::open(ports[((rng >> 16) % ports.len() as u64) as usize]) else {
+            continue;
+        };
+        let args: [&[u8]; 5] = [
+            b"CAIRN.RESHARD",
+            b"MOVE",
+            slot.as_bytes(),
+            slot.as_bytes(),
+            to.as_bytes(),
+        ];
+        match c.call(&args) {
+            Some(Answer::Int(n)) => moved += n,
+            _ => failed += 1,
+        }
+    }
+    (moved, failed)
+}
+
+/// What [`strike`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Struck {
+    Kill,
+    Pause,
+    /// Links cut (all of them when at least one could be).
+    Cut(bool),
+}
+
+/// One fault on node `victim`, over in about a second or two: kill -9 then restart
+/// (`kind` 0), SIGSTOP then SIGCONT (1), or (2) the links to `cut` cut and then mended (mending
+/// is retried: a node is never left cut off for the rest of a run). `next` gives randomness.
+pub fn strike(
+    cluster: &mut Cluster,
+    victim: usize,
+    kind: u64,
+    cut: &[usize],
+    next: &mut impl FnMut() -> u64,
+) -> Struck {
+    match kind {
+        0 => {
+            cluster.kill9(victim);
+            std::thread::sleep(Duration::from_millis(300 + next() % 700));
+            cluster.start(victim);
+            Struck::Kill
+        }
+        1 => {
+            cluster.signal(victim, "-STOP");
+            std::thread::sleep(Duration::from_millis(300 + next() % 1200));
+            cluster.signal(victim, "-CONT");
+            Struck::Pause
+        }
+        _ => {
+            let all = cut.iter().all(|&o| cluster.set_link(victim, o, true));
+            std::thread::sleep(Duration::from_millis(500 + next() % 1500));
+            for &o in cut {
+                for _ in 0..20 {
+                    if cluster.set_link(victim, o, false) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Struck::Cut(all)
+        }
+    }
+}

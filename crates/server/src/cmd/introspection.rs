@@ -279,7 +279,10 @@ pub fn info(c: &mut Call) -> Reply {
                 "pubsub_forwarded_in".into(),
                 Stats::get(&sh.pubsub.forwarded_in).to_string(),
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(cross_shard_stats(sh))
+        .collect(),
     );
     section(
         "Replication",
@@ -782,4 +785,33 @@ fn debug_network(c: &mut Call) -> Reply {
             .map(|id| Reply::Int(id as i64))
             .collect(),
     )
+}
+
+/// cairn's own: cross-shard transactions this node coordinated, tried again, and resolved for
+/// a lost coordinator, and the locks the shards it leads hold now (see `crate::cross`).
+fn cross_shard_stats(sh: &crate::Shared) -> Vec<(String, String)> {
+    let Some(repl) = sh.replication.as_ref() else {
+        return Vec::new();
+    };
+    let c = &repl.coordinator;
+    let get = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    let locks: usize = repl
+        .groups()
+        .into_iter()
+        .filter(|(_, g)| g.is_leader)
+        .map(|(group, _)| sh.shards.store(group).lock().txns.locks.len())
+        .sum();
+    vec![
+        ("cross_shard_runs".into(), get(&c.runs).to_string()),
+        (
+            "cross_shard_committed".into(),
+            get(&c.committed).to_string(),
+        ),
+        ("cross_shard_retries".into(), get(&c.retried).to_string()),
+        (
+            "cross_shard_recovered".into(),
+            get(&c.recovered).to_string(),
+        ),
+        ("cross_shard_locks".into(), locks.to_string()),
+    ]
 }

@@ -155,7 +155,15 @@ impl Store {
                 .filter(|o| !o.released)
                 .map(|o| o.pending.len())
                 .sum();
-            if pending as u64 > max {
+            // A key locked by a cross-shard transaction will still change: the slot waits.
+            let locked = self
+                .txns
+                .locks
+                .keys()
+                .filter(|k| range.contains(&key_slot(k)))
+                .count();
+            if locked > 0 || pending as u64 > max {
+                let pending = pending + locked;
                 return Ok(Reply::Array(vec![
                     Reply::Int(0),
                     Reply::Int(pending as i64),

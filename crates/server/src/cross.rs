@@ -1,0 +1,538 @@
+//! Commands, MULTI/EXEC blocks and WATCHes over keys in several shards: the coordinator's side
+//! of `cairn_store::txn`'s protocol (read docs/transactions.md first).
+//!
+//! The node a client asked coordinates: it prepares every participant shard at once (locking
+//! the keys and reading them), runs the commands itself on what it read, exactly as a replica
+//! would run them (the same store code, its own clock and seed fixed for the run), and turns the
+//! keys that changed into writes. A run that changed nothing releases the locks and answers;
+//! otherwise the writes go to the primary shard as one `COMMIT` entry (the commit point), then
+//! to the other shards (`APPLY`), and the client gets its reply; the primary forgets the
+//! decision in the background ([`finisher`]). Every key stays locked until its shard applied
+//! the outcome, so nobody can read around the transaction, and the client's next command does
+//! not meet its own locks.
+//!
+//! [`recover`] runs on every node: a shard it leads that still holds locks past their deadline
+//! (a coordinator died, or lost its way) asks the primary for the decision and applies or
+//! releases; a primary's decisions that linger are pushed out to their shards and forgotten.
+
+use crate::connection::Client;
+use crate::Shared;
+use cairn_commands::Lookup;
+use cairn_resp::{Protocol, Reply};
+use cairn_store::entry::{LogEntry, Operation};
+use cairn_store::txn::{self, Record};
+use cairn_store::Store;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a transaction's locks are its own: past this (and [`GRACE_MS`]), the shards
+/// holding them have the primary decide, which aborts what is not committed by then.
+pub const DEADLINE_MS: u64 = 2_000;
+/// Added to a deadline before a shard resolves a lock itself: nodes' clocks differ a little.
+const GRACE_MS: u64 = 500;
+/// How long a primary keeps a commit decision before pushing it out itself (its coordinator
+/// normally finishes and forgets it within milliseconds).
+const LINGER_MS: u64 = 2_000;
+/// The most transactions finishing in the background at once on a node, and queued for it.
+const FINISHING: usize = 256;
+const FINISH_QUEUE: usize = 4096;
+/// Internal clients kept for steps (each keeps its connections to other nodes).
+const POOL: usize = 64;
+
+/// Records to write, by shard.
+type Writes = BTreeMap<u64, Vec<Record>>;
+
+/// A watched key of a transaction: the shard and log index it was watched at.
+#[derive(Clone, Debug)]
+pub struct Watched {
+    pub key: Vec<u8>,
+    pub group: u64,
+    pub index: u64,
+}
+
+/// A committed transaction whose decision its primary may forget: every shard applied it.
+struct Finish {
+    id: Vec<u8>,
+    primary: u64,
+}
+
+/// The coordinator's state on a node.
+pub struct Coordinator {
+    pool: parking_lot::Mutex<Vec<Client>>,
+    seq: AtomicU64,
+    queue: tokio::sync::mpsc::Sender<Finish>,
+    queued: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<Finish>>>,
+    /// Commands and blocks run over shards; of them, those that wrote (committed); tries that
+    /// were refused and made again; transactions resolved by recovery (INFO, tests).
+    pub runs: AtomicU64,
+    pub committed: AtomicU64,
+    pub retried: AtomicU64,
+    pub recovered: AtomicU64,
+}
+
+impl Default for Coordinator {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(FINISH_QUEUE);
+        Coordinator {
+            pool: Default::default(),
+            seq: AtomicU64::new(1),
+            queue: tx,
+            queued: parking_lot::Mutex::new(Some(rx)),
+            runs: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
+        }
+    }
+}
+
+fn coordinator(shared: &Shared) -> &Coordinator {
+    &shared
+        .replication
+        .as_ref()
+        .expect("replicated mode")
+        .coordinator
+}
+
+/// Proposes one CAIRN.TXN step to shard `group` (through its leader): its reply, or the error
+/// text it gave.
+async fn step(shared: &Shared, group: u64, args: Vec<Vec<u8>>) -> Result<Reply, String> {
+    let mut client = coordinator(shared)
+        .pool
+        .lock()
+        .pop()
+        .unwrap_or_else(|| Client::internal(shared));
+    let mut cmd = Vec::with_capacity(args.len() + 1);
+    cmd.push(txn::NAME.as_bytes().to_vec());
+    cmd.extend(args);
+    let bytes = crate::replicated::propose_to(shared, &mut client, group, cmd).await;
+    {
+        let mut pool = coordinator(shared).pool.lock();
+        if pool.len() < POOL {
+            pool.push(client);
+        }
+    }
+    match cairn_resp::parse_reply(&bytes) {
+        Some(Reply::Error(e)) => Err(e.into_owned()),
+        Some(r) => Ok(r),
+        None => Err("ERR a shard answered with a reply that could not be read".into()),
+    }
+}
+
+fn arg(x: impl ToString) -> Vec<u8> {
+    x.to_string().into_bytes()
+}
+
+fn push_records(out: &mut Vec<Vec<u8>>, records: &[Record]) {
+    out.push(arg(records.len()));
+    for r in records {
+        out.push(r.key.clone());
+        out.push(arg(r.expire_at));
+        out.push(r.dump.clone());
+    }
+}
+
+/// Records from a reply's items (`[key, expire-at, dump or nil]` each).
+fn records_of(items: &[Reply]) -> Option<Vec<Record>> {
+    items
+        .iter()
+        .map(|item| match item {
+            Reply::Array(r) if r.len() == 3 => Some(Record {
+                key: match &r[0] {
+                    Reply::Bulk(k) => k.clone(),
+                    _ => return None,
+                },
+                expire_at: match r[1] {
+                    Reply::Int(n) => n,
+                    _ => return None,
+                },
+                dump: match &r[2] {
+                    Reply::Bulk(d) => d.clone(),
+                    _ => Vec::new(),
+                },
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs `futures` together, their results in order.
+async fn all<T>(futures: Vec<impl std::future::Future<Output = T>>) -> Vec<T> {
+    futures_util::future::join_all(futures).await
+}
+
+enum Attempt {
+    Done(Reply),
+    /// Nothing happened (every lock taken is released or will be by recovery): try again.
+    Again(String),
+}
+
+/// The keys of `cmds` (and the watched ones) by shard, as routing has them now: None when a
+/// watched key's slot moved since WATCH (the transaction then aborts as if it had changed).
+type Parts = BTreeMap<u64, (Vec<Vec<u8>>, Vec<(Vec<u8>, u64)>)>;
+
+fn participants(shared: &Shared, cmds: &[Vec<Vec<u8>>], watched: &[Watched]) -> Option<Parts> {
+    let mut parts: Parts = BTreeMap::new();
+    for args in cmds {
+        if let Lookup::Found(spec) = shared.table.commands.lookup(args) {
+            for i in spec.key_positions(args) {
+                let key = &args[i];
+                let group = shared.shards.group_of_key(key);
+                parts.entry(group).or_default().0.push(key.clone());
+            }
+        }
+    }
+    for w in watched {
+        if shared.shards.group_of_key(&w.key) != w.group {
+            return None;
+        }
+        parts
+            .entry(w.group)
+            .or_default()
+            .1
+            .push((w.key.clone(), w.index));
+    }
+    for (keys, _) in parts.values_mut() {
+        keys.sort();
+        keys.dedup();
+    }
+    Some(parts)
+}
+
+/// One try at running `cmds` (as one transaction when `block`, else as one command) over
+/// shards.
+async fn attempt(
+    shared: &Shared,
+    proto: Protocol,
+    cmds: &[Vec<Vec<u8>>],
+    watched: &[Watched],
+    block: bool,
+) -> Attempt {
+    let repl = shared.replication.as_ref().expect("replicated mode");
+    let Some(parts) = participants(shared, cmds, watched) else {
+        return Attempt::Done(Reply::NilArray);
+    };
+    let Some(&primary) = parts.keys().next() else {
+        return Attempt::Done(Reply::error("ERR a cross-shard transaction without keys"));
+    };
+    let seq = coordinator(shared).seq.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{}.{seq}.{:x}", repl.me, crate::dispatch::next_seed()).into_bytes();
+    // The transaction's time: when it began, as a single-shard command's is when it was
+    // proposed (a TTL it sets counts from here).
+    let now = crate::now_ms();
+    let deadline = now + DEADLINE_MS;
+    let groups: Vec<u64> = parts.keys().copied().collect();
+
+    // 1. Lock and read everywhere at once.
+    let prepares = parts.iter().map(|(&group, (keys, watches))| {
+        let mut args = vec![
+            b"prepare".to_vec(),
+            id.clone(),
+            arg(primary),
+            arg(deadline),
+            arg(keys.len()),
+        ];
+        args.extend(keys.iter().cloned());
+        for (k, index) in watches {
+            args.push(k.clone());
+            args.push(arg(index));
+        }
+        async move { (group, step(shared, group, args).await) }
+    });
+    let mut values: Vec<(u64, Record)> = Vec::new();
+    let mut failure = None;
+    let mut watch_changed = false;
+    for (group, outcome) in all(prepares.collect()).await {
+        match outcome {
+            Ok(Reply::Array(items)) => match records_of(&items) {
+                Some(records) => values.extend(records.into_iter().map(|r| (group, r))),
+                None => failure = Some("ERR a shard's prepared values could not be read".into()),
+            },
+            Ok(Reply::Int(0)) => watch_changed = true,
+            Ok(other) => failure = Some(format!("ERR unexpected prepare reply {other:?}")),
+            Err(e) => failure = Some(e),
+        }
+    }
+    if watch_changed || failure.is_some() {
+        // Wherever a lock may have been taken (a lost reply too): RELEASE of what is not
+        // prepared does nothing, and what this misses recovery resolves.
+        release(shared, &id, &groups).await;
+        return match failure {
+            Some(why) if !watch_changed => Attempt::Again(why),
+            _ => Attempt::Done(Reply::NilArray),
+        };
+    }
+
+    // 2. Run the commands on what was read, as a replica would.
+    let mut scratch = Store::new();
+    let before: Vec<Record> = values.iter().map(|(_, r)| r.clone()).collect();
+    scratch.write_records(&before);
+    let entry = LogEntry {
+        now_ms: now,
+        seed: crate::dispatch::next_seed(),
+        proto,
+        op: if block {
+            Operation::Transaction(cmds.to_vec())
+        } else {
+            Operation::Commands(cmds.to_vec())
+        },
+    };
+    let mut replies = scratch.apply_entry(&entry);
+    let reply = if block {
+        Reply::Array(replies)
+    } else {
+        replies.pop().unwrap_or(Reply::Nil)
+    };
+    let mut writes: Writes = groups.iter().map(|&g| (g, vec![])).collect();
+    for (group, was) in &values {
+        let after = scratch.record_of(&was.key, now);
+        if after.expire_at != was.expire_at || after.dump != was.dump {
+            writes.get_mut(group).expect("a participant").push(after);
+        }
+    }
+    if writes.values().all(Vec::is_empty) {
+        // Released before the reply: the client's next command must not meet its own locks.
+        release(shared, &id, &groups).await;
+        return Attempt::Done(reply);
+    }
+
+    // 3. Commit: one entry in the primary's log decides.
+    let mut args = vec![b"commit".to_vec(), id.clone()];
+    let own = writes.remove(&primary).unwrap_or_default();
+    args.push(arg(primary));
+    push_records(&mut args, &own);
+    for (group, records) in &writes {
+        args.push(arg(group));
+        push_records(&mut args, records);
+    }
+    let committed =
+        match step(shared, primary, args).await {
+            Ok(Reply::Int(1)) => true,
+            Err(e) if e.starts_with("TXNABORT") => false,
+            // Not known: the primary decides abort for it once its deadline has passed, so ask.
+            _ => match decision(shared, primary, &id).await {
+                Some(c) => c,
+                None => return Attempt::Done(Reply::error(
+                    "UNCERTAIN lost the shards during a cross-shard commit; the command may or \
+                     may not have been applied",
+                )),
+            },
+        };
+    if !committed {
+        release(shared, &id, &groups).await;
+        return Attempt::Again("the transaction was aborted by recovery".into());
+    }
+    coordinator(shared)
+        .committed
+        .fetch_add(1, Ordering::Relaxed);
+    // The other shards' writes before the reply (the client's next command must not meet the
+    // locks); what fails here recovery pushes out from the decision. Forgetting the decision
+    // can wait.
+    if push_out(shared, &id, &writes).await {
+        finish(shared, Finish { id, primary }).await;
+    }
+    Attempt::Done(reply)
+}
+
+/// The primary's decision on `id` (RESOLVE, which decides abort once the deadline has
+/// passed): waits while it is pending, for a bounded time. None when it cannot be learned.
+async fn decision(shared: &Shared, primary: u64, id: &[u8]) -> Option<bool> {
+    let until = tokio::time::Instant::now() + Duration::from_millis(DEADLINE_MS + 3 * GRACE_MS);
+    while tokio::time::Instant::now() < until {
+        let args = vec![b"resolve".to_vec(), id.to_vec(), arg(primary)];
+        match step(shared, primary, args).await {
+            Ok(Reply::Array(items)) if items.first() == Some(&Reply::Int(1)) => return Some(true),
+            Ok(Reply::Int(0)) => return Some(false),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    None
+}
+
+async fn release(shared: &Shared, id: &[u8], groups: &[u64]) {
+    let steps = groups
+        .iter()
+        .map(|&g| step(shared, g, vec![b"release".to_vec(), id.to_vec()]));
+    all(steps.collect()).await;
+}
+
+/// Hands a decision to forget to [`finisher`]; done here when the queue is full.
+async fn finish(shared: &Shared, f: Finish) {
+    match coordinator(shared).queue.try_send(f) {
+        Ok(()) => {}
+        Err(tokio::sync::mpsc::error::TrySendError::Full(f))
+        | Err(tokio::sync::mpsc::error::TrySendError::Closed(f)) => finish_now(shared, f).await,
+    }
+}
+
+async fn finish_now(shared: &Shared, f: Finish) {
+    let _ = step(shared, f.primary, vec![b"forget".to_vec(), f.id]).await;
+}
+
+/// Applies each shard's writes (APPLY is idempotent); true when every shard confirmed.
+async fn push_out(shared: &Shared, id: &[u8], writes: &Writes) -> bool {
+    let steps = writes.iter().map(|(&g, records)| {
+        let mut args = vec![b"apply".to_vec(), id.to_vec()];
+        push_records(&mut args, records);
+        step(shared, g, args)
+    });
+    all(steps.collect()).await.iter().all(Result::is_ok)
+}
+
+/// Forgets committed transactions' decisions in the background, a bounded number at once.
+pub async fn finisher(shared: Arc<Shared>) {
+    if shared.replication.is_none() {
+        return;
+    }
+    let Some(mut rx) = coordinator(&shared).queued.lock().take() else {
+        return;
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(FINISHING));
+    while let Some(f) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            finish_now(&shared, f).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Resolves, on the shards this node leads, locks past their deadline and decisions left
+/// behind. Runs for the node's life.
+pub async fn recover(shared: Arc<Shared>) {
+    let Some(repl) = shared.replication.as_ref() else {
+        return;
+    };
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = shutdown.changed() => return,
+        }
+        for (group, g) in repl.groups() {
+            if g.is_leader {
+                recover_shard(&shared, group).await;
+            }
+        }
+    }
+}
+
+async fn recover_shard(shared: &Shared, group: u64) {
+    let now = crate::now_ms();
+    let (stuck, lingering) = {
+        let store = shared.shards.store(group).lock();
+        let stuck: Vec<(Vec<u8>, u64)> = store
+            .txns
+            .prepared
+            .iter()
+            .filter(|(_, p)| p.deadline + GRACE_MS < now)
+            .map(|(id, p)| (id.clone(), p.primary))
+            .take(64)
+            .collect();
+        let lingering: Vec<(Vec<u8>, Writes)> = store
+            .txns
+            .decisions
+            .iter()
+            .filter_map(|(id, d)| match d {
+                txn::Decision::Commit { at, writes } if at + LINGER_MS < now => {
+                    Some((id.clone(), writes.clone()))
+                }
+                _ => None,
+            })
+            .take(16)
+            .collect();
+        (stuck, lingering)
+    };
+    let c = coordinator(shared);
+    for (id, primary) in stuck {
+        let asked = vec![b"resolve".to_vec(), id.clone(), arg(group)];
+        let resolved = match step(shared, primary, asked).await {
+            Ok(Reply::Array(items)) if items.first() == Some(&Reply::Int(1)) => {
+                match records_of(&items[1..]) {
+                    Some(records) if primary != group => {
+                        let mut args = vec![b"apply".to_vec(), id.clone()];
+                        push_records(&mut args, &records);
+                        step(shared, group, args).await.is_ok()
+                    }
+                    _ => false,
+                }
+            }
+            // Aborted (on the primary itself, RESOLVE released the locks already).
+            Ok(Reply::Int(0)) if primary == group => true,
+            Ok(Reply::Int(0)) => step(shared, group, vec![b"release".to_vec(), id.clone()])
+                .await
+                .is_ok(),
+            _ => false,
+        };
+        if resolved {
+            c.recovered.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                group,
+                id = %String::from_utf8_lossy(&id),
+                "resolved a cross-shard transaction left behind by its coordinator"
+            );
+        }
+    }
+    for (id, writes) in lingering {
+        if push_out(shared, &id, &writes).await {
+            let _ = step(shared, group, vec![b"forget".to_vec(), id]).await;
+        }
+    }
+}
+
+/// Runs `cmds` over shards (one transaction when `block`), trying again while a try is
+/// refused (a key locked by another transaction, a slot moving, a leader changing), for at
+/// most [`crate::replicated::WAIT`].
+pub async fn run(
+    shared: &Shared,
+    proto: Protocol,
+    cmds: &[Vec<Vec<u8>>],
+    watched: &[Watched],
+    block: bool,
+) -> Reply {
+    coordinator(shared).runs.fetch_add(1, Ordering::Relaxed);
+    let until = tokio::time::Instant::now() + crate::replicated::WAIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match attempt(shared, proto, cmds, watched, block).await {
+            Attempt::Done(reply) => return reply,
+            Attempt::Again(why) => {
+                coordinator(shared).retried.fetch_add(1, Ordering::Relaxed);
+                // Randomized, growing pauses: two transactions that keep meeting each other's
+                // locks stop meeting.
+                let jitter = crate::dispatch::next_seed() % (pause.as_micros() as u64 + 1);
+                let wait = pause + Duration::from_micros(jitter);
+                if tokio::time::Instant::now() + wait >= until {
+                    let why = why.strip_prefix("TRYAGAIN ").unwrap_or(&why).to_string();
+                    return Reply::error(format!("TRYAGAIN cross-shard transaction: {why}"));
+                }
+                tokio::time::sleep(wait).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// One command whose keys are in several shards.
+pub async fn command(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) -> Vec<u8> {
+    let started = std::time::Instant::now();
+    let name = match shared.table.commands.lookup(&args) {
+        Lookup::Found(spec) => spec.name.clone(),
+        Lookup::Error(e) => return e.to_bytes(client.proto),
+    };
+    let reply = run(shared, client.proto, &[args], &[], false).await;
+    let failed = matches!(reply, Reply::Error(_));
+    shared
+        .stats
+        .commands
+        .record(&name, started.elapsed(), failed);
+    if failed {
+        shared.stats.error_reply(&reply);
+    }
+    reply.to_bytes(client.proto)
+}
