@@ -82,8 +82,12 @@ impl Flags {
 }
 
 impl CommandSpec {
+    /// Whether the command may change data: Redis's `write` flag, and the scripts that may
+    /// write (Redis flags EVAL `may_replicate` instead; in cairn a script that may write runs
+    /// through the log).
     pub fn is_write(&self) -> bool {
         self.flags.contains(Flags::WRITE)
+            || matches!(self.name.as_str(), "eval" | "evalsha" | "fcall")
     }
 
     /// Whether `argc` arguments (the name included) satisfy the arity.

@@ -76,8 +76,10 @@ impl Table {
             let previous = targets.insert(name.to_string(), Target::Conn(*h));
             assert!(previous.is_none(), "command {name} has two implementations");
         }
+        // EVALSHA and EVALSHA_RO become EVAL and EVAL_RO before they run (`cmd/scripting.rs`).
         let implemented = |name: &str| {
             targets.contains_key(name)
+                || matches!(name, "evalsha" | "evalsha_ro")
                 || targets
                     .keys()
                     .any(|k| k.strip_prefix(name).is_some_and(|r| r.starts_with('|')))
@@ -167,6 +169,22 @@ pub fn handle(
     if let Some(refused) = crate::cmd::pubsub::refused_while_subscribed(client, top) {
         return refused;
     }
+    // EVALSHA runs as EVAL with the script's text (see `cmd/scripting.rs`).
+    let (spec, args) = match crate::cmd::scripting::resolve_here(shared, &args) {
+        None => (spec, args),
+        Some(Err(_)) if client.multi.is_some() => {
+            let queued = crate::cmd::scripting::queued_noscript(&args);
+            match shared.table.commands.lookup(&queued) {
+                Lookup::Found(s) => (s.clone(), queued),
+                Lookup::Error(e) => return e,
+            }
+        }
+        Some(Err(e)) => return e,
+        Some(Ok(resolved)) => match shared.table.commands.lookup(&resolved) {
+            Lookup::Found(s) => (s.clone(), resolved),
+            Lookup::Error(e) => return e,
+        },
+    };
     if let Some(queue) = client.multi.as_mut() {
         if !matches!(
             spec.name.as_str(),

@@ -51,6 +51,8 @@ pub struct Shared {
     pub reshard: cmd::reshard::Jobs,
     /// Pub/Sub subscriptions on this node.
     pub pubsub: Arc<pubsub::Hub>,
+    /// Scripts by SHA-1 (EVALSHA, SCRIPT).
+    pub scripts: cmd::scripting::Cache,
     /// SLOWLOG's entries and settings.
     pub slowlog: cmd::slowlog::SlowLog,
     /// The TLS configuration new TLS clients get, when `tls-port` is set.
@@ -279,6 +281,7 @@ pub async fn run_with_bus(
         tls: tls.as_ref().map(|(t, _)| t.clone()),
         acl,
         slowlog: Default::default(),
+        scripts: Default::default(),
         started_ms: now_ms(),
         next_client_id: AtomicU64::new(1),
         shutdown: stop_rx,

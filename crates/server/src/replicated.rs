@@ -151,6 +151,9 @@ fn added_client_addr(g: &GroupStatus, id: u64) -> Option<SocketAddr> {
 /// A client's connection to the leader, for relaying.
 pub struct Relay {
     leader: u64,
+    /// The protocol its replies come in (the client's when it was opened: a client that
+    /// changes protocol with HELLO opens new ones).
+    proto: Protocol,
     stream: TcpStream,
     buf: Vec<u8>,
 }
@@ -270,6 +273,11 @@ enum Route {
 
 fn route(shared: &Shared, spec: &CommandSpec, args: &[Vec<u8>]) -> Route {
     let keys = spec.key_positions(args);
+    // A script without keys runs on one shard: the one holding slot 0, whatever it touches
+    // (it can only reach keys of that shard's slots).
+    if keys.is_empty() && matches!(spec.name.as_str(), "eval" | "eval_ro") {
+        return Route::Shard(shared.shards.group_of_slot(0));
+    }
     match shared
         .shards
         .group_of_keys(keys.iter().map(|&i| args[i].as_slice()))
@@ -501,7 +509,8 @@ async fn spread(shared: &Shared, client: &mut Client, batch: Vec<Vec<Vec<u8>>>) 
             .filter(|&i| target[i] == Some(leader))
             .collect();
         let writes = idx.iter().any(|&i| kinds[i].1);
-        client.relays.retain(|r| !r.closed());
+        let proto = client.proto;
+        client.relays.retain(|r| !r.closed() && r.proto == proto);
         let relay = match client.relays.iter().position(|r| r.leader == leader) {
             Some(at) => Some(client.relays.remove(at)),
             None => match repl.client_addr(leader) {
@@ -667,6 +676,9 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
     if args[0].eq_ignore_ascii_case(b"cairn.watchindex") {
         return watch_index_here(shared, &args).await.to_bytes(client.proto);
     }
+    if args[0].eq_ignore_ascii_case(b"cairn.script") {
+        return crate::cmd::scripting::get_for_node(shared, &args).to_bytes(client.proto);
+    }
     if args[0].eq_ignore_ascii_case(b"cairn.leaders") {
         return crate::placement::leaders(shared).to_bytes(client.proto);
     }
@@ -779,6 +791,22 @@ async fn handle_on(
     if let Some(refused) = crate::cmd::pubsub::refused_while_subscribed(client, top) {
         return refused.to_bytes(proto);
     }
+    // EVALSHA runs as EVAL with the script's text (see `cmd/scripting.rs`).
+    let (spec, args) = match crate::cmd::scripting::resolve(shared, &args).await {
+        None => (spec, args),
+        Some(Err(_)) if client.multi.is_some() => {
+            let queued = crate::cmd::scripting::queued_noscript(&args);
+            match shared.table.commands.lookup(&queued) {
+                Lookup::Found(s) => (s.clone(), queued),
+                Lookup::Error(e) => return e.to_bytes(proto),
+            }
+        }
+        Some(Err(e)) => return e.to_bytes(proto),
+        Some(Ok(resolved)) => match shared.table.commands.lookup(&resolved) {
+            Lookup::Found(s) => (s.clone(), resolved),
+            Lookup::Error(e) => return e.to_bytes(proto),
+        },
+    };
     if client.multi.is_none() {
         if let Some(change) = acl_change(&spec.name, &args) {
             // Checked here first, with the clear passwords, for Redis's error text.
@@ -830,6 +858,13 @@ async fn handle_on(
     };
     match (spec.name.as_str(), target) {
         ("watch", _) => watch(shared, client, args).await,
+        ("script|flush", _) => {
+            let reply = dispatch::call(shared, client, None, &spec, &args);
+            if matches!(reply, Reply::Status(_)) {
+                crate::cmd::scripting::flush_everywhere(shared).await;
+            }
+            reply.to_bytes(proto)
+        }
         ("exec", _) => exec(shared, client).await,
         ("unwatch" | "discard" | "reset", _) => {
             client.watched_at.clear();
@@ -1541,7 +1576,7 @@ async fn relay_via(
     let repl = shared.replication.as_ref().expect("replicated mode");
     let attempts = if is_write { 1 } else { 2 };
     for _ in 0..attempts {
-        client.relays.retain(|r| !r.closed());
+        client.relays.retain(|r| !r.closed() && r.proto == proto);
         let at = match client.relays.iter().position(|r| r.leader == leader) {
             Some(at) => at,
             None => {
@@ -1653,6 +1688,7 @@ pub(crate) async fn open_relay(
     let _ = stream.set_nodelay(true);
     let mut r = Relay {
         leader,
+        proto,
         stream,
         buf: Vec::new(),
     };

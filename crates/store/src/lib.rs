@@ -21,6 +21,8 @@ pub mod moves;
 pub mod notify;
 pub mod numbers;
 pub mod rng;
+pub mod script;
+mod script_libs;
 pub mod slot;
 pub mod snapshot;
 pub mod stream;
@@ -33,6 +35,13 @@ pub use keyspace::Keyspace;
 pub use value::Value;
 
 use cairn_resp::Reply;
+
+/// Redis's command table (arity, flags, key positions), for what runs inside the store:
+/// scripts' `redis.call`.
+pub fn commands() -> &'static cairn_commands::CommandTable {
+    static TABLE: std::sync::OnceLock<cairn_commands::CommandTable> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| cairn_commands::CommandTable::load(|_| true))
+}
 
 /// The state machine of one shard: the keyspace plus what WATCH needs.
 #[derive(Default)]

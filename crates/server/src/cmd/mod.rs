@@ -9,6 +9,7 @@ pub mod member;
 pub mod placement;
 pub mod pubsub;
 pub mod reshard;
+pub mod scripting;
 pub mod slowlog;
 pub mod transactions;
 
@@ -57,6 +58,10 @@ pub const COMMANDS: &[(&str, ConnHandler)] = &[
     ("client|no-evict", connection::client_on_off),
     ("client|no-touch", connection::client_on_off),
     ("multi", transactions::multi),
+    ("script|load", scripting::load),
+    ("script|exists", scripting::exists),
+    ("script|flush", scripting::flush),
+    ("script|kill", scripting::kill),
     ("exec", transactions::exec),
     ("discard", transactions::discard),
     ("watch", transactions::watch),

@@ -8,6 +8,7 @@ pub mod hll;
 pub mod keys;
 pub mod lists;
 pub mod migrate;
+pub mod scripting;
 pub mod server;
 pub mod sets;
 pub mod sort;
@@ -32,6 +33,7 @@ const FAMILIES: &[&[(&str, Handler)]] = &[
     sort::COMMANDS,
     blocking::COMMANDS,
     streams::COMMANDS,
+    scripting::COMMANDS,
 ];
 
 fn registry() -> &'static HashMap<&'static str, Handler> {

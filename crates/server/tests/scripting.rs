@@ -1,0 +1,295 @@
+//! Lua scripting (EVAL, EVALSHA, EVAL_RO, SCRIPT) compared with a real redis-server, reply by
+//! reply in RESP2 and RESP3: on a standalone node, and on a 3-node cluster with three shards,
+//! where scripts whose keys are in several shards run as cross-shard transactions. Then what
+//! Redis cannot be compared on: a runaway script is stopped at the same instruction on every
+//! replica, and a script loaded through one node runs through every node.
+
+mod common;
+
+use common::{redis_or_skip, Cairn};
+use std::time::{Duration, Instant};
+
+/// (script, keys, args) of EVAL calls whose replies must equal Redis's.
+fn cases() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
+    let none = Vec::new;
+    vec![
+        ("return 1", none(), none()),
+        ("return 3.99", none(), none()),
+        ("return -3.99", none(), none()),
+        ("return 'text'", none(), none()),
+        ("return true", none(), none()),
+        ("return false", none(), none()),
+        ("return nil", none(), none()),
+        ("return {1, 2, 'a', {ok='fine'}, {err='bad'}, false, true, 3.7}", none(), none()),
+        ("return {1, 2, nil, 4}", none(), none()),
+        ("return {1, {2, {3, {4}}}}", none(), none()),
+        ("return {double=3.5}", none(), none()),
+        ("return {KEYS[1], ARGV[1], #KEYS, #ARGV}", vec!["k1"], vec!["a1", "a2"]),
+        ("return redis.call('set', KEYS[1], ARGV[1])", vec!["k1"], vec!["v1"]),
+        ("return redis.call('get', KEYS[1])", vec!["k1"], none()),
+        // (Every key a script touches is declared: on shards, an undeclared key of another
+        // shard is refused, as Redis Cluster refuses a non-local one.)
+        ("return redis.call('get', KEYS[1])", vec!["nosuch"], none()),
+        ("return redis.call('incr', KEYS[1])", vec!["k1"], none()),
+        ("return redis.pcall('incr', KEYS[1])", vec!["k1"], none()),
+        ("local r = redis.pcall('incr', KEYS[1]) return type(r)", vec!["k1"], none()),
+        ("return redis.call('set', KEYS[1], 1.5)", vec!["k1"], none()),
+        ("return redis.call('set', KEYS[1], {})", vec!["k1"], none()),
+        ("return redis.call()", none(), none()),
+        ("return redis.call('get')", none(), none()),
+        ("return redis.call('nosuch')", none(), none()),
+        ("return redis.call('multi')", none(), none()),
+        ("return redis.call('ping')", none(), none()),
+        (
+            "redis.call('rpush', KEYS[1], 'a', 'b') return redis.call('lrange', KEYS[1], 0, -1)",
+            vec!["l1"],
+            none(),
+        ),
+        ("return redis.call('hset', KEYS[1], 'f', 'v', 'g', 'w')", vec!["h1"], none()),
+        ("return redis.call('hgetall', KEYS[1])", vec!["h1"], none()),
+        ("redis.setresp(3) return redis.call('hgetall', KEYS[1])", vec!["h1"], none()),
+        ("redis.setresp(3) return redis.call('get', KEYS[1])", vec!["nosuch"], none()),
+        ("return redis.setresp(4)", none(), none()),
+        ("return redis.call('zadd', KEYS[1], 1, 'a', 2, 'b')", vec!["z1"], none()),
+        ("return redis.call('zrange', KEYS[1], 0, -1, 'withscores')", vec!["z1"], none()),
+        ("redis.setresp(3) return redis.call('zscore', KEYS[1], 'a')", vec!["z1"], none()),
+        ("return redis.call('zscore', KEYS[1], 'b')", vec!["z1"], none()),
+        ("return x", none(), none()),
+        ("x = 1", none(), none()),
+        ("return os", none(), none()),
+        ("return io", none(), none()),
+        ("return debug", none(), none()),
+        ("return type(loadstring)", none(), none()),
+        ("return {loadstring(string.dump(function() return 1 end))}", none(), none()),
+        ("error('boom')", none(), none()),
+        ("error({err='MY boom'})", none(), none()),
+        ("local function f() error('deep') end f()", none(), none()),
+        ("return pcall(error, 'x')", none(), none()),
+        ("return redis.error_reply('E1')", none(), none()),
+        ("return redis.status_reply('S1')", none(), none()),
+        ("return redis.sha1hex('abc')", none(), none()),
+        ("return redis.REDIS_VERSION_NUM", none(), none()),
+        ("return 1 +", none(), none()),
+        ("return bit.band(7, 3)", none(), none()),
+        ("return bit.tohex(255)", none(), none()),
+        ("return bit.tohex(255, -4)", none(), none()),
+        ("return bit.lshift(1, 31)", none(), none()),
+        ("return {bit.bxor(5, 3), bit.bnot(0), bit.arshift(-16, 2), bit.rol(1, 33)}", none(), none()),
+        ("return cjson.encode({1, 2, {a=1}})", none(), none()),
+        ("return cjson.encode({a='x'})", none(), none()),
+        ("return cjson.encode({})", none(), none()),
+        (
+            "local t = cjson.decode('[1,2.5,\"x\",null,{\"a\":[]}]') return {t[1], t[3], type(t[4]), type(t[5].a)}",
+            none(),
+            none(),
+        ),
+        ("return string.format('%d-%s', 5, 'x')", none(), none()),
+        ("return table.concat({'a', 'b'}, ',')", none(), none()),
+        ("return select('#', 1, 2, 3)", none(), none()),
+        ("return unpack({1, 2, 3})", none(), none()),
+        ("local t = {} for i = 1, 5 do t[i] = i * i end return t", none(), none()),
+        ("#!lua flags=no-writes\nreturn redis.call('set', KEYS[1], 'v')", vec!["k"], none()),
+        ("#!lua flags=no-writes\nreturn redis.call('get', KEYS[1])", vec!["k"], none()),
+        ("#!lua flags=bogus\nreturn 1", none(), none()),
+        ("#!python\nreturn 1", none(), none()),
+        ("#!lua name=x\nreturn 1", none(), none()),
+        // Keys in different shards on the cluster (a: 15495, b: 3300, c: 7365): one script, one
+        // atomic step over all three.
+        (
+            "redis.call('set', KEYS[1], ARGV[1]) redis.call('set', KEYS[2], ARGV[1]) \
+             redis.call('incr', KEYS[3]) return redis.call('mget', KEYS[1], KEYS[2], KEYS[3])",
+            vec!["a", "b", "c"],
+            vec!["7"],
+        ),
+        (
+            "local v = redis.call('get', KEYS[1]) redis.call('del', KEYS[1]) \
+             return redis.call('rpush', KEYS[2], v)",
+            vec!["a", "c2"],
+            none(),
+        ),
+        ("return redis.call('exists', KEYS[1], KEYS[2], KEYS[3])", vec!["a", "b", "c"], none()),
+    ]
+}
+
+fn eval_args<'a>(script: &'a str, keys: &'a [&'a str], args: &'a [&'a str]) -> Vec<Vec<u8>> {
+    let mut out = vec![
+        b"EVAL".to_vec(),
+        script.as_bytes().to_vec(),
+        keys.len().to_string().into_bytes(),
+    ];
+    out.extend(keys.iter().map(|k| k.as_bytes().to_vec()));
+    out.extend(args.iter().map(|a| a.as_bytes().to_vec()));
+    out
+}
+
+/// Sends every case to both and compares the replies as bytes.
+fn compare(a: &mut common::Raw, b: &mut common::Raw, proto: &str, what: &str) {
+    for (script, keys, args) in cases() {
+        let argv = eval_args(script, &keys, &args);
+        let refs: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+        let ra = a.cmd(&refs);
+        let rb = b.cmd(&refs);
+        assert_eq!(
+            String::from_utf8_lossy(&ra),
+            String::from_utf8_lossy(&rb),
+            "{what}, {proto}: reply to {script:?} {keys:?} {args:?} differs (left cairn, right redis)"
+        );
+    }
+    // Other argument errors, EVALSHA, EVAL_RO and SCRIPT.
+    for line in [
+        vec!["EVAL", "return 1", "-1"],
+        vec!["EVAL", "return 1", "5", "a"],
+        vec!["EVAL", "return 1", "x"],
+        vec!["EVALSHA", "ffffffffffffffffffffffffffffffffffffffff", "0"],
+        vec!["EVALSHA", "abc", "0"],
+        vec!["SCRIPT", "LOAD", "return 'loaded'"],
+        vec!["EVALSHA", "b534286061d4b9e4026607613b95c06c06015ae8", "0"],
+        vec![
+            "EVALSHA_RO",
+            "B534286061D4B9E4026607613B95C06C06015AE8",
+            "0",
+        ],
+        vec![
+            "SCRIPT",
+            "EXISTS",
+            "b534286061d4b9e4026607613b95c06c06015ae8",
+            "ffffffffffffffffffffffffffffffffffffffff",
+        ],
+        vec!["SCRIPT", "LOAD", "return +"],
+        vec!["SCRIPT", "KILL"],
+        vec!["SCRIPT", "FLUSH", "BAD"],
+        vec![
+            "EVAL_RO",
+            "return redis.call('set', KEYS[1], 'v')",
+            "1",
+            "k1",
+        ],
+        vec!["EVAL_RO", "return redis.call('get', KEYS[1])", "1", "k1"],
+        vec!["MULTI"],
+        vec!["EVAL", "return redis.call('incr', KEYS[1])", "1", "m1"],
+        vec!["EVALSHA", "b534286061d4b9e4026607613b95c06c06015ae8", "0"],
+        vec!["EVALSHA", "ffffffffffffffffffffffffffffffffffffffff", "0"],
+        vec!["EXEC"],
+        vec!["SCRIPT", "FLUSH"],
+        vec!["EVALSHA", "b534286061d4b9e4026607613b95c06c06015ae8", "0"],
+    ] {
+        let refs: Vec<&[u8]> = line.iter().map(|s| s.as_bytes()).collect();
+        let ra = a.cmd(&refs);
+        let rb = b.cmd(&refs);
+        assert_eq!(
+            String::from_utf8_lossy(&ra),
+            String::from_utf8_lossy(&rb),
+            "{what}, {proto}: reply to {line:?} differs (left cairn, right redis)"
+        );
+    }
+}
+
+#[test]
+fn scripts_answer_as_redis_does_standalone_and_across_shards() {
+    let Some(redis) = redis_or_skip("scripting differential") else {
+        return;
+    };
+    let single = Cairn::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cluster = common::start_cluster_with(3, &dirs, 3);
+    common::wait_writable(&cluster);
+    let node = cluster[1].as_ref().unwrap();
+    for (what, cairn) in [("standalone", &single), ("3 shards", node)] {
+        for proto in ["HELLO 2", "HELLO 3"] {
+            let (mut a, mut b) = (cairn.raw(), redis.raw());
+            for c in [&mut a, &mut b] {
+                c.cmd_str("FLUSHALL");
+                c.cmd_str("SCRIPT FLUSH");
+                c.cmd_str(proto);
+            }
+            compare(&mut a, &mut b, proto, what);
+        }
+    }
+    // The scripts over three shards ran as cross-shard transactions.
+    let info = String::from_utf8_lossy(&node.raw().cmd_str("INFO stats")).to_string();
+    let stat = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // Three scripts over several shards per protocol, two of which write.
+    assert!(
+        stat("cross_shard_runs:") >= 6 && stat("cross_shard_committed:") >= 4,
+        "scripts over shards did not run across shards: {info}"
+    );
+}
+
+/// A script that never ends is stopped at its instruction limit, on every replica at the same
+/// point: the writes it made before stay, the same everywhere, and the shard serves on.
+#[test]
+fn a_runaway_script_is_stopped_alike_on_every_replica() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cluster = common::start_cluster(3, &dirs);
+    common::wait_writable(&cluster);
+    let mut c = cluster[0].as_ref().unwrap().raw();
+    let started = Instant::now();
+    let reply = c.cmd(&[
+        b"EVAL",
+        b"local n = 0 while true do n = n + 1 if n % 1000000 == 0 then redis.call('incr', KEYS[1]) end end",
+        b"1",
+        b"spins",
+    ]);
+    let text = String::from_utf8_lossy(&reply).to_string();
+    assert!(text.starts_with("-BUSY"), "{text}");
+    println!(
+        "runaway script stopped after {:?}: {text}",
+        started.elapsed()
+    );
+    assert_eq!(c.cmd_str("PING"), b"+PONG\r\n");
+    let spins = c.cmd_str("GET spins");
+    assert!(
+        spins.starts_with(b"$"),
+        "the writes before the stop stay: {spins:?}"
+    );
+    // Every replica applied the same entry to the same point.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let digests: Vec<Vec<u8>> = cluster
+            .iter()
+            .map(|n| n.as_ref().unwrap().raw().cmd_str("DEBUG DIGEST"))
+            .collect();
+        if digests.iter().all(|d| d == &digests[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas differ: {digests:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SCRIPT LOAD through one node; EVALSHA through each of the others finds it.
+#[test]
+fn a_script_loaded_through_one_node_runs_through_every_node() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cluster = common::start_cluster_with(3, &dirs, 3);
+    common::wait_writable(&cluster);
+    let sha = cluster[0]
+        .as_ref()
+        .unwrap()
+        .raw()
+        .cmd_str("SCRIPT LOAD return(redis.call('incr',KEYS[1]))");
+    let sha = String::from_utf8_lossy(&sha)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(sha.len(), 40, "{sha}");
+    for (i, node) in cluster.iter().enumerate() {
+        let reply =
+            node.as_ref()
+                .unwrap()
+                .raw()
+                .cmd(&[b"EVALSHA", sha.as_bytes(), b"1", b"counter"]);
+        assert_eq!(
+            reply,
+            format!(":{}\r\n", i + 1).into_bytes(),
+            "node {}",
+            i + 1
+        );
+    }
+}
