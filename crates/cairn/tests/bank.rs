@@ -2,11 +2,12 @@
 //! accounts spread over all of them. Client threads, through random nodes:
 //!
 //! - move amounts between accounts with MULTI/EXEC (DECRBY one, INCRBY another), plain or after
-//!   WATCH (only when the source holds enough);
+//!   WATCH (only when the source holds enough), and with a Lua script (which checks the balance
+//!   itself);
 //! - read every balance at once, with MGET and with a MULTI of GETs: the total must never
 //!   differ from what the accounts started with;
-//! - run list-append transactions (MULTI with RPUSHes of unique values and LRANGEs over lists in
-//!   every shard), whose history an Elle-style checker (`cairn_check::list_append`) searches for
+//! - run list-append transactions (MULTI, or a Lua script, with RPUSHes of unique values and
+//!   LRANGEs over lists in every shard), whose history an Elle-style checker (`cairn_check::list_append`) searches for
 //!   dependency cycles and the other anomalies of non-serializable histories.
 //!
 //! Meanwhile a nemesis `kill -9`s, pauses (SIGSTOP/SIGCONT) and cuts off nodes, and a mover keeps
@@ -28,6 +29,27 @@ use std::time::{Duration, Instant};
 const ACCOUNTS: usize = 8;
 const START_BALANCE: i64 = 100;
 const LISTS: usize = 6;
+
+/// A transfer as one script: only when the source holds enough.
+const TRANSFER: &str = "local have = tonumber(redis.call('get', KEYS[1])) \
+    if have >= tonumber(ARGV[1]) then \
+        redis.call('decrby', KEYS[1], ARGV[1]) \
+        redis.call('incrby', KEYS[2], ARGV[1]) \
+        return 1 \
+    end \
+    return 0";
+
+/// List appends and reads as one script: ARGV holds `a` (append ARGV[2i] to KEYS[i]) or `r`
+/// (read KEYS[i]) per key; the reply has one item per key (the list read, or the new length).
+const APPENDS: &str = "local out = {} \
+    for i, key in ipairs(KEYS) do \
+        if ARGV[2 * i - 1] == 'a' then \
+            out[i] = redis.call('rpush', key, ARGV[2 * i]) \
+        else \
+            out[i] = redis.call('lrange', key, 0, -1) \
+        end \
+    end \
+    return out";
 
 fn account(i: usize) -> Vec<u8> {
     format!("acct:{i}").into_bytes()
@@ -125,67 +147,80 @@ fn client(
         let from = (r % ACCOUNTS as u64) as usize;
         let to = (from + 1 + (r >> 8) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
         let amount = ((r >> 16) % 20 + 1).to_string().into_bytes();
-        let keep =
-            match (r >> 24) % 6 {
-                0 | 1 => {
-                    let cmds = vec![
-                        vec![b"DECRBY".to_vec(), account(from), amount.clone()],
-                        vec![b"INCRBY".to_vec(), account(to), amount],
-                    ];
-                    count_transfer(&tally, transaction(c, &cmds))
+        let keep = match (r >> 24) % 9 {
+            0 | 1 => {
+                let cmds = vec![
+                    vec![b"DECRBY".to_vec(), account(from), amount.clone()],
+                    vec![b"INCRBY".to_vec(), account(to), amount],
+                ];
+                count_transfer(&tally, transaction(c, &cmds))
+            }
+            2 => watched_transfer(c, &tally, account(from), account(to), amount),
+            3 => {
+                let (a, b) = (account(from), account(to));
+                let answer = c.call(&[b"EVAL", TRANSFER.as_bytes(), b"2", &a, &b, &amount]);
+                match answer {
+                    Some(Answer::Int(1)) => count_transfer(&tally, Some(Answer::Array(vec![]))),
+                    Some(Answer::Int(0)) => count_transfer(&tally, Some(Answer::NilArray)),
+                    other => count_transfer(&tally, other),
                 }
-                2 => {
-                    let (a, b) = (account(from), account(to));
-                    if !matches!(c.call(&[b"WATCH", &a, &b]), Some(Answer::Ok)) {
-                        false
-                    } else {
-                        let balance = c.call(&[b"GET", &a]).as_ref().and_then(int);
-                        let want: i64 = String::from_utf8_lossy(&amount).parse().unwrap();
-                        match balance {
-                            Some(have) if have >= want => {
-                                let cmds = vec![
-                                    vec![b"DECRBY".to_vec(), a, amount.clone()],
-                                    vec![b"INCRBY".to_vec(), b, amount],
-                                ];
-                                count_transfer(&tally, transaction(c, &cmds))
-                            }
-                            Some(_) => matches!(c.call(&[b"UNWATCH"]), Some(Answer::Ok)),
-                            None => false,
-                        }
-                    }
-                }
-                3 | 4 => {
-                    let keys: Vec<Vec<u8>> = (0..ACCOUNTS).map(account).collect();
-                    let answer = if (r >> 24) % 6 == 3 {
-                        let mut args: Vec<&[u8]> = vec![b"MGET"];
-                        args.extend(keys.iter().map(Vec::as_slice));
-                        c.call(&args)
-                    } else {
-                        let cmds: Vec<Vec<Vec<u8>>> =
-                            keys.into_iter().map(|k| vec![b"GET".to_vec(), k]).collect();
-                        transaction(c, &cmds)
-                    };
-                    match &answer {
-                        Some(a) => {
-                            if let Some(total) = total_of(a) {
-                                tally.total_reads.fetch_add(1, Ordering::Relaxed);
-                                if total != START_BALANCE * ACCOUNTS as i64 {
-                                    tally.violations.lock().unwrap().push(format!(
-                                        "client {id} read a total of {total}: {a:?}"
-                                    ));
-                                }
-                            }
-                            true
-                        }
-                        None => false,
-                    }
-                }
-                _ => append_txn(c, &mut rng, &history, &next_value, &tally),
-            };
+            }
+            4 | 5 => read_total(c, &tally, id, (r >> 24) % 9 == 4),
+            6 | 7 => append_txn(c, &mut rng, &history, &next_value, &tally, false),
+            _ => append_txn(c, &mut rng, &history, &next_value, &tally, true),
+        };
         if !keep {
             conn = None;
         }
     }
+}
+
+/// WATCH both accounts, read the source, and move the amount in MULTI/EXEC only if it holds
+/// enough.
+fn watched_transfer(c: &mut Conn, tally: &Tally, a: Vec<u8>, b: Vec<u8>, amount: Vec<u8>) -> bool {
+    if !matches!(c.call(&[b"WATCH", &a, &b]), Some(Answer::Ok)) {
+        return false;
+    }
+    let balance = c.call(&[b"GET", &a]).as_ref().and_then(int);
+    let want: i64 = String::from_utf8_lossy(&amount).parse().unwrap();
+    match balance {
+        Some(have) if have >= want => {
+            let cmds = vec![
+                vec![b"DECRBY".to_vec(), a, amount.clone()],
+                vec![b"INCRBY".to_vec(), b, amount],
+            ];
+            count_transfer(tally, transaction(c, &cmds))
+        }
+        Some(_) => matches!(c.call(&[b"UNWATCH"]), Some(Answer::Ok)),
+        None => false,
+    }
+}
+
+/// Every balance at once (MGET, or a MULTI of GETs): the total must be what it started as.
+fn read_total(c: &mut Conn, tally: &Tally, id: u64, mget: bool) -> bool {
+    let keys: Vec<Vec<u8>> = (0..ACCOUNTS).map(account).collect();
+    let answer = if mget {
+        let mut args: Vec<&[u8]> = vec![b"MGET"];
+        args.extend(keys.iter().map(Vec::as_slice));
+        c.call(&args)
+    } else {
+        let cmds: Vec<Vec<Vec<u8>>> = keys.into_iter().map(|k| vec![b"GET".to_vec(), k]).collect();
+        transaction(c, &cmds)
+    };
+    let Some(a) = &answer else {
+        return false;
+    };
+    if let Some(total) = total_of(a) {
+        tally.total_reads.fetch_add(1, Ordering::Relaxed);
+        if total != START_BALANCE * ACCOUNTS as i64 {
+            tally
+                .violations
+                .lock()
+                .unwrap()
+                .push(format!("client {id} read a total of {total}: {a:?}"));
+        }
+    }
+    true
 }
 
 fn count_transfer(tally: &Tally, answer: Option<Answer>) -> bool {
@@ -209,20 +244,25 @@ fn count_transfer(tally: &Tally, answer: Option<Answer>) -> bool {
     }
 }
 
-/// A MULTI of 2-4 appends and whole-list reads over random lists; recorded with its outcome.
+/// 2-4 appends and whole-list reads over random lists, as a MULTI or as one script; recorded
+/// with its outcome.
 fn append_txn(
     c: &mut Conn,
     rng: &mut cairn_check::seeded::XorShift,
     history: &Mutex<Vec<Txn>>,
     next_value: &AtomicU64,
     tally: &Tally,
+    script: bool,
 ) -> bool {
     let n = 2 + rng.next_u64() % 3;
     let mut ops = Vec::new();
     let mut cmds = Vec::new();
+    // The script's KEYS and ARGV.
+    let (mut keys, mut argv) = (Vec::new(), Vec::new());
     for _ in 0..n {
         let r = rng.next_u64();
         let key = list((r % LISTS as u64) as usize);
+        keys.push(key.clone());
         if (r >> 8).is_multiple_of(2) {
             let v = next_value.fetch_add(1, Ordering::Relaxed);
             cmds.push(vec![
@@ -230,6 +270,8 @@ fn append_txn(
                 key.clone(),
                 v.to_string().into_bytes(),
             ]);
+            argv.push(b"a".to_vec());
+            argv.push(v.to_string().into_bytes());
             ops.push(Op::Append(key, v));
         } else {
             cmds.push(vec![
@@ -238,10 +280,24 @@ fn append_txn(
                 b"0".to_vec(),
                 b"-1".to_vec(),
             ]);
+            argv.push(b"r".to_vec());
+            argv.push(b"-".to_vec());
             ops.push(Op::Read(key, None));
         }
     }
-    let answer = transaction(c, &cmds);
+    let answer = if script {
+        let mut args: Vec<Vec<u8>> = vec![
+            b"EVAL".to_vec(),
+            APPENDS.as_bytes().to_vec(),
+            keys.len().to_string().into_bytes(),
+        ];
+        args.extend(keys);
+        args.extend(argv);
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        c.call(&refs)
+    } else {
+        transaction(c, &cmds)
+    };
     let (outcome, keep) = match &answer {
         Some(Answer::Array(items)) if items.len() == ops.len() => {
             for (op, item) in ops.iter_mut().zip(items) {
