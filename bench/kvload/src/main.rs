@@ -2,8 +2,13 @@
 //! or etcd's v3 JSON gateway (`/v3/kv/put`, `/v3/kv/range`, HTTP/1.1 keep-alive), so that all
 //! three systems can be driven by the same client in one benchmark run.
 //!
-//!   kvload --proto resp|etcd --port P --op set|get [--clients 50] [--secs 10] [--keys 100000]
-//!          [--cluster yes]
+//!   kvload --proto resp|etcd --port P --op set|get|mset|mget|tx [--clients 50] [--secs 10]
+//!          [--keys 100000] [--cluster yes] [--same-slot yes]
+//!
+//! The multi-key ops (RESP only) name three random keys each: `mset` (MSET of three),
+//! `mget` (MGET of three), `tx` (MULTI, INCR of two keys, EXEC). With `--same-slot yes` the
+//! keys share a hash tag (`{N}`, one slot, one shard); otherwise they are spread, so that on a
+//! sharded cairn most requests are cross-shard transactions.
 //!
 //! With `--cluster yes` (RESP only) it is a cluster-aware client, as redis-py's RedisCluster
 //! is: it reads CLUSTER SLOTS from `--port`, sends each key straight to the node serving its
@@ -18,10 +23,20 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Set,
+    Get,
+    Mset,
+    Mget,
+    Tx,
+}
+
 struct Args {
     etcd: bool,
     port: u16,
-    set: bool,
+    op: Op,
+    same_slot: bool,
     clients: usize,
     secs: u64,
     keys: u64,
@@ -32,7 +47,8 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         etcd: false,
         port: 0,
-        set: true,
+        op: Op::Set,
+        same_slot: false,
         clients: 50,
         secs: 10,
         keys: 100_000,
@@ -48,7 +64,17 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--proto" => a.etcd = value == "etcd",
             "--port" => a.port = value.parse().map_err(bad)?,
-            "--op" => a.set = value.eq_ignore_ascii_case("set"),
+            "--op" => {
+                a.op = match value.to_ascii_lowercase().as_str() {
+                    "set" => Op::Set,
+                    "get" => Op::Get,
+                    "mset" => Op::Mset,
+                    "mget" => Op::Mget,
+                    "tx" => Op::Tx,
+                    _ => return Err(format!("unknown op {value}")),
+                }
+            }
+            "--same-slot" => a.same_slot = value == "yes",
             "--clients" => a.clients = value.parse().map_err(bad)?,
             "--secs" => a.secs = value.parse().map_err(bad)?,
             "--keys" => a.keys = value.parse().map_err(bad)?,
@@ -214,15 +240,19 @@ impl Conn {
         })
     }
 
-    /// One RESP request; Ok(false) for an error reply.
-    fn resp(&mut self, args: &[&[u8]]) -> std::io::Result<bool> {
+    fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
         let mut req = format!("*{}\r\n", args.len()).into_bytes();
         for a in args {
             req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
             req.extend_from_slice(a);
             req.extend_from_slice(b"\r\n");
         }
-        self.writer.write_all(&req)?;
+        self.writer.write_all(&req)
+    }
+
+    /// One RESP request; Ok(false) for an error reply.
+    fn resp(&mut self, args: &[&[u8]]) -> std::io::Result<bool> {
+        self.send(args)?;
         let mut line = Vec::new();
         self.reader.read_until(b'\n', &mut line)?;
         match line.first() {
@@ -244,6 +274,14 @@ impl Conn {
             }
             _ => Err(std::io::Error::other("unexpected reply")),
         }
+    }
+
+    /// One RESP request whatever its reply's shape; Ok(false) for an error reply.
+    fn any(&mut self, args: &[&[u8]]) -> std::io::Result<bool> {
+        self.send(args)?;
+        let peek = self.reader.fill_buf()?.first().copied();
+        read_value(&mut self.reader, 0)?;
+        Ok(peek != Some(b'-'))
     }
 
     /// One POST to etcd's JSON gateway; Ok(false) for a non-200 answer.
@@ -323,7 +361,7 @@ fn cluster_client(a: &Args, seed: u64, until: Instant) -> (Vec<u32>, u64) {
                     Err(_) => break,
                 },
             };
-            let r = if a.set {
+            let r = if a.op == Op::Set {
                 c.resp(&[b"SET", key.as_bytes(), b"xxx"])
             } else {
                 c.resp(&[b"GET", key.as_bytes()])
@@ -381,11 +419,30 @@ fn client(a: &Args, seed: u64, until: Instant) -> (Vec<u32>, u64) {
     let mut rng = Rng(seed | 1);
     while Instant::now() < until {
         let key = format!("key:{:012}", rng.next() % a.keys);
+        // The multi-key ops' three keys: one hash tag, or three random keys.
+        let tag = rng.next() % a.keys;
+        let keys: Vec<String> = (0..3)
+            .map(|i| {
+                if a.same_slot {
+                    format!("{{{tag}}}:k{i}")
+                } else {
+                    format!("key:{:012}", rng.next() % a.keys)
+                }
+            })
+            .collect();
+        let k = |i: usize| keys[i].as_bytes();
         let t = Instant::now();
-        let r = match (a.etcd, a.set) {
-            (false, true) => c.resp(&[b"SET", key.as_bytes(), b"xxx"]),
-            (false, false) => c.resp(&[b"GET", key.as_bytes()]),
-            (true, true) => c.post(
+        let r = match (a.etcd, a.op) {
+            (false, Op::Set) => c.resp(&[b"SET", key.as_bytes(), b"xxx"]),
+            (false, Op::Get) => c.resp(&[b"GET", key.as_bytes()]),
+            (false, Op::Mset) => c.any(&[b"MSET", k(0), b"xxx", k(1), b"xxx", k(2), b"xxx"]),
+            (false, Op::Mget) => c.any(&[b"MGET", k(0), k(1), k(2)]),
+            (false, Op::Tx) => c
+                .any(&[b"MULTI"])
+                .and_then(|_| c.any(&[b"INCR", k(0)]))
+                .and_then(|_| c.any(&[b"INCR", k(1)]))
+                .and_then(|_| c.any(&[b"EXEC"])),
+            (true, Op::Set) => c.post(
                 "/v3/kv/put",
                 &format!(
                     "{{\"key\":\"{}\",\"value\":\"{}\"}}",
@@ -393,10 +450,11 @@ fn client(a: &Args, seed: u64, until: Instant) -> (Vec<u32>, u64) {
                     base64(b"xxx")
                 ),
             ),
-            (true, false) => c.post(
+            (true, Op::Get) => c.post(
                 "/v3/kv/range",
                 &format!("{{\"key\":\"{}\"}}", base64(key.as_bytes())),
             ),
+            (true, _) => Err(std::io::Error::other("multi-key ops are RESP only")),
         };
         match r {
             Ok(true) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
@@ -448,7 +506,13 @@ fn main() {
     };
     println!(
         "{},{:.0},{:.3},{:.3},{}",
-        if a.set { "SET" } else { "GET" },
+        match a.op {
+            Op::Set => "SET",
+            Op::Get => "GET",
+            Op::Mset => "MSET",
+            Op::Mget => "MGET",
+            Op::Tx => "TX",
+        },
         lat.len() as f64 / took,
         pct(0.50),
         pct(0.99),

@@ -39,7 +39,7 @@ const LINGER_MS: u64 = 2_000;
 const FINISHING: usize = 256;
 const FINISH_QUEUE: usize = 4096;
 /// Internal clients kept for steps (each keeps its connections to other nodes).
-const POOL: usize = 64;
+const POOL: usize = 1024;
 
 /// Records to write, by shard.
 type Writes = BTreeMap<u64, Vec<Record>>;

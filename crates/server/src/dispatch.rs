@@ -76,10 +76,11 @@ impl Table {
             let previous = targets.insert(name.to_string(), Target::Conn(*h));
             assert!(previous.is_none(), "command {name} has two implementations");
         }
-        // EVALSHA and EVALSHA_RO become EVAL and EVAL_RO before they run (`cmd/scripting.rs`).
+        // EVALSHA and EVALSHA_RO, FCALL and FCALL_RO become EVAL and EVAL_RO before they run
+        // (`cmd/scripting.rs`, `functions.rs`).
         let implemented = |name: &str| {
             targets.contains_key(name)
-                || matches!(name, "evalsha" | "evalsha_ro")
+                || matches!(name, "evalsha" | "evalsha_ro" | "fcall" | "fcall_ro")
                 || targets
                     .keys()
                     .any(|k| k.strip_prefix(name).is_some_and(|r| r.starts_with('|')))

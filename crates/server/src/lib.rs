@@ -18,6 +18,7 @@ pub mod connection;
 pub mod cross;
 pub mod dispatch;
 pub mod expiry;
+pub mod functions;
 pub mod meta;
 pub mod placement;
 pub mod pubsub;
@@ -53,6 +54,8 @@ pub struct Shared {
     pub pubsub: Arc<pubsub::Hub>,
     /// Scripts by SHA-1 (EVALSHA, SCRIPT).
     pub scripts: cmd::scripting::Cache,
+    /// Function libraries (FUNCTION, FCALL): the meta group's, in a cluster.
+    pub functions: Arc<functions::Libraries>,
     /// SLOWLOG's entries and settings.
     pub slowlog: cmd::slowlog::SlowLog,
     /// The TLS configuration new TLS clients get, when `tls-port` is set.
@@ -92,6 +95,7 @@ fn start_replication(
     bus: Option<std::net::TcpListener>,
     hub: &Arc<pubsub::Hub>,
     acl: &Arc<acl::Acl>,
+    libraries: &Arc<functions::Libraries>,
 ) -> std::io::Result<Started> {
     if config.initial_cluster.is_empty() {
         return Ok((shards::Shards::single(), None, None));
@@ -165,6 +169,7 @@ fn start_replication(
         created_tx,
         owners: Some(shards.owners().clone()),
         acl: Some(acl.clone()),
+        functions: Some(libraries.clone()),
     };
     let placement = placement::initial_placement(&voters, count, config.replicas);
     let machine_of = |group: u64| {
@@ -268,7 +273,8 @@ pub async fn run_with_bus(
         acl.set_user(b"default", &rules)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     }
-    let (shards, replication, created) = start_replication(&config, bus, &hub, &acl)?;
+    let libraries: Arc<functions::Libraries> = Default::default();
+    let (shards, replication, created) = start_replication(&config, bus, &hub, &acl, &libraries)?;
     let shared = Arc::new(Shared {
         config: Mutex::new(config),
         shards,
@@ -282,6 +288,7 @@ pub async fn run_with_bus(
         acl,
         slowlog: Default::default(),
         scripts: Default::default(),
+        functions: libraries,
         started_ms: now_ms(),
         next_client_id: AtomicU64::new(1),
         shutdown: stop_rx,

@@ -61,10 +61,12 @@ pub struct MetaMachine {
     pub owners: Option<Arc<crate::shards::SlotOwners>>,
     /// The node's users, which this group's entries change (None in tests of the machine).
     pub acl: Option<Arc<crate::acl::Acl>>,
+    /// The cluster's function libraries (None in tests of the machine).
+    pub functions: Option<Arc<crate::functions::Libraries>>,
 }
 
 const MAGIC: &[u8; 4] = b"CRMT";
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 
 impl MetaMachine {
     /// Records that `group` serves `slots` from `epoch` on, for each slot whose record is
@@ -136,6 +138,10 @@ impl MetaMachine {
                 }
             }
             Some("acl") if args.len() > 4 => self.acl_change(&args[2], &args[3..]),
+            Some("function") if args.len() >= 3 => match &self.functions {
+                Some(libs) => crate::cmd::scripting::function_change(libs, &args[2..]),
+                None => Reply::error("ERR no functions here"),
+            },
             _ => Reply::error("ERR unknown CAIRN.META command"),
         }
     }
@@ -202,8 +208,9 @@ impl StateMachine for MetaMachine {
 
     /// `MAGIC | version u8 | count u32 | (id u64, voters u32, voter u64...)... | slots u32 |
     /// (slot u16, shard u64, epoch u64)... | secret | users u32 | (name, rules u32, rule...)...`
-    /// (the slots since version 2, the secret and users since 3; strings are u32 length +
-    /// bytes, the secret empty when there is none).
+    /// | libraries u32 | code...` (the slots since version 2, the secret and users since 3, the
+    /// function libraries since 4; strings are u32 length + bytes, the secret empty when there
+    /// is none).
     fn snapshot(&self) -> Vec<u8> {
         let state = self.state.lock();
         let mut out = MAGIC.to_vec();
@@ -235,6 +242,15 @@ impl StateMachine for MetaMachine {
             for r in rules {
                 put(&mut out, r);
             }
+        }
+        let libraries = self
+            .functions
+            .as_ref()
+            .map(|f| f.export())
+            .unwrap_or_default();
+        out.extend_from_slice(&(libraries.len() as u32).to_le_bytes());
+        for code in &libraries {
+            put(&mut out, code);
         }
         out
     }
@@ -280,6 +296,7 @@ impl StateMachine for MetaMachine {
         }
         let mut secret = None;
         let mut users = Vec::new();
+        let mut libraries = Vec::new();
         if version >= 3 {
             let string = |take: &mut dyn FnMut(usize) -> Result<Vec<u8>, String>| {
                 let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
@@ -300,9 +317,19 @@ impl StateMachine for MetaMachine {
                 }
                 users.push((name, rules));
             }
+            if version >= 4 {
+                for _ in 0..u32_at(&take_vec(4)?) {
+                    libraries.push(string(&mut take_vec)?);
+                }
+            }
         }
         if pos != rest.len() {
             return Err(bad());
+        }
+        if let Some(functions) = &self.functions {
+            functions
+                .replace_all(&libraries)
+                .map_err(|e| format!("meta snapshot holds a bad function library: {e}"))?;
         }
         if let Some(acl) = &self.acl {
             acl.replace_all(&users)
@@ -434,8 +461,39 @@ mod tests {
             created_tx: tx,
             owners: None,
             acl: Some(acl.clone()),
+            functions: None,
         };
         (m, acl)
+    }
+
+    #[test]
+    fn function_libraries_are_applied_and_survive_a_snapshot() {
+        let with_functions = || {
+            let (mut m, _) = with_users();
+            let libs = Arc::new(crate::functions::Libraries::default());
+            m.functions = Some(libs.clone());
+            (m, libs)
+        };
+        let (mut m, libs) = with_functions();
+        let code = "#!lua name=lib\nredis.register_function('f', function() return 1 end)";
+        assert_eq!(
+            m.apply(1, &entry(&["FUNCTION", "LOAD", code])),
+            b"$3\r\nlib\r\n"
+        );
+        // The same refusal on every node: it is decided by the log.
+        assert!(m
+            .apply(2, &entry(&["FUNCTION", "LOAD", code]))
+            .starts_with(b"-ERR Library 'lib' already exists"));
+        let (mut b, libs_b) = with_functions();
+        b.restore(&m.snapshot()).unwrap();
+        assert_eq!(libs_b.export(), libs.export());
+        assert!(libs_b.find("f").is_some());
+        assert_eq!(
+            m.apply(3, &entry(&["FUNCTION", "DELETE", "lib"])),
+            b"+OK\r\n"
+        );
+        b.restore(&m.snapshot()).unwrap();
+        assert!(libs_b.find("f").is_none());
     }
 
     #[test]
@@ -492,6 +550,7 @@ mod tests {
             created_tx: tx,
             owners: None,
             acl: None,
+            functions: None,
         };
         assert_eq!(m.apply(2, &create(&["1", "2", "3"])), b":4\r\n");
         assert_eq!(m.apply(3, &create(&["1", "2"])), b":5\r\n");
@@ -507,6 +566,7 @@ mod tests {
             created_tx: tx2,
             owners: None,
             acl: None,
+            functions: None,
         };
         let snap = m.snapshot();
         b.restore(&snap).unwrap();
@@ -544,6 +604,7 @@ mod tests {
             created_tx: tokio::sync::mpsc::unbounded_channel().0,
             owners: None,
             acl: None,
+            functions: None,
         };
         c.restore(&b.snapshot()).unwrap();
         assert_eq!(*c.state.lock(), *b.state.lock());

@@ -858,6 +858,32 @@ async fn handle_on(
     };
     match (spec.name.as_str(), target) {
         ("watch", _) => watch(shared, client, args).await,
+        (name, _) if crate::cmd::scripting::is_function_change(name) => {
+            // The cluster's libraries change through its meta group, on every node at once.
+            let mut change = vec![crate::meta::NAME.as_bytes().to_vec(), b"FUNCTION".to_vec()];
+            change.extend(args[1..].iter().cloned());
+            let before = shared.functions.dump();
+            let reply = propose_to(shared, client, crate::meta::GROUP, change).await;
+            // The meta group's leader applied it; this node may not have yet. The client's next
+            // command here (FCALL, FUNCTION LIST) must see the change: wait for it, briefly.
+            if !reply.starts_with(b"-") {
+                let until = tokio::time::Instant::now() + Duration::from_secs(2);
+                let flush = spec.name == "function|flush";
+                while tokio::time::Instant::now() < until {
+                    let now = shared.functions.dump();
+                    let done = if flush {
+                        shared.functions.export().is_empty()
+                    } else {
+                        now != before
+                    };
+                    if done {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            reply
+        }
         ("script|flush", _) => {
             let reply = dispatch::call(shared, client, None, &spec, &args);
             if matches!(reply, Reply::Status(_)) {

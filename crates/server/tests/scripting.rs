@@ -9,6 +9,20 @@ mod common;
 use common::{redis_or_skip, Cairn};
 use std::time::{Duration, Instant};
 
+/// A function library: a writing function, a read-only one with a description, and three that
+/// fail in the ways Redis words differently from scripts.
+const LIB: &str = "#!lua name=mylib
+redis.register_function('f1', function(keys, args) return redis.call('incr', keys[1]) end)
+redis.register_function{function_name='f2', callback=function(keys, args) return args[1] end, flags={'no-writes'}, description='second'}
+redis.register_function('e1', function(keys, args) error('boom') end)
+redis.register_function('e2', function(keys, args) return redis.call('nosuchcmd') end)
+redis.register_function('e3', function(keys, args) return KEYS end)";
+
+const LIB_ONE: &str = "#!lua name=onelib
+redis.register_function{function_name='only', callback=function(keys, args) return args[1] end, flags={'no-writes'}, description='the only one'}";
+const LIB_TWO: &str = "#!lua name=twolib
+redis.register_function('second', function(keys, args) return #args end)";
+
 /// (script, keys, args) of EVAL calls whose replies must equal Redis's.
 fn cases() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
     let none = Vec::new;
@@ -172,10 +186,76 @@ fn compare(a: &mut common::Raw, b: &mut common::Raw, proto: &str, what: &str) {
         vec!["EXEC"],
         vec!["SCRIPT", "FLUSH"],
         vec!["EVALSHA", "b534286061d4b9e4026607613b95c06c06015ae8", "0"],
+        // Functions.
+        vec!["FUNCTION", "FLUSH"],
+        vec!["FUNCTION", "LOAD", LIB],
+        vec!["FUNCTION", "LOAD", LIB],
+        vec!["FUNCTION", "LOAD", "REPLACE", LIB],
+        vec![
+            "FUNCTION",
+            "LOAD",
+            "redis.register_function('x', function() return 1 end)",
+        ],
+        vec![
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=other\nredis.register_function('f1', function() return 1 end)",
+        ],
+        vec!["FUNCTION", "LOAD", "#!lua name=empty\nlocal x = 1"],
+        vec!["FUNCTION", "LOAD", "#!lua name=bad\nreturn +"],
+        vec![
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=b@d\nredis.register_function('f', function() return 1 end)",
+        ],
+        vec![
+            "FUNCTION",
+            "LOAD",
+            "#!python name=p\nredis.register_function('f', function() return 1 end)",
+        ],
+        vec!["FCALL", "f1", "1", "fk"],
+        vec!["FCALL", "f1", "1", "fk"],
+        vec!["FCALL", "f2", "0", "hello"],
+        vec!["FCALL_RO", "f1", "1", "fk"],
+        vec!["FCALL_RO", "f2", "0", "hi"],
+        vec!["FCALL", "nosuch", "0"],
+        vec!["FCALL", "f1", "5", "a"],
+        vec!["FCALL", "e1", "0"],
+        vec!["FCALL", "e2", "0"],
+        vec!["FCALL", "e3", "0"],
+        vec!["FUNCTION", "STATS"],
+        // (Redis lists a library's functions in its hash table's order: lists are compared
+        // with one function per library.)
+        vec!["FUNCTION", "DELETE", "mylib"],
+        vec!["FUNCTION", "LOAD", LIB_ONE],
+        vec!["FUNCTION", "LOAD", LIB_TWO],
+        vec!["FUNCTION", "LIST"],
+        vec!["FUNCTION", "LIST", "WITHCODE"],
+        vec!["FUNCTION", "LIST", "LIBRARYNAME", "one*"],
+        vec!["FUNCTION", "LIST", "LIBRARYNAME", "zz*"],
+        vec!["FUNCTION", "LIST", "BOGUS"],
+        vec!["FUNCTION", "STATS"],
+        vec!["FUNCTION", "KILL"],
+        vec!["FUNCTION", "DELETE", "nosuch"],
+        vec!["FUNCTION", "DELETE", "onelib"],
+        vec!["FCALL", "only", "0", "x"],
+        vec!["FCALL", "second", "0", "x"],
+        vec!["FUNCTION", "FLUSH", "BAD"],
+        vec!["FUNCTION", "FLUSH"],
+        vec!["FUNCTION", "STATS"],
     ] {
         let refs: Vec<&[u8]> = line.iter().map(|s| s.as_bytes()).collect();
         let ra = a.cmd(&refs);
         let rb = b.cmd(&refs);
+        if line.starts_with(&["FUNCTION", "LIST"]) {
+            // Libraries come in Redis's hash table order: compared as a set.
+            assert_eq!(
+                common::parse(&ra).sorted(false),
+                common::parse(&rb).sorted(false),
+                "{what}, {proto}: reply to {line:?} differs (left cairn, right redis)"
+            );
+            continue;
+        }
         assert_eq!(
             String::from_utf8_lossy(&ra),
             String::from_utf8_lossy(&rb),
@@ -292,4 +372,98 @@ fn a_script_loaded_through_one_node_runs_through_every_node() {
             i + 1
         );
     }
+}
+
+/// FUNCTION LOAD through one node of a cluster: the library is the meta group's, so FCALL runs
+/// through every node, and FUNCTION LIST is the same everywhere.
+#[test]
+fn a_library_loaded_through_one_node_is_called_through_every_node() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cluster = common::start_cluster_with(3, &dirs, 3);
+    common::wait_writable(&cluster);
+    let loaded = cluster[2]
+        .as_ref()
+        .unwrap()
+        .raw()
+        .cmd(&[b"FUNCTION", b"LOAD", LIB.as_bytes()]);
+    assert_eq!(loaded, b"$5\r\nmylib\r\n".to_vec());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, node) in cluster.iter().enumerate() {
+        let mut c = node.as_ref().unwrap().raw();
+        loop {
+            let reply = c.cmd(&[b"FCALL", b"f1", b"1", b"fn-counter"]);
+            if reply.starts_with(b":") {
+                assert_eq!(
+                    reply,
+                    format!(":{}\r\n", i + 1).into_bytes(),
+                    "node {}",
+                    i + 1
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: {:?}",
+                i + 1,
+                String::from_utf8_lossy(&reply)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let lists: Vec<Vec<u8>> = cluster
+        .iter()
+        .map(|n| n.as_ref().unwrap().raw().cmd_str("FUNCTION LIST WITHCODE"))
+        .collect();
+    assert!(lists.iter().all(|l| l == &lists[0]), "{lists:?}");
+}
+
+/// FUNCTION DUMP's payload (cairn's own format) restores what was dumped, under each policy.
+#[test]
+fn function_dump_restores_under_every_policy() {
+    let node = Cairn::start();
+    let mut c = node.raw();
+    let load = c.cmd(&[b"FUNCTION", b"LOAD", LIB_ONE.as_bytes()]);
+    assert_eq!(load, b"$6\r\nonelib\r\n".to_vec());
+    let dump = c.cmd_str("FUNCTION DUMP");
+    let payload = match common::parse(&dump) {
+        common::Frame::Bulk(_, Some(p)) => p,
+        other => panic!("{other:?}"),
+    };
+    // APPEND over the same library: refused, nothing changed.
+    let again = c.cmd(&[b"FUNCTION", b"RESTORE", &payload]);
+    assert_eq!(again, b"-ERR Library 'onelib' already exists\r\n".to_vec());
+    assert_eq!(c.cmd_str("FUNCTION FLUSH"), b"+OK\r\n");
+    assert_eq!(
+        c.cmd(&[b"FUNCTION", b"RESTORE", &payload]),
+        b"+OK\r\n".to_vec()
+    );
+    assert_eq!(c.cmd_str("FCALL only 0 hi"), b"$2\r\nhi\r\n".to_vec());
+    assert_eq!(
+        c.cmd(&[b"FUNCTION", b"RESTORE", &payload, b"REPLACE"]),
+        b"+OK\r\n".to_vec()
+    );
+    assert_eq!(
+        c.cmd(&[b"FUNCTION", b"LOAD", LIB_TWO.as_bytes()]),
+        b"$6\r\ntwolib\r\n".to_vec()
+    );
+    // FLUSH policy: only what the payload holds is left.
+    assert_eq!(
+        c.cmd(&[b"FUNCTION", b"RESTORE", &payload, b"FLUSH"]),
+        b"+OK\r\n".to_vec()
+    );
+    assert_eq!(
+        c.cmd_str("FCALL second 0"),
+        b"-ERR Function not found\r\n".to_vec()
+    );
+    let mut damaged = payload.clone();
+    damaged[10] ^= 1;
+    assert_eq!(
+        c.cmd(&[b"FUNCTION", b"RESTORE", &damaged]),
+        b"-ERR payload version or checksum are wrong\r\n".to_vec()
+    );
+    assert_eq!(
+        c.cmd(&[b"FUNCTION", b"RESTORE", &payload, b"BOGUS"]),
+        b"-ERR Wrong restore policy given, value should be either FLUSH, APPEND or REPLACE.\r\n"
+            .to_vec()
+    );
 }

@@ -123,6 +123,14 @@ struct Engine {
     resp3: Rc<Cell<bool>>,
     /// `math.random`'s state for this run.
     random: Rc<Cell<u64>>,
+    /// Functions (FUNCTION LOAD, FCALL): the functions a library's code registered in this
+    /// run, and the environments library code runs in (loading: no `redis.call`; running: the
+    /// whole `redis` API, no KEYS/ARGV).
+    registered: Table,
+    load_env: Table,
+    run_env: Table,
+    /// `f, handler, keys, args` → `xpcall(function() return f(keys, args) end, handler)`.
+    call_with: Function,
 }
 
 /// Lua's `%.14g` for numbers given as command arguments.
@@ -394,7 +402,7 @@ impl Engine {
                     break;
                 };
                 if let (Some(source), Some(line)) = found {
-                    if source == "@user_script" {
+                    if source.starts_with("@user_") {
                         t.raw_set("source", source)?;
                         t.raw_set("line", line)?;
                         break;
@@ -403,6 +411,12 @@ impl Engine {
             }
             Ok(t)
         })?;
+        let registered = lua.create_table()?;
+        let (load_env, run_env) = function_envs(&lua, &registered)?;
+        let call_with: Function = lua
+            .load("local f, h, k, a = ... return xpcall(function() return f(k, a) end, h)")
+            .set_name("=cairn")
+            .into_function()?;
         Ok(Engine {
             lua,
             compiled: HashMap::new(),
@@ -413,6 +427,10 @@ impl Engine {
             stopped,
             resp3,
             random,
+            registered,
+            load_env,
+            run_env,
+            call_with,
         })
     }
 
@@ -506,6 +524,23 @@ pub fn eval(ctx: &mut Ctx, args: &[Vec<u8>], read_only: bool) -> Reply {
         return Reply::error("ERR Number of keys can't be greater than number of args");
     }
     let split = 3 + numkeys as usize;
+    if let Some(rest) = args[1].strip_prefix(FUNCTION_MARK) {
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        let name = String::from_utf8_lossy(&rest[..end]).to_string();
+        let code = rest.get(end + 1..).unwrap_or_default();
+        let seed = ctx.rng.next_u64();
+        return with_engine(|engine| {
+            let ran = engine.run_function(
+                ctx,
+                &name,
+                code,
+                (&args[3..split], &args[split..]),
+                read_only,
+                seed,
+            );
+            failure_reply(ran, &name)
+        });
+    }
     let flags = match shebang(&args[1]) {
         Ok(f) => f,
         Err(e) => return e,
@@ -517,19 +552,26 @@ pub fn eval(ctx: &mut Ctx, args: &[Vec<u8>], read_only: bool) -> Reply {
             Ok(c) => c,
             Err(e) => return e,
         };
-        match engine.run(ctx, &f, &args[3..split], &args[split..], read_only, seed) {
-            Ok(reply) => reply,
-            Err(Failure::Stopped) => Reply::error(format!(
-                "BUSY script {sha} ran past its limit of {MAX_INSTRUCTIONS} Lua instructions and \
-                 was stopped (what it wrote before stays)"
-            )),
-            Err(Failure::Raised { err, at }) => {
-                let at = at.map_or_else(String::new, |(s, l)| format!(", on {s}:{l}"));
-                Reply::error(format!("{err} script: {sha}{at}."))
-            }
-            Err(Failure::Internal(e)) => Reply::error(format!("ERR script failed: {e}")),
-        }
+        let ran = engine.run(ctx, &f, &args[3..split], &args[split..], read_only, seed);
+        failure_reply(ran, &sha)
     })
+}
+
+/// A run's reply; a failure as Redis words it (`script:` names the sha, or the function).
+fn failure_reply(ran: Result<Reply, Failure>, script: &str) -> Reply {
+    match ran {
+        Ok(reply) => reply,
+        Err(Failure::Stopped) => Reply::error(format!(
+            "BUSY script {script} ran past its limit of {MAX_INSTRUCTIONS} Lua instructions and \
+             was stopped (what it wrote before stays)"
+        )),
+        Err(Failure::Plain(err)) => Reply::Error(err.into()),
+        Err(Failure::Raised { err, at }) => {
+            let at = at.map_or_else(String::new, |(s, l)| format!(", on {s}:{l}"));
+            Reply::error(format!("{err} script: {script}{at}."))
+        }
+        Err(Failure::Internal(e)) => Reply::error(format!("ERR script failed: {e}")),
+    }
 }
 
 enum Failure {
@@ -539,6 +581,8 @@ enum Failure {
         at: Option<(String, i64)>,
     },
     Internal(String),
+    /// An error reply as it is (a library that would not compile or register).
+    Plain(String),
 }
 
 impl Engine {
@@ -554,27 +598,36 @@ impl Engine {
         let internal = |e: mlua::Error| Failure::Internal(lua_error_text(&e));
         let lua = &self.lua;
         let globals = lua.globals();
-        let list = |items: &[Vec<u8>]| -> mlua::Result<Table> {
-            let t = lua.create_table_with_capacity(items.len(), 0)?;
-            for (i, item) in items.iter().enumerate() {
-                t.raw_set(i + 1, lua.create_string(item)?)?;
-            }
-            Ok(t)
-        };
         globals
-            .raw_set("KEYS", list(keys).map_err(internal)?)
+            .raw_set("KEYS", lua_list(lua, keys).map_err(internal)?)
             .map_err(internal)?;
         globals
-            .raw_set("ARGV", list(argv).map_err(internal)?)
+            .raw_set("ARGV", lua_list(lua, argv).map_err(internal)?)
             .map_err(internal)?;
+        let outcome = self.with_dispatch(ctx, read_only, seed, |e| {
+            e.xpcall.call((f.clone(), e.handler.clone()))
+        });
+        let _ = globals.raw_set("KEYS", Value::Nil);
+        let _ = globals.raw_set("ARGV", Value::Nil);
+        self.finish(outcome)
+    }
+
+    /// Runs `call` with this run's budget, random state and `redis.call` dispatcher (which
+    /// borrows the store for the run's length).
+    fn with_dispatch(
+        &self,
+        ctx: &mut Ctx,
+        read_only: bool,
+        seed: u64,
+        call: impl FnOnce(&Self) -> mlua::Result<MultiValue>,
+    ) -> mlua::Result<MultiValue> {
         self.steps_left
             .set(MAX_INSTRUCTIONS / u64::from(HOOK_EVERY));
         self.stopped.set(false);
         self.resp3.set(false);
         self.random.set(seed | 1);
         let resp3 = self.resp3.clone();
-
-        let outcome = lua.scope(|scope| {
+        self.lua.scope(|scope| {
             let dispatch = scope.create_function_mut(|lua, args: MultiValue| {
                 let reply = call_from_script(ctx, &args, read_only, resp3.get());
                 let ok = !matches!(reply, Reply::Error(_));
@@ -582,16 +635,21 @@ impl Engine {
                 Ok((ok, v))
             })?;
             self.slot.raw_set("f", dispatch)?;
-            let result: MultiValue = self.xpcall.call((f.clone(), self.handler.clone()))?;
+            let result = call(self);
             self.slot.raw_set("f", Value::Nil)?;
-            Ok(result)
-        });
-        let _ = globals.raw_set("KEYS", Value::Nil);
-        let _ = globals.raw_set("ARGV", Value::Nil);
+            result
+        })
+    }
+
+    /// A run's outcome (xpcall's values) as the reply, or how it failed.
+    fn finish(&self, outcome: mlua::Result<MultiValue>) -> Result<Reply, Failure> {
         if self.stopped.get() {
             return Err(Failure::Stopped);
         }
-        let values: Vec<Value> = outcome.map_err(internal)?.into_iter().collect();
+        let values: Vec<Value> = outcome
+            .map_err(|e| Failure::Internal(lua_error_text(&e)))?
+            .into_iter()
+            .collect();
         match values.first() {
             Some(Value::Boolean(true)) => {
                 let v = values.get(1).cloned().unwrap_or(Value::Nil);
@@ -620,6 +678,15 @@ impl Engine {
             }
         }
     }
+}
+
+/// A Lua list of strings (KEYS, ARGV, a function's keys and args).
+fn lua_list(lua: &Lua, items: &[Vec<u8>]) -> mlua::Result<Table> {
+    let t = lua.create_table_with_capacity(items.len(), 0)?;
+    for (i, item) in items.iter().enumerate() {
+        t.raw_set(i + 1, lua.create_string(item)?)?;
+    }
+    Ok(t)
 }
 
 /// `redis.call`'s work: the command's reply (an error reply for what a script may not run).
@@ -805,5 +872,361 @@ fn from_lua(v: &Value, proto: Protocol, depth: usize) -> Reply {
             Reply::Array(items)
         }
         _ => Reply::Nil,
+    }
+}
+
+/// What an EVAL body starts with when it stands for FCALL: the function's name on that line,
+/// its library's code after it (the node that took FCALL puts the code in the entry, as
+/// EVALSHA's body).
+pub const FUNCTION_MARK: &[u8] = b"#!cairn-function ";
+
+/// The EVAL body that runs function `name` of a library whose code is `code`.
+pub fn function_body(name: &str, code: &[u8]) -> Vec<u8> {
+    let mut out = FUNCTION_MARK.to_vec();
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(code);
+    out
+}
+
+/// A function a library registered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub flags: Vec<String>,
+    pub description: Option<String>,
+}
+
+/// A library as FUNCTION LOAD reads it: its name and functions, in registration order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LibraryInfo {
+    pub name: String,
+    pub functions: Vec<FunctionInfo>,
+}
+
+const FUNCTION_FLAGS: &[&str] = &[
+    "no-writes",
+    "allow-oom",
+    "allow-stale",
+    "no-cluster",
+    "allow-cross-slot-keys",
+];
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The library's name from its `#!lua name=<name>` line, with Redis's errors.
+fn library_name(code: &[u8]) -> Result<String, String> {
+    if !code.starts_with(b"#!") {
+        return Err("ERR Missing library metadata".into());
+    }
+    let end = code.iter().position(|&b| b == b'\n').unwrap_or(code.len());
+    let line = String::from_utf8_lossy(&code[2..end]).to_string();
+    let mut words = line.split(' ').filter(|w| !w.is_empty());
+    let engine = words.next().unwrap_or_default();
+    if engine != "lua" {
+        return Err(format!("ERR Engine '{engine}' not found"));
+    }
+    let mut name = None;
+    for word in words {
+        match word.strip_prefix("name=") {
+            Some(n) => name = Some(n.to_string()),
+            None => return Err(format!("ERR Invalid metadata value given: {word}")),
+        }
+    }
+    let name = name.ok_or("ERR Library name was not given")?;
+    if !valid_name(&name) {
+        return Err("ERR Library names can only contain letters, numbers, or underscores(_) and must be at least one character long".into());
+    }
+    Ok(name)
+}
+
+/// The environments of library code: loading (register_function and logging only from the
+/// `redis` API) and running (all of it). Both read the read-only globals.
+fn function_envs(lua: &Lua, registered: &Table) -> mlua::Result<(Table, Table)> {
+    let globals = lua.globals();
+    let full: Table = globals.raw_get("redis")?;
+    let reg = registered.clone();
+    let register = lua.create_function(move |lua, args: MultiValue| -> mlua::Result<()> {
+        let bad = |m: &str| Err(mlua::Error::RuntimeError(m.to_string()));
+        let (name, callback, flags, description): (Value, Value, Value, Value) =
+            match args.len() {
+                1 => {
+                    let Some(Value::Table(t)) = args.front() else {
+                        return bad("calling redis.register_function with a single argument is only applicable to Lua table (representing named arguments).");
+                    };
+                    for pair in t.pairs::<Value, Value>() {
+                        let (k, _) = pair?;
+                        let known = matches!(&k, Value::String(s) if matches!(s.to_string_lossy().as_str(), "function_name" | "callback" | "flags" | "description"));
+                        if !known {
+                            return bad("unknown argument given to redis.register_function");
+                        }
+                    }
+                    (
+                        t.raw_get("function_name")?,
+                        t.raw_get("callback")?,
+                        t.raw_get("flags")?,
+                        t.raw_get("description")?,
+                    )
+                }
+                2 => (
+                    args[0].clone(),
+                    args[1].clone(),
+                    Value::Nil,
+                    Value::Nil,
+                ),
+                _ => return bad("wrong number of arguments to redis.register_function"),
+            };
+        let Value::String(name) = name else {
+            return bad("function_name argument given to redis.register_function must be a string");
+        };
+        let name = name.to_string_lossy();
+        let Value::Function(callback) = callback else {
+            return bad("callback argument given to redis.register_function must be a function");
+        };
+        if !valid_name(&name) {
+            return bad("Function names can only contain letters, numbers, or underscores(_) and must be at least one character long");
+        }
+        let mut flag_list = Vec::new();
+        match flags {
+            Value::Nil => {}
+            Value::Table(t) => {
+                for f in t.sequence_values::<Value>() {
+                    match f? {
+                        Value::String(s) if FUNCTION_FLAGS.contains(&s.to_string_lossy().as_str()) => {
+                            flag_list.push(s.to_string_lossy())
+                        }
+                        _ => return bad("unknown flag given"),
+                    }
+                }
+            }
+            _ => return bad("flags argument to redis.register_function must be a table representing function flags"),
+        }
+        let description = match description {
+            Value::Nil => None,
+            Value::String(s) => Some(s.to_string_lossy()),
+            _ => return bad("description argument given to redis.register_function must be a string"),
+        };
+        if reg.raw_get::<Value>(name.as_str())? != Value::Nil {
+            return bad("Function already exists in the library");
+        }
+        let entry = lua.create_table()?;
+        entry.raw_set("callback", callback)?;
+        entry.raw_set("flags", flag_list.join(","))?;
+        if let Some(d) = description {
+            entry.raw_set("description", d)?;
+        }
+        entry.raw_set("order", reg.raw_len() + 1)?;
+        reg.raw_set(name.as_str(), entry)?;
+        let order: Table = match reg.raw_get::<Value>("__order")? {
+            Value::Table(t) => t,
+            _ => {
+                let t = lua.create_table()?;
+                reg.raw_set("__order", t.clone())?;
+                t
+            }
+        };
+        order.raw_set(order.raw_len() + 1, name)?;
+        Ok(())
+    })?;
+    let load_redis = lua.create_table()?;
+    load_redis.raw_set("register_function", register.clone())?;
+    for key in [
+        "log",
+        "setresp",
+        "LOG_DEBUG",
+        "LOG_VERBOSE",
+        "LOG_NOTICE",
+        "LOG_WARNING",
+        "REDIS_VERSION",
+        "REDIS_VERSION_NUM",
+    ] {
+        load_redis.raw_set(key, full.raw_get::<Value>(key)?)?;
+    }
+    let run_redis = lua.create_table()?;
+    for pair in full.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        run_redis.raw_set(k, v)?;
+    }
+    run_redis.raw_set("register_function", register)?;
+    let env = |redis: Table| -> mlua::Result<Table> {
+        let env = lua.create_table()?;
+        let meta = lua.create_table()?;
+        let g = globals.clone();
+        meta.raw_set(
+            "__index",
+            lua.create_function(move |lua, (_, key): (Value, Value)| {
+                if let Value::String(s) = &key {
+                    if s.as_bytes().as_ref() == b"redis" {
+                        return Ok(Value::Table(redis.clone()));
+                    }
+                    // KEYS and ARGV are EVAL's, not a function's.
+                    let name = s.to_string_lossy();
+                    let v: Value = if name == "KEYS" || name == "ARGV" {
+                        Value::Nil
+                    } else {
+                        g.raw_get(key.clone())?
+                    };
+                    if v != Value::Nil {
+                        return Ok(v);
+                    }
+                    return Err(mlua::Error::RuntimeError(format!(
+                        "{}Script attempted to access nonexistent global variable '{name}'",
+                        position(lua)
+                    )));
+                }
+                Ok(Value::Nil)
+            })?,
+        )?;
+        meta.raw_set(
+            "__newindex",
+            lua.create_function(|lua, _: MultiValue| -> mlua::Result<()> {
+                Err(mlua::Error::RuntimeError(format!(
+                    "{}Attempt to modify a readonly table",
+                    position(lua)
+                )))
+            })?,
+        )?;
+        env.set_metatable(Some(meta))?;
+        Ok(env)
+    };
+    Ok((env(load_redis)?, env(run_redis)?))
+}
+
+impl Engine {
+    /// Compiles library code in `env`, its `#!lua` line kept as a comment.
+    fn library_chunk(&mut self, code: &[u8], env: &Table, key: String) -> Result<Function, String> {
+        if let Some(f) = self.compiled.get(&key) {
+            return Ok(f.clone());
+        }
+        let mut source = b"--".to_vec();
+        source.extend_from_slice(code);
+        let f = self
+            .lua
+            .load(&source[..])
+            .set_name("@user_function")
+            .set_mode(mlua::chunk::ChunkMode::Text)
+            .set_environment(env.clone())
+            .into_function()
+            .map_err(|e| {
+                let text = match &e {
+                    mlua::Error::SyntaxError { message, .. } => message.clone(),
+                    other => lua_error_text(other),
+                };
+                format!("ERR Error compiling function: {text}")
+            })?;
+        if self.compiled.len() >= MAX_COMPILED {
+            self.compiled.clear();
+        }
+        self.compiled.insert(key, f.clone());
+        Ok(f)
+    }
+
+    /// Runs library code once, collecting what it registers (in `self.registered`).
+    fn register(&mut self, chunk: &Function) -> Result<(), String> {
+        let old: Vec<Value> = self
+            .registered
+            .pairs::<Value, Value>()
+            .flatten()
+            .map(|(k, _)| k)
+            .collect();
+        for k in old {
+            let _ = self.registered.raw_set(k, Value::Nil);
+        }
+        self.steps_left
+            .set(MAX_INSTRUCTIONS / u64::from(HOOK_EVERY));
+        self.stopped.set(false);
+        let result: mlua::Result<MultiValue> =
+            self.xpcall.call((chunk.clone(), self.handler.clone()));
+        match result {
+            Ok(values) if matches!(values.front(), Some(Value::Boolean(true))) => Ok(()),
+            Ok(values) => {
+                let err = match values.get(1) {
+                    Some(Value::Table(t)) => t
+                        .raw_get::<LuaString>("err")
+                        .map(|s| s.to_string_lossy())
+                        .unwrap_or_default(),
+                    _ => "ERR unknown error".into(),
+                };
+                Err(format!("ERR Error registering functions: {err}"))
+            }
+            Err(e) => Err(format!(
+                "ERR Error registering functions: {}",
+                lua_error_text(&e)
+            )),
+        }
+    }
+}
+
+/// FUNCTION LOAD's reading of a library: its name and functions, or Redis's error text.
+pub fn load_library(code: &[u8]) -> Result<LibraryInfo, String> {
+    let name = library_name(code)?;
+    with_engine(|e| {
+        let env = e.load_env.clone();
+        let chunk = e.library_chunk(code, &env, format!("load:{}", sha1hex(code)))?;
+        e.register(&chunk)?;
+        let order: Vec<String> = match e.registered.raw_get::<Value>("__order") {
+            Ok(Value::Table(t)) => t
+                .sequence_values::<LuaString>()
+                .filter_map(|s| s.ok().map(|s| s.to_string_lossy()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if order.is_empty() {
+            return Err("ERR No functions registered".into());
+        }
+        let mut functions = Vec::new();
+        for f in order {
+            let t: Table = e
+                .registered
+                .raw_get(f.as_str())
+                .map_err(|x| x.to_string())?;
+            let flags: String = t.raw_get("flags").unwrap_or_default();
+            functions.push(FunctionInfo {
+                name: f,
+                flags: flags
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                description: t.raw_get("description").ok(),
+            });
+        }
+        Ok(LibraryInfo { name, functions })
+    })
+}
+
+impl Engine {
+    /// FCALL: runs library code to register its functions, then function `name`.
+    fn run_function(
+        &mut self,
+        ctx: &mut Ctx,
+        name: &str,
+        code: &[u8],
+        (keys, argv): (&[Vec<u8>], &[Vec<u8>]),
+        read_only: bool,
+        seed: u64,
+    ) -> Result<Reply, Failure> {
+        let internal = |e: mlua::Error| Failure::Internal(lua_error_text(&e));
+        let env = self.run_env.clone();
+        let chunk = self
+            .library_chunk(code, &env, format!("run:{}", sha1hex(code)))
+            .map_err(Failure::Plain)?;
+        self.register(&chunk).map_err(Failure::Plain)?;
+        let f: Function = match self.registered.raw_get::<Value>(name) {
+            Ok(Value::Table(t)) => t.raw_get("callback").map_err(internal)?,
+            _ => return Ok(Reply::error("ERR Function not found")),
+        };
+        let lua = &self.lua;
+        let (k, a) = (
+            lua_list(lua, keys).map_err(internal)?,
+            lua_list(lua, argv).map_err(internal)?,
+        );
+        let outcome = self.with_dispatch(ctx, read_only, seed, |e| {
+            e.call_with
+                .call((f.clone(), e.handler.clone(), k.clone(), a.clone()))
+        });
+        self.finish(outcome)
     }
 }

@@ -80,7 +80,7 @@ pub fn queued_noscript(args: &[Vec<u8>]) -> Vec<Vec<u8>> {
 /// EVAL, whose body is kept). The script is looked for here, then on the other nodes.
 pub async fn resolve(shared: &Shared, args: &[Vec<u8>]) -> Option<Result<Vec<Vec<u8>>, Reply>> {
     match resolve_here(shared, args)? {
-        Err(_) => {
+        Err(_) if !args[0].to_ascii_lowercase().starts_with(b"fcall") => {
             let sha = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
             let body = ask_others(shared, &sha).await;
             Some(match body {
@@ -95,8 +95,12 @@ pub async fn resolve(shared: &Shared, args: &[Vec<u8>]) -> Option<Result<Vec<Vec
     }
 }
 
-/// [`resolve`] with this node's scripts only.
+/// [`resolve`] with this node's scripts only. FCALL and FCALL_RO resolve here too (every
+/// node has every library).
 pub fn resolve_here(shared: &Shared, args: &[Vec<u8>]) -> Option<Result<Vec<Vec<u8>>, Reply>> {
+    if let Some(resolved) = crate::functions::resolve(&shared.functions, args) {
+        return Some(resolved);
+    }
     let name = args.first()?;
     let ro = if name.eq_ignore_ascii_case(b"evalsha") {
         false
@@ -228,5 +232,103 @@ pub fn flush(c: &mut Call) -> Reply {
 /// Scripts never run past their instruction limit, and other shards are never kept waiting
 /// by one: there is nothing to kill.
 pub fn kill(_c: &mut Call) -> Reply {
+    Reply::error("NOTBUSY No scripts in execution right now.")
+}
+
+/// A FUNCTION change (`args`: LOAD, DELETE, FLUSH or RESTORE and their arguments, as after
+/// FUNCTION) applied to `libs`: on a standalone node by the command itself, on a cluster by the
+/// meta group's entry, on every node.
+pub fn function_change(libs: &crate::functions::Libraries, args: &[Vec<u8>]) -> Reply {
+    let sub = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    let rest = &args[1..];
+    let result = match sub.as_str() {
+        "load" => match rest {
+            [code] => libs.load(code, false).map(|n| Reply::bulk(n.into_bytes())),
+            [opt, code] if opt.eq_ignore_ascii_case(b"replace") => {
+                libs.load(code, true).map(|n| Reply::bulk(n.into_bytes()))
+            }
+            [opt, ..] => Err(format!(
+                "ERR Unknown option given: {}",
+                String::from_utf8_lossy(opt)
+            )),
+            [] => Err("ERR wrong number of arguments for 'function|load' command".into()),
+        },
+        "delete" => match rest {
+            [name] => libs.delete(name).map(|()| Reply::OK),
+            _ => Err("ERR wrong number of arguments for 'function|delete' command".into()),
+        },
+        "flush" => match rest {
+            [] => Ok(()),
+            [m] if m.eq_ignore_ascii_case(b"sync") || m.eq_ignore_ascii_case(b"async") => Ok(()),
+            _ => Err("ERR FUNCTION FLUSH only supports SYNC|ASYNC option".into()),
+        }
+        .map(|()| {
+            libs.flush();
+            Reply::OK
+        }),
+        "restore" => match rest {
+            [payload] => libs.restore(payload, "append").map(|()| Reply::OK),
+            [payload, policy] => libs
+                .restore(
+                    payload,
+                    &String::from_utf8_lossy(policy).to_ascii_lowercase(),
+                )
+                .map(|()| Reply::OK),
+            _ => Err("ERR wrong number of arguments for 'function|restore' command".into()),
+        },
+        _ => Err("ERR unknown FUNCTION change".into()),
+    };
+    result.unwrap_or_else(Reply::error)
+}
+
+/// Whether `spec` is a FUNCTION change (which a cluster makes through its meta group).
+pub fn is_function_change(name: &str) -> bool {
+    matches!(
+        name,
+        "function|load" | "function|delete" | "function|flush" | "function|restore"
+    )
+}
+
+/// FUNCTION LOAD, DELETE, FLUSH, RESTORE on this node's libraries (a standalone node; a
+/// cluster's go through `replicated`, see [`function_change`]).
+pub fn function_local_change(c: &mut Call) -> Reply {
+    function_change(&c.shared.functions, &c.args[1..])
+}
+
+pub fn function_list(c: &mut Call) -> Reply {
+    let mut pattern = None;
+    let mut with_code = false;
+    let mut i = 2;
+    while i < c.args.len() {
+        let a = &c.args[i];
+        if a.eq_ignore_ascii_case(b"withcode") && !with_code {
+            with_code = true;
+        } else if a.eq_ignore_ascii_case(b"libraryname") && pattern.is_none() {
+            match c.args.get(i + 1) {
+                Some(p) => pattern = Some(p.as_slice()),
+                None => return Reply::error("ERR library name argument was not given"),
+            }
+            i += 1;
+        } else {
+            return Reply::error(format!(
+                "ERR Unknown argument {}",
+                String::from_utf8_lossy(a)
+            ));
+        }
+        i += 1;
+    }
+    c.shared.functions.list(pattern, with_code)
+}
+
+pub fn function_stats(c: &mut Call) -> Reply {
+    c.shared.functions.stats()
+}
+
+pub fn function_dump(c: &mut Call) -> Reply {
+    Reply::bulk(c.shared.functions.dump())
+}
+
+/// Functions, like scripts, are stopped by their instruction limit, never by a kill.
+pub fn function_kill(_c: &mut Call) -> Reply {
     Reply::error("NOTBUSY No scripts in execution right now.")
 }
