@@ -3,7 +3,7 @@
 //! replica, so everything it may depend on comes from the store and the entry.
 //!
 //! - **Sandbox.** Only the libraries Redis gives scripts are there (base without file access,
-//!   table, string, math, coroutine, `bit`, `cjson`, `redis`); the global table is read-only
+//!   table, string, math, coroutine, `bit`, `cjson`, `cmsgpack`, `struct`, `redis`); the global table is read-only
 //!   (Redis's errors for new and unknown globals); `loadstring` refuses bytecode.
 //! - **Determinism.** No clock. `math.random` draws from the entry's seed, so every replica
 //!   draws the same numbers (Redis 7 seeds it per process, so it is not deterministic there).
@@ -374,6 +374,33 @@ impl Engine {
                 Value::Error(e) => raised_reply(e),
                 _ => None,
             };
+            // A library's error (cmsgpack, struct, ...) reads as luaL_error writes it: with the
+            // position of the script's line that called it.
+            let lib = match &err {
+                Value::Error(e) => lib_error_text(e),
+                _ => None,
+            };
+            let err = match lib {
+                Some(text) => {
+                    let mut at = String::new();
+                    for level in 1..64 {
+                        let Some(found) = lua.inspect_stack(level, |d| {
+                            let src = d.source().short_src.map(|s| s.to_string());
+                            (src, d.current_line())
+                        }) else {
+                            break;
+                        };
+                        if let (Some(src), Some(line)) = found {
+                            if src.starts_with("user_") {
+                                at = format!("{src}:{line}: ");
+                                break;
+                            }
+                        }
+                    }
+                    Value::String(lua.create_string(format!("{at}{text}"))?)
+                }
+                None => err,
+            };
             let t = match &err {
                 _ if raised.is_some() => {
                     let t = lua.create_table()?;
@@ -486,6 +513,17 @@ fn raised_reply(e: &mlua::Error) -> Option<String> {
         mlua::Error::ExternalError(inner) => {
             inner.downcast_ref::<RaisedReply>().map(|r| r.0.clone())
         }
+        _ => None,
+    }
+}
+
+/// A library error's own text, if that is what `e` is (through the callback layers).
+fn lib_error_text(e: &mlua::Error) -> Option<String> {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => lib_error_text(cause),
+        mlua::Error::ExternalError(inner) => inner
+            .downcast_ref::<crate::script_libs::LibError>()
+            .map(|r| r.0.clone()),
         _ => None,
     }
 }
