@@ -702,7 +702,7 @@ fn structlib(lua: &Lua) -> mlua::Result<Table> {
                             if signed && size < 8 && v & (1 << (size * 8 - 1)) != 0 {
                                 v |= u64::MAX << (size * 8);
                             }
-                            let v = if signed { v as i64 } else { v as i64 };
+                            let v = v as i64;
                             last_int = Some(v);
                             out.push(if signed || size < 8 {
                                 Value::Integer(v)
