@@ -405,6 +405,20 @@ fn transfers_keep_the_total_and_list_appends_stay_serializable_under_faults() {
     }
     let (moved, move_failures) = moves.join().unwrap();
 
+    // How many of the run's reads were validated snapshots (no log entries) on each node.
+    let snapshot_reads: u64 = ports
+        .iter()
+        .filter_map(|&p| {
+            let mut c = Conn::open(p)?;
+            let Some(Answer::Value(Some(text))) = c.call(&[b"INFO", b"stats"]) else {
+                return None;
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .find_map(|l| l.strip_prefix("cross_shard_snapshot_reads:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum();
     // Every node dies at once and comes back: what is committed is on disk, and every lock left
     // behind is resolved from the replicated state.
     for i in 0..3 {
@@ -457,7 +471,7 @@ fn transfers_keep_the_total_and_list_appends_stay_serializable_under_faults() {
     let report = list_append::check(&h, &finals);
     let t = |n: &AtomicU64| n.load(Ordering::Relaxed);
     println!(
-        "bank test seed {seed}: {} transfers ({} aborted or refused, {} unknown), {} total reads, {} list-append transactions committed of {} ({} checked, {} dependency edges); {kills} kill -9, {pauses} pauses, {cuts} isolations, {moved} slot moves ({move_failures} failed or unknown), then kill -9 of all nodes",
+        "bank test seed {seed}: {} transfers ({} aborted or refused, {} unknown), {} total reads ({snapshot_reads} of all reads from validated snapshots), {} list-append transactions committed of {} ({} checked, {} dependency edges); {kills} kill -9, {pauses} pauses, {cuts} isolations, {moved} slot moves ({move_failures} failed or unknown), then kill -9 of all nodes",
         t(&tally.transfers_ok),
         t(&tally.transfers_aborted),
         t(&tally.transfers_unknown),

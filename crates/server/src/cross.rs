@@ -68,6 +68,8 @@ pub struct Coordinator {
     /// were refused and made again; transactions resolved by recovery (INFO, tests).
     pub runs: AtomicU64,
     pub committed: AtomicU64,
+    /// Read-only runs answered from a validated snapshot, without log entries.
+    pub snapshots: AtomicU64,
     pub retried: AtomicU64,
     pub recovered: AtomicU64,
 }
@@ -82,6 +84,7 @@ impl Default for Coordinator {
             queued: parking_lot::Mutex::new(Some(rx)),
             runs: AtomicU64::new(0),
             committed: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
         }
@@ -217,6 +220,15 @@ async fn attempt(
     let Some(&primary) = parts.keys().next() else {
         return Attempt::Done(Reply::error("ERR a cross-shard transaction without keys"));
     };
+    // Reads first try without the log: see `snapshot_read`.
+    if read_only(shared, cmds) {
+        if let Some(values) = snapshot_read(shared, &parts).await {
+            coordinator(shared)
+                .snapshots
+                .fetch_add(1, Ordering::Relaxed);
+            return Attempt::Done(run_on(values, cmds, proto, block, crate::now_ms()).0);
+        }
+    }
     let seq = coordinator(shared).seq.fetch_add(1, Ordering::Relaxed);
     let id = format!("{}.{seq}.{:x}", repl.me, crate::dispatch::next_seed()).into_bytes();
     // The transaction's time: when it began, as a single-shard command's is when it was
@@ -266,25 +278,8 @@ async fn attempt(
     }
 
     // 2. Run the commands on what was read, as a replica would.
-    let mut scratch = Store::new();
-    let before: Vec<Record> = values.iter().map(|(_, r)| r.clone()).collect();
-    scratch.write_records(&before);
-    let entry = LogEntry {
-        now_ms: now,
-        seed: crate::dispatch::next_seed(),
-        proto,
-        op: if block {
-            Operation::Transaction(cmds.to_vec())
-        } else {
-            Operation::Commands(cmds.to_vec())
-        },
-    };
-    let mut replies = scratch.apply_entry(&entry);
-    let reply = if block {
-        Reply::Array(replies)
-    } else {
-        replies.pop().unwrap_or(Reply::Nil)
-    };
+    let before = values.iter().map(|(_, r)| r.clone()).collect();
+    let (reply, scratch) = run_on(before, cmds, proto, block, now);
     let mut writes: Writes = groups.iter().map(|&g| (g, vec![])).collect();
     for (group, was) in &values {
         let after = scratch.record_of(&was.key, now);
@@ -334,6 +329,186 @@ async fn attempt(
         finish(shared, Finish { id, primary }).await;
     }
     Attempt::Done(reply)
+}
+
+/// Runs `cmds` on a store holding `values` (one transaction when `block`) at time `now`, with
+/// a fresh seed: the reply, and the store as the commands left it.
+fn run_on(
+    values: Vec<Record>,
+    cmds: &[Vec<Vec<u8>>],
+    proto: Protocol,
+    block: bool,
+    now: u64,
+) -> (Reply, Store) {
+    let mut scratch = Store::new();
+    scratch.write_records(&values);
+    let entry = LogEntry {
+        now_ms: now,
+        seed: crate::dispatch::next_seed(),
+        proto,
+        op: if block {
+            Operation::Transaction(cmds.to_vec())
+        } else {
+            Operation::Commands(cmds.to_vec())
+        },
+    };
+    let mut replies = scratch.apply_entry(&entry);
+    let reply = if block {
+        Reply::Array(replies)
+    } else {
+        replies.pop().unwrap_or(Reply::Nil)
+    };
+    (reply, scratch)
+}
+
+/// Whether every command of `cmds` only reads.
+fn read_only(shared: &Shared, cmds: &[Vec<Vec<u8>>]) -> bool {
+    cmds.iter().all(|args| {
+        matches!(shared.table.commands.lookup(args), Lookup::Found(spec) if !spec.is_write())
+    })
+}
+
+/// A consistent read of keys in several shards without log entries: each shard's leader reads
+/// them after a read barrier (refusing if any is locked by a transaction) and notes its log
+/// position; once every shard has answered, each is asked again (after another barrier)
+/// whether any of those keys changed since its position, or is locked, and whether a watched
+/// key changed since its WATCH. If none did, every value held from its read until the check,
+/// so all of them held together at the moment the last read was taken: a snapshot as
+/// linearizable as a single read. Any doubt (a change, a lock, a shard that does not answer)
+/// gives None, and the transaction takes the locking path.
+async fn snapshot_read(shared: &Shared, parts: &Parts) -> Option<Vec<Record>> {
+    let reads = parts.iter().map(|(&group, (keys, _))| {
+        let mut args = vec![b"CAIRN.TXNREAD".to_vec(), b"READ".to_vec(), arg(group)];
+        args.extend(keys.iter().cloned());
+        async move { (group, ask_leader(shared, group, args).await) }
+    });
+    let mut values = Vec::new();
+    let mut positions = BTreeMap::new();
+    for (group, answer) in all(reads.collect()).await {
+        let Some(Reply::Array(items)) = answer else {
+            return None;
+        };
+        let Some(Reply::Int(index)) = items.first() else {
+            return None;
+        };
+        positions.insert(group, *index);
+        values.extend(records_of(&items[1..])?);
+    }
+    let checks = parts.iter().map(|(&group, (keys, watches))| {
+        let mut args = vec![
+            b"CAIRN.TXNREAD".to_vec(),
+            b"CHECK".to_vec(),
+            arg(group),
+            arg(positions[&group]),
+            arg(keys.len()),
+        ];
+        args.extend(keys.iter().cloned());
+        for (k, index) in watches {
+            args.push(k.clone());
+            args.push(arg(index));
+        }
+        ask_leader(shared, group, args)
+    });
+    let ok = all(checks.collect())
+        .await
+        .iter()
+        .all(|a| matches!(a, Some(Reply::Int(1))));
+    ok.then_some(values)
+}
+
+/// Asks shard `group`'s leader (this node or another) a `CAIRN.TXNREAD` question.
+async fn ask_leader(shared: &Shared, group: u64, args: Vec<Vec<u8>>) -> Option<Reply> {
+    let repl = shared.replication.as_ref()?;
+    match repl.leader_of(group) {
+        Some(l) if l != repl.me => {
+            let mut client = coordinator(shared)
+                .pool
+                .lock()
+                .pop()
+                .unwrap_or_else(|| Client::internal(shared));
+            let answer =
+                crate::replicated::relay_to(shared, &mut client, l, &[args], false, 1).await;
+            {
+                let mut pool = coordinator(shared).pool.lock();
+                if pool.len() < POOL {
+                    pool.push(client);
+                }
+            }
+            cairn_resp::parse_reply(&answer.ok()?)
+        }
+        _ => Some(read_here(shared, &args).await),
+    }
+}
+
+/// `CAIRN.TXNREAD READ <group> <key>...` → `[log index, record...]`, or an error if this node
+/// does not lead the shard or a key is locked or not served here. `CAIRN.TXNREAD CHECK <group>
+/// <index> <n> <key>... [<watched key> <watch index>]...` → 1 when none of the keys changed
+/// since `index` or is locked or moved away, and no watched key changed since its index; else 0.
+/// Both on the leader, after a read barrier (see [`snapshot_read`]).
+pub async fn read_here(shared: &Shared, args: &[Vec<u8>]) -> Reply {
+    let Some(repl) = shared.replication.as_ref() else {
+        return Reply::error("ERR not a cluster");
+    };
+    let number = |i: usize| -> Option<u64> { std::str::from_utf8(args.get(i)?).ok()?.parse().ok() };
+    let (Some(sub), Some(group)) = (args.get(1), number(2)) else {
+        return Reply::error("ERR usage: CAIRN.TXNREAD READ|CHECK <shard> ...");
+    };
+    if !shared.shards.has(group) {
+        return Reply::error("ERR no such shard");
+    }
+    if !matches!(
+        crate::replicated::barrier(shared, repl, group).await,
+        Ok(Ok(()))
+    ) {
+        return Reply::error("TRYAGAIN not the shard's leader");
+    }
+    let store = shared.shards.store(group).lock();
+    let usable = |k: &[u8]| {
+        store.keyspace.serves(cairn_store::slot::key_slot(k)) && !store.txns.is_locked(k)
+    };
+    if sub.eq_ignore_ascii_case(b"read") {
+        let keys = &args[3..];
+        if !keys.iter().all(|k| usable(k)) {
+            return Reply::error("TRYAGAIN a key is locked or not served here");
+        }
+        let now = crate::now_ms();
+        let mut items = vec![Reply::Int(store.watches.log_index() as i64)];
+        items.extend(keys.iter().map(|k| {
+            let r = store.record_of(k, now);
+            Reply::Array(vec![
+                Reply::Bulk(r.key),
+                Reply::Int(r.expire_at),
+                if r.expire_at < 0 {
+                    Reply::Nil
+                } else {
+                    Reply::Bulk(r.dump)
+                },
+            ])
+        }));
+        return Reply::Array(items);
+    }
+    let (Some(index), Some(n)) = (number(3), number(4)) else {
+        return Reply::error("ERR usage: CAIRN.TXNREAD CHECK <shard> <index> <n> <key>...");
+    };
+    let n = n as usize;
+    let Some(keys) = args.get(5..5 + n) else {
+        return Reply::error("ERR usage: CAIRN.TXNREAD CHECK <shard> <index> <n> <key>...");
+    };
+    let mut unchanged = keys
+        .iter()
+        .all(|k| usable(k) && !store.watches.changed_since(k, index));
+    for w in args[5 + n..].chunks(2) {
+        let since = w
+            .get(1)
+            .and_then(|i| std::str::from_utf8(i).ok()?.parse().ok());
+        unchanged &= match since {
+            Some(since) => {
+                usable(&w[0]) && !store.watch_conflict(&[(w[0].clone(), since)], crate::now_ms())
+            }
+            None => false,
+        };
+    }
+    Reply::Int(i64::from(unchanged))
 }
 
 /// The primary's decision on `id` (RESOLVE, which decides abort once the deadline has

@@ -676,6 +676,11 @@ pub async fn handle(shared: &Shared, client: &mut Client, args: Vec<Vec<u8>>) ->
     if args[0].eq_ignore_ascii_case(b"cairn.watchindex") {
         return watch_index_here(shared, &args).await.to_bytes(client.proto);
     }
+    if args[0].eq_ignore_ascii_case(b"cairn.txnread") {
+        return crate::cross::read_here(shared, &args)
+            .await
+            .to_bytes(client.proto);
+    }
     if args[0].eq_ignore_ascii_case(b"cairn.script") {
         return crate::cmd::scripting::get_for_node(shared, &args).to_bytes(client.proto);
     }
@@ -1575,7 +1580,7 @@ async fn relay(
 }
 
 /// As [`relay`], to node `leader` whatever it leads (a transaction relayed since its WATCH).
-async fn relay_to(
+pub(crate) async fn relay_to(
     shared: &Shared,
     client: &mut Client,
     leader: u64,

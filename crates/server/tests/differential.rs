@@ -580,10 +580,11 @@ fn run_against(seed: u64, ops: usize, resp3: bool, replicated: bool, shards: usi
                 .unwrap_or(0)
         };
         let (runs, committed) = (stat("cross_shard_runs:"), stat("cross_shard_committed:"));
-        println!("differential sharded: {runs} cross-shard runs, {committed} of them wrote");
+        let snapshots = stat("cross_shard_snapshot_reads:");
+        println!("differential sharded: {runs} cross-shard runs, {committed} of them wrote, {snapshots} read from validated snapshots");
         assert!(
-            runs > ops as u64 / 20 && committed > 0,
-            "too few cross-shard transactions: {info}"
+            runs > ops as u64 / 20 && committed > 0 && snapshots > 0,
+            "too few cross-shard transactions of each kind: {info}"
         );
     }
     println!(

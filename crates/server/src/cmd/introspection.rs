@@ -804,6 +804,10 @@ fn cross_shard_stats(sh: &crate::Shared) -> Vec<(String, String)> {
     vec![
         ("cross_shard_runs".into(), get(&c.runs).to_string()),
         (
+            "cross_shard_snapshot_reads".into(),
+            get(&c.snapshots).to_string(),
+        ),
+        (
             "cross_shard_committed".into(),
             get(&c.committed).to_string(),
         ),
