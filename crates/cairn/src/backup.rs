@@ -142,31 +142,60 @@ pub fn backup(addr: SocketAddr, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The entries of one backup file.
 /// A backed-up key: its name, PTTL in ms (-1: none) and DUMP payload.
 type Entry = (Vec<u8>, i64, Vec<u8>);
 
-fn entries(path: &Path) -> anyhow::Result<Vec<Entry>> {
-    let mut r = BufReader::new(std::fs::File::open(path)?);
-    let mut magic = vec![0; MAGIC.len()];
-    r.read_exact(&mut magic)?;
-    anyhow::ensure!(magic == MAGIC, "{} is not a cairn backup", path.display());
-    let mut out = Vec::new();
-    let mut u32_buf = [0u8; 4];
-    loop {
-        match r.read_exact(&mut u32_buf) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(out),
-            Err(e) => return Err(e.into()),
+/// The longest key or payload a backup file may hold (Redis's proto-max-bulk-len): a
+/// damaged length field is refused, not allocated.
+const MAX_FIELD: usize = 512 << 20;
+
+/// The entries of one backup file, read a batch at a time: restoring a shard holds one
+/// batch in memory, not the shard.
+struct Entries {
+    r: BufReader<std::fs::File>,
+    path: std::path::PathBuf,
+}
+
+impl Entries {
+    fn open(path: &Path) -> anyhow::Result<Entries> {
+        let mut r = BufReader::new(std::fs::File::open(path)?);
+        let mut magic = vec![0; MAGIC.len()];
+        r.read_exact(&mut magic)?;
+        anyhow::ensure!(magic == MAGIC, "{} is not a cairn backup", path.display());
+        Ok(Entries {
+            r,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn field(&mut self) -> anyhow::Result<Vec<u8>> {
+        let mut len = [0u8; 4];
+        self.r.read_exact(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        anyhow::ensure!(
+            len <= MAX_FIELD,
+            "{}: a field of {len} bytes (damaged?)",
+            self.path.display()
+        );
+        let mut out = vec![0; len];
+        self.r.read_exact(&mut out)?;
+        Ok(out)
+    }
+
+    /// Up to `n` entries; empty at the end of the file.
+    fn batch(&mut self, n: usize) -> anyhow::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            if self.r.fill_buf()?.is_empty() {
+                break;
+            }
+            let key = self.field()?;
+            let mut ttl = [0u8; 8];
+            self.r.read_exact(&mut ttl)?;
+            let payload = self.field()?;
+            out.push((key, i64::from_le_bytes(ttl), payload));
         }
-        let mut key = vec![0; u32::from_le_bytes(u32_buf) as usize];
-        r.read_exact(&mut key)?;
-        let mut ttl = [0u8; 8];
-        r.read_exact(&mut ttl)?;
-        r.read_exact(&mut u32_buf)?;
-        let mut payload = vec![0; u32::from_le_bytes(u32_buf) as usize];
-        r.read_exact(&mut payload)?;
-        out.push((key, i64::from_le_bytes(ttl), payload));
+        Ok(out)
     }
 }
 
@@ -182,11 +211,15 @@ pub fn restore(addr: SocketAddr, dir: &Path) -> anyhow::Result<()> {
     let (mut r, mut w) = connect(addr)?;
     let mut total = 0;
     for path in &files {
-        let keys = entries(path)?;
+        let mut keys = Entries::open(path)?;
         let mut done = 0;
-        for batch in keys.chunks(200) {
+        loop {
+            let batch = keys.batch(200)?;
+            if batch.is_empty() {
+                break;
+            }
             let mut bytes = Vec::new();
-            for (key, ttl, payload) in batch {
+            for (key, ttl, payload) in &batch {
                 let ttl = (*ttl).max(0).to_string();
                 bytes.extend(request(&[
                     b"RESTORE",
@@ -197,13 +230,13 @@ pub fn restore(addr: SocketAddr, dir: &Path) -> anyhow::Result<()> {
                 ]));
             }
             w.write_all(&bytes)?;
-            for (key, _, _) in batch {
+            for (key, _, _) in &batch {
                 if let Frame::Error(e) = read_frame(&mut r, 0)? {
                     anyhow::bail!("RESTORE {}: {e}", String::from_utf8_lossy(key));
                 }
             }
             done += batch.len();
-            print!("\r{}: {done}/{} keys", path.display(), keys.len());
+            print!("\r{}: {done} keys", path.display());
             std::io::stdout().flush()?;
         }
         println!();

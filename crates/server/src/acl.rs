@@ -52,6 +52,12 @@ pub const CATEGORIES: [&str; 21] = [
 pub const MAX_USERS: usize = 10_000;
 pub const MAX_RULES: usize = 1024;
 
+/// The refusal for a list at MAX_RULES (Redis has no such bound; cairn keeps every user's
+/// lists bounded because each node holds all of them).
+fn too_many(what: &str) -> String {
+    format!("a selector holds at most {MAX_RULES} {what}")
+}
+
 /// Every command and subcommand of Redis's table (not only those cairn implements, so that a
 /// rule naming any Redis command is accepted and categories hold what they hold in Redis).
 pub struct Commands {
@@ -249,6 +255,9 @@ impl Selector {
                 self.all_channels = true;
                 self.channels.clear();
             } else if !self.channels.contains(&pattern) {
+                if self.channels.len() >= MAX_RULES {
+                    return Err(too_many("channel patterns"));
+                }
                 self.channels.push(pattern);
             }
             return Ok(());
@@ -288,6 +297,9 @@ impl Selector {
         if !self.bit(id) {
             let args = self.first_args.entry(id).or_default();
             if !args.iter().any(|a| a == arg) {
+                if args.len() >= MAX_RULES {
+                    return Err(too_many("first arguments of one command"));
+                }
                 args.push(arg.to_string());
             }
         }
@@ -322,11 +334,13 @@ impl Selector {
             self.keys.clear();
             return Ok(());
         }
+        let full = self.keys.len() >= MAX_RULES;
         match self.keys.iter_mut().find(|k| k.pattern == pattern) {
             Some(k) => {
                 k.read |= read;
                 k.write |= write;
             }
+            None if full => return Err(too_many("key patterns")),
             None => self.keys.push(KeyPattern {
                 pattern: pattern.to_vec(),
                 read,
@@ -552,9 +566,9 @@ impl User {
                 }
             }
             _ => match op.first() {
-                Some(b'>') => self.add_hash(hash_password(&op[1..])),
+                Some(b'>') => self.add_hash(hash_password(&op[1..]))?,
                 Some(b'<') => self.remove_hash(&hash_password(&op[1..]))?,
-                Some(b'#') => self.add_hash(valid_hash(&op[1..])?),
+                Some(b'#') => self.add_hash(valid_hash(&op[1..])?)?,
                 Some(b'!') => self.remove_hash(&valid_hash(&op[1..])?)?,
                 Some(b'(') if op.last() == Some(&b')') => {
                     let mut s = Selector::new(cmds);
@@ -575,11 +589,15 @@ impl User {
         Ok(())
     }
 
-    fn add_hash(&mut self, h: String) {
-        self.nopass = false;
-        if !self.passwords.contains(&h) && self.passwords.len() < MAX_RULES {
+    fn add_hash(&mut self, h: String) -> Result<(), String> {
+        if !self.passwords.contains(&h) {
+            if self.passwords.len() >= MAX_RULES {
+                return Err(format!("a user holds at most {MAX_RULES} passwords"));
+            }
             self.passwords.push(h);
         }
+        self.nopass = false;
+        Ok(())
     }
 
     fn remove_hash(&mut self, h: &str) -> Result<(), String> {
@@ -1135,5 +1153,34 @@ mod tests {
             again.apply(&cmds, &r).unwrap();
         }
         assert_eq!(again, u);
+    }
+
+    #[test]
+    fn every_list_a_user_carries_is_bounded() {
+        let (cmds, mut u) = user(&["on"]);
+        for i in 0..MAX_RULES {
+            u.apply(&cmds, format!("~k{i}").as_bytes()).unwrap();
+            u.apply(&cmds, format!("&c{i}").as_bytes()).unwrap();
+            u.apply(&cmds, format!("+select|{i}").as_bytes()).unwrap();
+            u.apply(&cmds, format!(">p{i}").as_bytes()).unwrap();
+        }
+        let err = u.apply(&cmds, b">one-more").unwrap_err();
+        assert!(err.contains("passwords"), "{err}");
+        // Repeats are not new entries; new ones past the bound are refused, not kept.
+        u.apply(&cmds, b"~k0").unwrap();
+        u.apply(&cmds, b"&c0").unwrap();
+        let err = u.apply(&cmds, b"~one-more").unwrap_err();
+        assert!(err.contains("key patterns"), "{err}");
+        let err = u.apply(&cmds, b"&one-more").unwrap_err();
+        assert!(err.contains("channel patterns"), "{err}");
+        let err = u.apply(&cmds, b"+select|one-more").unwrap_err();
+        assert!(err.contains("first arguments"), "{err}");
+        assert!(u.rules().len() <= 4 * MAX_RULES + 8, "{}", u.rules().len());
+        for _ in 0..70 {
+            if u.apply(&cmds, b"(~x)").is_err() {
+                return;
+            }
+        }
+        panic!("selectors are not bounded");
     }
 }

@@ -87,6 +87,9 @@ impl ClientInfo {
 #[derive(Default)]
 pub struct Registry {
     clients: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+    /// Connections not yet told apart (`tls-cluster yes`: waiting for their first byte, or
+    /// in a node's TLS handshake): at most maxclients of them.
+    undecided: AtomicU64,
 }
 
 impl Registry {
@@ -138,6 +141,9 @@ pub struct Client {
     /// Replicated mode: this connection carries another node's requests (`CAIRN.RELAY`), so
     /// its blocking commands answer at once; the other node's client does the waiting.
     pub relaying_for_a_node: bool,
+    /// `tls-cluster yes`: this connection came over the cluster's mutual TLS (a certificate
+    /// of the cluster CA), the only way another node's connection (`CAIRN.RELAY`) may come.
+    pub cluster_tls: bool,
     /// Pub/Sub: what this connection subscribes to, and its messages waiting to be written.
     pub subs: Option<Subscriptions>,
     /// Pub/Sub: other nodes' acknowledgements of names this connection subscribed to first,
@@ -271,6 +277,7 @@ impl Client {
             blocked: None,
             unblocked: Vec::new(),
             relaying_for_a_node: false,
+            cluster_tls: false,
             subs: None,
             interest_acks: Default::default(),
             user: b"default".to_vec(),
@@ -324,15 +331,56 @@ pub async fn send<S: Stream>(socket: &mut S, bytes: &[u8]) -> std::io::Result<()
 pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let _ = socket.set_nodelay(true);
     let local = socket.local_addr().unwrap_or(peer);
+    let peer_tls = shared.replication.as_ref().and_then(|r| r.peer_tls.clone());
+    if let Some(tls) = peer_tls {
+        // With `tls-cluster yes` other nodes come to this port over mutual TLS: a handshake's
+        // first byte tells them from clients, whose RESP never starts so.
+        let maxclients = shared.config.lock().maxclients as u64;
+        let undecided = &shared.clients.undecided;
+        if undecided.fetch_add(1, Ordering::Relaxed) >= maxclients {
+            undecided.fetch_sub(1, Ordering::Relaxed);
+            Stats::add(&shared.stats.connections_rejected, 1);
+            return;
+        }
+        let mut first = [0u8; 1];
+        let peeked = socket.peek(&mut first).await;
+        if matches!(peeked, Ok(1)) && first[0] == crate::tls::TLS_HANDSHAKE_BYTE {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server);
+            let handshake =
+                tokio::time::timeout(TLS_HANDSHAKE_WITHIN, acceptor.accept(socket)).await;
+            undecided.fetch_sub(1, Ordering::Relaxed);
+            match handshake {
+                Ok(Ok(stream)) => serve_as(shared, stream, peer, local, true).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "node TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "node TLS handshake timed out"),
+            }
+            return;
+        }
+        undecided.fetch_sub(1, Ordering::Relaxed);
+    }
     serve_stream(shared, socket, peer, local).await
 }
+
+/// The longest a TLS client (or node) may take over its handshake.
+pub const TLS_HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Serves a client over any stream (`local`: the address it reached).
 pub async fn serve_stream<S: Stream>(
     shared: Arc<Shared>,
+    socket: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    serve_as(shared, socket, peer, local, false).await
+}
+
+/// As [`serve_stream`]; `cluster_tls`: the stream is the cluster's mutual TLS.
+async fn serve_as<S: Stream>(
+    shared: Arc<Shared>,
     mut socket: S,
     peer: SocketAddr,
     local: SocketAddr,
+    cluster_tls: bool,
 ) {
     Stats::add(&shared.stats.connections_received, 1);
     let (maxclients, protected) = {
@@ -354,6 +402,7 @@ pub async fn serve_stream<S: Stream>(
     let info = ClientInfo::new(&shared, peer, local);
     shared.clients.clients.lock().insert(info.id, info.clone());
     let mut client = Client::new(info.clone());
+    client.cluster_tls = cluster_tls;
     // As in Redis: a connection made while the default user needs no password is logged in
     // as it, and stays so when a password is set later.
     client.authenticated = !shared.acl.auth_required();

@@ -22,12 +22,32 @@ struct Library {
     info: LibraryInfo,
 }
 
-#[derive(Default)]
 pub struct Libraries {
     libs: parking_lot::RwLock<BTreeMap<String, Library>>,
+    /// Counts the changes applied here, so that the node that took a FUNCTION change can wait
+    /// until this node has applied it too (the meta group's leader may be another node).
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Libraries {
+    fn default() -> Libraries {
+        Libraries {
+            libs: Default::default(),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 impl Libraries {
+    /// Resolves at the next change applied here (from the call on).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     /// FUNCTION LOAD: the library's name, or Redis's error.
     pub fn load(&self, code: &[u8], replace: bool) -> Result<String, String> {
         let info = cairn_store::script::load_library(code)?;
@@ -57,19 +77,26 @@ impl Libraries {
                 info,
             },
         );
+        drop(libs);
+        self.changed();
         Ok(name)
     }
 
     pub fn delete(&self, name: &[u8]) -> Result<(), String> {
         let name = String::from_utf8_lossy(name);
-        match self.libs.write().remove(name.as_ref()) {
-            Some(_) => Ok(()),
+        let removed = self.libs.write().remove(name.as_ref());
+        match removed {
+            Some(_) => {
+                self.changed();
+                Ok(())
+            }
             None => Err("ERR Library not found".into()),
         }
     }
 
     pub fn flush(&self) {
         self.libs.write().clear();
+        self.changed();
     }
 
     /// Function `name`: its library's code and what it registered.
@@ -97,6 +124,7 @@ impl Libraries {
             fresh.load(code, false)?;
         }
         *self.libs.write() = std::mem::take(&mut *fresh.libs.write());
+        self.changed();
         Ok(())
     }
 
@@ -113,6 +141,7 @@ impl Libraries {
                     trial.load(code, policy == "replace")?;
                 }
                 *self.libs.write() = std::mem::take(&mut *trial.libs.write());
+                self.changed();
                 Ok(())
             }
             _ => Err(

@@ -116,6 +116,14 @@ fn start_replication(
         Some(bus) => bus,
         None => std::net::TcpListener::bind((config.bind.as_str(), config.bus_port))?,
     };
+    let peer_tls = if config.tls_cluster {
+        let tls = tls::bus_tls(&config.tls_files)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let _ = hub.peer_tls.set(tls.clone());
+        Some(tls)
+    } else {
+        None
+    };
     let node_config = cairn_replication::NodeConfig {
         id: me,
         data_dir: config.data_dir.join("raft"),
@@ -126,13 +134,7 @@ fn start_replication(
             unbalanced: vec![meta::GROUP],
             ..Default::default()
         },
-        bus_tls: if config.tls_cluster {
-            let tls = tls::bus_tls(&config.tls_files)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            Some(tls)
-        } else {
-            None
-        },
+        bus_tls: peer_tls.clone(),
     };
     // A joining node bootstraps nothing: its configuration arrives in the leader's snapshot.
     let voters: Vec<u64> = if config.join_existing {
@@ -214,6 +216,7 @@ fn start_replication(
         acl: acl.clone(),
         proposals: Default::default(),
         coordinator: Default::default(),
+        peer_tls,
     };
     Ok((shards, Some(repl), Some(created_rx)))
 }
@@ -378,9 +381,6 @@ pub async fn run_with_bus(
     Ok(())
 }
 
-/// The longest a TLS client may take over its handshake.
-const TLS_HANDSHAKE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Accepts TLS clients: each handshake in its own task (bounded in time, and in number by
 /// `maxclients`), then the connection is served like any other.
 async fn serve_tls(shared: Arc<Shared>, tls: Arc<tls::Tls>, listener: TcpListener) {
@@ -402,8 +402,11 @@ async fn serve_tls(shared: Arc<Shared>, tls: Arc<tls::Tls>, listener: TcpListene
                 tokio::spawn(async move {
                     let _ = socket.set_nodelay(true);
                     let local = socket.local_addr().unwrap_or(peer);
-                    let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_WITHIN, acceptor.accept(socket)).await;
+                    let handshake = tokio::time::timeout(
+                        connection::TLS_HANDSHAKE_WITHIN,
+                        acceptor.accept(socket),
+                    )
+                    .await;
                     in_progress.fetch_sub(1, Ordering::Relaxed);
                     match handshake {
                         Ok(Ok(stream)) => {

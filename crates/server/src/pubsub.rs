@@ -250,6 +250,8 @@ pub struct Hub {
     keyspace_flags: std::sync::atomic::AtomicU32,
     /// The node's users, whose node secret links show first (see `crate::replicated::relay_greeting`).
     pub acl: std::sync::OnceLock<Arc<crate::acl::Acl>>,
+    /// `tls-cluster yes`: links to other nodes are mutual TLS (see `crate::tls::PeerStream`).
+    pub peer_tls: std::sync::OnceLock<cairn_replication::bus::BusTls>,
 }
 
 /// Acknowledgements a SUBSCRIBE waits for before it is answered.
@@ -682,7 +684,7 @@ type Waiting = VecDeque<(u64, oneshot::Sender<()>)>;
 /// One open connection to a peer: requests written, and the acknowledgements waiting for
 /// their replies.
 struct Link {
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    writer: tokio::io::WriteHalf<crate::tls::PeerStream>,
     written: u64,
     acks: Arc<Mutex<Waiting>>,
     closed: Arc<AtomicBool>,
@@ -696,18 +698,18 @@ impl Drop for Link {
 }
 
 impl Link {
-    async fn open(addr: SocketAddr, greeting: Vec<u8>) -> Option<Link> {
+    async fn open(
+        addr: SocketAddr,
+        tls: Option<&cairn_replication::bus::BusTls>,
+        greeting: Vec<u8>,
+    ) -> Option<Link> {
         use tokio::io::AsyncWriteExt;
-        let stream =
-            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
-                .await
-                .ok()?
-                .ok()?;
-        let _ = stream.set_nodelay(true);
-        let (reader, mut writer) = stream.into_split();
+        let stream = crate::tls::PeerStream::connect(addr, tls, Duration::from_secs(1)).await?;
+        let (reader, mut writer) = tokio::io::split(stream);
         // Shown first, as every node's connection to another does: its one-line reply is the
         // first the reader counts.
         writer.write_all(&greeting).await.ok()?;
+        writer.flush().await.ok()?;
         let acks = Arc::new(Mutex::new(VecDeque::new()));
         let closed = Arc::new(AtomicBool::new(false));
         let reader = tokio::spawn(read_replies(reader, acks.clone(), closed.clone()));
@@ -733,7 +735,8 @@ impl Link {
                 }
             }
         }
-        self.writer.write_all(&bytes).await
+        self.writer.write_all(&bytes).await?;
+        self.writer.flush().await
     }
 }
 
@@ -741,7 +744,7 @@ impl Link {
 /// `CAIRN.PUBLISH` and `CAIRN.INTEREST` (an integer, `+OK` or an error) is exactly one line,
 /// so the n-th line answers the n-th request.
 async fn read_replies(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
+    mut reader: tokio::io::ReadHalf<crate::tls::PeerStream>,
     acks: Arc<Mutex<Waiting>>,
     closed: Arc<AtomicBool>,
 ) {
@@ -809,7 +812,8 @@ async fn forwarder(
             if let Some(secret) = hub.acl.get().and_then(|a| a.node_secret.read().clone()) {
                 greeting.push(secret.into_bytes());
             }
-            link = Link::open(addr, crate::replicated::encode_request(&greeting)).await;
+            let tls = hub.peer_tls.get();
+            link = Link::open(addr, tls, crate::replicated::encode_request(&greeting)).await;
         }
         let Some(l) = link.as_mut() else {
             continue; // the peer is down: these requests are lost for it (and acks released)

@@ -32,7 +32,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// How long a client waits for the cluster before getting `-TRYAGAIN`.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -58,6 +57,9 @@ pub struct Replication {
     pub proposals: parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>,
     /// The cross-shard transactions this node coordinates (`crate::cross`).
     pub coordinator: crate::cross::Coordinator,
+    /// `tls-cluster yes`: the mutual TLS of the bus, which this node's connections to the
+    /// others' client ports use too (see [`crate::tls::PeerStream`]).
+    pub peer_tls: Option<cairn_replication::bus::BusTls>,
 }
 
 impl Replication {
@@ -154,7 +156,7 @@ pub struct Relay {
     /// The protocol its replies come in (the client's when it was opened: a client that
     /// changes protocol with HELLO opens new ones).
     proto: Protocol,
-    stream: TcpStream,
+    stream: crate::tls::PeerStream,
     buf: Vec<u8>,
 }
 
@@ -162,7 +164,7 @@ impl Relay {
     /// Whether the leader closed this idle connection, checked before reuse so that a write
     /// is never sent on a connection already known dead and then reported as possibly applied.
     fn closed(&self) -> bool {
-        cairn_replication::bus::peer_closed(&self.stream)
+        cairn_replication::bus::peer_closed(self.stream.tcp())
     }
 }
 
@@ -740,6 +742,16 @@ fn relay_hello(shared: &Shared, client: &mut Client, args: &[Vec<u8>]) -> Vec<u8
         return Reply::error("NOPERM this connection did not show the cluster's node secret")
             .to_bytes(client.proto);
     }
+    let tls_cluster = shared
+        .replication
+        .as_ref()
+        .is_some_and(|r| r.peer_tls.is_some());
+    if tls_cluster && !client.cluster_tls {
+        return Reply::error(
+            "NOPERM with tls-cluster, nodes connect to each other over the cluster's TLS",
+        )
+        .to_bytes(client.proto);
+    }
     client.internal = true;
     // Its blocking commands must not wait here: the other node's client does the waiting.
     client.relaying_for_a_node = true;
@@ -867,25 +879,13 @@ async fn handle_on(
             // The cluster's libraries change through its meta group, on every node at once.
             let mut change = vec![crate::meta::NAME.as_bytes().to_vec(), b"FUNCTION".to_vec()];
             change.extend(args[1..].iter().cloned());
-            let before = shared.functions.dump();
+            let mut applied_here = shared.functions.changes();
             let reply = propose_to(shared, client, crate::meta::GROUP, change).await;
             // The meta group's leader applied it; this node may not have yet. The client's next
             // command here (FCALL, FUNCTION LIST) must see the change: wait for it, briefly.
+            // (A change that succeeded there succeeds here: every node applies the same log.)
             if !reply.starts_with(b"-") {
-                let until = tokio::time::Instant::now() + Duration::from_secs(2);
-                let flush = spec.name == "function|flush";
-                while tokio::time::Instant::now() < until {
-                    let now = shared.functions.dump();
-                    let done = if flush {
-                        shared.functions.export().is_empty()
-                    } else {
-                        now != before
-                    };
-                    if done {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                let _ = tokio::time::timeout(Duration::from_secs(2), applied_here.changed()).await;
             }
             reply
         }
@@ -1712,11 +1712,9 @@ pub(crate) async fn open_relay(
     leader: u64,
     proto: Protocol,
 ) -> Option<Relay> {
-    let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let _ = stream.set_nodelay(true);
+    let stream =
+        crate::tls::PeerStream::connect(addr, repl.peer_tls.as_ref(), Duration::from_secs(2))
+            .await?;
     let mut r = Relay {
         leader,
         proto,
@@ -1727,7 +1725,13 @@ pub(crate) async fn open_relay(
     if proto == Protocol::Resp3 {
         hello.push(vec![b"HELLO".to_vec(), b"3".to_vec()]);
     }
-    relay_on(&mut r, &hello).await?;
+    let replies = relay_on(&mut r, &hello).await?;
+    // A refused greeting (a wrong node secret, no cluster TLS) leaves an ordinary client's
+    // connection: nothing is relayed on it.
+    if !replies[0].starts_with(b"+") || replies.iter().any(|reply| reply.starts_with(b"-")) {
+        tracing::debug!(node = leader, reply = %String::from_utf8_lossy(&replies[0]).trim_end(), "another node refused this node's connection");
+        return None;
+    }
     Some(r)
 }
 
@@ -1740,10 +1744,12 @@ pub(crate) async fn relay_on(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option
 /// Writes the requests (the first half of [`relay_on`]).
 async fn relay_send(r: &mut Relay, requests: &[Vec<Vec<u8>>]) -> Option<()> {
     let bytes: Vec<u8> = requests.iter().flat_map(|a| encode_request(a)).collect();
-    tokio::time::timeout(WAIT, r.stream.write_all(&bytes))
-        .await
-        .ok()?
-        .ok()
+    let send = async {
+        r.stream.write_all(&bytes).await?;
+        // TLS holds records until flushed.
+        r.stream.flush().await
+    };
+    tokio::time::timeout(WAIT, send).await.ok()?.ok()
 }
 
 /// Reads `count` replies (the second half of [`relay_on`]).

@@ -2,7 +2,8 @@
 //! forged Raft message (a heartbeat from a member's id with a much higher term, which a node
 //! that accepted it would act on by raising its own term) does not get in, neither over
 //! plaintext nor over TLS with a certificate from another CA. On a plain-TCP cluster the same
-//! forgery does get in: the probe can tell.
+//! forgery does get in: the probe can tell. Nodes' connections to each other's client ports
+//! (relayed commands, Pub/Sub links) use the same mutual TLS, and a plain one is refused.
 
 mod common;
 
@@ -153,4 +154,134 @@ fn on_a_plain_bus_the_same_forgery_gets_in() {
         wait_term_above(&mut n1, before + 50),
         "the probe did not move the term: it cannot tell a refused forgery from a harmless one"
     );
+}
+
+/// A connection to `port` over TLS with `client`'s certificate; None if the handshake fails.
+fn tls_client(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    client: TlsFiles,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tls = cairn_server::tls::bus_tls(&client).expect("a client configuration");
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let name =
+            rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let connector = tokio_rustls::TlsConnector::from(tls.client);
+        let fut = connector.connect(name, tcp);
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .ok()?
+            .ok()
+    })
+}
+
+/// Sends `line` as a RESP request and reads up to one reply line (empty if the server closed).
+fn tls_request(
+    rt: &tokio::runtime::Runtime,
+    s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    line: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let words: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+    rt.block_on(async {
+        if s.write_all(&common::encode(&words)).await.is_err() || s.flush().await.is_err() {
+            return String::new();
+        }
+        let mut buf = vec![0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        match read {
+            Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            _ => String::new(),
+        }
+    })
+}
+
+#[test]
+fn nodes_reach_each_others_client_ports_only_over_the_cluster_tls() {
+    let cluster_ca = tempfile::tempdir().unwrap();
+    let stranger = tempfile::tempdir().unwrap();
+    certs(cluster_ca.path());
+    certs(stranger.path());
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tls_files = files(cluster_ca.path(), cluster_ca.path());
+    // Three shards, each on one node: a node relays every command on another's keys.
+    let nodes = common::start_cluster_configured(3, &dirs, |c| {
+        c.shards = 3;
+        c.replicas = 1;
+        c.tls_cluster = true;
+        c.tls_files = tls_files.clone();
+    });
+    common::wait_writable(&nodes);
+    let node = |i: usize| nodes[i].as_ref().unwrap();
+    for i in 0..6 {
+        assert_eq!(
+            node(i % 3).raw().cmd_str(&format!("SET relayed{i} v{i}")),
+            b"+OK\r\n",
+            "a write through node {}",
+            i % 3 + 1
+        );
+    }
+    // Each key is on one node: the other two relay its reads.
+    for i in 0..3 {
+        for j in 0..6 {
+            assert_eq!(
+                node(i).raw().cmd_str(&format!("GET relayed{j}")),
+                format!("$2\r\nv{j}\r\n").as_bytes()
+            );
+        }
+    }
+    // A transaction over all three shards, coordinated by each node in turn.
+    for i in 0..3 {
+        assert_eq!(
+            node(i).raw().cmd_str("MSET {a}x 1 {b}y 2 {c}z 3"),
+            b"+OK\r\n"
+        );
+        assert_eq!(
+            node(i).raw().cmd_str("MGET {a}x {b}y {c}z"),
+            b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n"
+        );
+    }
+    // Pub/Sub links between nodes: a message published on node 1 reaches node 3's subscriber.
+    let mut sub = node(2).raw();
+    sub.send_line("SUBSCRIBE over-tls");
+    assert_eq!(
+        sub.reply_text(),
+        "*3\r\n$9\r\nsubscribe\r\n$8\r\nover-tls\r\n:1\r\n"
+    );
+    assert_eq!(node(0).raw().cmd_str("PUBLISH over-tls hello"), b":0\r\n");
+    assert_eq!(
+        sub.reply_text(),
+        "*3\r\n$7\r\nmessage\r\n$8\r\nover-tls\r\n$5\r\nhello\r\n"
+    );
+    // A node's greeting in clear is refused (the cluster has no node secret yet: before
+    // tls-cluster's rule, this connection would have been taken for a node's).
+    let reply = node(0).raw().cmd_str("CAIRN.RELAY");
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    assert!(
+        text.starts_with("-NOPERM") && text.contains("TLS"),
+        "{text}"
+    );
+    // Over TLS: a certificate of another CA does not get through the handshake (or is cut
+    // right after it); one of the cluster CA's does, and is taken for a node's.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = node(0).port;
+    if let Some(mut s) = tls_client(&rt, port, files(stranger.path(), cluster_ca.path())) {
+        let reply = tls_request(&rt, &mut s, "CAIRN.RELAY");
+        assert!(
+            !reply.starts_with("+OK"),
+            "a stranger's certificate: {reply}"
+        );
+    }
+    let mut s = tls_client(&rt, port, files(cluster_ca.path(), cluster_ca.path()))
+        .expect("a handshake with the cluster's certificate");
+    assert_eq!(tls_request(&rt, &mut s, "CAIRN.RELAY"), "+OK\r\n");
+    assert_eq!(tls_request(&rt, &mut s, "GET relayed0"), "$2\r\nv0\r\n");
+    // Plain clients are served on the same port as before.
+    assert_eq!(node(0).raw().cmd_str("PING"), b"+PONG\r\n");
 }

@@ -326,15 +326,7 @@ impl Engine {
 
         // Read-only globals, with Redis's words.
         let meta = lua.create_table()?;
-        meta.raw_set(
-            "__newindex",
-            lua.create_function(|lua, _: MultiValue| -> mlua::Result<()> {
-                Err(mlua::Error::RuntimeError(format!(
-                    "{}Attempt to modify a readonly table",
-                    position(lua)
-                )))
-            })?,
-        )?;
+        meta.raw_set("__newindex", readonly_newindex(&lua)?)?;
         meta.raw_set(
             "__index",
             lua.create_function(|lua, (_, key): (Value, Value)| -> mlua::Result<()> {
@@ -342,10 +334,7 @@ impl Engine {
                     Value::String(s) => s.to_string_lossy(),
                     _ => "?".to_string(),
                 };
-                Err(mlua::Error::RuntimeError(format!(
-                    "{}Script attempted to access nonexistent global variable '{name}'",
-                    position(lua)
-                )))
+                Err(missing_global(lua, &name))
             })?,
         )?;
         globals.set_metatable(Some(meta))?;
@@ -1109,27 +1098,35 @@ fn function_envs(lua: &Lua, registered: &Table) -> mlua::Result<(Table, Table)> 
                     if v != Value::Nil {
                         return Ok(v);
                     }
-                    return Err(mlua::Error::RuntimeError(format!(
-                        "{}Script attempted to access nonexistent global variable '{name}'",
-                        position(lua)
-                    )));
+                    return Err(missing_global(lua, &name));
                 }
                 Ok(Value::Nil)
             })?,
         )?;
-        meta.raw_set(
-            "__newindex",
-            lua.create_function(|lua, _: MultiValue| -> mlua::Result<()> {
-                Err(mlua::Error::RuntimeError(format!(
-                    "{}Attempt to modify a readonly table",
-                    position(lua)
-                )))
-            })?,
-        )?;
+        meta.raw_set("__newindex", readonly_newindex(lua)?)?;
         env.set_metatable(Some(meta))?;
         Ok(env)
     };
     Ok((env(load_redis)?, env(run_redis)?))
+}
+
+/// The `__newindex` of a read-only table (the globals, a function's environment): Redis's
+/// words, with the script's position.
+fn readonly_newindex(lua: &Lua) -> mlua::Result<Function> {
+    lua.create_function(|lua, _: MultiValue| -> mlua::Result<()> {
+        Err(mlua::Error::RuntimeError(format!(
+            "{}Attempt to modify a readonly table",
+            position(lua)
+        )))
+    })
+}
+
+/// Redis's error for reading a global that was never set.
+fn missing_global(lua: &Lua, name: &str) -> mlua::Error {
+    mlua::Error::RuntimeError(format!(
+        "{}Script attempted to access nonexistent global variable '{name}'",
+        position(lua)
+    ))
 }
 
 impl Engine {
