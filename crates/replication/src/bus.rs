@@ -35,11 +35,50 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// The cluster bus's mutual TLS: how to accept peers and how to connect to them, both
-/// checking the other end's certificate against the cluster CA.
+/// checking the other end's certificate against the cluster CA. Clones share one
+/// configuration, which [`BusTls::replace`] swaps for new connections (certificate reload
+/// without a restart; open connections go on with the one they began with).
 #[derive(Clone)]
 pub struct BusTls {
-    pub server: Arc<rustls::ServerConfig>,
-    pub client: Arc<rustls::ClientConfig>,
+    current: Arc<std::sync::RwLock<TlsPair>>,
+}
+
+type TlsPair = (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>);
+
+impl BusTls {
+    pub fn new(server: Arc<rustls::ServerConfig>, client: Arc<rustls::ClientConfig>) -> BusTls {
+        BusTls {
+            current: Arc::new(std::sync::RwLock::new((server, client))),
+        }
+    }
+
+    /// How a connection arriving now is accepted.
+    pub fn server(&self) -> Arc<rustls::ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// How a connection opened now presents itself and checks its peer.
+    pub fn client(&self) -> Arc<rustls::ClientConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Serves every clone's new connections with `other`'s configuration.
+    pub fn replace(&self, other: &BusTls) {
+        let next = other
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
 }
 
 impl std::fmt::Debug for BusTls {
@@ -51,27 +90,91 @@ impl std::fmt::Debug for BusTls {
 /// The longest a peer's TLS handshake may take.
 const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
 
-/// An outbound connection to a peer: plain TCP, or TLS over it.
-enum Link {
+/// A connection this node opened to another: plain TCP, or the cluster's mutual TLS over it
+/// (the bus's links, and the server's connections to other nodes' client ports).
+pub enum PeerStream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl Link {
-    fn tcp(&self) -> &TcpStream {
+impl PeerStream {
+    /// Connects to `addr`, over `tls` when given: the peer's certificate must be the cluster
+    /// CA's and name the address's IP. The TLS handshake may take up to `handshake_within`.
+    pub async fn connect(
+        addr: SocketAddr,
+        tls: Option<&BusTls>,
+        handshake_within: Duration,
+    ) -> std::io::Result<PeerStream> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let Some(tls) = tls else {
+            return Ok(PeerStream::Plain(s));
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.client());
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let stream = tokio::time::timeout(handshake_within, connector.connect(name, s))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
+        Ok(PeerStream::Tls(Box::new(stream)))
+    }
+
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
         match self {
-            Link::Plain(s) => s,
-            Link::Tls(s) => s.get_ref().0,
+            PeerStream::Plain(s) => s,
+            PeerStream::Tls(s) => s.get_ref().0,
         }
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match self {
-            Link::Plain(s) => s.write_all(bytes).await,
-            Link::Tls(s) => {
-                s.write_all(bytes).await?;
-                s.flush().await
-            }
+    /// Writes `bytes` and flushes them (TLS holds records until flushed).
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
+}
+
+impl tokio::io::AsyncRead for PeerStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            PeerStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PeerStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            PeerStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            PeerStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            PeerStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -293,22 +396,8 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(u8, Vec<u
 }
 
 /// Opens a connection to a peer (TLS when `tls` is set) and introduces this node.
-async fn connect(addr: SocketAddr, me: u64, tls: Option<&BusTls>) -> std::io::Result<Link> {
-    let s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    let mut link = match tls {
-        None => Link::Plain(s),
-        Some(tls) => {
-            let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-            let stream = tokio::time::timeout(HANDSHAKE_WITHIN, connector.connect(name, s))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake")
-                })??;
-            Link::Tls(Box::new(stream))
-        }
-    };
+async fn connect(addr: SocketAddr, me: u64, tls: Option<&BusTls>) -> std::io::Result<PeerStream> {
+    let mut link = PeerStream::connect(addr, tls, HANDSHAKE_WITHIN).await?;
     link.send(&frame(KIND_HELLO, &me.to_le_bytes())).await?;
     Ok(link)
 }
@@ -448,7 +537,7 @@ impl Bus {
                 let result = match bus.tls.get() {
                     None => inbound_connection(socket, bus).await,
                     Some(tls) => {
-                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server());
                         match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(socket)).await
                         {
                             Ok(Ok(stream)) => inbound_connection(stream, bus).await,
@@ -513,7 +602,7 @@ pub fn peer_closed(conn: &TcpStream) -> bool {
 /// One peer's sender: connects (with backoff), drains the queue into one frame per write, and
 /// reports what it could not deliver.
 async fn outbound(bus: Arc<Bus>, peer: u64, mut queue: mpsc::Receiver<Envelope>) {
-    let mut conn: Option<Link> = None;
+    let mut conn: Option<PeerStream> = None;
     let mut backoff = BACKOFF_MIN;
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];

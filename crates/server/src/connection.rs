@@ -345,7 +345,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         let mut first = [0u8; 1];
         let peeked = socket.peek(&mut first).await;
         if matches!(peeked, Ok(1)) && first[0] == crate::tls::TLS_HANDSHAKE_BYTE {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server());
             let handshake =
                 tokio::time::timeout(TLS_HANDSHAKE_WITHIN, acceptor.accept(socket)).await;
             undecided.fetch_sub(1, Ordering::Relaxed);

@@ -250,7 +250,7 @@ pub struct Hub {
     keyspace_flags: std::sync::atomic::AtomicU32,
     /// The node's users, whose node secret links show first (see `crate::replicated::relay_greeting`).
     pub acl: std::sync::OnceLock<Arc<crate::acl::Acl>>,
-    /// `tls-cluster yes`: links to other nodes are mutual TLS (see `crate::tls::PeerStream`).
+    /// `tls-cluster yes`: links to other nodes are mutual TLS (see `cairn_replication::bus::PeerStream`).
     pub peer_tls: std::sync::OnceLock<cairn_replication::bus::BusTls>,
 }
 
@@ -684,7 +684,7 @@ type Waiting = VecDeque<(u64, oneshot::Sender<()>)>;
 /// One open connection to a peer: requests written, and the acknowledgements waiting for
 /// their replies.
 struct Link {
-    writer: tokio::io::WriteHalf<crate::tls::PeerStream>,
+    writer: tokio::io::WriteHalf<cairn_replication::bus::PeerStream>,
     written: u64,
     acks: Arc<Mutex<Waiting>>,
     closed: Arc<AtomicBool>,
@@ -704,7 +704,9 @@ impl Link {
         greeting: Vec<u8>,
     ) -> Option<Link> {
         use tokio::io::AsyncWriteExt;
-        let stream = crate::tls::PeerStream::connect(addr, tls, Duration::from_secs(1)).await?;
+        let within = Duration::from_secs(1);
+        let connect = cairn_replication::bus::PeerStream::connect(addr, tls, within);
+        let stream = tokio::time::timeout(within, connect).await.ok()?.ok()?;
         let (reader, mut writer) = tokio::io::split(stream);
         // Shown first, as every node's connection to another does: its one-line reply is the
         // first the reader counts.
@@ -744,7 +746,7 @@ impl Link {
 /// `CAIRN.PUBLISH` and `CAIRN.INTEREST` (an integer, `+OK` or an error) is exactly one line,
 /// so the n-th line answers the n-th request.
 async fn read_replies(
-    mut reader: tokio::io::ReadHalf<crate::tls::PeerStream>,
+    mut reader: tokio::io::ReadHalf<cairn_replication::bus::PeerStream>,
     acks: Arc<Mutex<Waiting>>,
     closed: Arc<AtomicBool>,
 ) {

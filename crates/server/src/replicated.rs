@@ -23,6 +23,7 @@ use crate::connection::Client;
 use crate::dispatch::{self, Target};
 use crate::Shared;
 use cairn_commands::{CommandSpec, Flags, Lookup};
+use cairn_replication::bus::PeerStream;
 use cairn_replication::{GroupStatus, Node, NodeError};
 use cairn_resp::{Protocol, Reply};
 use cairn_store::entry::{LogEntry, Operation};
@@ -58,7 +59,7 @@ pub struct Replication {
     /// The cross-shard transactions this node coordinates (`crate::cross`).
     pub coordinator: crate::cross::Coordinator,
     /// `tls-cluster yes`: the mutual TLS of the bus, which this node's connections to the
-    /// others' client ports use too (see [`crate::tls::PeerStream`]).
+    /// others' client ports use too (see [`PeerStream`]).
     pub peer_tls: Option<cairn_replication::bus::BusTls>,
 }
 
@@ -156,7 +157,7 @@ pub struct Relay {
     /// The protocol its replies come in (the client's when it was opened: a client that
     /// changes protocol with HELLO opens new ones).
     proto: Protocol,
-    stream: crate::tls::PeerStream,
+    stream: PeerStream,
     buf: Vec<u8>,
 }
 
@@ -1712,9 +1713,9 @@ pub(crate) async fn open_relay(
     leader: u64,
     proto: Protocol,
 ) -> Option<Relay> {
-    let stream =
-        crate::tls::PeerStream::connect(addr, repl.peer_tls.as_ref(), Duration::from_secs(2))
-            .await?;
+    let within = Duration::from_secs(2);
+    let connect = PeerStream::connect(addr, repl.peer_tls.as_ref(), within);
+    let stream = tokio::time::timeout(within, connect).await.ok()?.ok()?;
     let mut r = Relay {
         leader,
         proto,

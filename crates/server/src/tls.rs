@@ -137,10 +137,10 @@ pub fn bus_tls(files: &TlsFiles) -> Result<cairn_replication::bus::BusTls, Strin
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(|e| format!("{}: {e}", files.cert.display()))?;
-    Ok(cairn_replication::bus::BusTls {
-        server: Arc::new(server),
-        client: Arc::new(client),
-    })
+    Ok(cairn_replication::bus::BusTls::new(
+        Arc::new(server),
+        Arc::new(client),
+    ))
 }
 
 /// The configuration new TLS connections get.
@@ -233,94 +233,6 @@ pub fn write_dev_certs(dir: &Path, hosts: &[String]) -> Result<Vec<PathBuf>, Str
     Ok(written)
 }
 
-/// A node's connection to another node's client port (relayed commands, Pub/Sub links, peer
-/// questions): plain TCP, or with `tls-cluster yes` mutual TLS with the cluster bus's
-/// certificates, so that what clients sent and the node secret never cross the network in
-/// clear.
-pub enum PeerStream {
-    Plain(tokio::net::TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
-}
-
 /// The first byte of a TLS handshake record: how the client port tells a node's TLS
 /// connection from a client's RESP (which starts with a type byte or an inline command).
 pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
-
-impl PeerStream {
-    /// Connects to `addr` within `within`, over `tls` when given (the peer's certificate must
-    /// be the cluster CA's and name the address's IP, as on the bus).
-    pub async fn connect(
-        addr: std::net::SocketAddr,
-        tls: Option<&cairn_replication::bus::BusTls>,
-        within: std::time::Duration,
-    ) -> Option<PeerStream> {
-        let connect = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-            let _ = tcp.set_nodelay(true);
-            match tls {
-                None => Some(PeerStream::Plain(tcp)),
-                Some(tls) => {
-                    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-                    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-                    let stream = connector.connect(name, tcp).await.ok()?;
-                    Some(PeerStream::Tls(Box::new(stream)))
-                }
-            }
-        };
-        tokio::time::timeout(within, connect).await.ok().flatten()
-    }
-
-    /// The TCP connection underneath.
-    pub fn tcp(&self) -> &tokio::net::TcpStream {
-        match self {
-            PeerStream::Plain(s) => s,
-            PeerStream::Tls(s) => s.get_ref().0,
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for PeerStream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            PeerStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for PeerStream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            PeerStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            PeerStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            PeerStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}

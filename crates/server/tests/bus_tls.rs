@@ -4,6 +4,7 @@
 //! plaintext nor over TLS with a certificate from another CA. On a plain-TCP cluster the same
 //! forgery does get in: the probe can tell. Nodes' connections to each other's client ports
 //! (relayed commands, Pub/Sub links) use the same mutual TLS, and a plain one is refused.
+//! CONFIG SET of a TLS file reloads the cluster's certificates without a restart.
 
 mod common;
 
@@ -81,7 +82,7 @@ fn tls_forgery(bus_port: u16, term: u64, client: TlsFiles) {
         };
         let name =
             rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
-        let connector = tokio_rustls::TlsConnector::from(tls.client);
+        let connector = tokio_rustls::TlsConnector::from(tls.client());
         // The server refuses the certificate during or right after the handshake.
         if let Ok(mut s) = connector.connect(name, tcp).await {
             let _ = s.write_all(&forgery(term)).await;
@@ -169,7 +170,7 @@ fn tls_client(
             .ok()?;
         let name =
             rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
-        let connector = tokio_rustls::TlsConnector::from(tls.client);
+        let connector = tokio_rustls::TlsConnector::from(tls.client());
         let fut = connector.connect(name, tcp);
         tokio::time::timeout(Duration::from_secs(5), fut)
             .await
@@ -199,6 +200,20 @@ fn tls_request(
     })
 }
 
+/// Three nodes over mutual TLS with the certificates in `certs`, and three shards each on one
+/// node: a node relays every command on another's keys.
+fn three_shards_over_tls(dirs: &[tempfile::TempDir], certs: &Path) -> Vec<Option<Cairn>> {
+    let tls_files = files(certs, certs);
+    let nodes = common::start_cluster_configured(3, dirs, |c| {
+        c.shards = 3;
+        c.replicas = 1;
+        c.tls_cluster = true;
+        c.tls_files = tls_files.clone();
+    });
+    common::wait_writable(&nodes);
+    nodes
+}
+
 #[test]
 fn nodes_reach_each_others_client_ports_only_over_the_cluster_tls() {
     let cluster_ca = tempfile::tempdir().unwrap();
@@ -206,15 +221,7 @@ fn nodes_reach_each_others_client_ports_only_over_the_cluster_tls() {
     certs(cluster_ca.path());
     certs(stranger.path());
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let tls_files = files(cluster_ca.path(), cluster_ca.path());
-    // Three shards, each on one node: a node relays every command on another's keys.
-    let nodes = common::start_cluster_configured(3, &dirs, |c| {
-        c.shards = 3;
-        c.replicas = 1;
-        c.tls_cluster = true;
-        c.tls_files = tls_files.clone();
-    });
-    common::wait_writable(&nodes);
+    let nodes = three_shards_over_tls(&dirs, cluster_ca.path());
     let node = |i: usize| nodes[i].as_ref().unwrap();
     for i in 0..6 {
         assert_eq!(
@@ -284,4 +291,78 @@ fn nodes_reach_each_others_client_ports_only_over_the_cluster_tls() {
     assert_eq!(tls_request(&rt, &mut s, "GET relayed0"), "$2\r\nv0\r\n");
     // Plain clients are served on the same port as before.
     assert_eq!(node(0).raw().cmd_str("PING"), b"+PONG\r\n");
+}
+
+/// Whether `port` takes a TLS connection with `client`'s certificate: the bus never sends
+/// anything on an accepted connection, so a read that waits is an accepted handshake and an
+/// alert or a close is a refused one.
+fn accepts(rt: &tokio::runtime::Runtime, port: u16, client: TlsFiles) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Some(mut s) = tls_client(rt, port, client) else {
+        return false;
+    };
+    rt.block_on(async {
+        let mut buf = [0u8; 16];
+        tokio::time::timeout(Duration::from_millis(700), s.read(&mut buf))
+            .await
+            .is_err()
+    })
+}
+
+#[test]
+fn config_set_reloads_the_cluster_certificates() {
+    let live = tempfile::tempdir().unwrap();
+    let old = tempfile::tempdir().unwrap();
+    certs(live.path());
+    for f in ["ca.crt", "node.crt", "node.key"] {
+        std::fs::copy(live.path().join(f), old.path().join(f)).unwrap();
+    }
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = three_shards_over_tls(&dirs, live.path());
+    let node = |i: usize| nodes[i].as_ref().unwrap();
+    for i in 0..6 {
+        assert_eq!(node(0).raw().cmd_str(&format!("SET k{i} v{i}")), b"+OK\r\n");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = node(0).port + 10000;
+    let old_files = || files(old.path(), old.path());
+    assert!(accepts(&rt, bus, old_files()), "the probe cannot tell");
+
+    // A file that cannot be used is refused, and everything stays as it was.
+    let reply = node(0)
+        .raw()
+        .cmd_str("CONFIG SET tls-cert-file /nonexistent/node.crt");
+    assert!(reply.starts_with(b"-ERR CONFIG SET failed"), "{reply:?}");
+    assert!(accepts(&rt, bus, old_files()));
+
+    // New certificates from a new CA replace the files on every node; each rereads them.
+    certs(live.path());
+    let path = live.path().join("node.crt");
+    for i in 0..3 {
+        let reply = node(i)
+            .raw()
+            .cmd_str(&format!("CONFIG SET tls-cert-file {}", path.display()));
+        assert_eq!(reply, b"+OK\r\n", "node {}", i + 1);
+    }
+    assert!(
+        !accepts(&rt, bus, old_files()),
+        "the bus still takes the old CA's certificate"
+    );
+    assert!(accepts(&rt, bus, files(live.path(), live.path())));
+    // Connections opened from now on are the new CA's both ways: fresh clients' reads of the
+    // other nodes' shards are relayed over new ones.
+    for i in 0..3 {
+        for j in 0..6 {
+            assert_eq!(
+                node(i).raw().cmd_str(&format!("GET k{j}")),
+                format!("$2\r\nv{j}\r\n").as_bytes(),
+                "GET k{j} through node {}",
+                i + 1
+            );
+        }
+    }
+    assert_eq!(node(2).raw().cmd_str("SET after reload"), b"+OK\r\n");
 }

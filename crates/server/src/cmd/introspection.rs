@@ -505,19 +505,38 @@ pub fn config_set(c: &mut Call) -> Reply {
             .to_ascii_lowercase()
             .starts_with("tls-")
     }) {
-        match &c.shared.tls {
-            Some(tls) => {
-                if let Err(why) = tls.reload(next.tls_files.clone()) {
-                    return Reply::error(format!(
-                        "ERR CONFIG SET failed (possibly related to argument 'tls-cert-file') - Unable to update TLS configuration: {why}"
-                    ));
-                }
+        let unusable = |why: String| {
+            Reply::error(format!(
+                "ERR CONFIG SET failed (possibly related to argument 'tls-cert-file') - Unable to update TLS configuration: {why}"
+            ))
+        };
+        let bus = c
+            .shared
+            .replication
+            .as_ref()
+            .and_then(|r| r.peer_tls.as_ref());
+        if c.shared.tls.is_none() && bus.is_none() {
+            return Reply::error(
+                "ERR CONFIG SET failed (possibly related to argument 'tls-port') - TLS is not enabled on this node (start it with --tls-port or --tls-cluster yes)",
+            );
+        }
+        // Both are made before either is used: a file one cannot use leaves both as they were.
+        let bus_next = match bus
+            .map(|_| crate::tls::bus_tls(&next.tls_files))
+            .transpose()
+        {
+            Ok(b) => b,
+            Err(why) => return unusable(why),
+        };
+        if let Some(tls) = &c.shared.tls {
+            if let Err(why) = tls.reload(next.tls_files.clone()) {
+                return unusable(why);
             }
-            None => {
-                return Reply::error(
-                    "ERR CONFIG SET failed (possibly related to argument 'tls-port') - TLS is not enabled on this node (start it with --tls-port)",
-                )
-            }
+        }
+        // The cluster's mutual TLS (bus links, node connections to client ports): new
+        // connections use the new files; open ones go on.
+        if let (Some(bus), Some(next)) = (bus, bus_next) {
+            bus.replace(&next);
         }
     }
     let slowlog = &c.shared.slowlog;
