@@ -90,6 +90,21 @@ impl std::fmt::Debug for BusTls {
 /// The longest a peer's TLS handshake may take.
 const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
 
+/// Whether the end-entity certificate of `certs` (a TLS peer's chain, already verified
+/// against the cluster CA) names `ip`. Binds a peer to a node: a node's certificate names
+/// its own address, so a certificate for another host, or a client's (which names none),
+/// cannot speak for a node.
+pub fn names_ip(certs: &[rustls::pki_types::CertificateDer<'_>], ip: std::net::IpAddr) -> bool {
+    let Some(leaf) = certs.first() else {
+        return false;
+    };
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
 /// A connection this node opened to another: plain TCP, or the cluster's mutual TLS over it
 /// (the bus's links, and the server's connections to other nodes' client ports).
 pub enum PeerStream {
@@ -535,12 +550,16 @@ impl Bus {
             let bus = self.clone();
             tokio::spawn(async move {
                 let result = match bus.tls.get() {
-                    None => inbound_connection(socket, bus).await,
+                    None => inbound_connection(socket, bus, None).await,
                     Some(tls) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server());
                         match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(socket)).await
                         {
-                            Ok(Ok(stream)) => inbound_connection(stream, bus).await,
+                            Ok(Ok(stream)) => {
+                                let certs = stream.get_ref().1.peer_certificates();
+                                let certs = certs.unwrap_or_default().to_vec();
+                                inbound_connection(stream, bus, Some(certs)).await
+                            }
                             Ok(Err(e)) => {
                                 tracing::warn!(error = %e, "refused a bus peer's TLS handshake");
                                 return;
@@ -558,15 +577,34 @@ impl Bus {
 }
 
 /// Reads one peer's connection: HELLO first, then batches, handed to the driver.
+/// `certs`: over TLS, the peer's certificates, which must name the address of the node it
+/// says it is.
 async fn inbound_connection<S: AsyncReadExt + Unpin>(
     mut socket: S,
     bus: Arc<Bus>,
+    certs: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
 ) -> Result<(), FrameError> {
     let (kind, payload) = read_frame(&mut socket).await?;
     if kind != KIND_HELLO || payload.len() != 8 {
         return Err(FrameError::Malformed);
     }
     let peer = u64::from_le_bytes(payload.try_into().expect("8 bytes"));
+    if let Some(certs) = certs {
+        let addr = bus
+            .addresses
+            .lock()
+            .expect("addresses lock")
+            .get(&peer)
+            .copied();
+        if !addr.is_some_and(|a| names_ip(&certs, a.ip())) {
+            tracing::warn!(
+                peer,
+                ?addr,
+                "refused a bus peer: its certificate does not name the node's address"
+            );
+            return Err(FrameError::Malformed);
+        }
+    }
     let mut snapshot = Reassembly::default();
     loop {
         let (kind, payload) = read_frame(&mut socket).await?;

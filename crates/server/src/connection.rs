@@ -350,7 +350,20 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                 tokio::time::timeout(TLS_HANDSHAKE_WITHIN, acceptor.accept(socket)).await;
             undecided.fetch_sub(1, Ordering::Relaxed);
             match handshake {
-                Ok(Ok(stream)) => serve_as(shared, stream, peer, local, true).await,
+                Ok(Ok(stream)) => {
+                    // A node's certificate names its address; a client's from the same CA
+                    // (`cairn certs` makes both) names none, and is not taken for a node's.
+                    let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
+                    let ips = member_ips(&shared);
+                    if ips
+                        .iter()
+                        .any(|&ip| cairn_replication::bus::names_ip(certs, ip))
+                    {
+                        serve_as(shared, stream, peer, local, true).await
+                    } else {
+                        tracing::warn!(%peer, "refused a node connection: its certificate names no member's address");
+                    }
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "node TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "node TLS handshake timed out"),
             }

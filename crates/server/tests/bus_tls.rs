@@ -2,7 +2,8 @@
 //! forged Raft message (a heartbeat from a member's id with a much higher term, which a node
 //! that accepted it would act on by raising its own term) does not get in, neither over
 //! plaintext nor over TLS with a certificate from another CA. On a plain-TCP cluster the same
-//! forgery does get in: the probe can tell. Nodes' connections to each other's client ports
+//! forgery does get in: the probe can tell. A certificate of the cluster CA that does not name
+//! the claimed node's address (a client's, say) is refused too. Nodes' connections to each other's client ports
 //! (relayed commands, Pub/Sub links) use the same mutual TLS, and a plain one is refused.
 //! CONFIG SET of a TLS file reloads the cluster's certificates without a restart.
 
@@ -18,6 +19,16 @@ use std::time::{Duration, Instant};
 
 fn certs(dir: &Path) {
     write_dev_certs(dir, &["localhost".into(), "127.0.0.1".into()]).expect("certificates");
+}
+
+/// The cluster CA's client certificate (what `cairn certs` makes for applications).
+fn client_files(certs: &Path) -> TlsFiles {
+    TlsFiles {
+        cert: certs.join("client.crt"),
+        key: certs.join("client.key"),
+        ca: Some(certs.join("ca.crt")),
+        auth_clients: AuthClients::Yes,
+    }
 }
 
 fn files(certs: &Path, ca: &Path) -> TlsFiles {
@@ -130,6 +141,8 @@ fn the_bus_refuses_peers_without_a_cluster_certificate() {
         before + 200,
         files(stranger.path(), cluster_ca.path()),
     );
+    // Signed by the cluster CA, but a client's: it names no node's address.
+    tls_forgery(bus_port, before + 300, client_files(cluster_ca.path()));
     assert!(
         !wait_term_above(&mut n1, before + 50),
         "a forged message reached Raft: term {} after {before}",
@@ -285,6 +298,12 @@ fn nodes_reach_each_others_client_ports_only_over_the_cluster_tls() {
             "a stranger's certificate: {reply}"
         );
     }
+    // The cluster CA's client certificate passes the handshake (the CA signed it) but names
+    // no member's address: it is not a node's (taken for one before the check: seen).
+    let mut s = tls_client(&rt, port, client_files(cluster_ca.path()))
+        .expect("a handshake with the cluster CA's client certificate");
+    let reply = tls_request(&rt, &mut s, "CAIRN.RELAY");
+    assert!(!reply.starts_with("+OK"), "a client's certificate: {reply}");
     let mut s = tls_client(&rt, port, files(cluster_ca.path(), cluster_ca.path()))
         .expect("a handshake with the cluster's certificate");
     assert_eq!(tls_request(&rt, &mut s, "CAIRN.RELAY"), "+OK\r\n");
