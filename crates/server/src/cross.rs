@@ -226,7 +226,9 @@ async fn attempt(
             coordinator(shared)
                 .snapshots
                 .fetch_add(1, Ordering::Relaxed);
-            return Attempt::Done(run_on(values, cmds, proto, block, crate::now_ms()).0);
+            let (reply, mut scratch) = run_on(shared, values, cmds, proto, block, crate::now_ms());
+            publish_events(shared, &mut scratch);
+            return Attempt::Done(reply);
         }
     }
     let seq = coordinator(shared).seq.fetch_add(1, Ordering::Relaxed);
@@ -279,7 +281,7 @@ async fn attempt(
 
     // 2. Run the commands on what was read, as a replica would.
     let before = values.iter().map(|(_, r)| r.clone()).collect();
-    let (reply, scratch) = run_on(before, cmds, proto, block, now);
+    let (reply, mut scratch) = run_on(shared, before, cmds, proto, block, now);
     let mut writes: Writes = groups.iter().map(|&g| (g, vec![])).collect();
     for (group, was) in &values {
         let after = scratch.record_of(&was.key, now);
@@ -290,6 +292,7 @@ async fn attempt(
     if writes.values().all(Vec::is_empty) {
         // Released before the reply: the client's next command must not meet its own locks.
         release(shared, &id, &groups).await;
+        publish_events(shared, &mut scratch);
         return Attempt::Done(reply);
     }
 
@@ -328,12 +331,27 @@ async fn attempt(
     if push_out(shared, &id, &writes).await {
         finish(shared, Finish { id, primary }).await;
     }
+    publish_events(shared, &mut scratch);
     Attempt::Done(reply)
 }
 
+/// Publishes the keyspace notifications the commands emitted on the scratch store, once the
+/// transaction took effect and before its reply, as a single-shard command's leader does
+/// (the shards' own entries carry values, not events).
+fn publish_events(shared: &Shared, scratch: &mut Store) {
+    let mut events = scratch.events.take();
+    // A key that expired in between is reported by its shard's own expiry, not twice.
+    events.retain(|e| e.name != "expired");
+    if !events.is_empty() {
+        shared.pubsub.publish_events(events);
+    }
+}
+
 /// Runs `cmds` on a store holding `values` (one transaction when `block`) at time `now`, with
-/// a fresh seed: the reply, and the store as the commands left it.
+/// a fresh seed: the reply, and the store as the commands left it (with the keyspace
+/// notifications the node's setting asks for).
 fn run_on(
+    shared: &Shared,
     values: Vec<Record>,
     cmds: &[Vec<Vec<u8>>],
     proto: Protocol,
@@ -342,6 +360,7 @@ fn run_on(
 ) -> (Reply, Store) {
     let mut scratch = Store::new();
     scratch.write_records(&values);
+    scratch.events.flags = shared.pubsub.keyspace_flags();
     let entry = LogEntry {
         now_ms: now,
         seed: crate::dispatch::next_seed(),

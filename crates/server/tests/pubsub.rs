@@ -312,6 +312,24 @@ fn keyspace_notifications_come_once_from_each_shard_to_subscribers_on_every_node
             "node {n} got more for the k keys: {got:?}"
         );
     }
+    // Commands over several shards (cross-shard transactions) report their events once, in
+    // the commands' order, as Redis does for them on one server.
+    assert_eq!(writer.cmd_str("MSET {a}x 1 {b}y 2 {c}z 3"), b"+OK\r\n");
+    assert_eq!(writer.cmd_str("RENAME {a}x {b}w"), b"+OK\r\n");
+    let expected: Vec<(String, String)> = [
+        ("set", "{a}x"),
+        ("set", "{b}y"),
+        ("set", "{c}z"),
+        ("rename_from", "{a}x"),
+        ("rename_to", "{b}w"),
+    ]
+    .iter()
+    .map(|(e, k)| (e.to_string(), k.to_string()))
+    .collect();
+    for (n, s) in subscribers.iter_mut().enumerate() {
+        let got = keyevents(s, |g| g.len() >= expected.len());
+        assert_eq!(got, expected, "cross-shard events on node {n}");
+    }
     // Turned off, from another node: nothing more.
     assert_eq!(
         node(1)

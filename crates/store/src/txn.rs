@@ -331,6 +331,9 @@ impl Store {
             self.watches.touched(&r.key);
             self.moves.modified(&r.key);
             self.dirty += 1;
+            if self.events.collect_keys {
+                self.events.keys.push(r.key.clone());
+            }
         }
     }
 
