@@ -681,6 +681,19 @@ impl<S: StateMachine> MultiRaft<S> {
             .map(|g| (g.raw.raft.term, g.raw.raft.raft_log.committed, g.applied))
     }
 
+    /// The term of the entry at `index` in a group's log here, if the log still holds it.
+    pub fn term_at(&self, group: u64, index: u64) -> Option<u64> {
+        let g = self.groups.get(&group)?;
+        g.raw.raft.raft_log.term(index).ok().filter(|&t| t != 0)
+    }
+
+    /// The index of the last entry in a group's log here (a proposal just taken is there).
+    pub fn last_index(&self, group: u64) -> Option<u64> {
+        self.groups
+            .get(&group)
+            .map(|g| g.raw.raft.raft_log.last_index())
+    }
+
     /// (index of the newest snapshot, snapshots installed from a leader) of a group.
     pub fn snapshot_info(&self, group: u64) -> Option<(u64, u64)> {
         self.groups

@@ -462,7 +462,24 @@ impl Drop for Node {
     }
 }
 
-type ProposalWaiter = (u64, oneshot::Sender<Result<Vec<u8>, NodeError>>);
+/// A proposal waiting for its entry to apply.
+struct ProposalWaiter {
+    group: u64,
+    /// Where the entry went in this node's log when it was proposed, and the term it was
+    /// proposed in.
+    index: u64,
+    term: u64,
+    /// Since when this node has not led the group (the entry may still commit: see
+    /// [`settle`]).
+    orphaned: Option<Instant>,
+    done: oneshot::Sender<Result<Vec<u8>, NodeError>>,
+}
+
+/// How long a proposal whose leader stepped down waits to learn its entry's fate here before
+/// it is answered as indeterminate (the server's own wait for a write, `WAIT`, is as long). A
+/// new leader commits what it has of the old one's entries with its first entry, and a node
+/// that rejoins learns what overwrote its own, well within this.
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 type ReadDone = oneshot::Sender<Result<(), NodeError>>;
 /// (group, waiters, when the leadership check was asked).
 type ReadWaiter = (u64, Vec<ReadDone>, Instant);
@@ -703,8 +720,8 @@ fn answer<S: StateMachine>(
         let Ok(ctx) = <[u8; 8]>::try_from(a.context.as_slice()) else {
             continue;
         };
-        if let Some((_, done)) = w.proposals.remove(&u64::from_le_bytes(ctx)) {
-            let _ = done.send(Ok(a.result));
+        if let Some(p) = w.proposals.remove(&u64::from_le_bytes(ctx)) {
+            let _ = p.done.send(Ok(a.result));
         }
     }
     for p in points {
@@ -774,15 +791,45 @@ fn settle<S: StateMachine>(multi: &MultiRaft<S>, w: &mut Waiters) {
         }
     }
     w.confirmed = still;
-    let lost: Vec<u64> = w
-        .proposals
-        .iter()
-        .filter(|(_, (g, _))| !multi.is_leader(*g))
-        .map(|(id, _)| *id)
-        .collect();
-    for id in lost {
-        if let Some((group, done)) = w.proposals.remove(&id) {
-            let _ = done.send(Err(NodeError::Indeterminate { group }));
+    // A proposal whose group this node no longer leads is not answered at once: its entry may
+    // still commit under the new leader, and then applies here with its context (answered by
+    // [`answer`]). It can never commit once an entry of a later term is committed at or before
+    // its index: every later leader's log holds that entry, and terms never decrease along a
+    // log, so no such log can hold the proposal's (older) term at its index. Then the caller
+    // may safely try again. Only when this node cannot tell (the group closed here, the entry
+    // compacted away under a snapshot, or the grace passed) is the outcome indeterminate.
+    let now = Instant::now();
+    let mut settled = Vec::new();
+    for (&id, p) in w.proposals.iter_mut() {
+        if p.orphaned.is_none() && !multi.is_leader(p.group) {
+            p.orphaned = Some(now);
+        }
+        let Some(since) = p.orphaned else { continue };
+        let Some((_, _, applied)) = multi.progress(p.group) else {
+            settled.push((id, false));
+            continue;
+        };
+        let newer = multi
+            .term_at(p.group, applied.min(p.index))
+            .is_some_and(|t| t > p.term);
+        if newer {
+            settled.push((id, true));
+        } else if applied >= p.index || now.duration_since(since) >= ORPHAN_GRACE {
+            settled.push((id, false));
+        }
+    }
+    for (id, replaced) in settled {
+        if let Some(p) = w.proposals.remove(&id) {
+            let e = if replaced {
+                let leader = multi.leader_of(p.group).filter(|&l| l != multi.node_id());
+                NodeError::NotLeader {
+                    group: p.group,
+                    leader,
+                }
+            } else {
+                NodeError::Indeterminate { group: p.group }
+            };
+            let _ = p.done.send(Err(e));
         }
     }
     let lost: Vec<u64> = w
@@ -879,8 +926,8 @@ fn refuse_queued(rx: &mut mpsc::Receiver<Input>) {
 }
 
 fn fail_all(w: &mut Waiters, e: NodeError) {
-    for (_, (_, done)) in w.proposals.drain() {
-        let _ = done.send(Err(e.clone()));
+    for (_, p) in w.proposals.drain() {
+        let _ = p.done.send(Err(e.clone()));
     }
     for (_, (_, dones, _)) in w.reads.drain() {
         for done in dones {
@@ -910,7 +957,18 @@ fn proposed<S: StateMachine>(
     let id = w.next;
     let refused = match propose(multi, id.to_le_bytes().to_vec()) {
         Ok(()) => {
-            w.proposals.insert(id, (group, done));
+            let index = multi.last_index(group).unwrap_or(0);
+            let term = multi.progress(group).map_or(0, |(term, _, _)| term);
+            w.proposals.insert(
+                id,
+                ProposalWaiter {
+                    group,
+                    index,
+                    term,
+                    orphaned: None,
+                    done,
+                },
+            );
             return;
         }
         Err(DriverError::NotLeader { group, leader }) => NodeError::NotLeader { group, leader },

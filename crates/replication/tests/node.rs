@@ -1,5 +1,7 @@
 //! Three node runtimes over the real TCP bus, in real time: election, proposals answered after
-//! apply on a majority, read barriers, and failover when the leader dies.
+//! apply on a majority, read barriers, and failover when the leader dies. A proposal whose
+//! leader steps down learns its fate: applied when the next leader commits it, refused (safe
+//! to retry) when the next leader overwrote it.
 
 use cairn_replication::{GroupConfig, Node, NodeConfig, NodeError, StateMachine};
 use parking_lot::Mutex;
@@ -270,4 +272,138 @@ async fn a_group_opened_at_runtime_elects_and_replicates() {
     assert!(members
         .values()
         .all(|m| !m.journal.0.lock().iter().any(|e| e == b"in seven")));
+}
+
+/// Which of `members` hold `item` in their journal.
+fn holding(members: &HashMap<u64, Member>, item: &[u8]) -> Vec<u64> {
+    let mut ids: Vec<u64> = members
+        .iter()
+        .filter(|(_, m)| m.journal.0.lock().iter().any(|i| i == item))
+        .map(|(&id, _)| id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_in_flight_when_the_leader_is_cut_off_each_learn_their_fate() {
+    let mut members = start_cluster();
+    let old = wait_leader(&members, None, Duration::from_secs(10)).await;
+    let leader = Arc::new(members.get_mut(&old).unwrap().node.take().unwrap());
+    let others: Vec<u64> = (1..=3).filter(|&id| id != old).collect();
+    // Proposals stream in; a few milliseconds later the leader is cut off, so some of them
+    // are in its log only, some reached a follower unacknowledged, some committed. Each is
+    // answered for what happened to it: applied (then it is on every node once the cut is
+    // mended) or refused (then it is on none). None may stay unknown.
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let node = leader.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_micros(50 * i)).await;
+                node.propose(1, format!("c{i}").into_bytes()).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    for &o in &others {
+        leader.set_link_cut(o, true);
+        members[&o].node.as_ref().unwrap().set_link_cut(old, true);
+    }
+    let new = wait_leader(&members, Some(old), Duration::from_secs(10)).await;
+    let mut wrote = false;
+    for _ in 0..100 {
+        let proposal = members[&new]
+            .node
+            .as_ref()
+            .unwrap()
+            .propose(1, b"mark".to_vec());
+        if proposal.await.is_ok() {
+            wrote = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(wrote, "the new leader takes writes");
+    for &o in &others {
+        leader.set_link_cut(o, false);
+        members[&o].node.as_ref().unwrap().set_link_cut(old, false);
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    // Everyone has the new leader's mark once the old one caught up (its journal is still in
+    // `members`: only its node was taken out).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holding(&members, b"mark").len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        holding(&members, b"mark"),
+        [1, 2, 3],
+        "the old leader caught up"
+    );
+    let (mut applied, mut refused) = (0, 0);
+    for (i, r) in results.iter().enumerate() {
+        let item = format!("c{i}").into_bytes();
+        let on = holding(&members, &item).len();
+        match r {
+            Ok(_) => {
+                applied += 1;
+                assert_eq!(on, 3, "c{i} answered as applied");
+            }
+            Err(NodeError::Busy) | Err(NodeError::NotLeader { .. }) => {
+                refused += 1;
+                assert_eq!(on, 0, "c{i} refused but applied");
+            }
+            Err(e) => panic!("c{i}: {e:?}"),
+        }
+    }
+    println!("{applied} proposals applied and {refused} refused across the cut, none unknown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_the_next_leader_overwrote_is_answered_as_not_applied() {
+    let members = start_cluster();
+    let old = wait_leader(&members, None, Duration::from_secs(10)).await;
+    let node = |id: u64| members[&id].node.as_ref().unwrap();
+    node(old).propose(1, b"before".to_vec()).await.unwrap();
+    // The leader is cut off; what it takes now reaches no one.
+    let others: Vec<u64> = (1..=3).filter(|&id| id != old).collect();
+    for &o in &others {
+        node(old).set_link_cut(o, true);
+        node(o).set_link_cut(old, true);
+    }
+    let lost = node(old).propose(1, b"lost".to_vec());
+    let (outcome, ()) = tokio::join!(lost, async {
+        // The others elect a leader, which commits its own entry where "lost" was, and the
+        // old leader comes back.
+        let new = wait_leader(&members, Some(old), Duration::from_secs(10)).await;
+        let mut wrote = false;
+        for _ in 0..100 {
+            if node(new).propose(1, b"after".to_vec()).await.is_ok() {
+                wrote = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(wrote, "the new leader takes writes");
+        for &o in &others {
+            node(old).set_link_cut(o, false);
+            node(o).set_link_cut(old, false);
+        }
+    });
+    match outcome {
+        Err(NodeError::NotLeader { .. }) => {}
+        other => panic!("the overwritten proposal: {other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while holding(&members, b"after").len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(holding(&members, b"after"), [1, 2, 3]);
+    assert!(
+        holding(&members, b"lost").is_empty(),
+        "an entry refused but applied"
+    );
 }
