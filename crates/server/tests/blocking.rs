@@ -227,9 +227,24 @@ fn a_client_on_a_node_without_a_replica_is_woken_by_the_shard_leader() {
         "node {} was sent no wake-ups",
         outsider + 1
     );
-    // Unblocked, the node's keys are given up: pushes to them wake nobody there.
-    let quiet = forwarded_in(&mut stats);
+    // Unblocked, the node's keys are given up: pushes to them wake nobody there. (Giving them
+    // up reaches the other nodes as a message: wait until a push to the last key, which its
+    // client gave up a moment ago, brings nothing, for at most 5 s.)
     let mut pusher = raw(pusher_node);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let quiet = forwarded_in(&mut stats);
+        pusher.cmd_str("RPUSH remote4 probe");
+        std::thread::sleep(Duration::from_millis(200));
+        if forwarded_in(&mut stats) == quiet {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wake-ups go on for a key nobody waits on"
+        );
+    }
+    let quiet = forwarded_in(&mut stats);
     for round in 0..5 {
         pusher.cmd_str(&format!("RPUSH remote{round} more"));
     }

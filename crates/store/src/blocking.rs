@@ -3,10 +3,12 @@
 //!
 //! A blocked command is not parked here: its client retries it whenever woken, as an ordinary
 //! command (under replication, through the log), so an element is only ever taken by a client
-//! that is there to receive it. This registry only decides whom to wake. A changed key wakes its
-//! first waiter not already woken, so clients are served in the order they blocked (Redis's
-//! fairness); a waiter that leaves (served, timed out, gone) passes the wake-up on to the next
-//! one, since what it did not take (or did not take away, as XREAD) may serve another.
+//! that is there to receive it. This registry only decides whom to wake. A changed key wakes
+//! only its first waiter (if not woken already), so clients are served in the order they
+//! blocked (Redis's fairness); a waiter that leaves (served, timed out, gone) passes the
+//! wake-up on to the next one, since what it did not take (or did not take away, as XREAD) may
+//! serve another. Waking a later waiter while the first has not yet retried would let the two
+//! race for one element, and the later one could win it.
 
 use foldhash::fast::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -85,13 +87,15 @@ impl Blocked {
         }
     }
 
-    /// Wakes, for each key that changed, its first waiter not already woken.
+    /// Wakes, for each key that changed, its first waiter, unless it is woken already (its
+    /// retry will see the change; when it leaves, the next one is woken).
     pub fn wake_ready(&mut self) {
         for key in std::mem::take(&mut self.ready) {
             if let Some(w) = self
                 .by_key
                 .get(&key)
-                .and_then(|q| q.iter().find(|w| !w.woken.load(Ordering::SeqCst)))
+                .and_then(|q| q.front())
+                .filter(|w| !w.woken.load(Ordering::SeqCst))
             {
                 w.wake();
             }
@@ -129,14 +133,20 @@ mod tests {
             (n1.load(Ordering::SeqCst), n2.load(Ordering::SeqCst)),
             (1, 0)
         );
-        // A second change while the first is still woken goes to the next waiter.
+        // A second change while the first has not retried yet wakes nobody else: the next
+        // waiter must not race the first for what the first is owed.
         b.touched(b"k");
         b.wake_ready();
-        assert_eq!(n2.load(Ordering::SeqCst), 1);
-        assert!(w1.take_wake() && w2.take_wake());
+        assert_eq!(n2.load(Ordering::SeqCst), 0);
+        // The first retries (its wake-up taken) and blocks again: a change wakes it again.
+        assert!(w1.take_wake());
+        b.touched(b"k");
+        b.wake_ready();
+        assert_eq!(n1.load(Ordering::SeqCst), 2);
         // The first leaves: the next is woken in its place.
         b.unregister(&[b"k".to_vec()], 1);
-        assert_eq!(n2.load(Ordering::SeqCst), 2);
+        assert_eq!(n2.load(Ordering::SeqCst), 1);
+        assert!(w2.take_wake());
         b.unregister(&[b"k".to_vec(), b"j".to_vec()], 2);
         assert!(b.is_empty());
         b.touched(b"unwatched");
