@@ -16,10 +16,15 @@ fn info_raft(c: &Cairn) -> String {
         .unwrap_or_default()
 }
 
+/// The node that leads shard 1 (not the meta group, group 0, which another node may lead:
+/// a test that took that node for the shard's leader took the real leader for a follower).
 fn leader_index(nodes: &[Option<Cairn>]) -> Option<usize> {
     nodes.iter().position(|n| {
-        n.as_ref()
-            .is_some_and(|c| info_raft(c).contains("role=leader"))
+        n.as_ref().is_some_and(|c| {
+            info_raft(c)
+                .lines()
+                .any(|l| l.starts_with("group1:") && l.contains("role=leader"))
+        })
     })
 }
 
