@@ -371,21 +371,9 @@ impl Engine {
             };
             let err = match lib {
                 Some(text) => {
-                    let mut at = String::new();
-                    for level in 1..64 {
-                        let Some(found) = lua.inspect_stack(level, |d| {
-                            let src = d.source().short_src.map(|s| s.to_string());
-                            (src, d.current_line())
-                        }) else {
-                            break;
-                        };
-                        if let (Some(src), Some(line)) = found {
-                            if src.starts_with("user_") {
-                                at = format!("{src}:{line}: ");
-                                break;
-                            }
-                        }
-                    }
+                    let at = user_frame(lua)
+                        .map(|f| format!("{}:{}: ", f.short_src, f.line))
+                        .unwrap_or_default();
                     Value::String(lua.create_string(format!("{at}{text}"))?)
                 }
                 None => err,
@@ -410,20 +398,9 @@ impl Engine {
                     t
                 }
             };
-            for level in 1..64 {
-                let Some(found) = lua.inspect_stack(level, |d| {
-                    let source = d.source().source.map(|s| s.to_string());
-                    (source, d.current_line())
-                }) else {
-                    break;
-                };
-                if let (Some(source), Some(line)) = found {
-                    if source.starts_with("@user_") {
-                        t.raw_set("source", source)?;
-                        t.raw_set("line", line)?;
-                        break;
-                    }
-                }
+            if let Some(f) = user_frame(lua) {
+                t.raw_set("source", f.source)?;
+                t.raw_set("line", f.line)?;
             }
             Ok(t)
         })?;
@@ -519,6 +496,37 @@ fn lib_error_text(e: &mlua::Error) -> Option<String> {
 
 /// `chunk:line: ` of the Lua code that called the running Rust function, as `luaL_where`
 /// writes it (empty when that is not Lua code).
+/// The innermost stack frame that runs the user's script or library (chunks named
+/// `@user_...`), searched through at most 64 levels.
+struct UserFrame {
+    source: String,
+    short_src: String,
+    line: usize,
+}
+
+fn user_frame(lua: &Lua) -> Option<UserFrame> {
+    for level in 1..64 {
+        let found = lua.inspect_stack(level, |d| {
+            let src = d.source();
+            (
+                src.source.map(|s| s.to_string()),
+                src.short_src.map(|s| s.to_string()),
+                d.current_line(),
+            )
+        })?;
+        if let (Some(source), Some(short_src), Some(line)) = found {
+            if source.starts_with("@user_") {
+                return Some(UserFrame {
+                    source,
+                    short_src,
+                    line,
+                });
+            }
+        }
+    }
+    None
+}
+
 fn position(lua: &Lua) -> String {
     lua.inspect_stack(1, |d| {
         let src = d.source().short_src.map(|s| s.to_string());
