@@ -439,24 +439,27 @@ async fn snapshot_read(shared: &Shared, parts: &Parts) -> Option<Vec<Record>> {
 async fn ask_leader(shared: &Shared, group: u64, args: Vec<Vec<u8>>) -> Option<Reply> {
     let repl = shared.replication.as_ref()?;
     match repl.leader_of(group) {
-        Some(l) if l != repl.me => {
-            let mut client = coordinator(shared)
-                .pool
-                .lock()
-                .pop()
-                .unwrap_or_else(|| Client::internal(shared));
-            let answer =
-                crate::replicated::relay_to(shared, &mut client, l, &[args], false, 1).await;
-            {
-                let mut pool = coordinator(shared).pool.lock();
-                if pool.len() < POOL {
-                    pool.push(client);
-                }
-            }
-            cairn_resp::parse_reply(&answer.ok()?)
-        }
+        Some(l) if l != repl.me => ask_node(shared, l, args).await,
         _ => Some(read_here(shared, &args).await),
     }
+}
+
+/// Asks node `node` one question that changes nothing (so it may be asked twice) over one of
+/// the pooled internal clients' connections, kept open for the next question.
+pub(crate) async fn ask_node(shared: &Shared, node: u64, args: Vec<Vec<u8>>) -> Option<Reply> {
+    let mut client = coordinator(shared)
+        .pool
+        .lock()
+        .pop()
+        .unwrap_or_else(|| Client::internal(shared));
+    let answer = crate::replicated::relay_to(shared, &mut client, node, &[args], false, 1).await;
+    {
+        let mut pool = coordinator(shared).pool.lock();
+        if pool.len() < POOL {
+            pool.push(client);
+        }
+    }
+    cairn_resp::parse_reply(&answer.ok()?)
 }
 
 /// `CAIRN.TXNREAD READ <group> <key>...` → `[log index, record...]`, or an error if this node

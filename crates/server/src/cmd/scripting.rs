@@ -134,7 +134,7 @@ async fn ask_others(shared: &Shared, sha: &str) -> Option<Vec<u8>> {
     if sha.len() != 40 {
         return None;
     }
-    for (peer, addr) in repl.all_client_addrs() {
+    for peer in repl.all_client_addrs().into_keys() {
         if peer == repl.me {
             continue;
         }
@@ -143,17 +143,9 @@ async fn ask_others(shared: &Shared, sha: &str) -> Option<Vec<u8>> {
             b"GET".to_vec(),
             sha.as_bytes().to_vec(),
         ];
-        let Some(mut relay) =
-            crate::replicated::open_relay(repl, addr, peer, cairn_resp::Protocol::Resp2).await
-        else {
-            continue;
-        };
-        if let Some(mut replies) = crate::replicated::relay_on(&mut relay, &[ask]).await {
-            if let Some(Reply::Bulk(body)) = replies.pop().and_then(|r| cairn_resp::parse_reply(&r))
-            {
-                if cairn_store::script::sha1hex(&body) == sha {
-                    return Some(body);
-                }
+        if let Some(Reply::Bulk(body)) = crate::cross::ask_node(shared, peer, ask).await {
+            if cairn_store::script::sha1hex(&body) == sha {
+                return Some(body);
             }
         }
     }
@@ -167,16 +159,12 @@ pub async fn flush_everywhere(shared: &Shared) {
     let Some(repl) = shared.replication.as_ref() else {
         return;
     };
-    for (peer, addr) in repl.all_client_addrs() {
+    for peer in repl.all_client_addrs().into_keys() {
         if peer == repl.me {
             continue;
         }
         let ask = vec![b"CAIRN.SCRIPT".to_vec(), b"FLUSH".to_vec()];
-        if let Some(mut relay) =
-            crate::replicated::open_relay(repl, addr, peer, cairn_resp::Protocol::Resp2).await
-        {
-            let _ = crate::replicated::relay_on(&mut relay, &[ask]).await;
-        }
+        let _ = crate::cross::ask_node(shared, peer, ask).await;
     }
 }
 
